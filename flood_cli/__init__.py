@@ -1,0 +1,3 @@
+"""flood: fine-tune BERT classifiers with baseline, flooding or alternating descent/ascent."""
+
+__version__ = "0.1.0"

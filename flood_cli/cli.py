@@ -1,0 +1,112 @@
+"""The `flood` command line: thin commands that validate input and delegate.
+
+Nothing heavy is imported here at module level (no torch, transformers or datasets),
+so `flood --help` and `flood compare` answer at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from flood_cli.errors import FloodError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Fine-tune BERT classifiers with baseline training, flooding or alternating descent/ascent, and compare the runs.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn FloodError into one line on stderr and a non-zero exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except FloodError as exc:
+            _fail(str(exc))
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def train(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML config, e.g. configs/tiny.yaml")],
+    mode: Annotated[Optional[str], typer.Option(help="baseline | flooding | alternate")] = None,
+    b: Annotated[Optional[float], typer.Option("--b", help="flood level; alone, it switches the mode to flooding")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="learning rate (descent rate in mode alternate)")] = None,
+    ascent_lr: Annotated[Optional[float], typer.Option(help="ascent learning rate (mode alternate)")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="number of epochs")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="random seed (model init, dropout, data order)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="folder that holds run folders [default: runs]")] = None,
+    name: Annotated[Optional[str], typer.Option(help="run folder name [default: generated]")] = None,
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="override any config key: --set train.batch_size=16 (repeatable)")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Fine-tune a classifier and write metrics.csv and summary.json to a new run folder."""
+    from flood_cli.config import load_config
+
+    if mode is not None and mode not in ("baseline", "flooding", "alternate"):
+        raise FloodError(f"--mode {mode!r} is not a mode; use baseline, flooding or alternate")
+    flags = {
+        "train.mode": mode,
+        "train.b": b,
+        "train.lr": lr,
+        "train.ascent_lr": ascent_lr,
+        "train.epochs": epochs,
+        "train.seed": seed,
+        "output.dir": str(out) if out is not None else None,
+        "output.name": name,
+    }
+    overrides = {key: value for key, value in flags.items() if value is not None}
+    cfg = load_config(config, overrides, sets=set_ or [])
+
+    from flood_cli.progress import make_reporter
+    from flood_cli.train import run_training
+
+    with make_reporter(quiet=quiet) as reporter:
+        result = run_training(cfg, reporter=reporter)
+    typer.echo(f"run folder: {result.run_dir}")
+    typer.echo(f"best val_loss: {result.best_val_loss:.6f} (epoch {result.best_epoch:g}, step {result.best_step})")
+
+
+@app.command()
+@user_errors
+def compare(
+    paths: Annotated[list[Path], typer.Argument(help="run folders, or folders that hold runs")],
+    plot: Annotated[Optional[Path], typer.Option(help="write loss/accuracy curves to this PNG")] = None,
+    csv: Annotated[Optional[Path], typer.Option("--csv", help="write the table to this CSV file")] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="print the table as Markdown")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
+    x: Annotated[str, typer.Option(help="x axis of the plot: epoch | step")] = "epoch",
+) -> None:
+    """Put runs side by side: best validation loss, seed noise, loss-up-accuracy-up evaluations."""
+    from flood_cli.compare import compare_command
+
+    output = compare_command(paths, plot=plot, csv_path=csv, markdown=markdown, as_json=json_, x_axis=x)
+    for warning in output.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(output.text)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

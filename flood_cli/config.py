@@ -1,0 +1,343 @@
+"""The run configuration: one typed object, read from YAML, overridden from the CLI,
+validated in one place.
+
+Sections: ``model`` and ``data`` and ``train`` say *what* to train (the experiment);
+``runtime`` says *how* to run it (device, precision) and ``output`` where results go.
+Relative data and model paths in a file are taken relative to that file, and the
+resolved config saved with a run holds absolute paths, so it can be run again as is.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from flood_cli.errors import FloodError
+
+MODES = ("baseline", "flooding", "alternate")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyBertConfig(_Section):
+    """A small BERT built from scratch (random weights): for tests, CI and smoke runs."""
+
+    num_layers: int = Field(2, ge=1)
+    hidden_size: int = Field(64, ge=2)
+    num_heads: int = Field(2, ge=1)
+    intermediate_size: int = Field(128, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> "TinyBertConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})"
+            )
+        return self
+
+
+class ModelConfig(_Section):
+    name_or_path: Optional[str] = Field(None, description="Hub model name or local folder")
+    tiny: Optional[TinyBertConfig] = None
+    tokenizer: Optional[str] = Field(
+        None, description="Tokenizer (Hub name or folder); default: the model's own, or the shipped vocabulary for a tiny model"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelConfig":
+        if (self.name_or_path is None) == (self.tiny is None):
+            raise ValueError("set exactly one of name_or_path (a Hub name or local folder) or tiny (a small BERT built from scratch)")
+        return self
+
+    def describe(self) -> str:
+        if self.tiny is not None:
+            t = self.tiny
+            return f"tiny-bert(L{t.num_layers},H{t.hidden_size},A{t.num_heads})"
+        return str(self.name_or_path)
+
+
+class DataConfig(_Section):
+    dataset: Optional[str] = Field(None, description="Hub dataset name, e.g. glue")
+    subset: Optional[str] = Field(None, description="Hub dataset configuration, e.g. sst2")
+    train_file: Optional[str] = None
+    validation_file: Optional[str] = None
+    test_file: Optional[str] = None
+    train_split: str = "train"
+    validation_split: Optional[str] = "validation"
+    test_split: Optional[str] = None
+    validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    split_seed: int = 42
+    text_column: str = "text"
+    text_pair_column: Optional[str] = None
+    label_column: str = "label"
+    max_length: int = Field(128, ge=8)
+    max_train_examples: Optional[int] = Field(None, ge=1)
+    max_val_examples: Optional[int] = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataConfig":
+        if (self.dataset is None) == (self.train_file is None):
+            raise ValueError("set exactly one of dataset (a Hub dataset name) or train_file (a local csv/tsv/json/jsonl/parquet file)")
+        return self
+
+    def describe(self) -> str:
+        if self.dataset is not None:
+            return self.dataset + (f"/{self.subset}" if self.subset else "")
+        return Path(self.train_file).name  # type: ignore[arg-type]
+
+
+class TrainConfig(_Section):
+    mode: Literal["baseline", "flooding", "alternate"] = "baseline"
+    b: Optional[float] = Field(None, ge=0.0, description="flood level (mode flooding)")
+    lr: float = Field(2e-5, gt=0.0, description="learning rate (the descent rate in mode alternate)")
+    ascent_lr: Optional[float] = Field(None, gt=0.0, description="ascent learning rate (mode alternate)")
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of optimizer steps spent warming up")
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: Optional[float] = Field(1.0, gt=0.0, description="gradient clipping; null turns it off")
+    grad_accum_steps: int = Field(1, ge=1)
+    seed: int = 42
+    eval_every: Union[Literal["epoch"], int] = Field("epoch", description="'epoch' or a number of optimizer steps")
+
+    @field_validator("b", "lr", "ascent_lr", "weight_decay")
+    @classmethod
+    def _finite(cls, value: Optional[float]) -> Optional[float]:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @field_validator("eval_every")
+    @classmethod
+    def _positive_steps(cls, value: Union[str, int]) -> Union[str, int]:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be 'epoch' or a positive number of steps")
+        return value
+
+    @model_validator(mode="after")
+    def _mode_parameters(self) -> "TrainConfig":
+        if self.mode == "flooding" and self.b is None:
+            raise ValueError("mode flooding needs a flood level: set train.b (or pass --b)")
+        if self.mode != "flooding" and self.b is not None:
+            raise ValueError(
+                f"b (flood level) applies only to mode flooding, but mode is {self.mode}; "
+                "drop b or use mode flooding"
+            )
+        if self.mode == "alternate":
+            if self.ascent_lr is None:
+                raise ValueError("mode alternate needs train.ascent_lr (or --ascent-lr), smaller than lr")
+            if self.ascent_lr >= self.lr:
+                raise ValueError(
+                    f"ascent_lr ({self.ascent_lr:g}) must be smaller than lr ({self.lr:g}) in mode alternate, "
+                    "or training ascends on average"
+                )
+        elif self.ascent_lr is not None:
+            raise ValueError(f"ascent_lr applies only to mode alternate, but mode is {self.mode}; drop ascent_lr")
+        return self
+
+
+class RuntimeConfig(_Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+
+
+class OutputConfig(_Section):
+    dir: str = "runs"
+    name: Optional[str] = Field(None, description="run folder name; default: generated from mode, b, lr, seed and time")
+    save_best_model: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and (not value.strip() or "/" in value or value in (".", "..")):
+            raise ValueError("must be a plain folder name (no '/'), not empty")
+        return value
+
+
+class Config(_Section):
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig = TrainConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    output: OutputConfig = OutputConfig()
+    meta: Optional[dict[str, Any]] = Field(None, description="written by flood (versions, time); ignored on load")
+
+    def experiment_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data, as saved in the run folder."""
+        return self.model_dump(mode="json", exclude={"meta"})
+
+
+# ---------------------------------------------------------------------------
+# Loading, overriding, validating
+
+
+def parse_set_option(item: str) -> tuple[str, Any]:
+    """Parse ``section.key=value`` (the value is read as YAML: 1e-5, true, null, [a, b])."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or "." not in key or not all(key.split(".")):
+        raise FloodError(f"--set {item!r}: expected section.key=value, e.g. --set train.epochs=5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def apply_override(raw: dict[str, Any], dotted_key: str, value: Any) -> None:
+    """Set ``raw[a][b] = value`` for ``a.b``, creating sections as needed."""
+    node = raw
+    *parents, leaf = dotted_key.split(".")
+    for part in parents:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise FloodError(f"cannot set {dotted_key}: {part} is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise FloodError(f"config file {path} not found; pass an existing YAML file, e.g. --config configs/tiny.yaml")
+    if path.is_dir():
+        raise FloodError(f"config {path} is a folder; pass a YAML file, e.g. --config configs/tiny.yaml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FloodError(f"cannot read config {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise FloodError(f"YAML syntax error in {path}{where}: {problem}; fix the file and retry") from None
+    if data is None:
+        raise FloodError(f"config {path} is empty; it needs at least the model and data sections (see configs/tiny.yaml)")
+    if not isinstance(data, dict):
+        raise FloodError(f"config {path} must be a mapping of sections (model, data, train…), not a {type(data).__name__}")
+    return data
+
+
+def _resolve_relative(path: Optional[str], base: Path) -> Optional[str]:
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _looks_like_path(name: str, base: Path) -> bool:
+    return name.startswith((".", "/", "~")) or (base / name).exists()
+
+
+def resolve_paths(config: Config, base: Path) -> Config:
+    """Make the file paths of a config absolute, taking relative ones from ``base``."""
+    data = config.data
+    for field in ("train_file", "validation_file", "test_file"):
+        value = getattr(data, field)
+        if value is not None:
+            setattr(data, field, _resolve_relative(value, base))
+    model = config.model
+    for field in ("name_or_path", "tokenizer"):
+        value = getattr(model, field)
+        if value is not None and _looks_like_path(value, base):
+            setattr(model, field, _resolve_relative(value, base))
+    return config
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    loc = [str(part) for part in first["loc"] if not str(part).startswith(("function-", "literal["))]
+    where = ".".join(loc)
+    if first["type"] == "extra_forbidden":
+        section_model = _section_at(loc[:-1])
+        known = list(section_model.model_fields) if section_model else []
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+        return f"{source}: unknown key '{where}'{hint}"
+    message = first["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    if first["type"] == "missing":
+        message = "missing section" if len(loc) == 1 else "missing key"
+    got = ""
+    if first["type"] not in ("missing", "value_error", "model_type") and "input" in first:
+        got = f" (got {first['input']!r})"
+    message = message[:1].lower() + message[1:]
+    return f"{source}: {where + ': ' if where else ''}{message}{got}"
+
+
+def _section_at(loc: list[str]) -> Optional[type[BaseModel]]:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = getattr(annotation, "__args__", (annotation,))
+        models = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not models:
+            return None
+        model = models[0]
+    return model
+
+
+def validate(raw: dict[str, Any], source: str) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise FloodError(_format_validation_error(exc, source)) from None
+
+
+def load_config(
+    path: Union[str, Path],
+    overrides: Optional[dict[str, Any]] = None,
+    sets: tuple[str, ...] | list[str] = (),
+) -> Config:
+    """Read a YAML config, apply CLI overrides, validate once, make paths absolute.
+
+    ``overrides`` maps dotted keys to values (``{"train.lr": 1e-5}``); ``sets`` are
+    ``section.key=value`` strings from ``--set``. The flag ``--b`` alone switches the
+    mode to flooding, as users expect from ``flood train --config cfg.yaml --b 0.5``.
+    """
+    path = Path(path)
+    raw = read_yaml(path)
+    raw.pop("meta", None)
+    overrides = dict(overrides or {})
+    for item in sets:
+        key, value = parse_set_option(item)
+        overrides[key] = value
+    _apply_flag_rules(raw, overrides)
+    for key, value in overrides.items():
+        apply_override(raw, key, value)
+    config = validate(raw, f"config error in {path}")
+    return resolve_paths(config, path.parent.resolve())
+
+
+def _apply_flag_rules(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
+    if overrides.get("train.b") is None:
+        return
+    train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    mode = overrides.get("train.mode", train.get("mode", "baseline"))
+    if mode == "alternate":
+        raise FloodError(
+            "--b (flood level) applies only to mode flooding, but the mode is alternate; "
+            "drop --b or pass --mode flooding"
+        )
+    if "train.mode" not in overrides:
+        overrides["train.mode"] = "flooding"
+    if overrides["train.mode"] == "baseline":
+        raise FloodError("--b (flood level) applies only to mode flooding; drop --b or --mode baseline")

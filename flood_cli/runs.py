@@ -1,0 +1,183 @@
+"""The run folder: what a run leaves behind, written so that nothing is ever lost.
+
+    <out>/<name>/
+      config.yaml    resolved config + meta (package versions, start time)
+      metrics.csv    one row per evaluation, flushed as it is written
+      summary.json   status (running|completed|failed|interrupted), best/final figures
+      best_model/    optional, Hugging Face save_pretrained format
+
+This module must stay free of torch: `flood compare` reads the same files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import yaml
+
+from flood_cli.errors import FloodError
+
+METRICS_COLUMNS = (
+    "epoch",
+    "step",
+    "train_loss",
+    "train_objective",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "best_val_loss",
+    "lr",
+    "flood_active",
+    "val_loss_top10_share",
+    "elapsed_s",
+)
+TEST_COLUMNS = ("test_loss", "test_accuracy")
+TIME_COLUMNS = ("elapsed_s",)
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.csv"
+SUMMARY_FILE = "summary.json"
+BEST_MODEL_DIR = "best_model"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file so that readers see the old or the new content, never half of it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def default_run_name(mode: str, lr: float, seed: int, b: Optional[float] = None, ascent_lr: Optional[float] = None) -> str:
+    parts = [mode]
+    if b is not None:
+        parts.append(f"b{b:g}")
+    parts.append(f"lr{lr:g}")
+    if ascent_lr is not None:
+        parts.append(f"alr{ascent_lr:g}")
+    parts.append(f"s{seed}")
+    parts.append(datetime.now().strftime("%Y%m%d-%H%M%S"))
+    return "-".join(parts)
+
+
+def check_writable(out_dir: Path) -> None:
+    """Fail before any training if the output folder cannot be created or written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FloodError(f"cannot create output folder {out_dir}: {exc.strerror or exc}; pass a writable --out") from None
+    if not out_dir.is_dir():
+        raise FloodError(f"output path {out_dir} is not a folder; pass a folder with --out")
+    try:
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".flood-write-check-"):
+            pass
+    except OSError as exc:
+        raise FloodError(f"output folder {out_dir} is not writable: {exc.strerror or exc}; pass a writable --out") from None
+
+
+class RunDir:
+    """One run's folder. Created with an atomic mkdir, so two runs never share one."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.started = time.time()
+        self._metrics_handle = None
+        self._metrics_writer: Optional[csv.DictWriter] = None
+        self.summary: dict[str, Any] = {}
+
+    @classmethod
+    def create(cls, out_dir: Path, name: Optional[str], default_name: str) -> "RunDir":
+        check_writable(out_dir)
+        if name is not None:
+            path = out_dir / name
+            try:
+                path.mkdir()
+            except FileExistsError:
+                raise FloodError(
+                    f"run folder {path} already exists; pass another --name (runs are never overwritten)"
+                ) from None
+            return cls(path)
+        for attempt in range(1, 1000):
+            path = out_dir / (default_name if attempt == 1 else f"{default_name}-{attempt}")
+            try:
+                path.mkdir()
+                return cls(path)
+            except FileExistsError:
+                continue
+        raise FloodError(f"could not find a free run name under {out_dir}; pass --name")
+
+    # -- config -------------------------------------------------------------
+    def write_config(self, experiment: dict[str, Any], meta: dict[str, Any]) -> None:
+        document = dict(experiment)
+        document["meta"] = meta
+        atomic_write_text(self.path / CONFIG_FILE, yaml.safe_dump(document, sort_keys=False))
+
+    # -- metrics ------------------------------------------------------------
+    def open_metrics(self, columns: Iterable[str]) -> None:
+        handle = open(self.path / METRICS_FILE, "w", newline="", encoding="utf-8")
+        self._metrics_handle = handle
+        self._metrics_writer = csv.DictWriter(handle, fieldnames=list(columns))
+        self._metrics_writer.writeheader()
+        handle.flush()
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        assert self._metrics_writer is not None and self._metrics_handle is not None
+        self._metrics_writer.writerow({k: _format_value(v) for k, v in row.items()})
+        # Flushed row by row: a crash or kill later keeps every row written so far.
+        self._metrics_handle.flush()
+        os.fsync(self._metrics_handle.fileno())
+
+    def close(self) -> None:
+        if self._metrics_handle is not None:
+            self._metrics_handle.close()
+            self._metrics_handle = None
+
+    # -- summary ------------------------------------------------------------
+    def write_summary(self, **fields: Any) -> None:
+        self.summary.update(fields)
+        self.summary["wall_time_s"] = round(time.time() - self.started, 3)
+        self.summary["updated_at"] = now_iso()
+        atomic_write_text(self.path / SUMMARY_FILE, json.dumps(self.summary, indent=2, allow_nan=True) + "\n")
+
+
+def _format_value(value: Any) -> Any:
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return repr(value)
+        return f"{value:.8g}"
+    return "" if value is None else value
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Read a metrics.csv into rows of floats (empty cells become None)."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = []
+        for raw in csv.DictReader(handle):
+            rows.append({k: (float(v) if v not in ("", None) else None) for k, v in raw.items()})
+        return rows
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+def safe_name(text: str) -> str:
+    return _SAFE.sub("_", text)
