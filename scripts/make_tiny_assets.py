@@ -4,7 +4,7 @@ Usage: python scripts/make_tiny_assets.py PATH/TO/spam_assassin.csv
 
 The full corpus is not part of the project; this script documents how the shipped
 subset (data/spam-assassin-small.csv) and the tokenizer vocabulary
-(flood_cli/assets/tiny-wordpiece-vocab.txt) were made, so they can be made again.
+(flood_cli/assets/tiny-tokenizer/) were made, so they can be made again.
 """
 
 import sys
@@ -33,10 +33,15 @@ def main(source: str) -> None:
 
     tokenizer = BertWordPieceTokenizer(lowercase=True)
     tokenizer.train_from_iterator(subset["text"].tolist(), vocab_size=VOCAB_SIZE, min_frequency=2)
-    assets = ROOT / "flood_cli" / "assets"
-    tokenizer.save_model(str(assets))
-    (assets / "vocab.txt").rename(assets / "tiny-wordpiece-vocab.txt")
-    print(f"wrote {assets / 'tiny-wordpiece-vocab.txt'}: {tokenizer.get_vocab_size()} tokens")
+    folder = ROOT / "flood_cli" / "assets" / "tiny-tokenizer"
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_model(str(folder))  # vocab.txt
+    # Saved as a Hugging Face tokenizer folder, which AutoTokenizer loads in
+    # transformers 4 and 5 alike (their BertTokenizerFast constructors differ).
+    from transformers import BertTokenizerFast
+
+    BertTokenizerFast.from_pretrained(str(folder), do_lower_case=True, model_max_length=512).save_pretrained(str(folder))
+    print(f"wrote {folder}: {tokenizer.get_vocab_size()} tokens")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,330 @@
+"""Datasets: a Hub dataset or local csv/tsv/json/jsonl/parquet files -> labelled,
+tokenized splits, plus the collate function and batch orders the loop uses.
+
+Tokenization goes through 🤗 Datasets' ``map``, whose cache on disk means a second run
+on the same files and tokenizer does not tokenize again. The tokenized splits are then
+held as plain lists of token ids: padding a batch from lists is cheaper than any
+per-example dataset access in the hot loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from flood_cli.config import DataConfig
+from flood_cli.errors import FloodError
+
+FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+LABELS = "labels"
+
+
+@dataclass
+class TokenizedSplit:
+    """One split as token-id lists; ``token_type_ids`` only for text pairs."""
+
+    input_ids: list[list[int]]
+    labels: list[int]
+    token_type_ids: Optional[list[list[int]]] = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class PreparedData:
+    train: TokenizedSplit
+    validation: TokenizedSplit
+    test: Optional[TokenizedSplit]
+    label_names: list[str]
+    description: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------
+# Reading
+
+
+def _read_file(path_str: str, role: str) -> Any:
+    from datasets import load_dataset
+
+    path = Path(path_str)
+    if not path.exists():
+        raise FloodError(f"{role} file {path} not found; fix data.{role}_file")
+    if path.is_dir():
+        raise FloodError(f"{role} file {path} is a folder; data.{role}_file must be a csv/tsv/json/jsonl/parquet file")
+    builder = FILE_FORMATS.get(path.suffix.lower())
+    if builder is None:
+        raise FloodError(
+            f"{role} file {path} has an unknown format '{path.suffix}'; use .csv, .tsv, .json, .jsonl or .parquet"
+        )
+    if path.stat().st_size == 0:
+        raise FloodError(f"{role} file {path} is empty; it needs a header and at least one example")
+    options: dict[str, Any] = {"sep": "\t"} if path.suffix.lower() == ".tsv" else {}
+    try:
+        return load_dataset(builder, data_files={"data": str(path)}, split="data", **options)
+    except Exception as exc:  # datasets/pandas/pyarrow raise many types for bad files
+        raise FloodError(f"cannot read {role} file {path}: {_first_line(exc)}; check the file's format and encoding (UTF-8)") from None
+
+
+def _read_hub(cfg: DataConfig, split: str, role: str) -> Any:
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(cfg.dataset, cfg.subset, split=split)
+    except Exception as exc:
+        raise FloodError(
+            f"cannot load {role} split '{split}' of dataset '{cfg.describe()}' ({_first_line(exc)}); "
+            "check data.dataset, data.subset and the split names, or the network"
+        ) from None
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:200]
+
+
+def read_splits(cfg: DataConfig) -> dict[str, Any]:
+    """Raw splits by role: train, validation (maybe None), test (maybe None)."""
+    if cfg.train_file is not None:
+        return {
+            "train": _read_file(cfg.train_file, "train"),
+            "validation": _read_file(cfg.validation_file, "validation") if cfg.validation_file else None,
+            "test": _read_file(cfg.test_file, "test") if cfg.test_file else None,
+        }
+    return {
+        "train": _read_hub(cfg, cfg.train_split, "train"),
+        "validation": _read_hub(cfg, cfg.validation_split, "validation") if cfg.validation_split else None,
+        "test": _read_hub(cfg, cfg.test_split, "test") if cfg.test_split else None,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Checking and labelling
+
+
+def _check_columns(split: Any, cfg: DataConfig, role: str) -> None:
+    wanted = [cfg.text_column, cfg.label_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
+    for column in wanted:
+        if column not in split.column_names:
+            key = {cfg.text_column: "text_column", cfg.label_column: "label_column"}.get(column, "text_pair_column")
+            raise FloodError(
+                f"{role} data has no column '{column}' (columns: {', '.join(split.column_names)}); set data.{key}"
+            )
+    if len(split) == 0:
+        raise FloodError(f"{role} split is empty; it needs at least one example")
+    for column in wanted[:1] + wanted[2:]:
+        texts = split[column]
+        missing = sum(1 for text in texts if text is None)
+        if missing:
+            raise FloodError(f"{role} data: {missing} of {len(texts)} rows have no text in column '{column}'; fill or drop them")
+        if all(isinstance(text, str) and not text.strip() for text in texts):
+            raise FloodError(f"{role} data: column '{column}' is empty in every row; point data.{'text_column' if column == cfg.text_column else 'text_pair_column'} to the text")
+    missing_labels = sum(1 for label in split[cfg.label_column] if _is_missing(label))
+    if missing_labels:
+        raise FloodError(
+            f"{role} data: {missing_labels} of {len(split)} rows have no label in column '{cfg.label_column}'; fill or drop them"
+        )
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
+
+
+def label_names_of(train: Any, cfg: DataConfig) -> list[str]:
+    """Label names in id order: a ClassLabel's names, else the sorted distinct values."""
+    feature = train.features[cfg.label_column]
+    names = getattr(feature, "names", None)
+    if names:
+        return list(names)
+    values = sorted(set(train[cfg.label_column]), key=lambda v: (isinstance(v, str), v))
+    return [_label_str(v) for v in values]
+
+
+def _label_str(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def encode_labels(split: Any, cfg: DataConfig, label_names: list[str], role: str) -> list[int]:
+    feature = split.features[cfg.label_column]
+    if getattr(feature, "names", None):
+        ids = list(split[cfg.label_column])
+        if any(i < 0 or i >= len(label_names) for i in ids):
+            raise FloodError(f"{role} data has labels outside 0..{len(label_names) - 1} (e.g. -1 for unlabelled test sets); drop that split")
+        return ids
+    index = {name: i for i, name in enumerate(label_names)}
+    raw = [_label_str(v) for v in split[cfg.label_column]]
+    unknown = sorted(set(raw) - set(index))
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:5])
+        raise FloodError(
+            f"{role} labels {shown} do not occur in the training data (labels: {', '.join(label_names)}); "
+            f"fix the {role} file or add examples of them to training"
+        )
+    return [index[value] for value in raw]
+
+
+# ---------------------------------------------------------------------------
+# Tokenizing
+
+
+def _tokenize(split: Any, tokenizer: Any, cfg: DataConfig, role: str) -> Any:
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        pairs = batch[cfg.text_pair_column] if cfg.text_pair_column else None
+        return tokenizer(
+            [str(t) for t in batch[cfg.text_column]],
+            [str(t) for t in pairs] if pairs is not None else None,
+            truncation=True,
+            max_length=cfg.max_length,
+            return_attention_mask=False,
+            return_token_type_ids=cfg.text_pair_column is not None,
+        )
+
+    keep = {cfg.label_column}
+    return split.map(
+        encode,
+        batched=True,
+        batch_size=1000,
+        remove_columns=[c for c in split.column_names if c not in keep],
+        desc=f"tokenizing {role}",
+    )
+
+
+def _to_split(tokenized: Any, labels: list[int], pairs: bool) -> TokenizedSplit:
+    return TokenizedSplit(
+        input_ids=tokenized["input_ids"],
+        labels=labels,
+        token_type_ids=tokenized["token_type_ids"] if pairs else None,
+    )
+
+
+def prepare_data(cfg: DataConfig, tokenizer: Any) -> PreparedData:
+    """Read, check, split, label-encode and tokenize; every failure is a FloodError."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    raw = read_splits(cfg)
+    train = raw["train"]
+    _check_columns(train, cfg, "train")
+    label_names = label_names_of(train, cfg)
+    if len(label_names) < 2:
+        raise FloodError(
+            f"training data has one class only ({label_names[0]!r} in column '{cfg.label_column}'); a classifier needs at least two"
+        )
+
+    validation = raw["validation"]
+    if validation is None:
+        train, validation = _split_off_validation(train, cfg, label_names)
+    else:
+        _check_columns(validation, cfg, "validation")
+    test = raw["test"]
+    if test is not None:
+        _check_columns(test, cfg, "test")
+
+    if cfg.max_train_examples is not None and cfg.max_train_examples < len(train):
+        train = train.shuffle(seed=cfg.split_seed).select(range(cfg.max_train_examples))
+    if cfg.max_val_examples is not None and cfg.max_val_examples < len(validation):
+        validation = validation.shuffle(seed=cfg.split_seed).select(range(cfg.max_val_examples))
+
+    pairs = cfg.text_pair_column is not None
+    splits: dict[str, Optional[TokenizedSplit]] = {}
+    for role, split in (("train", train), ("validation", validation), ("test", test)):
+        if split is None:
+            splits[role] = None
+            continue
+        labels = encode_labels(split, cfg, label_names, role)
+        splits[role] = _to_split(_tokenize(split, tokenizer, cfg, role), labels, pairs)
+    counts = {role: len(s) for role, s in splits.items() if s is not None}
+    return PreparedData(
+        train=splits["train"],  # type: ignore[arg-type]
+        validation=splits["validation"],  # type: ignore[arg-type]
+        test=splits["test"],
+        label_names=label_names,
+        description=cfg.describe(),
+        counts=counts,
+    )
+
+
+def _split_off_validation(train: Any, cfg: DataConfig, label_names: list[str]) -> tuple[Any, Any]:
+    """A stratified, seeded validation split (seeded by data.split_seed, not the training
+    seed, so that runs with different seeds are scored on the same examples)."""
+    from datasets import ClassLabel
+
+    ids = encode_labels(train, cfg, label_names, "train")
+    column = "__flood_label_id"
+    with_ids = train.add_column(column, ids).cast_column(column, ClassLabel(names=label_names))
+    try:
+        parts = with_ids.train_test_split(test_size=cfg.validation_fraction, seed=cfg.split_seed, stratify_by_column=column)
+    except ValueError as exc:
+        raise FloodError(
+            f"cannot split off a stratified validation set of {cfg.validation_fraction:g} ({_first_line(exc)}); "
+            "give data.validation_file or change data.validation_fraction"
+        ) from None
+    return parts["train"].remove_columns(column), parts["test"].remove_columns(column)
+
+
+# ---------------------------------------------------------------------------
+# Batches
+
+
+class Collator:
+    """Pads a batch of example indices to its longest sequence (rounded up to a multiple)."""
+
+    def __init__(self, split: TokenizedSplit, pad_token_id: int, pad_to_multiple_of: Optional[int] = None):
+        self.split = split
+        self.pad_token_id = pad_token_id
+        self.multiple = pad_to_multiple_of or 1
+
+    def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        rows = [self.split.input_ids[i] for i in indices]
+        length = max(len(r) for r in rows)
+        length = -(-length // self.multiple) * self.multiple
+        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            attention_mask[i, : len(row)] = 1
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            LABELS: torch.tensor([self.split.labels[i] for i in indices], dtype=torch.long),
+        }
+        if self.split.token_type_ids is not None:
+            token_types = torch.zeros((len(rows), length), dtype=torch.long)
+            for i, index in enumerate(indices):
+                types = self.split.token_type_ids[index]
+                token_types[i, : len(types)] = torch.tensor(types, dtype=torch.long)
+            batch["token_type_ids"] = token_types
+        return batch
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """A fresh, seeded permutation each epoch: the data order depends only on
+    (seed, epoch), which makes runs reproducible and lets a run resume mid-epoch."""
+
+    def __init__(self, size: int, seed: int):
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def length_sorted_batches(split: TokenizedSplit, batch_size: int) -> list[list[int]]:
+    """Evaluation batches of similar lengths: less padding, same per-example losses."""
+    order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]

@@ -1,0 +1,79 @@
+"""The progress bar: lives at the edge (the CLI), fed by the loop's Reporter calls.
+
+On a terminal it shows epoch, step, the running loss and the last evaluation; when
+stderr is not a terminal (CI, pipes, log files) or with ``--quiet`` it prints nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
+
+from flood_cli.train import NullReporter
+
+
+class RichReporter:
+    # Reading the loss costs one host-device sync, so the bar reads it every N steps only.
+    live_loss_every = 20
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.console = Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("epoch {task.fields[epoch]:.2f}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[last_eval]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.task: Optional[Any] = None
+
+    def __enter__(self) -> "RichReporter":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+    def start(self, total_steps: int, steps_per_epoch: int, epochs: int) -> None:
+        self.task = self.progress.add_task("train", total=total_steps, epoch=0.0, loss="…", last_eval="")
+
+    def step(self, step: int, epoch: float, loss: Optional[float]) -> None:
+        fields: dict[str, Any] = {"epoch": epoch}
+        if loss is not None:
+            fields["loss"] = f"{loss:.4f}"
+        self.progress.update(self.task, completed=step, **fields)
+
+    def evaluation(self, row: dict[str, Any]) -> None:
+        self.progress.update(
+            self.task,
+            last_eval=f"val_loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f} (best {row['best_val_loss']:.4f})",
+        )
+
+    def message(self, text: str) -> None:
+        self.console.print(f"[dim]{text}[/dim]")
+
+
+class _QuietReporter(NullReporter):
+    def __enter__(self) -> "_QuietReporter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+@contextmanager
+def make_reporter(quiet: bool) -> Iterator[Any]:
+    if quiet or not sys.stderr.isatty():
+        with _QuietReporter() as reporter:
+            yield reporter
+        return
+    with RichReporter() as reporter:
+        yield reporter
