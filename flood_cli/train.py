@@ -316,7 +316,8 @@ def _loop(
             micro_batches = [batch for _, batch in zip(range(accum), batches)]
             step_examples = sum(int(b["labels"].shape[0]) for b in micro_batches)
 
-            lr = mode.learning_rate(step, lr_scale(step, total_steps, warmup_steps, train.schedule))
+            scale = lr_scale(step, total_steps, warmup_steps, train.schedule)
+            lr = mode.learning_rate(step, scale)
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
@@ -354,7 +355,8 @@ def _loop(
             reporter.step(step, step / steps_per_epoch, step_loss.item() if live else None)
 
             if step % eval_every == 0 or step == total_steps:
-                row = _evaluate_row(model, eval_loaders, accelerator, interval, step, steps_per_epoch, lr, best, started)
+                # The lr column is the schedule's (descent) rate, whatever this step's mode.
+                row = _evaluate_row(model, eval_loaders, accelerator, interval, step, steps_per_epoch, train.lr * scale, best, started)
                 rows.append(row)
                 if row["val_loss"] < best["val_loss"]:
                     best.update(val_loss=row["val_loss"], epoch=row["epoch"], step=step, val_accuracy=row["val_accuracy"])

@@ -1,0 +1,139 @@
+"""End to end: real training runs on the shipped data with a tiny BERT (seconds each)."""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from flood_cli.config import load_config
+from flood_cli.runs import METRICS_COLUMNS, TIME_COLUMNS
+from flood_cli.train import run_training
+from tests.conftest import small_config, write_config
+
+
+def train(tmp_path: Path, name: str, overrides: dict | None = None, **sections) -> tuple[Path, list[dict], dict]:
+    sections["output"] = {"dir": str(tmp_path / "runs"), "name": name, **sections.get("output", {})}
+    config = small_config(**sections)
+    cfg = load_config(write_config(tmp_path, config, f"{name}.yaml"), overrides)
+    result = run_training(cfg)
+    run_dir = result.run_dir
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return run_dir, rows, summary
+
+
+def without_time(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIME_COLUMNS} for row in rows]
+
+
+MODES = {
+    "baseline": {"mode": "baseline"},
+    "flooding": {"mode": "flooding", "b": 0.3},
+    "alternate": {"mode": "alternate", "lr": 1e-3, "ascent_lr": 1e-4},
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_writes_a_consistent_run_folder(tmp_path, mode):
+    run_dir, rows, summary = train(tmp_path, mode, train=MODES[mode])
+    assert list(rows[0]) == list(METRICS_COLUMNS)
+    assert [float(r["epoch"]) for r in rows] == [1.0, 2.0]
+    for row in rows:
+        assert all(math.isfinite(float(row[c])) for c in METRICS_COLUMNS), row
+        assert 0.0 <= float(row["flood_active"]) <= 1.0
+        assert 0.0 <= float(row["val_accuracy"]) <= 1.0
+    val_losses = [float(r["val_loss"]) for r in rows]
+    running_min = [min(val_losses[: i + 1]) for i in range(len(val_losses))]
+    assert [float(r["best_val_loss"]) for r in rows] == pytest.approx(running_min, rel=1e-6)
+
+    assert summary["status"] == "completed"
+    assert summary["mode"] == mode
+    assert summary["best_val_loss"] == pytest.approx(min(val_losses), rel=1e-6)
+    best_row = rows[val_losses.index(min(val_losses))]
+    assert summary["best_step"] == int(best_row["step"])
+    assert summary["best_epoch"] == float(best_row["epoch"])
+    assert summary["final_val_loss"] == pytest.approx(val_losses[-1], rel=1e-6)
+    assert summary["num_train_examples"] == 192 and summary["num_val_examples"] == 64
+    assert summary["steps_completed"] == summary["total_steps"] == int(rows[-1]["step"])
+
+    saved = (run_dir / "config.yaml").read_text()
+    assert f"mode: {mode}" in saved and "versions:" in saved and "torch:" in saved
+    if mode == "alternate":
+        assert float(rows[0]["flood_active"]) == pytest.approx(6 / 12)  # 12 steps per epoch, every other one ascends
+    if mode == "baseline":
+        assert all(r["train_objective"] == r["train_loss"] for r in rows)
+
+
+def test_flooding_with_b_zero_is_bit_for_bit_the_baseline(tmp_path):
+    _, baseline, _ = train(tmp_path, "baseline")
+    _, flooded, summary = train(tmp_path, "b0", overrides={"train.b": 0.0})
+    assert summary["mode"] == "flooding" and summary["b"] == 0.0
+    assert without_time(flooded) == without_time(baseline)
+
+
+def test_same_seed_gives_the_same_csv_and_another_seed_does_not(tmp_path):
+    _, first, _ = train(tmp_path, "first")
+    _, second, _ = train(tmp_path, "second")
+    _, other, _ = train(tmp_path, "other", overrides={"train.seed": 7})
+    assert without_time(first) == without_time(second)
+    assert without_time(other) != without_time(first)
+
+
+def test_flood_level_above_the_initial_loss_makes_every_step_ascent(tmp_path):
+    _, rows, _ = train(tmp_path, "high", overrides={"train.b": 10.0})
+    assert all(float(r["flood_active"]) == 1.0 for r in rows)
+    for row in rows:
+        # What the optimizer saw is the mirrored loss 2b - L.
+        assert float(row["train_objective"]) == pytest.approx(20.0 - float(row["train_loss"]), rel=1e-5)
+
+
+def test_flooding_under_gradient_accumulation_matches_the_large_batch(tmp_path):
+    """Without dropout, 2 micro-batches of 8 flood exactly like one batch of 16."""
+    no_dropout = {"tiny": {"num_layers": 2, "hidden_size": 64, "num_heads": 2, "intermediate_size": 128, "dropout": 0.0}}
+    flooding = {"mode": "flooding", "b": 0.62, "batch_size": 16}
+    _, large, _ = train(tmp_path, "large", model=no_dropout, train=flooding)
+    _, accumulated, _ = train(tmp_path, "accum", model=no_dropout, train={**flooding, "batch_size": 8, "grad_accum_steps": 2})
+    assert 0.0 < float(large[0]["flood_active"]) < 1.0, "b should make some steps ascend and some descend"
+    for a, b in zip(without_time(large), without_time(accumulated)):
+        assert a["flood_active"] == b["flood_active"]
+        for column in ("train_loss", "val_loss", "val_accuracy"):
+            assert float(a[column]) == pytest.approx(float(b[column]), rel=1e-4, abs=1e-6)
+
+
+def test_eval_every_n_steps_and_a_test_split(tmp_path):
+    data = small_config()["data"]
+    test_file = tmp_path / "test.csv"
+    test_file.write_text("text,label\nfree money click now,spam\nmeeting notes attached,ham\n")
+    _, rows, summary = train(
+        tmp_path,
+        "steps",
+        train={"eval_every": 5},
+        data={**data, "test_file": str(test_file)},
+    )
+    # 12 steps per epoch, 24 in all: rows at 5, 10, 15, 20 and at the last step.
+    assert [int(r["step"]) for r in rows] == [5, 10, 15, 20, 24]
+    assert list(rows[0])[-2:] == ["test_loss", "test_accuracy"]
+    assert summary["num_test_examples"] == 2
+
+
+def test_save_best_model_writes_a_loadable_folder(tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    run_dir, _, _ = train(tmp_path, "saved", output={"save_best_model": True})
+    model = AutoModelForSequenceClassification.from_pretrained(run_dir / "best_model")
+    assert model.config.id2label == {0: "ham", 1: "spam"}
+    assert AutoTokenizer.from_pretrained(run_dir / "best_model")("hello")["input_ids"][0] == 2
+    assert not any(p.name.startswith(".") for p in run_dir.iterdir())
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path):
+    from flood_cli.errors import FloodError
+
+    run_dir, rows, _ = train(tmp_path, "kept")
+    before = (run_dir / "metrics.csv").read_bytes()
+    with pytest.raises(FloodError, match="already exists; pass another --name"):
+        train(tmp_path, "kept")
+    assert (run_dir / "metrics.csv").read_bytes() == before
