@@ -1,0 +1,136 @@
+"""Loss and accuracy curves of compared runs, written to an image file (`flood compare --plot`).
+
+Imported only when a plot is asked for, so that `flood compare` stays fast without it.
+Uses matplotlib's object-oriented API on the Agg canvas: no display, no pyplot state,
+and no change to the backend of a program that imports this module.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+from flood_cli.errors import FloodError
+
+if TYPE_CHECKING:
+    from flood_cli.compare import Group, Report, Run
+
+# More groups than this would make the legend taller than the figure; the rest are
+# still drawn, and the legend says how many it leaves out.
+MAX_LEGEND_GROUPS = 30
+# Runs beyond this many per plot are drawn thinner and fainter so the figure stays legible.
+MANY_RUNS = 12
+
+
+def group_colours(count: int) -> list[Any]:
+    """Distinct colours: tab10, then tab20 reordered so neighbours differ in hue."""
+    from matplotlib import colormaps
+
+    if count <= 10:
+        return [colormaps["tab10"](i) for i in range(count)]
+    if count <= 20:
+        tab20 = [colormaps["tab20"](i) for i in range(20)]
+        return (tab20[0::2] + tab20[1::2])[:count]
+    turbo = colormaps["turbo"]
+    return [turbo(0.05 + 0.9 * i / (count - 1)) for i in range(count)]
+
+
+def _points(run: "Run", x_key: str, y_key: str) -> list[tuple[float, float]]:
+    return [
+        (row[x_key], row[y_key])  # type: ignore[misc]
+        for row in run.rows
+        if row.get(x_key) is not None and row.get(y_key) is not None and math.isfinite(row[y_key])  # type: ignore[arg-type]
+    ]
+
+
+def plot_runs(report: "Report", path: Path, x_axis: str = "epoch", title: Optional[str] = None) -> None:
+    """Validation loss (solid) and training loss (dashed) per run, and validation accuracy.
+
+    One colour per seed group; a circle marks each run's best validation loss (on both
+    panels), a star its best validation accuracy, which is often a different epoch.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    groups: Sequence["Group"] = [group for group in report.groups if group.runs]
+    colours = dict(zip((group.id for group in groups), group_colours(len(groups))))
+    many = len(report.runs) > MANY_RUNS
+    line_width, alpha = (1.0, 0.7) if many else (1.6, 0.9)
+
+    figure = Figure(figsize=(19, 5.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    # The training loss falls far below the validation loss, which squeezes the
+    # differences between runs' validation curves; the middle panel zooms in on them.
+    loss_axes, zoom_axes, accuracy_axes = figure.subplots(1, 3)
+    for group in groups:
+        _draw_group(group.runs, (loss_axes, zoom_axes, accuracy_axes), x_axis, colours[group.id], line_width, alpha)
+
+    x_label = "epoch" if x_axis == "epoch" else "optimizer step"
+    loss_axes.set(xlabel=x_label, ylabel="loss", title="validation loss (solid), training loss (dashed)")
+    zoom_axes.set(xlabel=x_label, ylabel="validation loss", title="validation loss, zoomed")
+    accuracy_axes.set(xlabel=x_label, ylabel="validation accuracy", title="validation accuracy")
+    whole_epochs = x_axis == "epoch" and all(float(row["epoch"]).is_integer() for run in report.runs for row in run.rows)
+    for axes in (loss_axes, zoom_axes, accuracy_axes):
+        axes.autoscale_view()  # line collections do not rescale the axes by themselves
+        axes.grid(True, alpha=0.3)
+        if whole_epochs:  # no "1.5" ticks between evaluations that happen once per epoch
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    figure.suptitle(title or f"flood compare: {len(report.runs)} runs in {len(groups)} seed groups")
+
+    handles = [
+        Line2D([], [], color=colours[group.id], linewidth=2.5, label=_legend_label(group))
+        for group in groups[:MAX_LEGEND_GROUPS]
+    ]
+    if len(groups) > MAX_LEGEND_GROUPS:
+        handles.append(Line2D([], [], linestyle="none", label=f"… {len(groups) - MAX_LEGEND_GROUPS} more groups"))
+    handles += [
+        Line2D([], [], color="black", linestyle="-", label="validation loss"),
+        Line2D([], [], color="black", linestyle="--", label="training loss"),
+        Line2D([], [], color="black", marker="o", linestyle="none", label="best validation loss"),
+        Line2D([], [], color="black", marker="*", markersize=11, linestyle="none", label="best validation accuracy"),
+    ]
+    figure.legend(handles=handles, loc="outside right upper", fontsize="small", frameon=False)
+    try:
+        figure.savefig(path, dpi=110)
+    except (OSError, ValueError) as exc:
+        raise FloodError(f"cannot write plot {path}: {exc}; pass a writable .png path to --plot") from None
+
+
+def _legend_label(group: "Group") -> str:
+    incomplete = sum(not run.complete for run in group.runs)
+    return f"{group.id} {group.label} (n={len(group.runs)}" + (f", {incomplete} incomplete)" if incomplete else ")")
+
+
+def _draw_group(runs: Sequence["Run"], axes: tuple[Any, Any, Any], x_axis: str, colour: Any, line_width: float, alpha: float) -> None:
+    """All runs of one seed group: one line collection per panel and curve, and one
+    marker series per kind, so that hundreds of runs still draw in seconds."""
+    from matplotlib.collections import LineCollection
+
+    loss_axes, zoom_axes, accuracy_axes = axes
+    val_loss = [_points(run, x_axis, "val_loss") for run in runs]
+    train_loss = [_points(run, x_axis, "train_loss") for run in runs]
+    val_accuracy = [_points(run, x_axis, "val_accuracy") for run in runs]
+    for target, curves, style, opacity in (
+        (loss_axes, val_loss, "-", alpha),
+        (loss_axes, train_loss, "--", alpha * 0.8),
+        (zoom_axes, val_loss, "-", alpha),
+        (accuracy_axes, val_accuracy, "-", alpha),
+    ):
+        curves = [curve for curve in curves if curve]
+        if curves:
+            target.add_collection(LineCollection(curves, colors=[colour], linewidths=line_width, linestyles=style, alpha=opacity))
+
+    marker_style = dict(color=colour, markeredgecolor="black", markeredgewidth=0.6, linestyle="none")
+    best_rows = [run.best_row for run in runs if run.best_row is not None and run.best_row.get(x_axis) is not None]
+    for target in (loss_axes, zoom_axes):
+        target.plot([row[x_axis] for row in best_rows], [row["val_loss"] for row in best_rows],
+                    marker="o", markersize=6, zorder=3, **marker_style)
+    at_best_loss = [row for row in best_rows if row.get("val_accuracy") is not None]
+    accuracy_axes.plot([row[x_axis] for row in at_best_loss], [row["val_accuracy"] for row in at_best_loss],
+                       marker="o", markersize=6, zorder=3, **marker_style)
+    best_accuracy = [run.best_accuracy_row for run in runs if run.best_accuracy_row is not None and run.best_accuracy_row.get(x_axis) is not None]
+    accuracy_axes.plot([row[x_axis] for row in best_accuracy], [row["val_accuracy"] for row in best_accuracy],
+                       marker="*", markersize=11, zorder=4, **marker_style)

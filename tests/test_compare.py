@@ -1,0 +1,615 @@
+"""`flood compare`: discovery, bad input, seed groups, statistics and output formats.
+
+Every run folder here is hand-made by tests/run_factory.py; nothing is trained.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flood_cli.cli import app
+from flood_cli.compare import (
+    CSV_COLUMNS,
+    Sample,
+    build_report,
+    compare_command,
+    difference_interval,
+    parse_metrics,
+    regularized_incomplete_beta,
+    student_t_quantile,
+    verdict_for,
+)
+from flood_cli.errors import FloodError
+from flood_cli.runs import METRICS_COLUMNS, METRICS_FILE, SUMMARY_FILE
+from tests.run_factory import make_rows, metrics_csv, write_run
+
+NOW = datetime(2025, 1, 1, 0, 20, tzinfo=timezone.utc).timestamp()  # 10 min after the factory's updated_at
+
+
+def compare(paths, **options):
+    return compare_command([Path(p) for p in paths], now=NOW, **options)
+
+
+def report_of(paths):
+    return build_report([Path(p) for p in paths], now=NOW)
+
+
+def write_seed_group(root, prefix, best_losses, **config):
+    """One run per seed, each reaching the given best validation loss at epoch 2."""
+    for seed, best in enumerate(best_losses, start=1):
+        write_run(root, f"{prefix}-s{seed}", val_losses=(best + 0.02, best, best + 0.01), seed=seed, **config)
+
+
+# ---------------------------------------------------------------------------
+# Student's t, Welch
+
+
+@pytest.mark.parametrize(
+    ("p", "df", "expected"),
+    [
+        (0.975, 1, 12.706),
+        (0.975, 2, 4.303),
+        (0.975, 5, 2.571),
+        (0.975, 10, 2.228),
+        (0.975, 30, 2.042),
+        (0.95, 10, 1.812),
+        (0.995, 3, 5.841),
+        (0.975, 1e7, 1.960),
+    ],
+)
+def test_student_t_quantile_matches_tables(p, df, expected):
+    assert student_t_quantile(p, df) == pytest.approx(expected, abs=5e-4)
+
+
+@pytest.mark.parametrize(
+    ("p", "df", "expected"),
+    [  # Welch's df is not an integer; values from scipy.stats.t.ppf
+        (0.975, 2.5, 3.5746548420036817),
+        (0.975, 3.7, 2.8675207071911895),
+        (0.95, 1.5, 3.70518082009675),
+        (0.975, 17.3, 2.1070320037534676),
+        (0.999, 4, 7.173182219782307),
+    ],
+)
+def test_student_t_quantile_matches_scipy_for_any_df(p, df, expected):
+    assert student_t_quantile(p, df) == pytest.approx(expected, rel=1e-9)
+
+
+def test_student_t_quantile_is_exact_for_one_degree_of_freedom_and_symmetric():
+    # With df = 1, t is Cauchy: the quantile is tan(pi (p - 1/2)).
+    assert student_t_quantile(0.975, 1) == pytest.approx(math.tan(math.pi * 0.475), rel=1e-9)
+    assert student_t_quantile(0.025, 7) == pytest.approx(-student_t_quantile(0.975, 7), rel=1e-12)
+    assert student_t_quantile(0.5, 3) == 0.0
+
+
+@pytest.mark.parametrize(("p", "df"), [(0.0, 3), (1.0, 3), (0.5, 0)])
+def test_student_t_quantile_rejects_impossible_input(p, df):
+    with pytest.raises(ValueError):
+        student_t_quantile(p, df)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "x", "expected"),
+    [
+        (1, 1, 0.3, 0.3),  # uniform
+        (3, 1, 0.5, 0.125),  # I_x(a, 1) = x^a
+        (4, 4, 0.5, 0.5),  # symmetric
+        (2, 3, 0.0, 0.0),
+        (2, 3, 1.0, 1.0),
+        (2, 3, 0.4, 0.5248),  # 1 - (1-x)^4 - 4x(1-x)^3
+    ],
+)
+def test_regularized_incomplete_beta(a, b, x, expected):
+    assert regularized_incomplete_beta(a, b, x) == pytest.approx(expected, abs=1e-10)
+
+
+def test_welch_interval_by_hand():
+    group, baseline = Sample((0.7968, 0.7990)), Sample((0.8100, 0.8142, 0.8200))
+    interval = difference_interval(group, baseline)
+    var_g, var_b = group.sd**2 / 2, baseline.sd**2 / 3
+    df = (var_g + var_b) ** 2 / (var_g**2 / 1 + var_b**2 / 2)
+    half = student_t_quantile(0.975, df) * math.sqrt(var_g + var_b)
+    difference = group.mean - baseline.mean
+    assert interval.method == "welch"
+    assert interval.df == pytest.approx(df)
+    assert (interval.low, interval.high) == pytest.approx((difference - half, difference + half))
+
+
+def test_one_seed_against_several_borrows_their_spread():
+    interval = difference_interval(Sample((0.80,)), Sample((0.81, 0.82, 0.83)))
+    half = student_t_quantile(0.975, 2) * 0.01 * math.sqrt(1 + 1 / 3)
+    assert interval.method == "pooled" and interval.df == 2
+    assert (interval.low, interval.high) == pytest.approx((-0.02 - half, -0.02 + half))
+
+
+def test_one_seed_on_each_side_has_no_interval():
+    assert difference_interval(Sample((0.80,)), Sample((0.81,))) is None
+
+
+def test_identical_seeds_give_a_zero_width_interval():
+    interval = difference_interval(Sample((0.8, 0.8)), Sample((0.9, 0.9)))
+    assert (interval.low, interval.high) == pytest.approx((-0.1, -0.1))
+
+
+@pytest.mark.parametrize(
+    ("interval", "verdict"),
+    [
+        (None, "one seed per group: no noise estimate"),
+        ((-0.01, 0.02), "within seed noise"),
+        ((-0.03, -0.01), "lower (better)"),
+        ((0.01, 0.03), "higher (worse)"),
+    ],
+)
+def test_verdicts(interval, verdict):
+    from flood_cli.compare import Interval
+
+    assert verdict_for(Interval(*interval, "welch", 3.0) if interval else None) == verdict
+
+
+# ---------------------------------------------------------------------------
+# metrics.csv parsing
+
+
+HEADER = "epoch,step,val_loss,val_accuracy"
+
+
+@pytest.mark.parametrize(
+    ("text", "epochs", "problems"),
+    [
+        (f"{HEADER}\r\n1,10,0.5,0.8\r\n2,20,0.4,0.9\r\n", [1, 2], []),
+        (f"{HEADER}\n1,10,0.5,0.8\n2,20,0.4,0.9", [1, 2], []),  # no final newline, but complete
+        (f"{HEADER}\n1,10,0.5,0.8\n2,20,0.", [1], ["metrics.csv line 3 is cut short"]),
+        (f"{HEADER}\n1,10,0.5,0.8\n2,20,abc,0.9\n3,30,0.6,0.9\n", [1, 3], ["metrics.csv has 1 unreadable row (line 3)"]),
+        (f"{HEADER}\n1,10,0.5,0.8,7\n", [], ["metrics.csv has 1 unreadable row (line 2)"]),
+        (f"{HEADER}\n1,10,,0.8\n", [], ["metrics.csv has 1 unreadable row (line 2)"]),  # no val_loss
+        (f"{HEADER}\n1,10,nan,0.8\n", [1], []),  # a diverged run is still a run
+        (f"{HEADER},phase\n1,10,0.5,0.8,warmup\n", [1], []),  # text in a column compare does not use
+        (f"\ufeff{HEADER}\n1,10,0.5,0.8\n", [1], []),  # a byte-order mark from a spreadsheet
+        (f"{HEADER}\n", [], []),
+        ("", [], ["metrics.csv is empty"]),
+        ("a,b\n1,2\n", [], ["metrics.csv has no epoch and val_loss columns"]),
+    ],
+)
+def test_parse_metrics(text, epochs, problems):
+    rows, found = parse_metrics(text)
+    assert [row["epoch"] for row in rows] == epochs
+    assert found == problems
+
+
+# ---------------------------------------------------------------------------
+# Discovery
+
+
+def test_a_parent_folder_of_runs_is_expanded(tmp_path):
+    write_seed_group(tmp_path / "runs", "baseline", [0.80, 0.81])
+    (tmp_path / "runs" / "notes").mkdir()  # not a run: ignored inside a parent folder
+    output = compare([tmp_path / "runs"])
+    assert output.warnings == []
+    assert "baseline-s1" in output.text and "baseline-s2" in output.text
+
+
+def test_a_folder_of_sweeps_is_expanded_two_levels(tmp_path):
+    write_seed_group(tmp_path / "runs" / "sweep-1", "baseline", [0.80])
+    write_seed_group(tmp_path / "runs" / "sweep-2", "flooding", [0.79], mode="flooding", b=0.5)
+    assert [run.name for run in report_of([tmp_path / "runs"]).runs] == ["flooding-s1", "baseline-s1"]
+
+
+def test_quoted_glob_file_arguments_and_duplicates(tmp_path):
+    write_seed_group(tmp_path, "baseline", [0.80, 0.81, 0.82])
+    report = report_of([tmp_path / "baseline-s*", tmp_path / "baseline-s1" / SUMMARY_FILE, tmp_path / "baseline-s1"])
+    assert sorted(run.name for run in report.runs) == ["baseline-s1", "baseline-s2", "baseline-s3"]
+
+
+def test_same_folder_names_under_different_parents_are_told_apart(tmp_path):
+    write_run(tmp_path / "a", "run", seed=1)
+    write_run(tmp_path / "b", "run", seed=2)
+    assert sorted(run.name for run in report_of([tmp_path / "a" / "run", tmp_path / "b" / "run"]).runs) == ["a/run", "b/run"]
+
+
+# ---------------------------------------------------------------------------
+# Bad input: one warning line each, the rest compared
+
+
+def test_folder_that_is_not_a_run_is_skipped_with_a_warning(tmp_path):
+    write_run(tmp_path, "good")
+    (tmp_path / "empty").mkdir()
+    output = compare([tmp_path / "good", tmp_path / "empty"])
+    assert output.warnings == [
+        f"{tmp_path / 'empty'}: not a run folder (no config.yaml, metrics.csv or summary.json) and holds no runs; skipped"
+    ]
+    assert "good" in output.text
+
+
+def test_missing_path_and_unmatched_glob_are_warnings(tmp_path):
+    write_run(tmp_path, "good")
+    output = compare([tmp_path / "good", tmp_path / "gone", tmp_path / "nothing-*"])
+    assert output.warnings == [f"{tmp_path / 'gone'}: no such folder; skipped", f"{tmp_path / 'nothing-*'}: no file or folder matches"]
+
+
+def test_a_plain_file_is_not_a_run(tmp_path):
+    write_run(tmp_path, "good")
+    (tmp_path / "README.md").write_text("notes")
+    output = compare([tmp_path / "good", tmp_path / "README.md"])
+    assert output.warnings == [f"{tmp_path / 'README.md'}: not a run folder (a file); skipped"]
+
+
+def test_run_in_progress_is_shown_as_incomplete(tmp_path):
+    write_seed_group(tmp_path, "baseline", [0.80, 0.82])
+    fresh = datetime.fromtimestamp(NOW - 60, timezone.utc).isoformat()
+    write_run(tmp_path, "flooding-live", val_losses=(0.79,), mode="flooding", b=0.5, status="running",
+              summary_fields={"updated_at": fresh})
+    output = compare([tmp_path])
+    assert output.warnings == [
+        f"{tmp_path / 'flooding-live'}: still running, at epoch 1 of 3; shown as incomplete, left out of seed statistics"
+    ]
+    report = report_of([tmp_path])
+    live = next(run for run in report.runs if run.name == "flooding-live")
+    assert (live.status, live.complete, live.best_val_loss) == ("running", False, 0.79)
+    assert live.diff_to_baseline == pytest.approx(0.79 - 0.81)  # shown against the baseline as it stands
+    assert report.comparisons == []  # but no statistics from an unfinished run
+    assert "running 1/3 (incomplete)" in output.text
+
+
+def test_run_marked_running_but_long_silent_may_have_been_killed(tmp_path):
+    write_run(tmp_path, "stale", status="running", val_losses=(0.8,))
+    output = compare_command([tmp_path / "stale"], now=NOW + 3 * 86400)
+    assert output.warnings == [
+        f"{tmp_path / 'stale'}: status running but not updated for 3 d (was it killed?), at epoch 1 of 3; "
+        "shown as incomplete, left out of seed statistics"
+    ]
+
+
+def test_truncated_metrics_keep_the_good_rows(tmp_path):
+    path = write_run(tmp_path, "cut", val_losses=(0.7, 0.6, 0.65))
+    text = (path / METRICS_FILE).read_bytes()
+    last_row_start = text.rindex(b"\r\n", 0, len(text) - 2) + 2
+    (path / METRICS_FILE).write_bytes(text[: last_row_start + 12])  # killed in the middle of a row
+    output = compare([path])
+    assert output.warnings == [f"{path}: metrics.csv line 4 is cut short; kept 2 readable evaluations"]
+    run = report_of([path]).runs[0]
+    assert [row["val_loss"] for row in run.rows] == [0.7, 0.6]
+    assert run.complete  # the summary says completed: only the file is damaged
+
+
+def test_corrupt_metrics_cells_are_skipped(tmp_path):
+    path = write_run(tmp_path, "bad-cells", val_losses=(0.7, 0.6, 0.65))
+    lines = (path / METRICS_FILE).read_bytes().decode().split("\r\n")
+    cells = lines[2].split(",")
+    cells[METRICS_COLUMNS.index("val_loss")] = "oops"
+    lines[2] = ",".join(cells)
+    (path / METRICS_FILE).write_bytes("\r\n".join(lines).encode())
+    output = compare([path])
+    assert output.warnings == [f"{path}: metrics.csv has 1 unreadable row (line 3); kept 2 readable evaluations"]
+
+
+def test_unusable_metrics_skip_the_run(tmp_path):
+    write_run(tmp_path, "good")
+    garbage = write_run(tmp_path, "garbage")
+    (garbage / METRICS_FILE).write_bytes(b"\x00\xff\xfe binary \x00")
+    output = compare([tmp_path])
+    assert output.warnings == [
+        f"{garbage}: metrics.csv has no epoch and val_loss columns; no evaluations (status completed); skipped"
+    ]
+    assert "garbage" not in output.text
+
+
+def test_run_that_failed_before_evaluating_is_skipped(tmp_path):
+    write_run(tmp_path, "good")
+    failed = write_run(tmp_path, "failed", with_metrics=False, status="failed", summary_fields={"error": "CUDA out of memory"})
+    output = compare([tmp_path])
+    assert output.warnings == [f"{failed}: no metrics.csv; no evaluations (status failed); skipped"]
+
+
+def test_failed_run_with_evaluations_is_shown(tmp_path):
+    path = write_run(tmp_path, "failed", val_losses=(0.8, 0.7), status="failed", summary_fields={"error": "CUDA out of memory\ntraceback"})
+    output = compare([path])
+    assert output.warnings == [
+        f"{path}: failed at epoch 2 of 3 (CUDA out of memory); shown as incomplete, left out of seed statistics"
+    ]
+
+
+def test_missing_summary_gives_status_unknown(tmp_path):
+    partial = write_run(tmp_path, "partial", val_losses=(0.8, 0.7), with_summary=False)
+    full = write_run(tmp_path, "full", with_summary=False, seed=7)
+    output = compare([tmp_path])
+    assert output.warnings == [
+        f"{full}: no summary.json; status unknown, but metrics.csv reaches the configured 3 epochs; counted as complete",
+        f"{partial}: no summary.json; status unknown, at epoch 2 of 3; shown as incomplete, left out of seed statistics",
+    ]
+    statuses = {run.name: (run.status, run.complete) for run in report_of([tmp_path]).runs}
+    assert statuses == {"full": ("unknown", True), "partial": ("unknown", False)}
+
+
+def test_half_written_summary_is_reported(tmp_path):
+    path = write_run(tmp_path, "half")
+    (path / SUMMARY_FILE).write_text('{"status": "compl')
+    output = compare([path])
+    assert output.warnings == [
+        f"{path}: summary.json is corrupt; status unknown, but metrics.csv reaches the configured 3 epochs; counted as complete"
+    ]
+
+
+def test_missing_config_groups_by_the_summary(tmp_path):
+    path = write_run(tmp_path, "no-config", with_config=False)
+    output = compare([path])
+    assert output.warnings == [f"{path}: no config.yaml; grouped by the settings in summary.json"]
+    assert report_of([path]).runs[0].mode == "baseline"
+
+
+def test_runs_without_config_do_not_clutter_the_other_labels(tmp_path):
+    write_run(tmp_path, "full", seed=1)
+    write_run(tmp_path, "no-config", seed=2, with_config=False)
+    write_run(tmp_path, "bare", seed=3, with_config=False, with_summary=False)
+    labels = sorted(group.label for group in report_of([tmp_path]).groups)
+    assert labels == ["? (bare)", "baseline lr=2e-05", "baseline lr=2e-05 [no config.yaml]"]
+
+
+def test_metrics_alone_are_still_compared(tmp_path):
+    path = write_run(tmp_path, "bare", with_config=False, with_summary=False)
+    output = compare([path])
+    assert output.warnings == [
+        f"{path}: no config.yaml; no summary.json; grouped on its own; status unknown, at epoch 3; "
+        "shown as incomplete, left out of seed statistics"
+    ]
+
+
+def test_no_runs_at_all_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FloodError, match=r"^no runs found in .*empty; pass run folders"):
+        compare([tmp_path / "empty"])
+
+
+def test_no_usable_run_is_an_error_that_names_the_reason(tmp_path):
+    write_run(tmp_path, "failed", with_metrics=False, status="failed")
+    with pytest.raises(FloodError, match=r"^no usable runs in .*: .*failed: no metrics.csv; no evaluations \(status failed\); skipped$"):
+        compare([tmp_path])
+
+
+# ---------------------------------------------------------------------------
+# Groups, baselines and the honest differences
+
+
+def test_runs_that_differ_only_by_seed_form_a_group(tmp_path):
+    write_run(tmp_path, "a", seed=1)
+    write_run(tmp_path, "b", seed=2, precision="bf16", train={"eval_batch_size": 64})  # how, not what
+    write_run(tmp_path, "c", seed=3, lr=1e-5)
+    write_run(tmp_path, "d", seed=4, train={"batch_size": 16})
+    groups = report_of([tmp_path]).groups
+    assert sorted(sorted(run.name for run in group.runs) for group in groups) == [["a", "b"], ["c"], ["d"]]
+    assert sorted(group.label for group in groups) == [
+        "baseline lr=1e-05 batch_size=32",
+        "baseline lr=2e-05 batch_size=16",
+        "baseline lr=2e-05 batch_size=32",
+    ]
+
+
+def test_groups_against_the_baseline_with_interval_and_verdict(tmp_path):
+    write_seed_group(tmp_path, "baseline", [0.8100, 0.8142, 0.8200])
+    write_seed_group(tmp_path, "flood-b0.5", [0.7968, 0.7990], mode="flooding", b=0.5)
+    write_seed_group(tmp_path, "flood-b0.7", [0.8090, 0.8180, 0.8120], mode="flooding", b=0.7)
+    report = report_of([tmp_path])
+    verdicts = {c.group.label: (c.baseline.label, c.verdict) for c in report.comparisons}
+    assert verdicts == {
+        "flooding b=0.5 lr=2e-05": ("baseline lr=2e-05", "lower (better)"),
+        "flooding b=0.7 lr=2e-05": ("baseline lr=2e-05", "within seed noise"),
+    }
+    b05 = next(c for c in report.comparisons if c.group.label.startswith("flooding b=0.5"))
+    assert b05.difference == pytest.approx((0.7968 + 0.7990) / 2 - (0.8100 + 0.8142 + 0.8200) / 3)
+    assert b05.interval.low < b05.difference < b05.interval.high < 0
+    assert b05.note.startswith("Welch t, df=")
+
+
+def test_single_seed_runs_say_there_is_no_noise_estimate(tmp_path):
+    # The table users post: one seed each.
+    for name, best, config in [
+        ("baseline", 0.814198, {}),
+        ("flood-b0.7", 0.809810, {"mode": "flooding", "b": 0.7}),
+        ("alternate", 0.783370, {"mode": "alternate", "lr": 1e-5, "ascent_lr": 1e-6}),
+    ]:
+        write_run(tmp_path, name, val_losses=(best + 0.01, best), **config)
+    output = compare([tmp_path])
+    report = report_of([tmp_path])
+    assert {c.verdict for c in report.comparisons} == {"one seed per group: no noise estimate"}
+    assert "-0.0044 (-0.54%)" in output.text  # 0.809810 vs 0.814198
+    assert "one seed per group: no noise estimate" in output.text
+
+
+def test_the_closest_of_several_baselines_is_chosen_and_named(tmp_path):
+    write_seed_group(tmp_path, "base-lr2", [0.81], lr=2e-5)
+    write_seed_group(tmp_path, "base-lr1", [0.80, 0.82, 0.81], lr=1e-5)
+    write_seed_group(tmp_path, "flood", [0.79], mode="flooding", b=0.5, lr=2e-5)
+    (comparison,) = report_of([tmp_path]).comparisons
+    assert comparison.baseline.label == "baseline lr=2e-05"
+    assert "2 baseline groups match; chose" in comparison.note
+
+
+def test_no_baseline_of_other_data_or_model(tmp_path):
+    write_run(tmp_path, "base", model={"name_or_path": "bert-base-uncased", "tiny": None, "tokenizer": None})
+    write_run(tmp_path, "flood", mode="flooding", b=0.5)
+    report = report_of([tmp_path])
+    assert report.comparisons == [] and all(run.diff_to_baseline is None for run in report.runs)
+    assert "No baseline of the same model and data" in compare([tmp_path]).text
+
+
+def test_runs_sorted_by_best_loss_with_diverged_runs_last(tmp_path):
+    write_run(tmp_path, "mid", val_losses=(0.7, 0.6), seed=1)
+    write_run(tmp_path, "diverged", val_losses=(float("nan"), float("nan")), seed=2)
+    write_run(tmp_path, "low", val_losses=(0.5, 0.55), seed=3)
+    report = report_of([tmp_path])
+    assert [run.name for run in report.runs] == ["low", "mid", "diverged"]
+    assert report.groups[0].sample.n == 2  # the diverged run has no best loss to average
+
+
+# ---------------------------------------------------------------------------
+# Validation loss up, accuracy up
+
+
+@pytest.mark.parametrize(
+    ("val_losses", "val_accuracies", "up_epochs", "best_loss_epoch", "best_accuracy_epoch"),
+    [
+        ((0.6, 0.5, 0.55, 0.62), (0.80, 0.84, 0.86, 0.87), [3, 4], 2, 4),
+        ((0.6, 0.5, 0.45), (0.80, 0.84, 0.86), [], 3, 3),
+        ((0.6, 0.7, 0.65), (0.80, 0.79, 0.81), [], 1, 3),  # loss up with accuracy down is plain overfitting
+        ((0.6, 0.7, float("nan"), 0.8), (0.8, 0.9, 0.95, 0.96), [2], 1, 4),
+    ],
+)
+def test_loss_up_accuracy_up(tmp_path, val_losses, val_accuracies, up_epochs, best_loss_epoch, best_accuracy_epoch):
+    write_run(tmp_path, "run", val_losses=val_losses, val_accuracies=val_accuracies, epochs=len(val_losses))
+    run = report_of([tmp_path]).runs[0]
+    assert [row["epoch"] for row in run.loss_up_accuracy_up] == up_epochs
+    assert run.best_row["epoch"] == best_loss_epoch
+    assert run.best_accuracy_row["epoch"] == best_accuracy_epoch
+
+
+def test_best_loss_and_best_accuracy_apart_are_flagged(tmp_path):
+    write_run(tmp_path, "run", val_losses=(0.6, 0.5, 0.55), val_accuracies=(0.8, 0.84, 0.86))
+    text = compare([tmp_path]).text
+    assert "2 (200): 0.5000" in text and "3 (300): 0.8600 *" in text
+    assert "* best loss and best accuracy at different evaluations" in text
+
+
+# ---------------------------------------------------------------------------
+# Output formats
+
+
+def test_json_has_stable_keys(tmp_path):
+    write_seed_group(tmp_path, "baseline", [0.81, 0.82])
+    write_seed_group(tmp_path, "flood", [0.79, 0.80], mode="flooding", b=0.5)
+    document = json.loads(compare([tmp_path], as_json=True).text)
+    assert list(document) == ["version", "runs", "groups", "comparisons", "warnings"]
+    assert list(document["runs"][0]) == [
+        "name", "path", "group", "status", "complete", "mode", "b", "lr", "ascent_lr", "seed", "epochs", "model",
+        "data", "evaluations", "last_epoch", "best_val_loss", "best_epoch", "best_step", "val_accuracy_at_best",
+        "best_val_accuracy", "best_val_accuracy_epoch", "best_val_accuracy_step", "final_val_loss",
+        "final_val_accuracy", "diff_to_baseline", "diff_to_baseline_pct", "loss_up_accuracy_up",
+    ]
+    assert list(document["groups"][0]) == [
+        "id", "label", "mode", "baseline", "runs", "n", "n_left_out", "best_val_loss_mean", "best_val_loss_sd",
+        "best_val_loss_min", "best_val_loss_max", "settings",
+    ]
+    assert list(document["comparisons"][0]) == [
+        "group", "baseline", "n", "n_baseline", "mean", "baseline_mean", "difference", "difference_pct",
+        "ci_level", "ci_low", "ci_high", "method", "df", "verdict", "note",
+    ]
+    assert document["runs"][0]["loss_up_accuracy_up"][0].keys() == {"epoch", "step", "val_loss", "val_accuracy", "val_loss_top10_share"}
+    assert document["comparisons"][0]["verdict"] in ("lower (better)", "within seed noise")
+
+
+def test_json_is_strict_even_for_diverged_runs(tmp_path):
+    write_run(tmp_path, "diverged", val_losses=(float("nan"),))
+    text = compare([tmp_path], as_json=True).text
+    assert "NaN" not in text
+    assert json.loads(text)["runs"][0]["best_val_loss"] is None
+
+
+def test_csv_has_one_row_per_run(tmp_path):
+    write_seed_group(tmp_path / "runs", "baseline", [0.81, 0.80])
+    output = compare([tmp_path / "runs"], csv_path=tmp_path / "table.csv")
+    with open(tmp_path / "table.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert [(row["name"], float(row["best_val_loss"])) for row in rows] == [("baseline-s2", 0.80), ("baseline-s1", 0.81)]
+    assert output.text.endswith(f"wrote {tmp_path / 'table.csv'}")
+
+
+def test_csv_to_an_unwritable_place_is_an_error(tmp_path):
+    write_run(tmp_path, "run")
+    with pytest.raises(FloodError, match="^cannot write CSV"):
+        compare([tmp_path / "run"], csv_path=tmp_path / "missing" / "table.csv")
+
+
+def test_markdown_tables(tmp_path):
+    write_seed_group(tmp_path, "baseline", [0.81, 0.80])
+    write_seed_group(tmp_path, "flood", [0.79], mode="flooding", b=0.5)
+    text = compare([tmp_path], markdown=True).text
+    assert text.startswith("**Runs, sorted by best validation loss**\n\n| run | group | mode |")
+    assert "| flood-s1 | g1 | flooding | 0.5 | 2e-05 |  | 1 | 3 | 0.7900 |" in text
+    assert "**Against the baseline" in text
+
+
+def test_terminal_table_lines_up(tmp_path):
+    write_seed_group(tmp_path, "baseline", [0.81, 0.80])
+    lines = compare([tmp_path]).text.splitlines()
+    assert lines[0] == "Runs, sorted by best validation loss"
+    header, rule, first = lines[2], lines[3], lines[4]
+    assert set(rule.strip()) == {"─"}
+    assert first.index("0.8000") == header.index("best val_loss") + len("best val_loss") - len("0.8000")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"markdown": True, "as_json": True}, "--markdown and --json print different formats; pick one"),
+        ({"x_axis": "time"}, "--x 'time' is not an axis; use epoch or step"),
+    ],
+)
+def test_option_errors(tmp_path, options, message):
+    write_run(tmp_path, "run")
+    with pytest.raises(FloodError) as error:
+        compare([tmp_path], **options)
+    assert str(error.value) == message
+
+
+# ---------------------------------------------------------------------------
+# The command line
+
+
+runner = CliRunner()
+
+
+def test_cli_no_runs_exits_with_an_error(tmp_path):
+    result = runner.invoke(app, ["compare", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: no runs found in {tmp_path}; pass run folders or folders that hold them (each has metrics.csv)\n"
+    )
+    assert result.stdout == ""
+
+
+def test_cli_prints_warnings_on_stderr_and_the_table_on_stdout(tmp_path):
+    write_run(tmp_path, "good")
+    (tmp_path / "junk").mkdir()
+    result = runner.invoke(app, ["compare", str(tmp_path / "good"), str(tmp_path / "junk")])
+    assert result.exit_code == 0
+    assert result.stderr.splitlines() == [
+        f"warning: {tmp_path / 'junk'}: not a run folder (no config.yaml, metrics.csv or summary.json) and holds no runs; skipped"
+    ]
+    assert result.stdout.startswith("Runs, sorted by best validation loss")
+
+
+def test_cli_json_is_pure_json_on_stdout(tmp_path):
+    write_run(tmp_path, "good", with_summary=False)
+    result = runner.invoke(app, ["compare", str(tmp_path), "--json"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["warnings"] == [line.removeprefix("warning: ") for line in result.stderr.splitlines()]
+
+
+def test_cli_option_conflict(tmp_path):
+    write_run(tmp_path, "good")
+    result = runner.invoke(app, ["compare", str(tmp_path), "--json", "--markdown"])
+    assert (result.exit_code, result.stderr) == (1, "error: --markdown and --json print different formats; pick one\n")
+
+
+def test_compare_imports_no_heavy_library():
+    code = (
+        "import sys, flood_cli.compare, flood_cli.cli\n"
+        "heavy = {'torch', 'transformers', 'datasets', 'accelerate', 'numpy', 'pandas', 'scipy', 'matplotlib'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_metrics_writer_format_round_trips():
+    rows = make_rows((0.5, 0.4))
+    parsed, problems = parse_metrics(metrics_csv(rows))
+    assert problems == [] and [row["val_loss"] for row in parsed] == [0.5, 0.4]
