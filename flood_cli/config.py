@@ -10,12 +10,12 @@ resolved config saved with a run holds absolute paths, so it can be run again as
 from __future__ import annotations
 
 import difflib
-import math
+import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from flood_cli.errors import FloodError
 
@@ -23,7 +23,20 @@ MODES = ("baseline", "flooding", "alternate")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `lr: .nan` must fail as "not a finite number", before the
+    # range checks (which would report a confusing "greater than 0 (got nan)").
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # YAML reads yes/no/on/off/true/false as booleans and pydantic takes True as 1:
+        # `epochs: yes` must not silently mean one epoch.
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if annotation is not bool and ({int, float} & set(get_args(annotation) or (annotation,))):
+                raise ValueError(f"must be a number, not the boolean {str(value).lower()}")
+        return value
 
 
 class TinyBertConfig(_Section):
@@ -109,20 +122,25 @@ class TrainConfig(_Section):
     grad_accum_steps: int = Field(1, ge=1)
     seed: int = 42
     eval_every: Union[Literal["epoch"], int] = Field("epoch", description="'epoch' or a number of optimizer steps")
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="a nan/inf loss stops the run (failed), or skips that optimizer step (costs one sync per step)"
+    )
 
-    @field_validator("b", "lr", "ascent_lr", "weight_decay")
+    @field_validator("eval_every", mode="before")
     @classmethod
-    def _finite(cls, value: Optional[float]) -> Optional[float]:
-        if value is not None and not math.isfinite(value):
-            raise ValueError("must be a finite number")
-        return value
-
-    @field_validator("eval_every")
-    @classmethod
-    def _positive_steps(cls, value: Union[str, int]) -> Union[str, int]:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("must be 'epoch' or a positive number of steps")
-        return value
+    def _epoch_or_positive_steps(cls, value: Any) -> Any:
+        # Checked before pydantic's union matching, whose own message for "foo" would
+        # only mention 'epoch' and not the step count.
+        if value == "epoch":
+            return value
+        steps = value.strip() if isinstance(value, str) else value
+        if isinstance(steps, str) and steps.isdigit():
+            steps = int(steps)
+        if isinstance(steps, float) and steps.is_integer():
+            steps = int(steps)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"must be 'epoch' or a positive number of optimizer steps (got {value!r})")
+        return steps
 
     @model_validator(mode="after")
     def _mode_parameters(self) -> "TrainConfig":
@@ -156,6 +174,9 @@ class OutputConfig(_Section):
     dir: str = "runs"
     name: Optional[str] = Field(None, description="run folder name; default: generated from mode, b, lr, seed and time")
     save_best_model: bool = False
+    checkpoint_every: Optional[int] = Field(
+        None, ge=1, description="also checkpoint every N optimizer steps (always at each evaluation)"
+    )
 
     @field_validator("name")
     @classmethod
@@ -182,6 +203,22 @@ class Config(_Section):
 # Loading, overriding, validating
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-5`` as a float: YAML 1.1 needs a dot (``1.0e-5``)
+    and would hand pydantic the string "1e-5", which then fails in unions and --set."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_set_option(item: str) -> tuple[str, Any]:
     """Parse ``section.key=value`` (the value is read as YAML: 1e-5, true, null, [a, b])."""
     key, sep, raw = item.partition("=")
@@ -189,7 +226,7 @@ def parse_set_option(item: str) -> tuple[str, Any]:
     if not sep or "." not in key or not all(key.split(".")):
         raise FloodError(f"--set {item!r}: expected section.key=value, e.g. --set train.epochs=5")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return key, value
@@ -199,12 +236,13 @@ def apply_override(raw: dict[str, Any], dotted_key: str, value: Any) -> None:
     """Set ``raw[a][b] = value`` for ``a.b``, creating sections as needed."""
     node = raw
     *parents, leaf = dotted_key.split(".")
-    for part in parents:
+    for depth, part in enumerate(parents, start=1):
         child = node.get(part)
         if child is None:
             child = node[part] = {}
         elif not isinstance(child, dict):
-            raise FloodError(f"cannot set {dotted_key}: {part} is a value, not a section")
+            value_key = ".".join(parents[:depth])
+            raise FloodError(f"cannot set {dotted_key}: {part} is a value, not a section; set {value_key}=VALUE instead")
         node = child
     node[leaf] = value
 
@@ -216,10 +254,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise FloodError(f"config {path} is a folder; pass a YAML file, e.g. --config configs/tiny.yaml")
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FloodError(f"cannot read config {path}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise FloodError(f"config {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise FloodError(f"cannot read config {path}: {exc.strerror or exc}; check the file's permissions") from None
     try:
-        data = yaml.safe_load(text)
+        data = _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -259,12 +299,16 @@ def resolve_paths(config: Config, base: Path) -> Config:
 
 
 def _format_validation_error(error: ValidationError, source: str) -> str:
-    first = error.errors()[0]
+    errors = error.errors()
+    # An unknown key first: a misspelt section (`modle:`) also makes the real one
+    # "missing", and the spelling is what the user has to fix.
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = [str(part) for part in first["loc"] if not str(part).startswith(("function-", "literal["))]
     where = ".".join(loc)
     if first["type"] == "extra_forbidden":
         section_model = _section_at(loc[:-1])
-        known = list(section_model.model_fields) if section_model else []
+        # meta is written by flood itself; never suggest it.
+        known = [key for key in section_model.model_fields if key != "meta"] if section_model else []
         close = difflib.get_close_matches(loc[-1], known, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
         return f"{source}: unknown key '{where}'{hint}"
@@ -272,9 +316,13 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)
     if first["type"] == "missing":
-        message = "missing section" if len(loc) == 1 else "missing key"
+        message = "missing section; add it (see configs/tiny.yaml)" if len(loc) == 1 else "missing key; add it"
+    if first["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        value = first.get("input")
+        shown = "empty" if value is None else f"a {type(value).__name__} ({value!r})"
+        message = f"must be a section of key: value lines, not {shown}; see configs/tiny.yaml"
     got = ""
-    if first["type"] not in ("missing", "value_error", "model_type") and "input" in first:
+    if first["type"] not in ("missing", "value_error", "model_type", "model_attributes_type", "dict_type") and "input" in first:
         got = f" (got {first['input']!r})"
     message = message[:1].lower() + message[1:]
     return f"{source}: {where + ': ' if where else ''}{message}{got}"

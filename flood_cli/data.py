@@ -10,9 +10,11 @@ per-example dataset access in the hot loop.
 from __future__ import annotations
 
 import math
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -66,9 +68,85 @@ def _read_file(path_str: str, role: str) -> Any:
         raise FloodError(f"{role} file {path} is empty; it needs a header and at least one example")
     options: dict[str, Any] = {"sep": "\t"} if path.suffix.lower() == ".tsv" else {}
     try:
-        return load_dataset(builder, data_files={"data": str(path)}, split="data", **options)
+        with _datasets_quiet():
+            split = load_dataset(builder, data_files={"data": str(path)}, split="data", **options)
     except Exception as exc:  # datasets/pandas/pyarrow raise many types for bad files
-        raise FloodError(f"cannot read {role} file {path}: {_first_line(exc)}; check the file's format and encoding (UTF-8)") from None
+        raise _read_error(exc, path, role) from None
+    if builder == "csv" and "__index_level_0__" in split.column_names:
+        # pandas takes the first column as an index when the first row has one field
+        # more than the header, shifting every column by one: texts would become labels.
+        raise FloodError(
+            f"{role} file {path}: line 2 has more fields than the header; "
+            f"quote texts that contain {_separator_name(path)}s (\"like, this\") or fix the header"
+        )
+    return split
+
+
+@contextmanager
+def _datasets_quiet() -> Iterator[None]:
+    """Silence datasets' own error log while loading: it prints a multi-line report of
+    failures that the FloodError below already states in one line."""
+    import logging
+
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _separator_name(path: Path) -> str:
+    return "tab" if path.suffix.lower() == ".tsv" else "comma"
+
+
+def _read_error(exc: Exception, path: Path, role: str) -> FloodError:
+    """One line for a file that datasets cannot read, naming the cause and the line where known."""
+    cause = _root_cause(exc)
+    text = _first_line(cause)
+    if isinstance(cause, UnicodeDecodeError) or "Invalid UTF8" in text or "invalid utf8" in text.lower():
+        line = _first_non_utf8_line(path)
+        where = f" (line {line})" if line else ""
+        return FloodError(
+            f"{role} file {path} is not UTF-8 text{where}; re-save it as UTF-8, e.g. iconv -f latin1 -t utf-8"
+        )
+    if "corresponds to no data" in text:
+        return FloodError(f"{role} file {path} has no examples (only a header?); it needs at least one row")
+    ragged = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", text)
+    if ragged:
+        expected, line, saw = ragged.groups()
+        return FloodError(
+            f"{role} file {path}: line {line} has {saw} fields but the header has {expected}; "
+            f"quote texts that contain {_separator_name(path)}s (\"like, this\") or fix that line"
+        )
+    kind = path.suffix.lower().lstrip(".")
+    encoding = "" if kind == "parquet" else " text in UTF-8"
+    return FloodError(f"cannot read {role} file {path}: {text.rstrip('.')}; check that it is valid {kind}{encoding}")
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """datasets wraps the reader's error (pandas, pyarrow) in DatasetGenerationError."""
+    from datasets.exceptions import DatasetGenerationError
+
+    seen = {id(exc)}
+    while isinstance(exc, DatasetGenerationError):
+        inner = exc.__cause__ or exc.__context__
+        if inner is None or id(inner) in seen:
+            break
+        seen.add(id(inner))
+        exc = inner
+    return exc
+
+
+def _first_non_utf8_line(path: Path) -> Optional[int]:
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return None
 
 
 def _read_hub(cfg: DataConfig, split: str, role: str) -> Any:
@@ -119,15 +197,21 @@ def _check_columns(split: Any, cfg: DataConfig, role: str) -> None:
         raise FloodError(f"{role} split is empty; it needs at least one example")
     for column in wanted[:1] + wanted[2:]:
         texts = split[column]
-        missing = sum(1 for text in texts if text is None)
-        if missing:
-            raise FloodError(f"{role} data: {missing} of {len(texts)} rows have no text in column '{column}'; fill or drop them")
-        if all(isinstance(text, str) and not text.strip() for text in texts):
+        # Checked before the per-row count: an all-empty column is a wrong column name
+        # more often than missing data (pandas reads empty fields as None).
+        if all(_is_missing(text) for text in texts):
             raise FloodError(f"{role} data: column '{column}' is empty in every row; point data.{'text_column' if column == cfg.text_column else 'text_pair_column'} to the text")
-    missing_labels = sum(1 for label in split[cfg.label_column] if _is_missing(label))
+        missing = [i for i, text in enumerate(texts) if text is None or (isinstance(text, float) and math.isnan(text))]
+        if missing:
+            raise FloodError(
+                f"{role} data: {len(missing)} of {len(texts)} rows have no text in column '{column}' "
+                f"(first: data row {missing[0] + 1}); fill or drop them"
+            )
+    missing_labels = [i for i, label in enumerate(split[cfg.label_column]) if _is_missing(label)]
     if missing_labels:
         raise FloodError(
-            f"{role} data: {missing_labels} of {len(split)} rows have no label in column '{cfg.label_column}'; fill or drop them"
+            f"{role} data: {len(missing_labels)} of {len(split)} rows have no label in column '{cfg.label_column}' "
+            f"(first: data row {missing_labels[0] + 1}); fill or drop them"
         )
 
 
@@ -141,8 +225,10 @@ def label_names_of(train: Any, cfg: DataConfig) -> list[str]:
     names = getattr(feature, "names", None)
     if names:
         return list(names)
-    values = sorted(set(train[cfg.label_column]), key=lambda v: (isinstance(v, str), v))
-    return [_label_str(v) for v in values]
+    # Numbers sort as numbers (2 before 10), strings by their name as encode_labels
+    # reads it (stripped), so that "spam" and " spam " are one class, not two.
+    values = sorted(set(train[cfg.label_column]), key=lambda v: (isinstance(v, str), v.strip() if isinstance(v, str) else v))
+    return list(dict.fromkeys(_label_str(v) for v in values))
 
 
 def _label_str(value: Any) -> str:
@@ -257,6 +343,7 @@ def _split_off_validation(train: Any, cfg: DataConfig, label_names: list[str]) -
     from datasets import ClassLabel
 
     ids = encode_labels(train, cfg, label_names, "train")
+    _check_stratifiable(ids, label_names, cfg)
     column = "__flood_label_id"
     with_ids = train.add_column(column, ids).cast_column(column, ClassLabel(names=label_names))
     try:
@@ -267,6 +354,29 @@ def _split_off_validation(train: Any, cfg: DataConfig, label_names: list[str]) -
             "give data.validation_file or change data.validation_fraction"
         ) from None
     return parts["train"].remove_columns(column), parts["test"].remove_columns(column)
+
+
+def _check_stratifiable(ids: list[int], label_names: list[str], cfg: DataConfig) -> None:
+    """The conditions of a stratified split, said in the config's terms (the splitter's
+    own messages name an internal column)."""
+    counts = [0] * len(label_names)
+    for label_id in ids:
+        counts[label_id] += 1
+    rare = [name for name, count in zip(label_names, counts) if count < 2]
+    if rare:
+        raise FloodError(
+            f"label {rare[0]!r} has only one training example, too few to split off a stratified validation set; "
+            "add examples of it, drop it, or give data.validation_file"
+        )
+    total, classes = len(ids), len(label_names)
+    # As datasets sizes the split: the validation part rounds up, training gets the rest.
+    n_validation = math.ceil(cfg.validation_fraction * total)
+    if n_validation < classes or total - n_validation < classes:
+        raise FloodError(
+            f"data.validation_fraction {cfg.validation_fraction:g} of {total} examples gives {n_validation} validation "
+            f"and {total - n_validation} training examples, fewer than the {classes} labels; "
+            "add examples, change data.validation_fraction, or give data.validation_file"
+        )
 
 
 # ---------------------------------------------------------------------------

@@ -10,19 +10,53 @@ from flood_cli.config import ModelConfig
 from flood_cli.errors import FloodError
 
 TINY_TOKENIZER = "tiny-tokenizer"
+# Any of these marks a folder as holding a tokenizer (fast, WordPiece, BPE, SentencePiece).
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+    "sentencepiece.bpe.model", "tokenizer.model",
+)
 
 
-def _not_found(what: str, name: str, exc: Exception) -> FloodError:
-    if Path(name).is_absolute() or name.startswith("."):
-        if not Path(name).exists():
-            return FloodError(f"{what} folder {name} does not exist; fix model.name_or_path (or model.tokenizer)")
+def _is_local(name: str) -> bool:
+    # resolve_paths has made relative folders of a config file absolute; a name that is
+    # neither absolute, nor ./-like, nor an existing path is taken as a Hub name.
+    return Path(name).is_absolute() or name.startswith((".", "~")) or Path(name).exists()
+
+
+def _check_local(what: str, name: str, key: str) -> None:
+    """Clear messages for the usual mistakes with local folders, before transformers
+    reports them in its own terms (or, for a weights file, with a traceback)."""
+    if not _is_local(name):
+        return
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise FloodError(f"{what} folder {name} does not exist; fix {key}")
+    if not path.is_dir():
+        raise FloodError(f"{what} path {name} is a file, not a folder; point {key} to the folder that holds it")
+    if what == "model" and not (path / "config.json").is_file():
+        raise FloodError(
+            f"model folder {name} has no config.json; point {key} to a folder written by save_pretrained "
+            "(config.json and model.safetensors)"
+        )
+    # transformers builds an empty tokenizer (every word [UNK]) from a folder that holds
+    # only a model's config.json, so a missing tokenizer must be caught here.
+    if what == "tokenizer" and not any((path / file).is_file() for file in TOKENIZER_FILES):
+        raise FloodError(
+            f"tokenizer folder {name} holds no tokenizer files (tokenizer.json, tokenizer_config.json or vocab.txt); "
+            f"save the tokenizer there with save_pretrained, or set model.tokenizer"
+        )
+
+
+def _not_found(what: str, name: str, key: str, exc: Exception) -> FloodError:
+    if _is_local(name):
+        holds = "config.json and model.safetensors" if what == "model" else "tokenizer.json or vocab.txt, tokenizer_config.json"
         return FloodError(
-            f"{what} folder {name} cannot be loaded ({_first_line(exc)}); it must hold a Hugging Face "
-            "save_pretrained folder (config.json and weights, tokenizer files)"
+            f"{what} folder {name} cannot be loaded ({_first_line(exc)}); it must be a folder written by "
+            f"save_pretrained ({holds}): fix {key}"
         )
     return FloodError(
         f"{what} '{name}' is neither a local folder nor loadable from the Hugging Face Hub "
-        f"({_first_line(exc)}); check the name, connect to the network, or point model.name_or_path "
+        f"({_first_line(exc)}); check the name, connect to the network, or point {key} "
         "to a downloaded folder"
     )
 
@@ -43,10 +77,12 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
             return AutoTokenizer.from_pretrained(str(path))
     name = cfg.tokenizer or cfg.name_or_path
     assert name is not None, "validated by the config"
+    key = "model.tokenizer" if cfg.tokenizer else "model.name_or_path"
+    _check_local("tokenizer", name, key)
     try:
         return AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError, EnvironmentError) as exc:
-        raise _not_found("tokenizer", name, exc) from None
+    except Exception as exc:  # transformers raises OSError, ValueError, JSON and other errors
+        raise _not_found("tokenizer", name, key, exc) from None
 
 
 def build_model(cfg: ModelConfig, label_names: list[str], tokenizer: Any, max_length: int) -> Any:
@@ -74,17 +110,19 @@ def build_model(cfg: ModelConfig, label_names: list[str], tokenizer: Any, max_le
         return BertForSequenceClassification(config)
     name = cfg.name_or_path
     assert name is not None, "validated by the config"
+    _check_local("model", name, "model.name_or_path")
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             name,
-            num_labels=len(label_names),
+            # id2label sets num_labels too; passing num_labels as well makes transformers
+            # warn that it disagrees with the checkpoint's own id2label.
             id2label=id2label,
             label2id=label2id,
             # A checkpoint fine-tuned on other labels keeps its body; its head is new.
             ignore_mismatched_sizes=True,
         )
-    except (OSError, ValueError, EnvironmentError) as exc:
-        raise _not_found("model", name, exc) from None
+    except Exception as exc:  # transformers raises OSError, ValueError, unpickling and other errors
+        raise _not_found("model", name, "model.name_or_path", exc) from None
     max_positions = getattr(model.config, "max_position_embeddings", None)
     if max_positions is not None and max_length > max_positions:
         raise FloodError(

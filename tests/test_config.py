@@ -1,0 +1,373 @@
+"""The run config: every bad file, value or override gives one clear line; good ones load,
+overrides apply, and relative paths are taken from the config file's folder."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flood_cli.config import load_config, parse_set_option
+from flood_cli.errors import FloodError
+from tests.conftest import SHIPPED_DATA, TINY_CONFIG, small_config, write_config
+
+
+def raises_one_line(fragment: str):
+    """pytest.raises for a FloodError whose message contains ``fragment`` verbatim."""
+    return pytest.raises(FloodError, match=re.escape(fragment))
+
+
+def assert_one_line(excinfo: pytest.ExceptionInfo) -> None:
+    message = str(excinfo.value)
+    assert message and "\n" not in message, message
+
+
+# ---------------------------------------------------------------------------
+# The file itself
+
+
+def test_missing_config_file(tmp_path):
+    path = tmp_path / "nope.yaml"
+    with raises_one_line(f"config file {path} not found; pass an existing YAML file") as excinfo:
+        load_config(path)
+    assert_one_line(excinfo)
+
+
+def test_config_path_is_a_folder(tmp_path):
+    with raises_one_line(f"config {tmp_path} is a folder; pass a YAML file") as excinfo:
+        load_config(tmp_path)
+    assert_one_line(excinfo)
+
+
+FILE_CASES = [
+    # (case, file contents, expected message after "<path>")
+    ("yaml syntax", "model:\n  tiny:\n    num_layers: 2\n   hidden_size: 64\n", " at line 4, column 4: "),
+    ("tab indent", "model:\n\ttiny: {}\n", " at line 2, column 1: found character '\\t' that cannot start any token; fix the file"),
+    ("empty file", "", " is empty; it needs at least the model and data sections (see configs/tiny.yaml)"),
+    ("comments only", "# nothing yet\n", " is empty; it needs at least the model and data sections"),
+    ("top-level list", "- model\n- data\n", " must be a mapping of sections (model, data, train…), not a list"),
+    ("top-level string", "configs/tiny.yaml\n", " must be a mapping of sections (model, data, train…), not a str"),
+]
+
+
+@pytest.mark.parametrize("case, text, expected", FILE_CASES, ids=[c[0] for c in FILE_CASES])
+def test_bad_config_file(tmp_path, case, text, expected):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    with raises_one_line(f"{path}{expected}") as excinfo:
+        load_config(path)
+    assert_one_line(excinfo)
+    if case in ("yaml syntax", "tab indent"):
+        assert str(excinfo.value).startswith(f"YAML syntax error in {path} at line ")
+
+
+def test_config_not_utf8(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_bytes("# café\nmodel: {}\n".encode("latin-1"))
+    with raises_one_line(f"config {path} is not UTF-8 text (invalid continuation byte at byte 5); save it as UTF-8") as excinfo:
+        load_config(path)
+    assert_one_line(excinfo)
+
+
+# ---------------------------------------------------------------------------
+# Keys and values
+
+
+def _set(path: str, value):
+    """An edit of the small config: set section.key (deeper keys allowed) to value."""
+
+    def edit(config: dict) -> None:
+        *parents, leaf = path.split(".")
+        node = config
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+
+    return edit
+
+
+def _rename(old: str, new: str):
+    def edit(config: dict) -> None:
+        config[new] = config.pop(old)
+
+    return edit
+
+
+def _delete(section: str, key: str):
+    def edit(config: dict) -> None:
+        del config[section][key]
+
+    return edit
+
+
+def _edits(*edits):
+    def edit(config: dict) -> None:
+        for one in edits:
+            one(config)
+
+    return edit
+
+
+VALUE_CASES = [
+    # (case, edit of the small config, expected message after "config error in <path>: ")
+    ("unknown key in section", _set("train.lrr", 1e-3), "unknown key 'train.lrr'; did you mean 'lr'?"),
+    ("misspelt section", _rename("model", "modle"), "unknown key 'modle'; did you mean 'model'?"),
+    ("unknown top-level key", _set("zzz", 1), "unknown key 'zzz'; known keys: model, data, train, runtime, output"),
+    ("unknown nested key", _set("model.tiny.hidden_sise", 64), "unknown key 'model.tiny.hidden_sise'; did you mean 'hidden_size'?"),
+    ("missing section", lambda c: c.pop("data"), "data: missing section; add it (see configs/tiny.yaml)"),
+    ("empty section", _set("model", None), "model: must be a section of key: value lines, not empty; see configs/tiny.yaml"),
+    ("section is a list", _set("data", [1, 2]), "data: must be a section of key: value lines, not a list ([1, 2]); see configs/tiny.yaml"),
+    ("lr not a number", _set("train.lr", "abc"), "train.lr: input should be a valid number, unable to parse string as a number (got 'abc')"),
+    ("lr nan", _set("train.lr", float("nan")), "train.lr: input should be a finite number (got nan)"),
+    ("lr inf", _set("train.lr", float("inf")), "train.lr: input should be a finite number (got inf)"),
+    ("b negative", _set("train", {"mode": "flooding", "b": -0.1}), "train.b: input should be greater than or equal to 0 (got -0.1)"),
+    (
+        "ascent_lr >= lr",
+        _set("train", {"mode": "alternate", "lr": 1e-4, "ascent_lr": 1e-3}),
+        "train: ascent_lr (0.001) must be smaller than lr (0.0001) in mode alternate, or training ascends on average",
+    ),
+    (
+        "alternate without ascent_lr",
+        _set("train.mode", "alternate"),
+        "train: mode alternate needs train.ascent_lr (or --ascent-lr), smaller than lr",
+    ),
+    (
+        "ascent_lr outside alternate",
+        _set("train.ascent_lr", 1e-5),
+        "train: ascent_lr applies only to mode alternate, but mode is baseline; drop ascent_lr",
+    ),
+    ("flooding without b", _set("train.mode", "flooding"), "train: mode flooding needs a flood level: set train.b (or pass --b)"),
+    (
+        "b with mode baseline",
+        _set("train", {"mode": "baseline", "b": 0.1}),
+        "train: b (flood level) applies only to mode flooding, but mode is baseline; drop b or use mode flooding",
+    ),
+    ("unknown mode", _set("train.mode", "flood"), "train.mode: input should be 'baseline', 'flooding' or 'alternate' (got 'flood')"),
+    ("zero epochs", _set("train.epochs", 0), "train.epochs: input should be greater than or equal to 1 (got 0)"),
+    ("fractional epochs", _set("train.epochs", 2.5), "train.epochs: input should be a valid integer, got a number with a fractional part (got 2.5)"),
+    ("boolean epochs (yes)", _set("train.epochs", True), "train.epochs: must be a number, not the boolean true"),
+    ("batch_size 0", _set("train.batch_size", 0), "train.batch_size: input should be greater than or equal to 1 (got 0)"),
+    ("validation_fraction 1.5", _set("data.validation_fraction", 1.5), "data.validation_fraction: input should be less than 1 (got 1.5)"),
+    ("max_length 2", _set("data.max_length", 2), "data.max_length: input should be greater than or equal to 8 (got 2)"),
+    ("eval_every 0", _set("train.eval_every", 0), "train.eval_every: must be 'epoch' or a positive number of optimizer steps (got 0)"),
+    ("eval_every foo", _set("train.eval_every", "foo"), "train.eval_every: must be 'epoch' or a positive number of optimizer steps (got 'foo')"),
+    ("eval_every 1.5", _set("train.eval_every", 1.5), "train.eval_every: must be 'epoch' or a positive number of optimizer steps (got 1.5)"),
+    (
+        "tiny heads do not divide hidden",
+        _set("model.tiny.hidden_size", 63),
+        "model.tiny: hidden_size (63) must be a multiple of num_heads (2)",
+    ),
+    (
+        "both name_or_path and tiny",
+        _set("model.name_or_path", "bert-base-uncased"),
+        "model: set exactly one of name_or_path (a Hub name or local folder) or tiny (a small BERT built from scratch)",
+    ),
+    (
+        "neither name_or_path nor tiny",
+        _set("model", {}),
+        "model: set exactly one of name_or_path (a Hub name or local folder) or tiny (a small BERT built from scratch)",
+    ),
+    (
+        "both dataset and train_file",
+        _set("data.dataset", "glue"),
+        "data: set exactly one of dataset (a Hub dataset name) or train_file (a local csv/tsv/json/jsonl/parquet file)",
+    ),
+    (
+        "neither dataset nor train_file",
+        _delete("data", "train_file"),
+        "data: set exactly one of dataset (a Hub dataset name) or train_file (a local csv/tsv/json/jsonl/parquet file)",
+    ),
+    ("output.name with /", _set("output.name", "a/b"), "output.name: must be a plain folder name (no '/'), not empty"),
+    ("output.name ..", _set("output.name", ".."), "output.name: must be a plain folder name (no '/'), not empty"),
+    ("unknown device", _set("runtime.device", "tpu"), "runtime.device: input should be 'auto', 'cpu' or 'cuda' (got 'tpu')"),
+    (
+        "two mistakes: the unknown key wins",
+        _edits(_rename("model", "modle"), _set("train.epochs", 0)),
+        "unknown key 'modle'; did you mean 'model'?",
+    ),
+]
+
+
+@pytest.mark.parametrize("case, edit, expected", VALUE_CASES, ids=[c[0] for c in VALUE_CASES])
+def test_bad_config_value(tmp_path, case, edit, expected):
+    config = small_config()
+    edit(config)
+    path = write_config(tmp_path, config)
+    with raises_one_line(f"config error in {path}: {expected}") as excinfo:
+        load_config(path)
+    assert_one_line(excinfo)
+    assert str(excinfo.value) == f"config error in {path}: {expected}"
+
+
+def test_nan_written_in_yaml(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(small_config()).replace("lr: 0.001", "lr: .nan"))
+    with raises_one_line(f"config error in {path}: train.lr: input should be a finite number (got nan)"):
+        load_config(path)
+
+
+# ---------------------------------------------------------------------------
+# --set and flag overrides
+
+
+SET_CASES = [
+    # (--set item, parsed (key, value))
+    ("train.epochs=5", ("train.epochs", 5)),
+    ("train.lr=1e-5", ("train.lr", 1e-5)),  # YAML 1.1 alone would give the string "1e-5"
+    ("train.lr=2.5E-4", ("train.lr", 2.5e-4)),
+    ("train.b=null", ("train.b", None)),
+    ("train.b=", ("train.b", None)),
+    ("train.mode = flooding", ("train.mode", "flooding")),
+    ("output.name=run 1", ("output.name", "run 1")),
+    ("model.tiny.num_layers=4", ("model.tiny.num_layers", 4)),
+    ("runtime.device=cpu", ("runtime.device", "cpu")),
+    ("output.save_best_model=true", ("output.save_best_model", True)),
+]
+
+
+@pytest.mark.parametrize("item, expected", SET_CASES, ids=[c[0] for c in SET_CASES])
+def test_parse_set_option(item, expected):
+    key, value = parse_set_option(item)
+    assert (key, value) == expected
+    assert type(value) is type(expected[1])
+
+
+BAD_SETS = ["foo", "=3", "train=3", "train.=3", ".lr=3", "a..b=1", ""]
+
+
+@pytest.mark.parametrize("item", BAD_SETS)
+def test_malformed_set_option(item):
+    with raises_one_line(f"--set {item!r}: expected section.key=value, e.g. --set train.epochs=5") as excinfo:
+        parse_set_option(item)
+    assert_one_line(excinfo)
+
+
+def test_sets_apply_and_are_typed(config_file):
+    config = load_config(config_file, sets=["train.epochs=5", "train.lr=1e-5", "train.eval_every=10", "model.tiny.num_layers=1"])
+    assert config.train.epochs == 5
+    assert config.train.lr == 1e-5 and isinstance(config.train.lr, float)
+    assert config.train.eval_every == 10
+    assert config.model.tiny.num_layers == 1
+
+
+def test_exponent_without_dot_in_file_is_a_float(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(small_config()).replace("lr: 0.001", "lr: 1e-3"))
+    assert load_config(path).train.lr == 1e-3
+
+
+OVERRIDE_CASES = [
+    # (case, train section of the file, overrides, --set items, expected (mode, b) or error fragment)
+    ("b alone switches to flooding", {}, {"train.b": 0.5}, [], ("flooding", 0.5)),
+    ("--set train.b alone switches to flooding", {}, {}, ["train.b=0.5"], ("flooding", 0.5)),
+    ("b with mode flooding in the file", {"mode": "flooding", "b": 0.1}, {"train.b": 0.3}, [], ("flooding", 0.3)),
+    ("b with --mode flooding", {}, {"train.b": 0.2, "train.mode": "flooding"}, [], ("flooding", 0.2)),
+    ("b=null keeps baseline", {}, {}, ["train.b=null"], ("baseline", None)),
+    (
+        "b with mode alternate in the file",
+        {"mode": "alternate", "ascent_lr": 1e-4},
+        {"train.b": 0.5},
+        [],
+        "--b (flood level) applies only to mode flooding, but the mode is alternate; drop --b or pass --mode flooding",
+    ),
+    (
+        "b with --mode alternate",
+        {},
+        {"train.b": 0.5, "train.mode": "alternate", "train.ascent_lr": 1e-4},
+        [],
+        "--b (flood level) applies only to mode flooding, but the mode is alternate; drop --b or pass --mode flooding",
+    ),
+    (
+        "b with --mode baseline",
+        {},
+        {"train.b": 0.5, "train.mode": "baseline"},
+        [],
+        "--b (flood level) applies only to mode flooding; drop --b or --mode baseline",
+    ),
+    ("--set unknown key", {}, {}, ["train.lrr=3"], "unknown key 'train.lrr'; did you mean 'lr'?"),
+    ("--set unknown section", {}, {}, ["trian.lr=3"], "unknown key 'trian'; did you mean 'train'?"),
+    ("--set below a value", {}, {}, ["train.lr.x=3"], "cannot set train.lr.x: lr is a value, not a section; set train.lr=VALUE instead"),
+    ("--set bad value", {}, {}, ["train.batch_size=many"], "train.batch_size: input should be a valid integer, unable to parse string as an integer (got 'many')"),
+]
+
+
+@pytest.mark.parametrize("case, train, overrides, sets, expected", OVERRIDE_CASES, ids=[c[0] for c in OVERRIDE_CASES])
+def test_overrides(tmp_path, case, train, overrides, sets, expected):
+    path = write_config(tmp_path, small_config(train=train))
+    if isinstance(expected, tuple):
+        config = load_config(path, overrides, sets)
+        assert (config.train.mode, config.train.b) == expected
+        return
+    with raises_one_line(expected) as excinfo:
+        load_config(path, overrides, sets)
+    assert_one_line(excinfo)
+
+
+def test_overrides_do_not_change_the_callers_dict(config_file):
+    overrides = {"train.b": 0.5}
+    load_config(config_file, overrides)
+    assert overrides == {"train.b": 0.5}
+
+
+# ---------------------------------------------------------------------------
+# Paths
+
+
+def test_relative_data_paths_are_taken_from_the_config_folder(tmp_path):
+    (tmp_path / "data").mkdir()
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    config = small_config()
+    config["data"].update(train_file="../data/train.csv", validation_file="../data/val.csv", test_file="test.csv")
+    config = load_config(write_config(folder, config))
+    assert config.data.train_file == str(tmp_path / "data" / "train.csv")
+    assert config.data.validation_file == str(tmp_path / "data" / "val.csv")
+    assert config.data.test_file == str(folder / "test.csv")
+
+
+def test_absolute_data_path_is_kept(tmp_path):
+    config = load_config(write_config(tmp_path, small_config()))
+    assert config.data.train_file == str(SHIPPED_DATA)
+
+
+def test_shipped_tiny_config_points_at_the_shipped_data():
+    config = load_config(TINY_CONFIG)
+    assert Path(config.data.train_file).resolve() == SHIPPED_DATA.resolve()
+    assert config.model.describe() == "tiny-bert(L2,H64,A2)"
+
+
+MODEL_PATH_CASES = [
+    # (case, name_or_path written in the config, folder created next to the config, expected: None = absolute path)
+    ("./ folder", "./my-model", "my-model", None),
+    ("bare existing folder", "my-model", "my-model", None),
+    ("parent folder", "../models/bert", "../models/bert", None),
+    ("./ folder not there yet", "./absent", None, None),
+    ("hub name", "bert-base-uncased", None, "bert-base-uncased"),
+    ("hub name with namespace", "google/bert_uncased_L-2_H-128_A-2", None, "google/bert_uncased_L-2_H-128_A-2"),
+]
+
+
+@pytest.mark.parametrize("case, name, create, expected", MODEL_PATH_CASES, ids=[c[0] for c in MODEL_PATH_CASES])
+def test_model_name_or_path(tmp_path, case, name, create, expected):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    if create:
+        (folder / create).mkdir(parents=True)
+    config = small_config()
+    config["model"] = {"name_or_path": name, "tokenizer": name}
+    config = load_config(write_config(folder, config))
+    resolved = str((folder / name).resolve()) if expected is None else expected
+    assert config.model.name_or_path == resolved
+    assert config.model.tokenizer == resolved
+
+
+def test_resolved_config_loads_again_as_is(tmp_path, config_file):
+    """The config saved with a run holds absolute paths and validates unchanged."""
+    config = load_config(config_file, {"train.b": 0.25}, ["train.lr=1e-4"])
+    saved_in = tmp_path / "run"
+    saved_in.mkdir()
+    again = load_config(write_config(saved_in, config.experiment_dict()))
+    assert again.experiment_dict() == config.experiment_dict()
+    assert (again.train.mode, again.train.b, again.train.lr) == ("flooding", 0.25, 1e-4)
