@@ -13,7 +13,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from flood_cli.errors import FloodError
+from flood_cli.errors import FloodError, RunInterrupted
 
 app = typer.Typer(
     add_completion=False,
@@ -23,20 +23,51 @@ app = typer.Typer(
 )
 
 
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C
+_debug = {"on": False}
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="show the full traceback of errors")] = False,
+) -> None:
+    _debug["on"] = debug
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> None:
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
     raise typer.Exit(code)
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn FloodError into one line on stderr and a non-zero exit code."""
+    """Every failure becomes one line on stderr and a non-zero exit code (tracebacks
+    only with --debug); an interrupted run says how to resume it."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except FloodError as exc:
-            _fail(str(exc))
+        except typer.Exit:
+            raise
+        except RunInterrupted as exc:
+            typer.echo(f"interrupted: {exc}; checkpoint written", err=True)
+            if exc.run_dir is not None:
+                typer.echo(f"resume with: flood train --resume {exc.run_dir}", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED)
+        except KeyboardInterrupt:
+            if _debug["on"]:
+                raise
+            _fail("interrupted", EXIT_INTERRUPTED)
+        except Exception as exc:
+            if _debug["on"]:
+                raise
+            if isinstance(exc, FloodError):
+                _fail(str(exc))
+            if isinstance(exc, OSError) and exc.strerror:
+                where = f" {exc.filename}" if exc.filename else ""
+                _fail(f"cannot write or read{where}: {exc.strerror}; check the disk and permissions")
+            _fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)")
 
     return wrapper
 
@@ -44,7 +75,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 @app.command()
 @user_errors
 def train(
-    config: Annotated[Path, typer.Option("--config", "-c", help="YAML config, e.g. configs/tiny.yaml")],
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config, e.g. configs/tiny.yaml")] = None,
     mode: Annotated[Optional[str], typer.Option(help="baseline | flooding | alternate")] = None,
     b: Annotated[Optional[float], typer.Option("--b", help="flood level; alone, it switches the mode to flooding")] = None,
     lr: Annotated[Optional[float], typer.Option(help="learning rate (descent rate in mode alternate)")] = None,
@@ -56,11 +87,34 @@ def train(
     set_: Annotated[
         Optional[list[str]], typer.Option("--set", help="override any config key: --set train.batch_size=16 (repeatable)")
     ] = None,
+    resume: Annotated[
+        Optional[Path], typer.Option(help="continue a stopped run from its last checkpoint, with its saved config")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Fine-tune a classifier and write metrics.csv and summary.json to a new run folder."""
     from flood_cli.config import load_config
 
+    given = {
+        "--config": config, "--mode": mode, "--b": b, "--lr": lr, "--ascent-lr": ascent_lr, "--epochs": epochs,
+        "--seed": seed, "--out": out, "--name": name, "--set": set_ or None,
+    }
+    if resume is not None:
+        changed = [flag for flag, value in given.items() if value is not None]
+        if changed:
+            raise FloodError(
+                f"--resume continues the saved experiment, so {changed[0]} cannot be changed; "
+                "drop it, or start a new run with --config"
+            )
+        from flood_cli.progress import make_reporter
+        from flood_cli.train import resume_training
+
+        with make_reporter(quiet=quiet) as reporter:
+            result = resume_training(resume, reporter=reporter)
+        _print_result(result)
+        return
+    if config is None:
+        raise FloodError("flood train needs --config FILE (e.g. configs/tiny.yaml) or --resume RUN_FOLDER")
     if mode is not None and mode not in ("baseline", "flooding", "alternate"):
         raise FloodError(f"--mode {mode!r} is not a mode; use baseline, flooding or alternate")
     flags = {
@@ -81,6 +135,10 @@ def train(
 
     with make_reporter(quiet=quiet) as reporter:
         result = run_training(cfg, reporter=reporter)
+    _print_result(result)
+
+
+def _print_result(result: Any) -> None:
     typer.echo(f"run folder: {result.run_dir}")
     typer.echo(f"best val_loss: {result.best_val_loss:.6f} (epoch {result.best_epoch:g}, step {result.best_step})")
 
@@ -89,7 +147,7 @@ def train(
 @user_errors
 def compare(
     paths: Annotated[list[Path], typer.Argument(help="run folders, or folders that hold runs")],
-    plot: Annotated[Optional[Path], typer.Option(help="write loss/accuracy curves to this PNG")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="write loss/accuracy curves to this image (.png, .pdf, .svg)")] = None,
     csv: Annotated[Optional[Path], typer.Option("--csv", help="write the table to this CSV file")] = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="print the table as Markdown")] = False,
     json_: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,

@@ -12,6 +12,7 @@ This module must stay free of torch: `flood compare` reads the same files.
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import math
 import os
@@ -38,6 +39,7 @@ METRICS_COLUMNS = (
     "lr",
     "flood_active",
     "val_loss_top10_share",
+    "skipped_steps",
     "elapsed_s",
 )
 TEST_COLUMNS = ("test_loss", "test_accuracy")
@@ -98,6 +100,7 @@ class RunDir:
         self.started = time.time()
         self._metrics_handle = None
         self._metrics_writer: Optional[csv.DictWriter] = None
+        self._lock_fd: Optional[int] = None
         self.summary: dict[str, Any] = {}
 
     @classmethod
@@ -121,6 +124,17 @@ class RunDir:
                 continue
         raise FloodError(f"could not find a free run name under {out_dir}; pass --name")
 
+    def lock(self) -> None:
+        """Hold an exclusive lock on the folder while training: a second `flood train
+        --resume` of the same run is refused. The kernel drops it if the process dies."""
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FloodError(f"run {self.path} is being trained by another flood process; wait for it to stop") from None
+        self._lock_fd = fd
+
     # -- config -------------------------------------------------------------
     def write_config(self, experiment: dict[str, Any], meta: dict[str, Any]) -> None:
         document = dict(experiment)
@@ -135,6 +149,23 @@ class RunDir:
         self._metrics_writer.writeheader()
         handle.flush()
 
+    def reopen_metrics(self, columns: Iterable[str], keep_rows: int) -> list[dict[str, Any]]:
+        """Keep the header and the first ``keep_rows`` rows (those the checkpoint knows
+        of; a row written after it is dropped and will be written again), then append."""
+        path = self.path / METRICS_FILE
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.exists() else []
+        header = ",".join(columns) + "\n"
+        if lines and lines[0] != header:
+            raise FloodError(f"{path} has other columns than this run writes; it cannot be resumed")
+        kept = lines[1 : 1 + keep_rows]
+        if len(kept) < keep_rows:
+            raise FloodError(f"{path} has {len(kept)} rows but the checkpoint expects {keep_rows}; it cannot be resumed")
+        atomic_write_text(path, header + "".join(kept))
+        handle = open(path, "a", newline="", encoding="utf-8")
+        self._metrics_handle = handle
+        self._metrics_writer = csv.DictWriter(handle, fieldnames=list(columns))
+        return read_metrics(path)
+
     def append_metrics(self, row: dict[str, Any]) -> None:
         assert self._metrics_writer is not None and self._metrics_handle is not None
         self._metrics_writer.writerow({k: _format_value(v) for k, v in row.items()})
@@ -146,8 +177,18 @@ class RunDir:
         if self._metrics_handle is not None:
             self._metrics_handle.close()
             self._metrics_handle = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # -- summary ------------------------------------------------------------
+    def load_summary(self) -> dict[str, Any]:
+        try:
+            self.summary = json.loads((self.path / SUMMARY_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            self.summary = {}
+        return self.summary
+
     def write_summary(self, **fields: Any) -> None:
         self.summary.update(fields)
         self.summary["wall_time_s"] = round(time.time() - self.started, 3)

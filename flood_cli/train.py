@@ -1,9 +1,14 @@
-"""The training loop, on 🤗 Accelerate: optimizer steps, evaluation, the run folder.
+"""The training loop, on 🤗 Accelerate: optimizer steps, evaluation, checkpoints, resume.
 
 Reads top to bottom like nanoGPT's train.py. The mode (baseline, flooding, alternate)
 is decided once, as an object from ``objectives``; the loop only asks it for the
 learning rate and the gradient sign of each step. Per-step figures are accumulated on
 the device and read once per evaluation, so the hot path has no host-device sync.
+
+A run checkpoints at every evaluation (and every ``output.checkpoint_every`` steps):
+model, optimizer, scaler, RNG states, data position and the figures since the last
+evaluation. The data order depends only on (seed, epoch), so a resumed run repeats
+exactly the steps the stopped one would have taken.
 """
 
 from __future__ import annotations
@@ -11,22 +16,35 @@ from __future__ import annotations
 import math
 import platform
 import shutil
+import signal
+import threading
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Iterator, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
 
-from flood_cli import __version__
-from flood_cli.config import Config, RuntimeConfig, TrainConfig
+from flood_cli import __version__, checkpoint
+from flood_cli.config import Config, RuntimeConfig, TrainConfig, load_config
 from flood_cli.data import Collator, EpochShuffleSampler, PreparedData, TokenizedSplit, length_sorted_batches, prepare_data
-from flood_cli.errors import FloodError
+from flood_cli.errors import FloodError, RunInterrupted
 from flood_cli.model import build_model, load_tokenizer
 from flood_cli.objectives import Mode, apply_sign, is_ascent, lr_scale, make_mode
-from flood_cli.runs import BEST_MODEL_DIR, METRICS_COLUMNS, TEST_COLUMNS, RunDir, check_writable, default_run_name, now_iso
+from flood_cli.runs import (
+    BEST_MODEL_DIR,
+    CONFIG_FILE,
+    METRICS_COLUMNS,
+    TEST_COLUMNS,
+    RunDir,
+    check_writable,
+    default_run_name,
+    now_iso,
+)
+
+PAD_TO_MULTIPLE_OF = 8
 
 
 class Reporter(Protocol):
@@ -92,10 +110,9 @@ def make_accelerator(runtime: RuntimeConfig) -> Any:
 def make_optimizer(model: torch.nn.Module, train: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """AdamW, without weight decay on biases and LayerNorm weights (BERT's recipe)."""
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim < 2 else decay).append(param)
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)
     groups = [
         {"params": decay, "weight_decay": train.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -114,6 +131,11 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             versions[package] = "not installed"
     return versions
+
+
+def step_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of a micro-batch, in fp32 whatever the autocast dtype."""
+    return F.cross_entropy(logits.float(), labels, reduction="sum")
 
 
 # ---------------------------------------------------------------------------
@@ -143,13 +165,39 @@ def evaluate(model: torch.nn.Module, loader: Any, accelerator: Any) -> dict[str,
     }
 
 
-def _eval_loader(split: TokenizedSplit, batch_size: int, pad_id: int, multiple: Optional[int], workers: int) -> Any:
+def _eval_loader(split: TokenizedSplit, batch_size: int, pad_id: int, workers: int) -> Any:
     return torch.utils.data.DataLoader(
         length_sorted_batches(split, batch_size),
         batch_size=None,
-        collate_fn=Collator(split, pad_id, multiple),
+        collate_fn=Collator(split, pad_id, PAD_TO_MULTIPLE_OF),
         num_workers=workers,
+        generator=torch.Generator().manual_seed(0),  # leaves the global RNG (dropout) alone
     )
+
+
+# ---------------------------------------------------------------------------
+# Stopping cleanly
+
+
+@contextmanager
+def stop_requests() -> Iterator[dict[str, Optional[int]]]:
+    """SIGINT/SIGTERM ask the loop to stop after the current step; a second one stops at once."""
+    request: dict[str, Optional[int]] = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handle(signum: int, frame: Any) -> None:
+        if request["signal"] is not None:
+            raise KeyboardInterrupt
+        request["signal"] = signum
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # ---------------------------------------------------------------------------
@@ -159,16 +207,18 @@ def _eval_loader(split: TokenizedSplit, batch_size: int, pad_id: int, multiple: 
 class _Interval:
     """Figures of the optimizer steps since the last evaluation, kept on the device."""
 
+    FIELDS = ("loss_sum", "objective_sum", "correct", "ascent_steps")
+
     def __init__(self, device: torch.device):
         self.device = device
         self.reset()
 
     def reset(self) -> None:
-        zero = lambda: torch.zeros((), device=self.device, dtype=torch.float64)  # noqa: E731
-        self.loss_sum, self.objective_sum, self.correct = zero(), zero(), zero()
-        self.ascent_steps = zero()
+        for name in self.FIELDS:
+            setattr(self, name, torch.zeros((), device=self.device, dtype=torch.float64))
         self.examples = 0
         self.steps = 0
+        self.skipped = 0
 
     def read(self) -> dict[str, float]:
         examples = max(self.examples, 1)
@@ -177,273 +227,403 @@ class _Interval:
             "train_objective": self.objective_sum.item() / examples,
             "train_accuracy": self.correct.item() / examples,
             "flood_active": self.ascent_steps.item() / max(self.steps, 1),
+            "skipped_steps": self.skipped,
         }
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {name: getattr(self, name).cpu() for name in self.FIELDS}
+        state.update(examples=self.examples, steps=self.steps, skipped=self.skipped)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in self.FIELDS:
+            setattr(self, name, state[name].to(self.device))
+        self.examples, self.steps, self.skipped = state["examples"], state["steps"], state["skipped"]
+
+
+@dataclass
+class Progress:
+    """Where the run is: saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    steps_in_epoch: int = 0
+    rows_written: int = 0
+    elapsed_before: float = 0.0
+    best: dict[str, Any] = field(
+        default_factory=lambda: {"val_loss": math.inf, "epoch": 0.0, "step": 0, "val_accuracy": math.nan}
+    )
+
+
+class Trainer:
+    def __init__(self, cfg: Config, reporter: Reporter):
+        self.cfg = cfg
+        self.reporter = reporter
+        self.accelerator = make_accelerator(cfg.runtime)
+        from accelerate.utils import set_seed
+
+        reporter.message("loading tokenizer and data")
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.data: PreparedData = prepare_data(cfg.data, self.tokenizer)
+
+        # The seed is set before the model is built: it fixes the classifier head's init.
+        set_seed(cfg.train.seed)
+        model = build_model(cfg.model, self.data.label_names, self.tokenizer, cfg.data.max_length)
+        optimizer = make_optimizer(model, cfg.train, self.accelerator.device)
+        self.mode: Mode = make_mode(cfg.train.mode, cfg.train.lr, cfg.train.b, cfg.train.ascent_lr)
+
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.sampler = EpochShuffleSampler(len(self.data.train), cfg.train.seed)
+        train_loader = torch.utils.data.DataLoader(
+            list(range(len(self.data.train))),
+            batch_size=cfg.train.batch_size,
+            sampler=self.sampler,
+            collate_fn=Collator(self.data.train, pad_id, PAD_TO_MULTIPLE_OF),
+            num_workers=cfg.runtime.num_workers,
+            pin_memory=self.accelerator.device.type == "cuda",
+            # Its own generator: iterating a DataLoader draws a seed from the global RNG,
+            # which dropout uses too; with its own, a resumed run's draws stay aligned.
+            generator=torch.Generator().manual_seed(cfg.train.seed),
+        )
+        eval_loaders = {
+            role: _eval_loader(split, cfg.train.eval_batch_size, pad_id, cfg.runtime.num_workers)
+            for role, split in (("val", self.data.validation), ("test", self.data.test))
+            if split is not None
+        }
+        self.model, self.optimizer, self.train_loader = self.accelerator.prepare(model, optimizer, train_loader)
+        self.eval_loaders = {role: self.accelerator.prepare(loader) for role, loader in eval_loaders.items()}
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+        train = cfg.train
+        self.batches_per_epoch = len(self.train_loader)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / train.grad_accum_steps)
+        self.total_steps = self.steps_per_epoch * train.epochs
+        self.warmup_steps = int(train.warmup_ratio * self.total_steps)
+        self.eval_every = self.steps_per_epoch if train.eval_every == "epoch" else int(train.eval_every)
+        self.interval = _Interval(self.accelerator.device)
+        self.progress = Progress()
+        self.rows: list[dict[str, Any]] = []
+        self.run: Optional[RunDir] = None
+        self.pending_rng: Optional[dict[str, Any]] = None
+        self.started = time.time()
+
+    # -- run folder -----------------------------------------------------------
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return METRICS_COLUMNS + (TEST_COLUMNS if self.data.test is not None else ())
+
+    def open_new_run(self) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        cfg, train = self.cfg, self.cfg.train
+        default = default_run_name(train.mode, train.lr, train.seed, train.b, train.ascent_lr)
+        run = RunDir.create(Path(cfg.output.dir), cfg.output.name, default)
+        run.lock()
+        experiment = cfg.experiment_dict()
+        experiment["output"]["name"] = run.path.name
+        run.write_config(experiment, self._meta())
+        run.open_metrics(self.columns)
+        run.write_summary(
+            status="running",
+            error=None,
+            name=run.path.name,
+            mode=train.mode,
+            b=train.b,
+            lr=train.lr,
+            ascent_lr=train.ascent_lr,
+            seed=train.seed,
+            epochs=train.epochs,
+            model=cfg.model.describe(),
+            data=self.data.description,
+            num_labels=len(self.data.label_names),
+            num_train_examples=self.data.counts.get("train", 0),
+            num_val_examples=self.data.counts.get("validation", 0),
+            num_test_examples=self.data.counts.get("test", 0),
+            total_steps=self.total_steps,
+            steps_completed=0,
+            started_at=now_iso(),
+        )
+        self.run = run
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "versions": package_versions(),
+            "device": str(self.accelerator.device),
+            "precision": self.accelerator.mixed_precision,
+            "num_processes": self.accelerator.num_processes,
+            "started_at": now_iso(),
+            "label_names": self.data.label_names,
+        }
+
+    def reopen_run(self, run_dir: Path) -> None:
+        """Continue a stopped run from its last checkpoint."""
+        state = checkpoint.load(checkpoint.last_checkpoint(run_dir))
+        if state["total_steps"] != self.total_steps:
+            raise FloodError(
+                f"checkpoint of {run_dir} expects {state['total_steps']} steps but the data now gives {self.total_steps}; "
+                "the data files changed since the run started, start a new run"
+            )
+        self.accelerator.unwrap_model(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.accelerator.scaler is not None and state.get("scaler") is not None:
+            self.accelerator.scaler.load_state_dict(state["scaler"])
+        self.interval.load_state_dict(state["interval"])
+        self.progress = Progress(**state["progress"])
+        # Restored once the epoch's data iterator exists: creating it draws from the RNG.
+        self.pending_rng = state["rng"]
+        self.started = time.time() - self.progress.elapsed_before
+        if self.accelerator.is_main_process:
+            run = RunDir(run_dir)
+            run.lock()
+            self.rows = run.reopen_metrics(self.columns, self.progress.rows_written)
+            run.load_summary()
+            run.started -= float(run.summary.get("wall_time_s") or 0.0)  # wall time keeps counting
+            resumes = run.summary.get("resumed", 0) + 1
+            run.write_summary(status="running", error=None, resumed=resumes, resumed_at=now_iso())
+            self.run = run
+
+    def save_checkpoint(self) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.run is None:
+            return
+        self.progress.elapsed_before = time.time() - self.started
+        checkpoint.save(
+            checkpoint.last_checkpoint(self.run.path),
+            {
+                "model": self.accelerator.unwrap_model(self.model).state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None,
+                "rng": checkpoint.capture_rng(),
+                "interval": self.interval.state_dict(),
+                "progress": vars(self.progress).copy(),
+                "total_steps": self.total_steps,
+            },
+        )
+        self.run.write_summary(steps_completed=self.progress.step, checkpoint_step=self.progress.step)
+
+    # -- training ------------------------------------------------------------
+    def fit(self) -> RunResult:
+        train, progress, reporter = self.cfg.train, self.progress, self.reporter
+        reporter.start(self.total_steps, self.steps_per_epoch, train.epochs)
+        self.model.train()
+        with stop_requests() as stop:
+            while progress.epoch < train.epochs:
+                skip = min(progress.steps_in_epoch * train.grad_accum_steps, self.batches_per_epoch)
+                loader = self.accelerator.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
+                # Accelerate's loader passes its epoch to our sampler when iterated; the
+                # epoch decides the data order, so it is set on the loader, every epoch.
+                loader.set_epoch(progress.epoch)
+                batches = iter(loader)
+                if self.pending_rng is not None:  # a resumed run: back to the checkpoint's RNG
+                    checkpoint.restore_rng(self.pending_rng)
+                    self.pending_rng = None
+                while progress.steps_in_epoch < self.steps_per_epoch:
+                    micro_batches = [batch for _, batch in zip(range(train.grad_accum_steps), batches)]
+                    self.train_step(micro_batches)
+                    progress.step += 1
+                    progress.steps_in_epoch += 1
+                    self.after_step(stop)
+                progress.epoch += 1
+                progress.steps_in_epoch = 0
+        if self.run is not None:
+            self.run.write_summary(status="completed", finished_at=now_iso())
+        best = progress.best
+        return RunResult(
+            run_dir=self.run.path if self.run is not None else Path(self.cfg.output.dir),
+            status="completed",
+            best_val_loss=best["val_loss"],
+            best_epoch=best["epoch"],
+            best_step=best["step"],
+            rows=self.rows,
+        )
+
+    def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> None:
+        """One optimizer step over its micro-batches, in the direction the mode asks for."""
+        accelerator, train, step = self.accelerator, self.cfg.train, self.progress.step
+        # A step's micro-batches are drawn first, so that each one's loss can be weighted
+        # by its share of the step's examples: the accumulated gradient is then exactly
+        # that of the step's mean loss.
+        step_examples = sum(int(b["labels"].shape[0]) for b in micro_batches)
+
+        # The learning rate is set on the param groups each step (the mode may switch it).
+        scale = lr_scale(step, self.total_steps, self.warmup_steps, train.schedule)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.mode.learning_rate(step, scale)
+
+        loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float32)
+        correct = torch.zeros((), device=accelerator.device, dtype=torch.float64)
+        for index, batch in enumerate(micro_batches):
+            # Gradients are synchronised across processes once, on the last micro-batch.
+            last = index == len(micro_batches) - 1
+            with nullcontext() if last else accelerator.no_sync(self.model):
+                labels = batch.pop("labels")
+                logits = self.model(**batch).logits
+                micro_loss = step_loss_sum(logits, labels)
+                accelerator.backward(micro_loss / step_examples)
+            loss_sum += micro_loss.detach()
+            correct += (logits.detach().argmax(dim=-1) == labels).sum()
+
+        step_loss = loss_sum / step_examples
+        if accelerator.num_processes > 1 and self.mode.name == "flooding":
+            # Flooding compares the mean loss of the whole step, all processes, with b.
+            step_loss = accelerator.reduce(step_loss, reduction="mean")
+        if not self._finite_or_skip(step_loss):
+            return
+
+        # The mode flips the gradient of this step where it calls for ascent.
+        sign = self.mode.gradient_sign(step, step_loss)
+        apply_sign([p.grad for p in self.params if p.grad is not None], sign)
+        if train.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(self.params, train.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        interval = self.interval
+        interval.loss_sum += loss_sum
+        interval.correct += correct
+        interval.objective_sum += self.mode.objective(step_loss, sign).detach() * step_examples
+        interval.ascent_steps += is_ascent(sign)
+        interval.examples += step_examples
+        interval.steps += 1
+
+        every = self.reporter.live_loss_every
+        live_loss = step_loss.item() if every and (step + 1) % every == 0 else None
+        self.reporter.step(step + 1, (step + 1) / self.steps_per_epoch, live_loss)
+
+    def _finite_or_skip(self, step_loss: torch.Tensor) -> bool:
+        """With on_nonfinite=skip, drop a step whose loss is nan/inf (one sync per step).
+        With stop (the default) nothing is checked here; the evaluation checks."""
+        if self.cfg.train.on_nonfinite != "skip" or bool(torch.isfinite(step_loss)):
+            return True
+        self.optimizer.zero_grad(set_to_none=True)
+        self.interval.skipped += 1
+        return False
+
+    def after_step(self, stop: dict[str, Optional[int]]) -> None:
+        step, output = self.progress.step, self.cfg.output
+        evaluated = step % self.eval_every == 0 or step == self.total_steps
+        if evaluated:
+            self.evaluate_and_log()
+        if evaluated or (output.checkpoint_every and step % output.checkpoint_every == 0):
+            self.save_checkpoint()
+        if stop["signal"] is not None:
+            if not evaluated:
+                self.save_checkpoint()
+            name = signal.Signals(stop["signal"]).name
+            if self.run is not None:
+                self.run.write_summary(status="interrupted", error=f"stopped by {name}", finished_at=now_iso())
+            raise RunInterrupted(self.run.path if self.run else None, step, name)
+
+    def evaluate_and_log(self) -> None:
+        progress = self.progress
+        figures = self.interval.read()
+        if not math.isfinite(figures["train_loss"]):
+            raise FloodError(
+                f"training loss became {figures['train_loss']} between steps {progress.step - self.interval.steps} "
+                f"and {progress.step}; lower train.lr, use precision fp32/bf16, or set train.on_nonfinite: skip"
+            )
+        self.interval.reset()
+        val = evaluate(self.model, self.eval_loaders["val"], self.accelerator)
+        row: dict[str, Any] = {
+            "epoch": round(progress.step / self.steps_per_epoch, 4),
+            "step": progress.step,
+            **figures,
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "best_val_loss": min(progress.best["val_loss"], val["loss"]),
+            # The schedule's (descent) rate, whatever this step's mode.
+            "lr": self.cfg.train.lr * lr_scale(progress.step - 1, self.total_steps, self.warmup_steps, self.cfg.train.schedule),
+            "val_loss_top10_share": val["top10_share"],
+            "elapsed_s": round(time.time() - self.started, 3),
+        }
+        if "test" in self.eval_loaders:
+            test = evaluate(self.model, self.eval_loaders["test"], self.accelerator)
+            row["test_loss"], row["test_accuracy"] = test["loss"], test["accuracy"]
+        row = {key: row[key] for key in self.columns}
+
+        best = progress.best
+        if row["val_loss"] < best["val_loss"]:
+            best.update(val_loss=row["val_loss"], epoch=row["epoch"], step=progress.step, val_accuracy=row["val_accuracy"])
+            if self.cfg.output.save_best_model:
+                self._save_best()
+        self.rows.append(row)
+        progress.rows_written += 1
+        if self.run is not None:
+            self.run.append_metrics(row)
+            self.run.write_summary(
+                best_val_loss=best["val_loss"],
+                best_epoch=best["epoch"],
+                best_step=best["step"],
+                best_val_accuracy=best["val_accuracy"],
+                final_val_loss=row["val_loss"],
+                final_val_accuracy=row["val_accuracy"],
+                steps_completed=progress.step,
+            )
+        self.reporter.evaluation(row)
+
+    def _save_best(self) -> None:
+        """Save the best model next to the metrics, replacing the previous best atomically."""
+        self.accelerator.wait_for_everyone()
+        if self.run is None:
+            return
+        final = self.run.path / BEST_MODEL_DIR
+        staging = self.run.path / f".{BEST_MODEL_DIR}.tmp"
+        old = self.run.path / f".{BEST_MODEL_DIR}.old"
+        shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.unwrap_model(self.model).save_pretrained(staging)
+        self.tokenizer.save_pretrained(staging)
+        if final.exists():
+            final.rename(old)
+        staging.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# Entry points
+
+
+def _fit_and_record(trainer: Trainer) -> RunResult:
+    """Run the loop; whatever stops it, the summary says so and the CSV rows stay."""
+    try:
+        return trainer.fit()
+    except RunInterrupted:
+        raise
+    except KeyboardInterrupt:
+        if trainer.run is not None:
+            trainer.run.write_summary(status="interrupted", error="interrupted", finished_at=now_iso())
+        raise
+    except BaseException as exc:
+        if trainer.run is not None:
+            try:
+                trainer.run.write_summary(status="failed", error=f"{type(exc).__name__}: {exc}", finished_at=now_iso())
+            except OSError:
+                pass  # a full disk: the original error is the one to report
+        raise
+    finally:
+        if trainer.run is not None:
+            trainer.run.close()
 
 
 def run_training(cfg: Config, reporter: Optional[Reporter] = None) -> RunResult:
     """Train one run as configured and leave its folder behind; return the best figures."""
-    reporter = reporter or NullReporter()
-    started = time.time()
-    out_dir = Path(cfg.output.dir)
-    check_writable(out_dir)  # before any expensive work
-
-    accelerator = make_accelerator(cfg.runtime)
-    from accelerate.utils import set_seed
-
-    reporter.message("loading tokenizer and data")
-    tokenizer = load_tokenizer(cfg.model)
-    data = prepare_data(cfg.data, tokenizer)
-
-    # The seed is set before the model is built: it fixes the classifier head's init.
-    set_seed(cfg.train.seed)
-    model = build_model(cfg.model, data.label_names, tokenizer, cfg.data.max_length)
-    optimizer = make_optimizer(model, cfg.train, accelerator.device)
-    mode = make_mode(cfg.train.mode, cfg.train.lr, cfg.train.b, cfg.train.ascent_lr)
-
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    multiple = 8
-    sampler = EpochShuffleSampler(len(data.train), cfg.train.seed)
-    train_loader = torch.utils.data.DataLoader(
-        list(range(len(data.train))),
-        batch_size=cfg.train.batch_size,
-        sampler=sampler,
-        collate_fn=Collator(data.train, pad_id, multiple),
-        num_workers=cfg.runtime.num_workers,
-        pin_memory=accelerator.device.type == "cuda",
-    )
-    eval_loaders = {
-        role: _eval_loader(split, cfg.train.eval_batch_size, pad_id, multiple, cfg.runtime.num_workers)
-        for role, split in (("val", data.validation), ("test", data.test))
-        if split is not None
-    }
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    eval_loaders = {role: accelerator.prepare(loader) for role, loader in eval_loaders.items()}
-
-    run = _open_run(cfg, accelerator, data, mode, started) if accelerator.is_main_process else None
-    try:
-        result = _loop(cfg, accelerator, model, optimizer, train_loader, sampler, eval_loaders, mode, data, tokenizer, run, reporter, started)
-    except KeyboardInterrupt:
-        if run is not None:
-            run.write_summary(status="interrupted", error="interrupted by the user", finished_at=now_iso())
-        raise
-    except BaseException as exc:
-        if run is not None:
-            run.write_summary(status="failed", error=f"{type(exc).__name__}: {exc}", finished_at=now_iso())
-        raise
-    finally:
-        if run is not None:
-            run.close()
-    return result
+    check_writable(Path(cfg.output.dir))  # before any expensive work
+    trainer = Trainer(cfg, reporter or NullReporter())
+    trainer.open_new_run()
+    return _fit_and_record(trainer)
 
 
-def _open_run(cfg: Config, accelerator: Any, data: PreparedData, mode: Mode, started: float) -> RunDir:
-    train = cfg.train
-    default = default_run_name(train.mode, train.lr, train.seed, train.b, train.ascent_lr)
-    run = RunDir.create(Path(cfg.output.dir), cfg.output.name, default)
-    meta = {
-        "versions": package_versions(),
-        "device": str(accelerator.device),
-        "precision": accelerator.mixed_precision,
-        "num_processes": accelerator.num_processes,
-        "started_at": now_iso(),
-        "label_names": data.label_names,
-    }
-    experiment = cfg.experiment_dict()
-    experiment["output"]["name"] = run.path.name
-    run.write_config(experiment, meta)
-    run.open_metrics(METRICS_COLUMNS + (TEST_COLUMNS if data.test is not None else ()))
-    run.write_summary(
-        status="running",
-        error=None,
-        name=run.path.name,
-        mode=train.mode,
-        b=train.b,
-        lr=train.lr,
-        ascent_lr=train.ascent_lr,
-        seed=train.seed,
-        epochs=train.epochs,
-        model=cfg.model.describe(),
-        data=data.description,
-        num_labels=len(data.label_names),
-        num_train_examples=data.counts.get("train", 0),
-        num_val_examples=data.counts.get("validation", 0),
-        num_test_examples=data.counts.get("test", 0),
-        started_at=now_iso(),
-    )
-    return run
-
-
-def _loop(
-    cfg: Config,
-    accelerator: Any,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    train_loader: Any,
-    sampler: EpochShuffleSampler,
-    eval_loaders: dict[str, Any],
-    mode: Mode,
-    data: PreparedData,
-    tokenizer: Any,
-    run: Optional[RunDir],
-    reporter: Reporter,
-    started: float,
-) -> RunResult:
-    train = cfg.train
-    accum = train.grad_accum_steps
-    batches_per_epoch = len(train_loader)
-    steps_per_epoch = math.ceil(batches_per_epoch / accum)
-    total_steps = steps_per_epoch * train.epochs
-    warmup_steps = int(train.warmup_ratio * total_steps)
-    eval_every = steps_per_epoch if train.eval_every == "epoch" else int(train.eval_every)
-    params = [p for p in model.parameters() if p.requires_grad]
-    device = accelerator.device
-    # Flooding needs the mean loss over all processes; the other modes never read it.
-    reduce_loss = accelerator.num_processes > 1 and mode.name == "flooding"
-
-    interval = _Interval(device)
-    rows: list[dict[str, Any]] = []
-    best = {"val_loss": math.inf, "epoch": 0.0, "step": 0, "val_accuracy": math.nan}
-    reporter.start(total_steps, steps_per_epoch, train.epochs)
-    model.train()
-    step = 0
-    for epoch in range(train.epochs):
-        sampler.set_epoch(epoch)
-        batches = iter(train_loader)
-        for _ in range(steps_per_epoch):
-            # An optimizer step's micro-batches are drawn first, so that each one's loss
-            # can be weighted by its share of the step's examples: the accumulated
-            # gradient is then exactly that of the step's mean loss.
-            micro_batches = [batch for _, batch in zip(range(accum), batches)]
-            step_examples = sum(int(b["labels"].shape[0]) for b in micro_batches)
-
-            scale = lr_scale(step, total_steps, warmup_steps, train.schedule)
-            lr = mode.learning_rate(step, scale)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-
-            step_loss_sum = torch.zeros((), device=device, dtype=torch.float32)
-            for index, batch in enumerate(micro_batches):
-                last = index == len(micro_batches) - 1
-                # Gradients are synchronised across processes once, on the last micro-batch.
-                with nullcontext() if last else accelerator.no_sync(model):
-                    labels = batch.pop("labels")
-                    logits = model(**batch).logits.float()
-                    loss_sum = F.cross_entropy(logits, labels, reduction="sum")
-                    accelerator.backward(loss_sum / step_examples)
-                step_loss_sum += loss_sum.detach()
-                interval.correct += (logits.detach().argmax(dim=-1) == labels).sum()
-
-            step_loss = step_loss_sum / step_examples
-            if reduce_loss:
-                step_loss = accelerator.reduce(step_loss, reduction="mean")
-            # The mode flips the gradient of this step where it calls for ascent.
-            sign = mode.gradient_sign(step, step_loss)
-            apply_sign([p.grad for p in params if p.grad is not None], sign)
-            if train.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(params, train.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-            interval.loss_sum += step_loss_sum
-            interval.objective_sum += mode.objective(step_loss, sign).detach() * step_examples
-            interval.ascent_steps += is_ascent(sign)
-            interval.examples += step_examples
-            interval.steps += 1
-            step += 1
-
-            live = reporter.live_loss_every and step % reporter.live_loss_every == 0
-            reporter.step(step, step / steps_per_epoch, step_loss.item() if live else None)
-
-            if step % eval_every == 0 or step == total_steps:
-                # The lr column is the schedule's (descent) rate, whatever this step's mode.
-                row = _evaluate_row(model, eval_loaders, accelerator, interval, step, steps_per_epoch, train.lr * scale, best, started)
-                rows.append(row)
-                if row["val_loss"] < best["val_loss"]:
-                    best.update(val_loss=row["val_loss"], epoch=row["epoch"], step=step, val_accuracy=row["val_accuracy"])
-                    if cfg.output.save_best_model:
-                        _save_best(accelerator, model, tokenizer, run)
-                row["best_val_loss"] = best["val_loss"]
-                if run is not None:
-                    run.append_metrics(row)
-                    run.write_summary(
-                        **_best_fields(best),
-                        final_val_loss=row["val_loss"],
-                        final_val_accuracy=row["val_accuracy"],
-                        steps_completed=step,
-                        total_steps=total_steps,
-                    )
-                reporter.evaluation(row)
-                if not math.isfinite(row["train_loss"]):
-                    raise FloodError(
-                        f"training loss became {row['train_loss']} by step {step}; lower train.lr or use precision fp32/bf16"
-                    )
-
-    if run is not None:
-        run.write_summary(status="completed", finished_at=now_iso())
-    return RunResult(
-        run_dir=run.path if run is not None else Path(cfg.output.dir),
-        status="completed",
-        best_val_loss=best["val_loss"],
-        best_epoch=best["epoch"],
-        best_step=best["step"],
-        rows=rows,
-    )
-
-
-def _best_fields(best: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "best_val_loss": best["val_loss"],
-        "best_epoch": best["epoch"],
-        "best_step": best["step"],
-        "best_val_accuracy": best["val_accuracy"],
-    }
-
-
-def _evaluate_row(
-    model: torch.nn.Module,
-    eval_loaders: dict[str, Any],
-    accelerator: Any,
-    interval: _Interval,
-    step: int,
-    steps_per_epoch: int,
-    lr: float,
-    best: dict[str, Any],
-    started: float,
-) -> dict[str, Any]:
-    figures = interval.read()
-    interval.reset()
-    val = evaluate(model, eval_loaders["val"], accelerator)
-    row: dict[str, Any] = {
-        "epoch": round(step / steps_per_epoch, 4),
-        "step": step,
-        **figures,
-        "val_loss": val["loss"],
-        "val_accuracy": val["accuracy"],
-        "best_val_loss": min(best["val_loss"], val["loss"]),
-        "lr": lr,
-        "val_loss_top10_share": val["top10_share"],
-        "elapsed_s": round(time.time() - started, 3),
-    }
-    if "test" in eval_loaders:
-        test = evaluate(model, eval_loaders["test"], accelerator)
-        row["test_loss"], row["test_accuracy"] = test["loss"], test["accuracy"]
-    # Column order as in the CSV header.
-    order = list(METRICS_COLUMNS) + [c for c in TEST_COLUMNS if c in row]
-    return {key: row[key] for key in order}
-
-
-def _save_best(accelerator: Any, model: torch.nn.Module, tokenizer: Any, run: Optional[RunDir]) -> None:
-    """Save the best model next to the metrics, replacing the previous best atomically."""
-    accelerator.wait_for_everyone()
-    if run is None:
-        return
-    final = run.path / BEST_MODEL_DIR
-    staging = run.path / f".{BEST_MODEL_DIR}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    accelerator.unwrap_model(model).save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    old = run.path / f".{BEST_MODEL_DIR}.old"
-    if final.exists():
-        final.rename(old)
-    staging.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+def resume_training(run_dir: Path, reporter: Optional[Reporter] = None) -> RunResult:
+    """Continue a stopped run (killed, interrupted, failed) from its last checkpoint."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.exists():
+        raise FloodError(f"{run_dir} is not a run folder (no {CONFIG_FILE}); pass the folder that flood train printed")
+    status = RunDir(run_dir).load_summary().get("status")
+    if status == "completed":
+        raise FloodError(f"run {run_dir} already completed; nothing to resume")
+    if not checkpoint.last_checkpoint(run_dir).exists():
+        raise FloodError(f"run {run_dir} has no checkpoint (it stopped before its first evaluation); start it again")
+    cfg = load_config(config_path)
+    trainer = Trainer(cfg, reporter or NullReporter())
+    trainer.reopen_run(run_dir)
+    return _fit_and_record(trainer)

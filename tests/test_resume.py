@@ -1,0 +1,224 @@
+"""Never lose a run: checkpoints, resume after a real SIGKILL, clean SIGTERM, NaN guard,
+crashes that leave a failed summary and every CSV row written so far."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import flood_cli.train as train_module
+from flood_cli.config import load_config
+from flood_cli.errors import FloodError
+from flood_cli.runs import TIME_COLUMNS, RunDir
+from flood_cli.train import resume_training, run_training
+from tests.conftest import ROOT, small_config, write_config
+
+MODES = {
+    "baseline": {"mode": "baseline"},
+    "flooding": {"mode": "flooding", "b": 0.55},
+    "alternate": {"mode": "alternate", "lr": 1e-3, "ascent_lr": 1e-4},
+}
+
+
+def config_for(tmp_path: Path, name: str, train: dict, **extra) -> Path:
+    config = small_config(
+        train={"epochs": 3, **train},
+        output={"dir": str(tmp_path / "runs"), "name": name, "checkpoint_every": 5},
+        **extra,
+    )
+    return write_config(tmp_path, config, f"{name}.yaml")
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return [{k: v for k, v in row.items() if k not in TIME_COLUMNS} for row in csv.DictReader(handle)]
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_at_step(monkeypatch, crash_step: int) -> None:
+    """Make the loss function raise on the given optimizer step (1-based), as a bug would."""
+    real = train_module.step_loss_sum
+    calls = {"n": 0}
+
+    def failing(logits, labels):
+        calls["n"] += 1
+        if calls["n"] == crash_step:
+            raise Crash(f"injected crash at step {crash_step}")
+        return real(logits, labels)
+
+    monkeypatch.setattr(train_module, "step_loss_sum", failing)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_crashed_run_resumes_to_the_same_csv(tmp_path, monkeypatch, mode):
+    reference = run_training(load_config(config_for(tmp_path, "reference", MODES[mode])))
+
+    crash_at_step(monkeypatch, 19)  # epoch 2 of 3 (12 steps per epoch), after the step-15 checkpoint
+    with pytest.raises(Crash):
+        run_training(load_config(config_for(tmp_path, "crashed", MODES[mode])))
+    crashed = tmp_path / "runs" / "crashed"
+    assert summary(crashed)["status"] == "failed"
+    assert summary(crashed)["error"] == "Crash: injected crash at step 19"
+    assert len(metrics(crashed)) == 1  # the epoch-1 row was kept
+    monkeypatch.undo()
+
+    result = resume_training(crashed)
+    assert metrics(crashed) == metrics(reference.run_dir)
+    final = summary(crashed)
+    assert final["status"] == "completed" and final["resumed"] == 1
+    assert final["best_val_loss"] == summary(reference.run_dir)["best_val_loss"]
+    assert result.best_val_loss == reference.best_val_loss
+
+
+def _train_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "flood_cli", "train", "--quiet", *args]
+
+
+def _wait_for_step(run_dir: Path, process: subprocess.Popen, at_least: int, timeout: float = 120) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert process.poll() is None, "the run finished before it could be stopped"
+        try:
+            done = summary(run_dir).get("steps_completed", 0)
+        except (OSError, ValueError):
+            done = 0
+        if done >= at_least:
+            return done
+        time.sleep(0.005)
+    raise AssertionError("the run did not get far enough in time")
+
+
+LONGER = {"data": {**small_config()["data"], "max_train_examples": 480}}  # 30 steps per epoch
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_csv(tmp_path, mode):
+    reference = run_training(load_config(config_for(tmp_path, "reference", MODES[mode], **LONGER)))
+
+    killed = tmp_path / "runs" / "killed"
+    process = subprocess.Popen(_train_command("--config", str(config_for(tmp_path, "killed", MODES[mode], **LONGER))))
+    _wait_for_step(killed, process, at_least=35)  # mid epoch 2
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert summary(killed)["status"] == "running"  # what a killed process leaves
+    assert 1 <= len(metrics(killed)) < 3
+
+    resumed = subprocess.run(_train_command("--resume", str(killed)), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert metrics(killed) == metrics(reference.run_dir)
+    assert summary(killed)["status"] == "completed"
+
+
+def test_sigterm_checkpoints_marks_interrupted_and_exits_130(tmp_path):
+    config = config_for(tmp_path, "stopped", MODES["flooding"], **LONGER)
+    stopped = tmp_path / "runs" / "stopped"
+    process = subprocess.Popen(_train_command("--config", str(config)), stderr=subprocess.PIPE, text=True)
+    _wait_for_step(stopped, process, at_least=10)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    lines = stderr.strip().splitlines()
+    assert lines[-2].startswith("interrupted: stopped by SIGTERM at step ") and lines[-2].endswith("; checkpoint written")
+    assert lines[-1] == f"resume with: flood train --resume {stopped}"
+    state = summary(stopped)
+    assert state["status"] == "interrupted" and state["error"] == "stopped by SIGTERM"
+    assert state["checkpoint_step"] == int(lines[-2].split("at step ")[1].split(";")[0])
+
+    reference = run_training(load_config(config_for(tmp_path, "reference", MODES["flooding"], **LONGER)))
+    resumed = subprocess.run(_train_command("--resume", str(stopped)), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert metrics(stopped) == metrics(reference.run_dir)
+
+
+def test_nan_loss_stops_the_run_naming_the_steps(tmp_path, monkeypatch):
+    real = train_module.step_loss_sum
+    calls = {"n": 0}
+
+    def nan_at_step_16(logits, labels):
+        calls["n"] += 1
+        loss = real(logits, labels)
+        return loss * float("nan") if calls["n"] == 16 else loss
+
+    monkeypatch.setattr(train_module, "step_loss_sum", nan_at_step_16)
+    with pytest.raises(FloodError, match=r"training loss became nan between steps 12 and 24; lower train.lr"):
+        run_training(load_config(config_for(tmp_path, "nan", MODES["baseline"])))
+    run_dir = tmp_path / "runs" / "nan"
+    assert summary(run_dir)["status"] == "failed"
+    assert len(metrics(run_dir)) == 1
+
+    calls["n"] = 0
+    run_training(load_config(config_for(tmp_path, "skip", {**MODES["baseline"], "on_nonfinite": "skip"})))
+    rows = metrics(tmp_path / "runs" / "skip")
+    assert [int(r["skipped_steps"]) for r in rows] == [0, 1, 0]
+    assert all(r["train_loss"] != "nan" for r in rows)
+
+
+def test_resume_refusals(tmp_path):
+    done = run_training(load_config(config_for(tmp_path, "done", {"epochs": 1})))
+    cases = [
+        (["--resume", str(done.run_dir)], f"error: run {done.run_dir} already completed; nothing to resume"),
+        (
+            ["--resume", str(done.run_dir), "--lr", "0.1"],
+            "error: --resume continues the saved experiment, so --lr cannot be changed; drop it, or start a new run with --config",
+        ),
+        (
+            ["--resume", str(tmp_path)],
+            f"error: {tmp_path} is not a run folder (no config.yaml); pass the folder that flood train printed",
+        ),
+        ([], "error: flood train needs --config FILE (e.g. configs/tiny.yaml) or --resume RUN_FOLDER"),
+    ]
+    for args, expected in cases:
+        result = subprocess.run(_train_command(*args), capture_output=True, text=True)
+        assert result.returncode == 1, args
+        assert result.stderr.strip() == expected
+
+    status = json.loads((done.run_dir / "summary.json").read_text())
+    status["status"] = "failed"
+    (done.run_dir / "summary.json").write_text(json.dumps(status))
+    (done.run_dir / "checkpoints" / "last.pt").unlink()
+    result = subprocess.run(_train_command("--resume", str(done.run_dir)), capture_output=True, text=True)
+    assert result.stderr.strip() == f"error: run {done.run_dir} has no checkpoint (it stopped before its first evaluation); start it again"
+
+
+def test_a_run_in_use_cannot_be_resumed_twice(tmp_path, monkeypatch):
+    crash_at_step(monkeypatch, 8)
+    with pytest.raises(Crash):
+        run_training(load_config(config_for(tmp_path, "busy", {})))
+    monkeypatch.undo()
+    holder = RunDir(tmp_path / "runs" / "busy")
+    holder.lock()
+    try:
+        with pytest.raises(FloodError, match="is being trained by another flood process; wait for it to stop"):
+            resume_training(tmp_path / "runs" / "busy")
+    finally:
+        holder.close()
+
+
+def test_a_full_disk_is_one_line_and_leaves_a_failed_summary(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flood_cli.cli import app
+
+    def no_space(self, row):
+        raise OSError(28, "No space left on device", str(self.path / "metrics.csv"))
+
+    monkeypatch.setattr(RunDir, "append_metrics", no_space)
+    result = CliRunner().invoke(app, ["train", "-c", str(config_for(tmp_path, "full", {})), "-q"])
+    assert result.exit_code == 1
+    run_dir = tmp_path / "runs" / "full"
+    assert result.stderr.strip() == f"error: cannot write or read {run_dir / 'metrics.csv'}: No space left on device; check the disk and permissions"
+    assert summary(run_dir)["status"] == "failed"
