@@ -8,19 +8,26 @@ and no change to the backend of a program that imports this module.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from flood_cli.errors import FloodError
 
 if TYPE_CHECKING:
-    from flood_cli.compare import Group, Report, Run
+    from flood_cli.compare import Report
+    from flood_cli.grouping import Group
+    from flood_cli.run_reader import Run
 
 # More groups than this would make the legend taller than the figure; the rest are
 # still drawn, and the legend says how many it leaves out.
 MAX_LEGEND_GROUPS = 30
 # Runs beyond this many per plot are drawn thinner and fainter so the figure stays legible.
 MANY_RUNS = 12
+# With up to this many groups, legend labels wrap at LEGEND_WIDTH characters so that long
+# labels do not squeeze the panels; more groups keep one line each to fit the height.
+WRAP_UP_TO_GROUPS = 10
+LEGEND_WIDTH = 40
 
 
 def group_colours(count: int) -> list[Any]:
@@ -80,8 +87,10 @@ def plot_runs(report: "Report", path: Path, x_axis: str = "epoch", title: Option
             axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.suptitle(title or f"flood compare: {len(report.runs)} runs in {len(groups)} seed groups")
 
+    hidden_under = _hidden_under(groups)
+    wrap = len(groups) <= WRAP_UP_TO_GROUPS
     handles = [
-        Line2D([], [], color=colours[group.id], linewidth=2.5, label=_legend_label(group))
+        Line2D([], [], color=colours[group.id], linewidth=2.5, label=_legend_label(group, hidden_under.get(group.id), wrap))
         for group in groups[:MAX_LEGEND_GROUPS]
     ]
     if len(groups) > MAX_LEGEND_GROUPS:
@@ -99,9 +108,49 @@ def plot_runs(report: "Report", path: Path, x_axis: str = "epoch", title: Option
         raise FloodError(f"cannot write plot {path}: {exc}; pass a writable .png path to --plot") from None
 
 
-def _legend_label(group: "Group") -> str:
+def _legend_label(group: "Group", hidden_under: Optional[str], wrap: bool) -> str:
+    seeds = group.sample.n if group.sample else 0
+    counts = [f"{seeds} seed{'s' if seeds != 1 else ''}"]
+    if len(group.runs) != seeds:
+        counts.insert(0, f"{len(group.runs)} runs")
     incomplete = sum(not run.complete for run in group.runs)
-    return f"{group.id} {group.label} (n={len(group.runs)}" + (f", {incomplete} incomplete)" if incomplete else ")")
+    if incomplete:
+        counts.append(f"{incomplete} incomplete")
+    parts = [f"{group.id} {group.label}", f"({', '.join(counts)})"]
+    if hidden_under:
+        parts.append(f"same curves as {hidden_under}, drawn under it")
+    if not wrap:
+        return " ".join(parts)
+    lines = textwrap.wrap(parts[0], LEGEND_WIDTH, subsequent_indent="    ")
+    for part in parts[1:]:
+        if len(lines[-1]) + 1 + len(part) <= LEGEND_WIDTH:
+            lines[-1] += " " + part
+        else:
+            lines.append("    " + part)
+    return "\n".join(lines)
+
+
+def _hidden_under(groups: Sequence["Group"]) -> dict[str, str]:
+    """Groups whose validation curves all coincide with a group drawn later (on top).
+
+    b = 0 flooding or a repeated run gives exactly the baseline's curve; without a word
+    in the legend its colour would simply be missing from the figure.
+    """
+    drawn_by: dict[tuple, str] = {}
+    for group in reversed(groups):  # later groups are drawn on top
+        for run in group.runs:
+            drawn_by.setdefault(_curve_key(run), group.id)
+    hidden = {}
+    for index, group in enumerate(groups):
+        on_top = {drawn_by.get(_curve_key(run)) for run in group.runs}
+        later = {other.id for other in groups[index + 1:]}
+        if len(on_top) == 1 and on_top <= later:
+            hidden[group.id] = on_top.pop()
+    return hidden
+
+
+def _curve_key(run: "Run") -> tuple:
+    return tuple((row["epoch"], row["val_loss"]) for row in run.rows)
 
 
 def _draw_group(runs: Sequence["Run"], axes: tuple[Any, Any, Any], x_axis: str, colour: Any, line_width: float, alpha: float) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -17,19 +16,12 @@ import pytest
 from typer.testing import CliRunner
 
 from flood_cli.cli import app
-from flood_cli.compare import (
-    CSV_COLUMNS,
-    Sample,
-    build_report,
-    compare_command,
-    difference_interval,
-    parse_metrics,
-    regularized_incomplete_beta,
-    student_t_quantile,
-    verdict_for,
-)
+from flood_cli.compare import build_report, compare_command
 from flood_cli.errors import FloodError
+from flood_cli.report_format import CSV_COLUMNS
+from flood_cli.run_reader import parse_metrics
 from flood_cli.runs import METRICS_COLUMNS, METRICS_FILE, SUMMARY_FILE
+from flood_cli.stats import NO_SPREAD, ONE_SEED
 from tests.run_factory import make_rows, metrics_csv, write_run
 
 NOW = datetime(2025, 1, 1, 0, 20, tzinfo=timezone.utc).timestamp()  # 10 min after the factory's updated_at
@@ -47,112 +39,6 @@ def write_seed_group(root, prefix, best_losses, **config):
     """One run per seed, each reaching the given best validation loss at epoch 2."""
     for seed, best in enumerate(best_losses, start=1):
         write_run(root, f"{prefix}-s{seed}", val_losses=(best + 0.02, best, best + 0.01), seed=seed, **config)
-
-
-# ---------------------------------------------------------------------------
-# Student's t, Welch
-
-
-@pytest.mark.parametrize(
-    ("p", "df", "expected"),
-    [
-        (0.975, 1, 12.706),
-        (0.975, 2, 4.303),
-        (0.975, 5, 2.571),
-        (0.975, 10, 2.228),
-        (0.975, 30, 2.042),
-        (0.95, 10, 1.812),
-        (0.995, 3, 5.841),
-        (0.975, 1e7, 1.960),
-    ],
-)
-def test_student_t_quantile_matches_tables(p, df, expected):
-    assert student_t_quantile(p, df) == pytest.approx(expected, abs=5e-4)
-
-
-@pytest.mark.parametrize(
-    ("p", "df", "expected"),
-    [  # Welch's df is not an integer; values from scipy.stats.t.ppf
-        (0.975, 2.5, 3.5746548420036817),
-        (0.975, 3.7, 2.8675207071911895),
-        (0.95, 1.5, 3.70518082009675),
-        (0.975, 17.3, 2.1070320037534676),
-        (0.999, 4, 7.173182219782307),
-    ],
-)
-def test_student_t_quantile_matches_scipy_for_any_df(p, df, expected):
-    assert student_t_quantile(p, df) == pytest.approx(expected, rel=1e-9)
-
-
-def test_student_t_quantile_is_exact_for_one_degree_of_freedom_and_symmetric():
-    # With df = 1, t is Cauchy: the quantile is tan(pi (p - 1/2)).
-    assert student_t_quantile(0.975, 1) == pytest.approx(math.tan(math.pi * 0.475), rel=1e-9)
-    assert student_t_quantile(0.025, 7) == pytest.approx(-student_t_quantile(0.975, 7), rel=1e-12)
-    assert student_t_quantile(0.5, 3) == 0.0
-
-
-@pytest.mark.parametrize(("p", "df"), [(0.0, 3), (1.0, 3), (0.5, 0)])
-def test_student_t_quantile_rejects_impossible_input(p, df):
-    with pytest.raises(ValueError):
-        student_t_quantile(p, df)
-
-
-@pytest.mark.parametrize(
-    ("a", "b", "x", "expected"),
-    [
-        (1, 1, 0.3, 0.3),  # uniform
-        (3, 1, 0.5, 0.125),  # I_x(a, 1) = x^a
-        (4, 4, 0.5, 0.5),  # symmetric
-        (2, 3, 0.0, 0.0),
-        (2, 3, 1.0, 1.0),
-        (2, 3, 0.4, 0.5248),  # 1 - (1-x)^4 - 4x(1-x)^3
-    ],
-)
-def test_regularized_incomplete_beta(a, b, x, expected):
-    assert regularized_incomplete_beta(a, b, x) == pytest.approx(expected, abs=1e-10)
-
-
-def test_welch_interval_by_hand():
-    group, baseline = Sample((0.7968, 0.7990)), Sample((0.8100, 0.8142, 0.8200))
-    interval = difference_interval(group, baseline)
-    var_g, var_b = group.sd**2 / 2, baseline.sd**2 / 3
-    df = (var_g + var_b) ** 2 / (var_g**2 / 1 + var_b**2 / 2)
-    half = student_t_quantile(0.975, df) * math.sqrt(var_g + var_b)
-    difference = group.mean - baseline.mean
-    assert interval.method == "welch"
-    assert interval.df == pytest.approx(df)
-    assert (interval.low, interval.high) == pytest.approx((difference - half, difference + half))
-
-
-def test_one_seed_against_several_borrows_their_spread():
-    interval = difference_interval(Sample((0.80,)), Sample((0.81, 0.82, 0.83)))
-    half = student_t_quantile(0.975, 2) * 0.01 * math.sqrt(1 + 1 / 3)
-    assert interval.method == "pooled" and interval.df == 2
-    assert (interval.low, interval.high) == pytest.approx((-0.02 - half, -0.02 + half))
-
-
-def test_one_seed_on_each_side_has_no_interval():
-    assert difference_interval(Sample((0.80,)), Sample((0.81,))) is None
-
-
-def test_identical_seeds_give_a_zero_width_interval():
-    interval = difference_interval(Sample((0.8, 0.8)), Sample((0.9, 0.9)))
-    assert (interval.low, interval.high) == pytest.approx((-0.1, -0.1))
-
-
-@pytest.mark.parametrize(
-    ("interval", "verdict"),
-    [
-        (None, "one seed per group: no noise estimate"),
-        ((-0.01, 0.02), "within seed noise"),
-        ((-0.03, -0.01), "lower (better)"),
-        ((0.01, 0.03), "higher (worse)"),
-    ],
-)
-def test_verdicts(interval, verdict):
-    from flood_cli.compare import Interval
-
-    assert verdict_for(Interval(*interval, "welch", 3.0) if interval else None) == verdict
 
 
 # ---------------------------------------------------------------------------
@@ -219,12 +105,15 @@ def test_same_folder_names_under_different_parents_are_told_apart(tmp_path):
 # Bad input: one warning line each, the rest compared
 
 
-def test_folder_that_is_not_a_run_is_skipped_with_a_warning(tmp_path):
+def test_folders_that_hold_no_runs_are_skipped_with_a_warning(tmp_path):
     write_run(tmp_path, "good")
     (tmp_path / "empty").mkdir()
-    output = compare([tmp_path / "good", tmp_path / "empty"])
+    (tmp_path / "notes" / "drafts").mkdir(parents=True)
+    (tmp_path / "notes" / "todo.txt").write_text("more seeds")
+    output = compare([tmp_path / "good", tmp_path / "empty", tmp_path / "notes"])
     assert output.warnings == [
-        f"{tmp_path / 'empty'}: not a run folder (no config.yaml, metrics.csv or summary.json) and holds no runs; skipped"
+        f"{tmp_path / 'empty'}: an empty folder; skipped",
+        f"{tmp_path / 'notes'}: no config.yaml, metrics.csv or summary.json in it or its subfolders; skipped",
     ]
     assert "good" in output.text
 
@@ -232,14 +121,17 @@ def test_folder_that_is_not_a_run_is_skipped_with_a_warning(tmp_path):
 def test_missing_path_and_unmatched_glob_are_warnings(tmp_path):
     write_run(tmp_path, "good")
     output = compare([tmp_path / "good", tmp_path / "gone", tmp_path / "nothing-*"])
-    assert output.warnings == [f"{tmp_path / 'gone'}: no such folder; skipped", f"{tmp_path / 'nothing-*'}: no file or folder matches"]
+    assert output.warnings == [
+        f"{tmp_path / 'gone'}: no such folder; skipped",
+        f"{tmp_path / 'nothing-*'}: no file or folder matches; skipped",
+    ]
 
 
 def test_a_plain_file_is_not_a_run(tmp_path):
     write_run(tmp_path, "good")
     (tmp_path / "README.md").write_text("notes")
     output = compare([tmp_path / "good", tmp_path / "README.md"])
-    assert output.warnings == [f"{tmp_path / 'README.md'}: not a run folder (a file); skipped"]
+    assert output.warnings == [f"{tmp_path / 'README.md'}: a file, not a run folder; skipped"]
 
 
 def test_run_in_progress_is_shown_as_incomplete(tmp_path):
@@ -257,6 +149,8 @@ def test_run_in_progress_is_shown_as_incomplete(tmp_path):
     assert live.diff_to_baseline == pytest.approx(0.79 - 0.81)  # shown against the baseline as it stands
     assert report.comparisons == []  # but no statistics from an unfinished run
     assert "running 1/3 (incomplete)" in output.text
+    prose = " ".join(output.text.split())
+    assert "Runs left out of the statistics (incomplete, or no finite validation loss): g2 1." in prose
 
 
 def test_run_marked_running_but_long_silent_may_have_been_killed(tmp_path):
@@ -362,10 +256,36 @@ def test_metrics_alone_are_still_compared(tmp_path):
     ]
 
 
-def test_no_runs_at_all_is_an_error(tmp_path):
+HINT = "; pass run folders or folders that hold them (each has metrics.csv)"
+
+
+@pytest.mark.parametrize(
+    ("make", "argument", "reason"),
+    [
+        (lambda root: None, "runs", "no such folder"),
+        (lambda root: (root / "runs").mkdir(), "runs", "an empty folder"),
+        (lambda root: (root / "runs" / "logs").mkdir(parents=True), "runs",
+         "no config.yaml, metrics.csv or summary.json in it or its subfolders"),
+        (lambda root: (root / "notes.txt").write_text("x"), "notes.txt", "a file, not a run folder"),
+        (lambda root: None, "run-*", "no file or folder matches"),
+    ],
+)
+def test_no_runs_is_an_error_that_says_why(tmp_path, make, argument, reason):
+    make(tmp_path)
+    with pytest.raises(FloodError) as error:
+        compare([tmp_path / argument])
+    assert str(error.value) == f"no runs found in {tmp_path / argument} ({reason}){HINT}"
+
+
+def test_no_runs_in_several_arguments_names_each_reason_up_to_three(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FloodError, match=r"^no runs found in .*empty; pass run folders"):
-        compare([tmp_path / "empty"])
+    arguments = [tmp_path / "gone", tmp_path / "empty", tmp_path / "gone-2", tmp_path / "gone-3", tmp_path / "gone-4"]
+    with pytest.raises(FloodError) as error:
+        compare(arguments)
+    assert str(error.value) == (
+        f"no runs found in {tmp_path / 'gone'} (no such folder), {tmp_path / 'empty'} (an empty folder), "
+        f"{tmp_path / 'gone-2'} (no such folder) and 2 more{HINT}"
+    )
 
 
 def test_no_usable_run_is_an_error_that_names_the_reason(tmp_path):
@@ -405,7 +325,7 @@ def test_groups_against_the_baseline_with_interval_and_verdict(tmp_path):
     b05 = next(c for c in report.comparisons if c.group.label.startswith("flooding b=0.5"))
     assert b05.difference == pytest.approx((0.7968 + 0.7990) / 2 - (0.8100 + 0.8142 + 0.8200) / 3)
     assert b05.interval.low < b05.difference < b05.interval.high < 0
-    assert b05.note.startswith("Welch t, df=")
+    assert b05.interval.method == "welch" and b05.notes == []
 
 
 def test_single_seed_runs_say_there_is_no_noise_estimate(tmp_path):
@@ -423,13 +343,80 @@ def test_single_seed_runs_say_there_is_no_noise_estimate(tmp_path):
     assert "one seed per group: no noise estimate" in output.text
 
 
+def test_runs_that_share_a_seed_count_once_with_their_mean(tmp_path):
+    write_run(tmp_path, "base-s1", val_losses=(0.85, 0.80), seed=1)
+    write_run(tmp_path, "base-s1-again", val_losses=(0.85, 0.82), seed=1)  # a repeat, e.g. on another GPU
+    write_run(tmp_path, "base-s2", val_losses=(0.85, 0.90), seed=2)
+    (group,) = report_of([tmp_path]).groups
+    assert (group.sample.n, group.counted_runs) == (2, 3)
+    assert sorted(group.sample.values) == pytest.approx([0.81, 0.85])
+    prose = " ".join(compare([tmp_path]).text.split())  # footnotes wrap in the terminal
+    assert "Runs that share a seed are replicates, not independent seeds: each seed counts once, " \
+        "as the mean of its runs (g1 seed 1 ×2)." in prose
+
+
+def test_repeats_of_one_seed_are_one_seed_not_a_zero_noise_estimate(tmp_path):
+    """The runs of /tmp/r5: all seed 42; base repeated; b = 0 flooding equals the baseline."""
+    for name in ("base", "base2"):
+        write_run(tmp_path, name, val_losses=(0.8161, 0.8564), seed=42)
+    write_run(tmp_path, "b0", val_losses=(0.8161, 0.8564), seed=42, mode="flooding", b=0.0)
+    write_run(tmp_path, "bhigh", val_losses=(0.6627, 0.6775), seed=42, mode="flooding", b=5.0)
+    report = report_of([tmp_path])
+    baseline = next(group for group in report.groups if group.is_baseline)
+    assert (baseline.sample.n, baseline.sample.sd, baseline.counted_runs) == (1, None, 2)
+    assert [(c.interval, c.verdict) for c in report.comparisons] == [(None, ONE_SEED), (None, ONE_SEED)]
+    text = compare([tmp_path]).text
+    assert "[-0.1534, -0.1534]" not in text and "[+0.0000, +0.0000]" not in text
+    assert "g3 (1 seed)      1  -0.1534 (-18.80%)" in text
+
+
+def test_seeds_without_spread_give_no_verdict(tmp_path):
+    write_seed_group(tmp_path, "baseline", [0.81, 0.81])  # two seeds, the very same best loss
+    write_seed_group(tmp_path, "flood", [0.79], mode="flooding", b=0.5)
+    (comparison,) = report_of([tmp_path]).comparisons
+    assert (comparison.interval, comparison.verdict) == (None, NO_SPREAD)
+    assert comparison.difference == pytest.approx(-0.02)
+    text = compare([tmp_path]).text
+    assert "no seed spread to estimate noise" in text and "[-0.0200, -0.0200]" not in text
+    document = json.loads(compare([tmp_path], as_json=True).text)
+    assert {key: document["comparisons"][0][key] for key in ("ci_low", "ci_high", "method", "verdict")} == {
+        "ci_low": None, "ci_high": None, "method": None, "verdict": NO_SPREAD,
+    }
+
+
+def test_comparison_notes_are_numbered_footnotes_printed_once(tmp_path):
+    write_seed_group(tmp_path, "base-lr2", [0.81, 0.83], lr=2e-5)
+    write_seed_group(tmp_path, "base-lr1", [0.80, 0.82, 0.81], lr=1e-5)
+    write_seed_group(tmp_path, "flood", [0.79], mode="flooding", b=0.5)
+    write_seed_group(tmp_path, "flood-b0.7", [0.795, 0.80], mode="flooding", b=0.7)
+    lines = compare([tmp_path]).text.splitlines()
+    start = lines.index("Against the baseline: mean best validation loss, group − baseline, 95% interval")
+    table = lines[start:lines.index("", start + 5)]
+    assert table[2].split() == ["group", "baseline", "seeds", "difference", "95%", "interval", "method", "verdict", "notes"]
+    assert [line.split()[-2:] for line in table[4:]] == [["[1]", "[2]"], ["noise", "[2]"]]
+    footnotes = lines[len(table) + start + 1:len(table) + start + 3]
+    assert footnotes == [
+        "[1] one seed in g1: the interval borrows g4's seed spread (assumes equal spread)",
+        "[2] baseline groups g3, g4 match; chose g4: closest training settings, then most seeds",
+    ]
+
+
+def test_without_notes_there_is_no_notes_column(tmp_path):
+    write_seed_group(tmp_path, "baseline", [0.81, 0.82])
+    write_seed_group(tmp_path, "flood", [0.79, 0.80], mode="flooding", b=0.5)
+    text = compare([tmp_path]).text
+    assert " Welch, df " in text and "notes" not in text
+
+
 def test_the_closest_of_several_baselines_is_chosen_and_named(tmp_path):
     write_seed_group(tmp_path, "base-lr2", [0.81], lr=2e-5)
     write_seed_group(tmp_path, "base-lr1", [0.80, 0.82, 0.81], lr=1e-5)
     write_seed_group(tmp_path, "flood", [0.79], mode="flooding", b=0.5, lr=2e-5)
     (comparison,) = report_of([tmp_path]).comparisons
     assert comparison.baseline.label == "baseline lr=2e-05"
-    assert "2 baseline groups match; chose" in comparison.note
+    assert comparison.notes == [
+        f"baseline groups g2, g3 match; chose {comparison.baseline.id}: closest training settings, then most seeds"
+    ]
 
 
 def test_no_baseline_of_other_data_or_model(tmp_path):
@@ -493,7 +480,7 @@ def test_json_has_stable_keys(tmp_path):
         "final_val_accuracy", "diff_to_baseline", "diff_to_baseline_pct", "loss_up_accuracy_up",
     ]
     assert list(document["groups"][0]) == [
-        "id", "label", "mode", "baseline", "runs", "n", "n_left_out", "best_val_loss_mean", "best_val_loss_sd",
+        "id", "label", "mode", "baseline", "runs", "n", "n_runs", "n_left_out", "best_val_loss_mean", "best_val_loss_sd",
         "best_val_loss_min", "best_val_loss_max", "settings",
     ]
     assert list(document["comparisons"][0]) == [
@@ -534,6 +521,8 @@ def test_markdown_tables(tmp_path):
     assert text.startswith("**Runs, sorted by best validation loss**\n\n| run | group | mode |")
     assert "| flood-s1 | g1 | flooding | 0.5 | 2e-05 |  | 1 | 3 | 0.7900 |" in text
     assert "**Against the baseline" in text
+    # A footnote starting with "*" would become a bullet point and lose its marker.
+    assert "\n\\* best loss and best accuracy at different evaluations" in text
 
 
 def test_terminal_table_lines_up(tmp_path):
@@ -569,9 +558,7 @@ runner = CliRunner()
 def test_cli_no_runs_exits_with_an_error(tmp_path):
     result = runner.invoke(app, ["compare", str(tmp_path)])
     assert result.exit_code == 1
-    assert result.stderr == (
-        f"error: no runs found in {tmp_path}; pass run folders or folders that hold them (each has metrics.csv)\n"
-    )
+    assert result.stderr == f"error: no runs found in {tmp_path} (an empty folder){HINT}\n"
     assert result.stdout == ""
 
 
@@ -581,9 +568,15 @@ def test_cli_prints_warnings_on_stderr_and_the_table_on_stdout(tmp_path):
     result = runner.invoke(app, ["compare", str(tmp_path / "good"), str(tmp_path / "junk")])
     assert result.exit_code == 0
     assert result.stderr.splitlines() == [
-        f"warning: {tmp_path / 'junk'}: not a run folder (no config.yaml, metrics.csv or summary.json) and holds no runs; skipped"
+        f"warning: {tmp_path / 'junk'}: an empty folder; skipped"
     ]
     assert result.stdout.startswith("Runs, sorted by best validation loss")
+
+
+def test_cli_missing_folder_says_so(tmp_path):
+    result = runner.invoke(app, ["compare", str(tmp_path / "runs")])
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == f"error: no runs found in {tmp_path / 'runs'} (no such folder){HINT}\n"
 
 
 def test_cli_json_is_pure_json_on_stdout(tmp_path):

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from flood_cli.compare import compare_command
+from flood_cli.compare import build_report, compare_command
 from flood_cli.errors import FloodError
-from flood_cli.plots import group_colours
+from flood_cli.plots import _hidden_under, _legend_label, group_colours
 from tests.run_factory import write_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -66,3 +66,22 @@ def test_matplotlib_is_loaded_only_for_a_plot(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "True"]
+
+
+def test_legend_names_seeds_runs_and_a_group_drawn_under_another(tmp_path):
+    # b = 0 flooding follows the baseline's curve exactly: its colour would just be missing.
+    write_run(tmp_path, "base", val_losses=(0.80, 0.85), seed=1)
+    write_run(tmp_path, "base-again", val_losses=(0.80, 0.85), seed=1)
+    write_run(tmp_path, "b0", val_losses=(0.80, 0.85), seed=1, mode="flooding", b=0.0)
+    write_run(tmp_path, "b5", val_losses=(0.70, 0.75), seed=1, mode="flooding", b=5.0)
+    groups = build_report([tmp_path]).groups
+    assert [group.label for group in groups] == ["flooding b=5 lr=2e-05", "flooding b=0 lr=2e-05", "baseline lr=2e-05"]
+    hidden = _hidden_under(groups)
+    assert hidden == {"g2": "g3"}
+    labels = [_legend_label(group, hidden.get(group.id), wrap=True) for group in groups]
+    assert labels == [
+        "g1 flooding b=5 lr=2e-05 (1 seed)",
+        "g2 flooding b=0 lr=2e-05 (1 seed)\n    same curves as g3, drawn under it",
+        "g3 baseline lr=2e-05 (2 runs, 1 seed)",
+    ]
+    assert _legend_label(groups[2], None, wrap=False) == "g3 baseline lr=2e-05 (2 runs, 1 seed)"

@@ -1,0 +1,174 @@
+"""Seed statistics for `flood compare`: is a difference larger than seed noise?
+
+Pure functions on plain floats: the mean and spread of one value per seed, Student's t
+quantile for any real degrees of freedom, and the interval of a difference of means
+(Welch's, or pooled when one side has a single seed). Pure Python on purpose: scipy and
+numpy would cost more to import than a thousand runs take to compare.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Optional
+
+CI_LEVEL = 0.95
+
+# The verdicts, in words a reader can act on. Lower loss is better.
+LOWER = "lower (better)"
+HIGHER = "higher (worse)"
+WITHIN_NOISE = "within seed noise"
+ONE_SEED = "one seed per group: no noise estimate"
+NO_SPREAD = "no seed spread to estimate noise"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One value per seed (a seed group's best validation losses)."""
+
+    values: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    # statistics computes in exact fractions: equal values have a mean equal to each of
+    # them and an sd of exactly 0, never a rounding residue that passes for seed spread.
+    @property
+    def mean(self) -> float:
+        return statistics.mean(self.values)
+
+    @property
+    def sd(self) -> Optional[float]:
+        """Sample standard deviation (n − 1); None for a single seed."""
+        return statistics.stdev(self.values) if self.n >= 2 else None
+
+
+@dataclass(frozen=True)
+class Interval:
+    low: float
+    high: float
+    method: str  # "welch" or "pooled"
+    df: float
+
+
+def difference_interval(group: Sample, baseline: Sample, level: float = CI_LEVEL) -> Optional[Interval]:
+    """Interval for mean(group) − mean(baseline); None when there is no noise estimate.
+
+    Welch's t when both groups have two or more seeds (no equal-variance assumption).
+    When one side has a single seed, its spread is unknown, so the other side's spread
+    stands in for it (Student's pooled interval, which assumes equal spread).
+
+    None with one seed on both sides, and None when the seeds that are there show no
+    spread at all (sd 0): a zero-width interval would read as certainty, when it only
+    means the noise could not be measured (see `verdict_for`).
+    """
+    if group.n < 2 and baseline.n < 2:
+        return None
+    if group.n >= 2 and baseline.n >= 2:
+        var_g, var_b = group.sd ** 2 / group.n, baseline.sd ** 2 / baseline.n  # type: ignore[operator]
+        standard_error = math.sqrt(var_g + var_b)
+        if standard_error == 0.0:
+            return None
+        # Welch–Satterthwaite degrees of freedom.
+        df = (var_g + var_b) ** 2 / (var_g**2 / (group.n - 1) + var_b**2 / (baseline.n - 1))
+        method = "welch"
+    else:
+        spread_from = group if group.n >= 2 else baseline
+        standard_error = spread_from.sd * math.sqrt(1.0 / group.n + 1.0 / baseline.n)  # type: ignore[operator]
+        if standard_error == 0.0:
+            return None
+        df = float(spread_from.n - 1)
+        method = "pooled"
+    difference = group.mean - baseline.mean
+    half_width = student_t_quantile(0.5 + level / 2.0, df) * standard_error
+    return Interval(difference - half_width, difference + half_width, method, df)
+
+
+def verdict_for(interval: Optional[Interval], group: Sample, baseline: Sample) -> str:
+    """What the interval says; without one, why there is none."""
+    if interval is None:
+        return ONE_SEED if group.n < 2 and baseline.n < 2 else NO_SPREAD
+    if interval.low <= 0.0 <= interval.high:
+        return WITHIN_NOISE
+    return LOWER if interval.high < 0.0 else HIGHER
+
+
+# ---------------------------------------------------------------------------
+# Student's t distribution
+
+
+def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
+    """I_x(a, b) by its continued fraction (Numerical Recipes §6.4, modified Lentz)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    # The continued fraction converges fast only on this side of the mean; use symmetry.
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _beta_continued_fraction(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _beta_continued_fraction(b, a, 1.0 - x) / b
+
+
+def _beta_continued_fraction(a: float, b: float, x: float) -> float:
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    result = d
+    for m in range(1, 500):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            result *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return result
+
+
+def student_t_cdf(t: float, df: float) -> float:
+    tail = 0.5 * regularized_incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def student_t_pdf(t: float, df: float) -> float:
+    log_density = (
+        math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+        - (df + 1) / 2 * math.log1p(t * t / df)
+    )
+    return math.exp(log_density)
+
+
+def student_t_quantile(p: float, df: float) -> float:
+    """The t with P(T ≤ t) = p, for any real df > 0 (Welch's df is not an integer)."""
+    if not 0.0 < p < 1.0 or not df > 0:
+        raise ValueError(f"need 0 < p < 1 and df > 0, got p={p}, df={df}")
+    if p == 0.5:
+        return 0.0
+    if p < 0.5:
+        return -student_t_quantile(1.0 - p, df)
+    low, high = 0.0, 2.0
+    while student_t_cdf(high, df) < p:
+        low, high = high, high * 2.0
+    # Newton steps on the cdf, falling back to bisection when a step leaves the bracket.
+    t = (low + high) / 2.0
+    for _ in range(100):
+        error = student_t_cdf(t, df) - p
+        if error > 0:
+            high = t
+        else:
+            low = t
+        step = error / max(student_t_pdf(t, df), 1e-300)
+        candidate = t - step
+        if not low < candidate < high:
+            candidate = (low + high) / 2.0
+        if abs(candidate - t) <= 1e-12 * max(1.0, abs(t)):
+            return candidate
+        t = candidate
+    return t

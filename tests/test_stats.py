@@ -1,0 +1,142 @@
+"""flood_cli.stats: Student's t against tables and scipy, Welch and pooled intervals, verdicts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from flood_cli.stats import (
+    HIGHER,
+    LOWER,
+    NO_SPREAD,
+    ONE_SEED,
+    WITHIN_NOISE,
+    Interval,
+    Sample,
+    difference_interval,
+    regularized_incomplete_beta,
+    student_t_quantile,
+    verdict_for,
+)
+
+
+@pytest.mark.parametrize(
+    ("p", "df", "expected"),
+    [
+        (0.975, 1, 12.706),
+        (0.975, 2, 4.303),
+        (0.975, 5, 2.571),
+        (0.975, 10, 2.228),
+        (0.975, 30, 2.042),
+        (0.95, 10, 1.812),
+        (0.995, 3, 5.841),
+        (0.975, 1e7, 1.960),
+    ],
+)
+def test_student_t_quantile_matches_tables(p, df, expected):
+    assert student_t_quantile(p, df) == pytest.approx(expected, abs=5e-4)
+
+
+@pytest.mark.parametrize(
+    ("p", "df", "expected"),
+    [  # Welch's df is not an integer; values from scipy.stats.t.ppf
+        (0.975, 2.5, 3.5746548420036817),
+        (0.975, 3.7, 2.8675207071911895),
+        (0.95, 1.5, 3.70518082009675),
+        (0.975, 17.3, 2.1070320037534676),
+        (0.999, 4, 7.173182219782307),
+    ],
+)
+def test_student_t_quantile_matches_scipy_for_any_df(p, df, expected):
+    assert student_t_quantile(p, df) == pytest.approx(expected, rel=1e-9)
+
+
+def test_student_t_quantile_is_exact_for_one_degree_of_freedom_and_symmetric():
+    # With df = 1, t is Cauchy: the quantile is tan(pi (p - 1/2)).
+    assert student_t_quantile(0.975, 1) == pytest.approx(math.tan(math.pi * 0.475), rel=1e-9)
+    assert student_t_quantile(0.025, 7) == pytest.approx(-student_t_quantile(0.975, 7), rel=1e-12)
+    assert student_t_quantile(0.5, 3) == 0.0
+
+
+@pytest.mark.parametrize(("p", "df"), [(0.0, 3), (1.0, 3), (0.5, 0)])
+def test_student_t_quantile_rejects_impossible_input(p, df):
+    with pytest.raises(ValueError):
+        student_t_quantile(p, df)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "x", "expected"),
+    [
+        (1, 1, 0.3, 0.3),  # uniform
+        (3, 1, 0.5, 0.125),  # I_x(a, 1) = x^a
+        (4, 4, 0.5, 0.5),  # symmetric
+        (2, 3, 0.0, 0.0),
+        (2, 3, 1.0, 1.0),
+        (2, 3, 0.4, 0.5248),  # 1 - (1-x)^4 - 4x(1-x)^3
+    ],
+)
+def test_regularized_incomplete_beta(a, b, x, expected):
+    assert regularized_incomplete_beta(a, b, x) == pytest.approx(expected, abs=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("values", "mean", "sd"),
+    [((0.8,), 0.8, None), ((0.8, 0.9), 0.85, math.sqrt(0.005)), ((0.5, 0.5, 0.5), 0.5, 0.0)],
+)
+def test_sample_mean_and_sd(values, mean, sd):
+    sample = Sample(values)
+    assert (sample.n, sample.mean) == (len(values), pytest.approx(mean))
+    assert sample.sd == (None if sd is None else pytest.approx(sd))
+
+
+def test_welch_interval_by_hand():
+    group, baseline = Sample((0.7968, 0.7990)), Sample((0.8100, 0.8142, 0.8200))
+    interval = difference_interval(group, baseline)
+    var_g, var_b = group.sd**2 / 2, baseline.sd**2 / 3
+    df = (var_g + var_b) ** 2 / (var_g**2 / 1 + var_b**2 / 2)
+    half = student_t_quantile(0.975, df) * math.sqrt(var_g + var_b)
+    difference = group.mean - baseline.mean
+    assert interval.method == "welch"
+    assert interval.df == pytest.approx(df)
+    assert (interval.low, interval.high) == pytest.approx((difference - half, difference + half))
+
+
+def test_welch_with_one_side_without_spread_uses_the_other_sides():
+    interval = difference_interval(Sample((0.8, 0.8)), Sample((0.81, 0.82, 0.83)))
+    half = student_t_quantile(0.975, 2) * 0.01 / math.sqrt(3)
+    assert interval.method == "welch" and interval.df == pytest.approx(2)
+    assert (interval.low, interval.high) == pytest.approx((-0.02 - half, -0.02 + half))
+
+
+def test_one_seed_against_several_borrows_their_spread():
+    interval = difference_interval(Sample((0.80,)), Sample((0.81, 0.82, 0.83)))
+    half = student_t_quantile(0.975, 2) * 0.01 * math.sqrt(1 + 1 / 3)
+    assert interval.method == "pooled" and interval.df == 2
+    assert (interval.low, interval.high) == pytest.approx((-0.02 - half, -0.02 + half))
+
+
+@pytest.mark.parametrize(
+    ("group", "baseline", "verdict"),
+    [
+        ((0.80,), (0.81,), ONE_SEED),
+        ((0.8, 0.8), (0.9, 0.9), NO_SPREAD),  # Welch with sd 0 on both sides
+        ((0.8,), (0.9, 0.9), NO_SPREAD),  # pooled, borrowing a spread of 0
+        ((0.8, 0.8, 0.8), (0.9,), NO_SPREAD),
+    ],
+)
+def test_no_interval_without_a_noise_estimate(group, baseline, verdict):
+    """Never a zero-width interval: it would read as certainty, not as missing noise."""
+    group, baseline = Sample(group), Sample(baseline)
+    interval = difference_interval(group, baseline)
+    assert interval is None
+    assert verdict_for(interval, group, baseline) == verdict
+
+
+@pytest.mark.parametrize(
+    ("interval", "verdict"),
+    [((-0.01, 0.02), WITHIN_NOISE), ((-0.03, -0.01), LOWER), ((0.01, 0.03), HIGHER)],
+)
+def test_verdicts(interval, verdict):
+    two = Sample((0.8, 0.9))
+    assert verdict_for(Interval(*interval, "welch", 3.0), two, two) == verdict
