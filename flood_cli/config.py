@@ -120,6 +120,9 @@ class TrainConfig(_Section):
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     max_grad_norm: Optional[float] = Field(1.0, gt=0.0, description="gradient clipping; null turns it off")
     grad_accum_steps: int = Field(1, ge=1)
+    group_by_length: bool = Field(
+        False, description="batches of similar lengths (less padding, faster; changes which examples share a batch)"
+    )
     seed: int = 42
     eval_every: Union[Literal["epoch"], int] = Field("epoch", description="'epoch' or a number of optimizer steps")
     on_nonfinite: Literal["stop", "skip"] = Field(
@@ -168,6 +171,8 @@ class RuntimeConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    pad_to_multiple_of: int = Field(8, ge=1, description="pad each batch's length up to a multiple of this (tensor-core friendly)")
+    compile: bool = Field(False, description="torch.compile the model (pays on GPUs; first steps are slow)")
 
 
 class OutputConfig(_Section):

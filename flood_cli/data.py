@@ -416,11 +416,20 @@ class Collator:
 
 class EpochShuffleSampler(torch.utils.data.Sampler[int]):
     """A fresh, seeded permutation each epoch: the data order depends only on
-    (seed, epoch), which makes runs reproducible and lets a run resume mid-epoch."""
+    (seed, epoch), which makes runs reproducible and lets a run resume mid-epoch.
 
-    def __init__(self, size: int, seed: int):
+    With ``lengths``, the permutation is cut into mega-batches of 50 batches, each
+    sorted by length (longest first, as HF's LengthGroupedSampler): batches then hold
+    texts of similar length and need little padding, while their order stays random.
+    """
+
+    MEGA_BATCH = 50
+
+    def __init__(self, size: int, seed: int, lengths: Optional[list[int]] = None, batch_size: int = 1):
         self.size = size
         self.seed = seed
+        self.lengths = lengths
+        self.batch_size = batch_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -428,7 +437,16 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        order = torch.randperm(self.size, generator=generator).tolist()
+        if self.lengths is not None:
+            chunk = self.MEGA_BATCH * self.batch_size
+            lengths = self.lengths
+            order = [
+                index
+                for start in range(0, len(order), chunk)
+                for index in sorted(order[start : start + chunk], key=lambda i: -lengths[i])
+            ]
+        return iter(order)
 
     def __len__(self) -> int:
         return self.size

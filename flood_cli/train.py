@@ -44,9 +44,6 @@ from flood_cli.runs import (
     now_iso,
 )
 
-PAD_TO_MULTIPLE_OF = 8
-
-
 class Reporter(Protocol):
     """What the loop tells the outside world (the CLI draws a progress bar from it)."""
 
@@ -91,6 +88,7 @@ class RunResult:
 def make_accelerator(runtime: RuntimeConfig) -> Any:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import DataLoaderConfiguration
 
     cuda = torch.cuda.is_available()
     if runtime.device == "cuda" and not cuda:
@@ -104,7 +102,12 @@ def make_accelerator(runtime: RuntimeConfig) -> Any:
     # Several runs in one process (tests, sweeps) each get a fresh Accelerate state.
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    return Accelerator(cpu=use_cpu, mixed_precision="no" if precision == "fp32" else precision)
+    return Accelerator(
+        cpu=use_cpu,
+        mixed_precision="no" if precision == "fp32" else precision,
+        # Host-to-device copies of pinned batches overlap with compute.
+        dataloader_config=DataLoaderConfiguration(non_blocking=not use_cpu),
+    )
 
 
 def make_optimizer(model: torch.nn.Module, train: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -165,11 +168,11 @@ def evaluate(model: torch.nn.Module, loader: Any, accelerator: Any) -> dict[str,
     }
 
 
-def _eval_loader(split: TokenizedSplit, batch_size: int, pad_id: int, workers: int) -> Any:
+def _eval_loader(split: TokenizedSplit, batch_size: int, pad_id: int, multiple: int, workers: int) -> Any:
     return torch.utils.data.DataLoader(
         length_sorted_batches(split, batch_size),
         batch_size=None,
-        collate_fn=Collator(split, pad_id, PAD_TO_MULTIPLE_OF),
+        collate_fn=Collator(split, pad_id, multiple),
         num_workers=workers,
         generator=torch.Generator().manual_seed(0),  # leaves the global RNG (dropout) alone
     )
@@ -273,12 +276,14 @@ class Trainer:
         self.mode: Mode = make_mode(cfg.train.mode, cfg.train.lr, cfg.train.b, cfg.train.ascent_lr)
 
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.sampler = EpochShuffleSampler(len(self.data.train), cfg.train.seed)
+        multiple = cfg.runtime.pad_to_multiple_of
+        lengths = [len(ids) for ids in self.data.train.input_ids] if cfg.train.group_by_length else None
+        self.sampler = EpochShuffleSampler(len(self.data.train), cfg.train.seed, lengths, cfg.train.batch_size)
         train_loader = torch.utils.data.DataLoader(
             list(range(len(self.data.train))),
             batch_size=cfg.train.batch_size,
             sampler=self.sampler,
-            collate_fn=Collator(self.data.train, pad_id, PAD_TO_MULTIPLE_OF),
+            collate_fn=Collator(self.data.train, pad_id, multiple),
             num_workers=cfg.runtime.num_workers,
             pin_memory=self.accelerator.device.type == "cuda",
             # Its own generator: iterating a DataLoader draws a seed from the global RNG,
@@ -286,10 +291,14 @@ class Trainer:
             generator=torch.Generator().manual_seed(cfg.train.seed),
         )
         eval_loaders = {
-            role: _eval_loader(split, cfg.train.eval_batch_size, pad_id, cfg.runtime.num_workers)
+            role: _eval_loader(split, cfg.train.eval_batch_size, pad_id, multiple, cfg.runtime.num_workers)
             for role, split in (("val", self.data.validation), ("test", self.data.test))
             if split is not None
         }
+        # The plain module: its state_dict and save_pretrained, whatever wraps it for speed.
+        self.raw_model = model
+        if cfg.runtime.compile:
+            model = torch.compile(model)
         self.model, self.optimizer, self.train_loader = self.accelerator.prepare(model, optimizer, train_loader)
         self.eval_loaders = {role: self.accelerator.prepare(loader) for role, loader in eval_loaders.items()}
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -363,7 +372,7 @@ class Trainer:
                 f"checkpoint of {run_dir} expects {state['total_steps']} steps but the data now gives {self.total_steps}; "
                 "the data files changed since the run started, start a new run"
             )
-        self.accelerator.unwrap_model(self.model).load_state_dict(state["model"])
+        self.raw_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.accelerator.scaler is not None and state.get("scaler") is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
@@ -390,7 +399,7 @@ class Trainer:
         checkpoint.save(
             checkpoint.last_checkpoint(self.run.path),
             {
-                "model": self.accelerator.unwrap_model(self.model).state_dict(),
+                "model": self.raw_model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None,
                 "rng": checkpoint.capture_rng(),
@@ -570,7 +579,7 @@ class Trainer:
         staging = self.run.path / f".{BEST_MODEL_DIR}.tmp"
         old = self.run.path / f".{BEST_MODEL_DIR}.old"
         shutil.rmtree(staging, ignore_errors=True)
-        self.accelerator.unwrap_model(self.model).save_pretrained(staging)
+        self.raw_model.save_pretrained(staging)
         self.tokenizer.save_pretrained(staging)
         if final.exists():
             final.rename(old)

@@ -1,0 +1,89 @@
+"""Speed options must not change results that they have no business changing; the
+tokenization cache must make a second run skip tokenizing."""
+
+import glob
+import os
+from pathlib import Path
+
+import pytest
+
+from flood_cli.config import load_config
+from flood_cli.data import prepare_data
+from flood_cli.model import load_tokenizer
+from flood_cli.runs import TIME_COLUMNS
+from flood_cli.train import run_training
+from tests.conftest import small_config, write_config
+
+
+def rows_of(tmp_path: Path, name: str, **sections) -> list[dict]:
+    config = small_config(**sections)
+    config["output"] = {"dir": str(tmp_path / "runs"), "name": name}
+    result = run_training(load_config(write_config(tmp_path, config, f"{name}.yaml")))
+    return [{k: v for k, v in row.items() if k not in TIME_COLUMNS} for row in result.rows]
+
+
+CPU = {"device": "cpu", "precision": "fp32"}
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"runtime": {**CPU, "num_workers": 2}},  # batches collated in worker processes
+        {"train": {"eval_batch_size": 7}},  # evaluation batches of other sizes and paddings
+    ],
+    ids=["num_workers", "eval_batch_size"],
+)
+def test_option_gives_bit_identical_csv(tmp_path, option):
+    assert rows_of(tmp_path, "option", **option) == rows_of(tmp_path, "plain")
+
+
+def test_padding_multiple_is_neutral_up_to_rounding_without_dropout(tmp_path):
+    """Padding only adds masked positions. (With dropout on, a longer padded tensor draws
+    other dropout masks, so runs with different multiples are not bit-identical.)"""
+    no_dropout = {"tiny": {"num_layers": 2, "hidden_size": 64, "num_heads": 2, "intermediate_size": 128, "dropout": 0.0}}
+    plain = rows_of(tmp_path, "pad8", model=no_dropout)
+    padded = rows_of(tmp_path, "pad64", model=no_dropout, runtime={**CPU, "pad_to_multiple_of": 64})
+    for a, b in zip(plain, padded):
+        for column in ("train_loss", "val_loss", "val_accuracy"):
+            assert a[column] == pytest.approx(b[column], rel=1e-5, abs=1e-7)
+
+
+def test_group_by_length_batches_similar_lengths_and_is_seeded(tmp_path):
+    from flood_cli.data import EpochShuffleSampler
+
+    lengths = [(i * 37) % 101 for i in range(400)]
+    sampler = EpochShuffleSampler(400, seed=1, lengths=lengths, batch_size=4)
+    order = list(sampler)
+    assert sorted(order) == list(range(400))
+    assert order == list(EpochShuffleSampler(400, seed=1, lengths=lengths, batch_size=4))
+    spread = lambda batches: sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)  # noqa: E731
+    grouped = [order[i : i + 4] for i in range(0, 400, 4)]
+    shuffled = list(EpochShuffleSampler(400, seed=1))
+    assert spread(grouped) < spread([shuffled[i : i + 4] for i in range(0, 400, 4)]) / 5
+
+
+def test_a_second_run_does_not_tokenize_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    cfg = load_config(write_config(tmp_path, small_config()))
+    tokenizer = load_tokenizer(cfg.model)
+    first = prepare_data(cfg.data, tokenizer)
+    cached = {path: os.stat(path).st_mtime_ns for path in glob.glob(str(tmp_path / "cache" / "**" / "cache-*.arrow"), recursive=True)}
+    assert cached, "tokenized splits should be cached on disk"
+
+    calls = {"n": 0}
+    real_call = type(tokenizer).__call__
+
+    def counting_call(self, *args, **kwargs):
+        calls["n"] += 1
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(tokenizer), "__call__", counting_call)
+    second = prepare_data(cfg.data, tokenizer)
+    assert calls["n"] == 0, "the second run called the tokenizer"
+    again = {path: os.stat(path).st_mtime_ns for path in glob.glob(str(tmp_path / "cache" / "**" / "cache-*.arrow"), recursive=True)}
+    assert again == cached  # nothing new written, nothing rewritten
+    assert second.train.input_ids == first.train.input_ids
+    assert second.validation.labels == first.validation.labels
