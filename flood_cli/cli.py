@@ -139,6 +139,8 @@ def train(
 
 
 def _print_result(result: Any) -> None:
+    if not result.is_main_process:  # under `accelerate launch`, one process reports
+        return
     typer.echo(f"run folder: {result.run_dir}")
     typer.echo(f"best val_loss: {result.best_val_loss:.6f} (epoch {result.best_epoch:g}, step {result.best_step})")
 

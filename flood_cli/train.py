@@ -79,6 +79,7 @@ class RunResult:
     best_epoch: float
     best_step: int
     rows: list[dict[str, Any]]
+    is_main_process: bool = True
 
 
 # ---------------------------------------------------------------------------
@@ -170,8 +171,9 @@ def evaluate(model: torch.nn.Module, loader: Any, accelerator: Any) -> dict[str,
 
 def _eval_loader(split: TokenizedSplit, batch_size: int, pad_id: int, multiple: int, workers: int) -> Any:
     return torch.utils.data.DataLoader(
-        length_sorted_batches(split, batch_size),
-        batch_size=None,
+        list(range(len(split))),
+        # Length-sorted batches as a batch sampler, which Accelerate shards across processes.
+        batch_sampler=length_sorted_batches(split, batch_size),
         collate_fn=Collator(split, pad_id, multiple),
         num_workers=workers,
         generator=torch.Generator().manual_seed(0),  # leaves the global RNG (dropout) alone
@@ -223,12 +225,18 @@ class _Interval:
         self.steps = 0
         self.skipped = 0
 
-    def read(self) -> dict[str, float]:
-        examples = max(self.examples, 1)
+    def read(self, accelerator: Any) -> dict[str, float]:
+        """The interval's means over every process's examples (one sync per evaluation)."""
+        sums = torch.stack([self.loss_sum, self.objective_sum, self.correct, torch.tensor(float(self.examples), device=self.device, dtype=torch.float64)])
+        if accelerator.num_processes > 1:
+            sums = accelerator.reduce(sums, reduction="sum")
+        loss_sum, objective_sum, correct, examples = sums.tolist()
+        examples = max(examples, 1.0)
         return {
-            "train_loss": self.loss_sum.item() / examples,
-            "train_objective": self.objective_sum.item() / examples,
-            "train_accuracy": self.correct.item() / examples,
+            "train_loss": loss_sum / examples,
+            "train_objective": objective_sum / examples,
+            "train_accuracy": correct / examples,
+            # Every process flips the same steps (the sign comes from the reduced loss).
             "flood_active": self.ascent_steps.item() / max(self.steps, 1),
             "skipped_steps": self.skipped,
         }
@@ -444,6 +452,7 @@ class Trainer:
             best_epoch=best["epoch"],
             best_step=best["step"],
             rows=self.rows,
+            is_main_process=self.accelerator.is_main_process,
         )
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> None:
@@ -525,7 +534,7 @@ class Trainer:
 
     def evaluate_and_log(self) -> None:
         progress = self.progress
-        figures = self.interval.read()
+        figures = self.interval.read(self.accelerator)
         if not math.isfinite(figures["train_loss"]):
             raise FloodError(
                 f"training loss became {figures['train_loss']} between steps {progress.step - self.interval.steps} "
