@@ -66,6 +66,15 @@ def _first_line(exc: Exception) -> str:
     return (text[0] if text else type(exc).__name__)[:200]
 
 
+def quiet_transformers() -> None:
+    """Library code stays quiet: no weight-loading progress bars or load reports on
+    stderr (the CLI draws its own progress); errors still surface as exceptions."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
 def load_tokenizer(cfg: ModelConfig) -> Any:
     """The tokenizer named in the config; a tiny model defaults to the shipped WordPiece
     tokenizer (4,000 uncased tokens learnt from the shipped e-mails)."""

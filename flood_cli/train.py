@@ -31,7 +31,7 @@ from flood_cli import __version__, checkpoint
 from flood_cli.config import Config, RuntimeConfig, TrainConfig, load_config
 from flood_cli.data import Collator, EpochShuffleSampler, PreparedData, TokenizedSplit, length_sorted_batches, prepare_data
 from flood_cli.errors import FloodError, RunInterrupted
-from flood_cli.model import build_model, load_tokenizer
+from flood_cli.model import build_model, load_tokenizer, quiet_transformers
 from flood_cli.objectives import Mode, apply_sign, is_ascent, lr_scale, make_mode
 from flood_cli.runs import (
     BEST_MODEL_DIR,
@@ -273,6 +273,7 @@ class Trainer:
         self.accelerator = make_accelerator(cfg.runtime)
         from accelerate.utils import set_seed
 
+        quiet_transformers()
         reporter.message("loading tokenizer and data")
         self.tokenizer = load_tokenizer(cfg.model)
         self.data: PreparedData = prepare_data(cfg.data, self.tokenizer)
