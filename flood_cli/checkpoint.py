@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from flood_cli.runs import make_temp_file
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
@@ -48,7 +49,7 @@ def last_checkpoint(run_dir: Path) -> Path:
 def save(path: Path, payload: dict[str, Any]) -> None:
     """Write the checkpoint so that a kill at any moment leaves the previous one whole."""
     path.parent.mkdir(exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = make_temp_file(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save({"format": FORMAT, **payload}, handle)

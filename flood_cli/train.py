@@ -491,7 +491,8 @@ class Trainer:
 
         # The mode flips the gradient of this step where it calls for ascent.
         sign = self.mode.gradient_sign(step, step_loss)
-        apply_sign([p.grad for p in self.params if p.grad is not None], sign)
+        if sign is not None:
+            apply_sign([p.grad for p in self.params if p.grad is not None], sign)
         if train.max_grad_norm is not None:
             accelerator.clip_grad_norm_(self.params, train.max_grad_norm)
         self.optimizer.step()

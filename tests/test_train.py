@@ -3,6 +3,8 @@
 import csv
 import json
 import math
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,12 @@ def test_every_mode_writes_a_consistent_run_folder(tmp_path, mode):
     assert summary["final_val_loss"] == pytest.approx(val_losses[-1], rel=1e-6)
     assert summary["num_train_examples"] == 192 and summary["num_val_examples"] == 64
     assert summary["steps_completed"] == summary["total_steps"] == int(rows[-1]["step"])
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for written in ("config.yaml", "metrics.csv", "summary.json", "checkpoints/last.pt"):
+        # Atomic writes go through temporary files; they keep the usual permissions.
+        assert stat.S_IMODE((run_dir / written).stat().st_mode) == 0o666 & ~umask, written
 
     saved = (run_dir / "config.yaml").read_text()
     assert f"mode: {mode}" in saved and "versions:" in saved and "torch:" in saved
