@@ -164,9 +164,34 @@ def compare(
     typer.echo(output.text)
 
 
+EXIT_USAGE = 2  # click's code for a command line it cannot parse
+
+
+def _click_error(name: str) -> type[Exception]:
+    """A class of the click that Typer runs on (recent Typer vendors its own copy)."""
+    return next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == name)
+
+
 def main() -> None:
-    app()
+    """The console script. Click's own usage errors (a flag value of the wrong type, an
+    unknown flag or command) become one `error:` line too, instead of a framed block."""
+    usage_error = _click_error("UsageError")
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=sys.argv[1:], prog_name="flood", standalone_mode=False)
+    except usage_error as exc:
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())
+            sys.exit(EXIT_USAGE)
+        message = " ".join(exc.format_message().split()).rstrip(".")  # type: ignore[attr-defined]
+        typer.echo(f"error: {message}; see {ctx.command_path if ctx else 'flood'} --help", err=True)
+        sys.exit(EXIT_USAGE)
+    except typer.Abort:
+        typer.echo("error: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(result if isinstance(result, int) else 0)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

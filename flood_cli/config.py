@@ -212,6 +212,21 @@ class _YamlLoader(yaml.SafeLoader):
     """SafeLoader that also reads ``1e-5`` as a float: YAML 1.1 needs a dot (``1.0e-5``)
     and would hand pydantic the string "1e-5", which then fails in unions and --set."""
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        # SafeLoader's constructors let plain Python errors out for values that look like
+        # a date, int, float or bool but are none (2001-13-45, `!!int abc`, `!!bool maybe`):
+        # make them YAML errors that name the value and where it is.
+        try:
+            return super().construct_object(node, deep=deep)
+        except (yaml.YAMLError, RecursionError):
+            raise
+        except Exception as exc:  # ValueError, KeyError (`!!bool maybe`), AttributeError (`!!timestamp x`)…
+            shown = repr(node.value) if isinstance(node, yaml.ScalarNode) else node.tag
+            reason = str(exc) if isinstance(exc, ValueError) else f"not a valid {node.tag.rsplit(':', 1)[-1]}"
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read the value {shown} ({reason})", node.start_mark
+            ) from None
+
 
 _YamlLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
@@ -220,8 +235,15 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
+class _YamlTooDeep(yaml.YAMLError):
+    problem = "the document is nested too deeply to read"
+
+
 def _load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+    try:
+        return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise _YamlTooDeep(_YamlTooDeep.problem) from None
 
 
 def parse_set_option(item: str) -> tuple[str, Any]:
@@ -247,7 +269,10 @@ def apply_override(raw: dict[str, Any], dotted_key: str, value: Any) -> None:
             child = node[part] = {}
         elif not isinstance(child, dict):
             value_key = ".".join(parents[:depth])
-            raise FloodError(f"cannot set {dotted_key}: {part} is a value, not a section; set {value_key}=VALUE instead")
+            raise FloodError(
+                f"cannot set {_printable(dotted_key)}: {_printable(part)} is a value, not a section; "
+                f"set {_printable(value_key)}=VALUE instead"
+            )
         node = child
     node[leaf] = value
 
@@ -277,29 +302,54 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _resolve_relative(path: Optional[str], base: Path) -> Optional[str]:
+def _printable(text: str) -> str:
+    """A key or name as given, or its repr if it holds line breaks or control characters,
+    so that an error message stays on one line."""
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
+def _unusable_path(key: str, path: str, exc: Exception) -> FloodError:
+    if isinstance(exc, RuntimeError) and path.startswith("~"):
+        reason = f"no home folder for {path.split('/', 1)[0]}"
+    elif isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+    else:
+        reason = str(exc)
+    return FloodError(f"{key}: {path!r} is not a usable path ({reason.rstrip('.')}); fix {key}")
+
+
+def _resolve_relative(path: Optional[str], base: Path, key: str = "path") -> Optional[str]:
     if path is None:
         return None
-    p = Path(path).expanduser()
-    return str(p if p.is_absolute() else (base / p).resolve())
+    try:
+        p = Path(path).expanduser()  # RuntimeError for ~nosuchuser
+        return str(p if p.is_absolute() else (base / p).resolve())  # ValueError for a NUL byte
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise _unusable_path(key, path, exc) from None
 
 
-def _looks_like_path(name: str, base: Path) -> bool:
-    return name.startswith((".", "/", "~")) or (base / name).exists()
+def _looks_like_path(name: str, base: Path, key: str = "path") -> bool:
+    if name.startswith((".", "/", "~")):
+        return True
+    try:
+        return (base / name).exists()
+    except (ValueError, OSError) as exc:  # a NUL byte, a name too long for a file
+        raise _unusable_path(key, name, exc) from None
 
 
 def resolve_paths(config: Config, base: Path) -> Config:
-    """Make the file paths of a config absolute, taking relative ones from ``base``."""
+    """Make the file paths of a config absolute, taking relative ones from ``base``;
+    a path that cannot be one (``~nosuchuser/x``, a NUL byte) is a FloodError."""
     data = config.data
     for field in ("train_file", "validation_file", "test_file"):
         value = getattr(data, field)
         if value is not None:
-            setattr(data, field, _resolve_relative(value, base))
+            setattr(data, field, _resolve_relative(value, base, f"data.{field}"))
     model = config.model
     for field in ("name_or_path", "tokenizer"):
         value = getattr(model, field)
-        if value is not None and _looks_like_path(value, base):
-            setattr(model, field, _resolve_relative(value, base))
+        if value is not None and _looks_like_path(value, base, f"model.{field}"):
+            setattr(model, field, _resolve_relative(value, base, f"model.{field}"))
     return config
 
 
@@ -308,9 +358,16 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
     # An unknown key first: a misspelt section (`modle:`) also makes the real one
     # "missing", and the spelling is what the user has to fix.
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc = [str(part) for part in first["loc"] if not str(part).startswith(("function-", "literal["))]
-    where = ".".join(loc)
-    if first["type"] == "extra_forbidden":
+    parts = [str(part) for part in first["loc"]]
+    # Drop pydantic's union-branch tags from the location, but never the user's own
+    # unknown key (the last part of an extra_forbidden), whatever it is called.
+    keep_last = first["type"] == "extra_forbidden"
+    loc = [
+        part for i, part in enumerate(parts)
+        if (keep_last and i == len(parts) - 1) or not part.startswith(("function-", "literal["))
+    ]
+    where = _printable(".".join(loc))
+    if first["type"] == "extra_forbidden" and loc:
         section_model = _section_at(loc[:-1])
         # meta is written by flood itself; never suggest it.
         known = [key for key in section_model.model_fields if key != "meta"] if section_model else []
@@ -377,7 +434,10 @@ def load_config(
     for key, value in overrides.items():
         apply_override(raw, key, value)
     config = validate(raw, f"config error in {path}")
-    return resolve_paths(config, path.parent.resolve())
+    try:
+        return resolve_paths(config, path.parent.resolve())
+    except FloodError as exc:
+        raise FloodError(f"config error in {path}: {exc}") from None
 
 
 def _apply_flag_rules(raw: dict[str, Any], overrides: dict[str, Any]) -> None:

@@ -87,11 +87,14 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
     name = cfg.tokenizer or cfg.name_or_path
     assert name is not None, "validated by the config"
     key = "model.tokenizer" if cfg.tokenizer else "model.name_or_path"
+    if cfg.tokenizer is None:
+        # The model's folder is read first for its tokenizer: name the model in errors.
+        _check_local("model", name, key)
     _check_local("tokenizer", name, key)
     try:
         return AutoTokenizer.from_pretrained(name)
     except Exception as exc:  # transformers raises OSError, ValueError, JSON and other errors
-        raise _not_found("tokenizer", name, key, exc) from None
+        raise _not_found("tokenizer" if cfg.tokenizer else "model", name, key, exc) from None
 
 
 def build_model(cfg: ModelConfig, label_names: list[str], tokenizer: Any, max_length: int) -> Any:

@@ -117,6 +117,10 @@ class RunDir:
         self._lock_fd: Optional[int] = None
         self.summary: dict[str, Any] = {}
 
+    @staticmethod
+    def name_taken(path: Path) -> FloodError:
+        return FloodError(f"run folder {path} already exists; pass another --name (runs are never overwritten)")
+
     @classmethod
     def create(cls, out_dir: Path, name: Optional[str], default_name: str) -> "RunDir":
         check_writable(out_dir)
@@ -125,9 +129,7 @@ class RunDir:
             try:
                 path.mkdir()
             except FileExistsError:
-                raise FloodError(
-                    f"run folder {path} already exists; pass another --name (runs are never overwritten)"
-                ) from None
+                raise cls.name_taken(path) from None
             return cls(path)
         for attempt in range(1, 1000):
             path = out_dir / (default_name if attempt == 1 else f"{default_name}-{attempt}")

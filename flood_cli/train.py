@@ -626,7 +626,10 @@ def _fit_and_record(trainer: Trainer) -> RunResult:
 
 def run_training(cfg: Config, reporter: Optional[Reporter] = None) -> RunResult:
     """Train one run as configured and leave its folder behind; return the best figures."""
-    check_writable(Path(cfg.output.dir))  # before any expensive work
+    # Before any expensive work (the folder itself is claimed atomically later).
+    check_writable(Path(cfg.output.dir))
+    if cfg.output.name is not None and (Path(cfg.output.dir) / cfg.output.name).exists():
+        raise RunDir.name_taken(Path(cfg.output.dir) / cfg.output.name)
     trainer = Trainer(cfg, reporter or NullReporter())
     trainer.open_new_run()
     return _fit_and_record(trainer)

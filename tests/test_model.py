@@ -111,14 +111,14 @@ def _folder_with_bad_config(tmp_path: Path, saved_model: Path) -> Path:
 
 BAD_MODELS = [
     # (case, what to load, name_or_path (callable: made in tmp_path), expected message; {path} is the name)
-    ("no such ./folder (tokenizer)", "tokenizer", lambda tmp, saved: "./nope", "tokenizer folder ./nope does not exist; fix model.name_or_path"),
+    ("no such ./folder (tokenizer)", "tokenizer", lambda tmp, saved: "./nope", "model folder ./nope does not exist; fix model.name_or_path"),
     ("no such ./folder (model)", "model", lambda tmp, saved: "./nope", "model folder ./nope does not exist; fix model.name_or_path"),
     ("no such absolute folder", "model", lambda tmp, saved: str(tmp / "gone"), "model folder {path} does not exist; fix model.name_or_path"),
     (
         "hub name offline (tokenizer)",
         "tokenizer",
         lambda tmp, saved: "bert-base-uncased",
-        "tokenizer 'bert-base-uncased' is neither a local folder nor loadable from the Hugging Face Hub (",
+        "model 'bert-base-uncased' is neither a local folder nor loadable from the Hugging Face Hub (",
     ),
     (
         "hub name offline (model)",
@@ -137,8 +137,7 @@ BAD_MODELS = [
         "empty folder (tokenizer)",
         "tokenizer",
         lambda tmp, saved: str(tmp),
-        "tokenizer folder {path} holds no tokenizer files (tokenizer.json, tokenizer_config.json or vocab.txt); "
-        "save the tokenizer there with save_pretrained, or set model.tokenizer",
+        "model folder {path} has no config.json; point model.name_or_path to a folder written by save_pretrained",
     ),
     (
         # transformers would build an empty tokenizer that reads every word as [UNK]
@@ -169,7 +168,7 @@ BAD_MODELS = [
         "a file instead of a folder (tokenizer)",
         "tokenizer",
         lambda tmp, saved: str(saved / "tokenizer.json"),
-        "tokenizer path {path} is a file, not a folder; point model.name_or_path to the folder that holds it",
+        "model path {path} is a file, not a folder; point model.name_or_path to the folder that holds it",
     ),
 ]
 

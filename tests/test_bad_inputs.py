@@ -1,0 +1,297 @@
+"""Bad input, end to end: every case runs the real `flood` command and must give exactly
+one line `error: ...` on stderr, exit code 1, no traceback, and leave nothing behind
+(no run folder; files that existed before are untouched byte for byte).
+
+The function-level tables (tests/test_config.py, test_data.py, test_model.py) pin the
+exact messages; this table checks the CLI contract across config files, flags, data
+files and model paths. No case may start training: each fails before the first step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from flood_cli.cli import app
+from tests.conftest import ROOT, small_config, write_config
+
+runner = CliRunner()
+
+
+class Ctx:
+    """What a case builds its bad input with: its own folder, and (built once, on
+    demand) a save_pretrained folder of a tiny BERT with only 64 positions."""
+
+    def __init__(self, tmp: Path, saved_model: Callable[[], Path]):
+        self.tmp = tmp
+        self.out = tmp / "runs"
+        self._saved_model = saved_model
+
+    @property
+    def saved(self) -> Path:
+        return self._saved_model()
+
+    def config(self, name: str = "cfg.yaml", **sections) -> Path:
+        """The small test config, runs going to self.out; sections update whole keys."""
+        config = small_config(**sections)
+        config.setdefault("output", {})["dir"] = str(self.out)
+        return write_config(self.tmp, config, name)
+
+    def train(self, *flags: object, **sections) -> list[str]:
+        return ["train", "-c", str(self.config(**sections)), "-q", *map(str, flags)]
+
+    def text(self, name: str, content: str | bytes) -> Path:
+        path = self.tmp / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+        return path
+
+    def raw_config(self, content: str | bytes) -> list[str]:
+        return ["train", "-c", str(self.text("cfg.yaml", content)), "-q"]
+
+    def data(self, files: dict[str, str | bytes], **data) -> list[str]:
+        """Write data files and train on them: data keys naming a file get its path."""
+        for name, content in files.items():
+            self.text(name, content)
+        data.setdefault("train_file", "train.csv")
+        for key in ("train_file", "validation_file", "test_file"):
+            if key in data:
+                data[key] = str(self.tmp / data[key])
+        return self.train(data=data)
+
+    def model(self, name_or_path: str, **data) -> list[str]:
+        config = small_config(data=data)
+        config["model"] = {"name_or_path": name_or_path}
+        config["output"]["dir"] = str(self.out)
+        return ["train", "-c", str(write_config(self.tmp, config)), "-q"]
+
+    def fake_run(self, name: str, status: Optional[str]) -> Path:
+        """A run folder as an earlier `flood train` left it (no real training)."""
+        run = self.out / name
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(yaml.safe_dump(small_config(output={"dir": str(self.out), "name": name})))
+        (run / "metrics.csv").write_text("epoch,step,train_loss,val_loss,val_accuracy\n1,6,0.69,0.68,0.55\n")
+        if status is not None:
+            (run / "summary.json").write_text(json.dumps({"status": status, "name": name}))
+        return run
+
+
+def rows(n: int, labels=("ham", "spam")) -> str:
+    """A CSV of n short texts whose labels cycle through ``labels``."""
+    return "text,label\n" + "".join(f"message number {i} about money,{labels[i % len(labels)]}\n" for i in range(n))
+
+
+GOOD = rows(20)
+TINY_TOKENIZER = ROOT / "flood_cli" / "assets" / "tiny-tokenizer"
+
+
+def _tokenizer_only(c: Ctx) -> Path:
+    folder = c.tmp / "tokenizer-only"
+    folder.mkdir()
+    for file in c.saved.iterdir():
+        if file.name != "config.json" and not file.name.startswith("model"):
+            (folder / file.name).write_bytes(file.read_bytes())
+    return folder
+
+
+def _config_only(c: Ctx) -> Path:
+    folder = c.tmp / "config-only"
+    folder.mkdir()
+    (folder / "config.json").write_bytes((c.saved / "config.json").read_bytes())
+    return folder
+
+
+def _not_a_folder(c: Ctx) -> Path:
+    c.text("file", "not a folder")
+    return c.tmp / "file"
+
+
+def _existing_name(c: Ctx) -> list[str]:
+    c.fake_run("kept", "completed")
+    return c.train("--name", "kept")
+
+
+def _compare_empty(c: Ctx) -> list[str]:
+    c.out.mkdir()
+    return ["compare", str(c.out)]
+
+
+def _folder_and_config(c: Ctx) -> list[str]:
+    (c.tmp / "conf.d").mkdir()
+    return ["train", "-c", str(c.tmp / "conf.d"), "-q"]
+
+
+# (id, build the bad input in Ctx and return the CLI arguments, distinctive part of the error)
+CASES: list[tuple[str, Callable[[Ctx], list[str]], str]] = [
+    # -- the config file ---------------------------------------------------------------
+    ("config missing", lambda c: ["train", "-c", str(c.tmp / "nope.yaml")], "nope.yaml not found; pass an existing YAML file"),
+    ("config is a folder", _folder_and_config, "conf.d is a folder; pass a YAML file"),
+    ("config YAML syntax", lambda c: c.raw_config("model:\n  tiny: {}\ndata:\n  train_file: [unclosed\n"), "YAML syntax error in"),
+    ("config empty", lambda c: c.raw_config(""), "is empty; it needs at least the model and data sections"),
+    ("config a list", lambda c: c.raw_config("- model\n- data\n"), "must be a mapping of sections (model, data, train…), not a list"),
+    ("config not UTF-8", lambda c: c.raw_config("# café\nmodel: {}\n".encode("latin-1")), "is not UTF-8 text (invalid continuation byte at byte 5)"),
+    ("config impossible date", lambda c: c.raw_config("model: {tiny: {}}\ndata: {train_file: x.csv}\ntrain: {lr: 2001-13-45}\n"), "cannot read the value '2001-13-45' (month must be in 1..12)"),
+    ("unknown section, suggested", lambda c: c.raw_config(Path(c.config()).read_text().replace("model:", "modle:")), "unknown key 'modle'; did you mean 'model'?"),
+    ("unknown key, suggested", lambda c: c.train(train={"lrr": 1e-3}), "unknown key 'train.lrr'; did you mean 'lr'?"),
+    ("missing data section", lambda c: c.raw_config("model:\n  tiny: {}\n"), "data: missing section; add it"),
+    ("wrong type", lambda c: c.train(train={"epochs": "many"}), "train.epochs: input should be a valid integer"),
+    ("boolean for a number", lambda c: c.train(train={"epochs": True}), "train.epochs: must be a number, not the boolean true"),
+    ("lr nan", lambda c: c.raw_config(Path(c.config()).read_text().replace("lr: 0.001", "lr: .nan")), "train.lr: input should be a finite number (got nan)"),
+    ("b < 0 in the file", lambda c: c.train(train={"mode": "flooding", "b": -0.5}), "train.b: input should be greater than or equal to 0 (got -0.5)"),
+    ("ascent_lr >= lr in the file", lambda c: c.train(train={"mode": "alternate", "lr": 1e-4, "ascent_lr": 1e-4}), "ascent_lr (0.0001) must be smaller than lr (0.0001)"),
+    ("zero epochs in the file", lambda c: c.train(train={"epochs": 0}), "train.epochs: input should be greater than or equal to 1 (got 0)"),
+    ("tiny and name_or_path", lambda c: c.train(model={"name_or_path": "bert-base-uncased"}), "model: set exactly one of name_or_path"),
+    ("data path ~nosuchuser", lambda c: c.train(data={"train_file": "~nosuchuser-flood/x.csv"}), "is not a usable path (no home folder for ~nosuchuser-flood)"),
+    ("fp16 on the CPU", lambda c: c.train(runtime={"device": "cpu", "precision": "fp16"}), "precision fp16 needs a CUDA GPU"),
+    # -- flags ---------------------------------------------------------------------------
+    ("no --config", lambda c: ["train", "-q"], "flood train needs --config FILE"),
+    ("--mode sideways", lambda c: c.train("--mode", "sideways"), "--mode 'sideways' is not a mode; use baseline, flooding or alternate"),
+    ("--b with mode alternate", lambda c: c.train("--mode", "alternate", "--ascent-lr", "1e-4", "--b", "0.5"), "--b (flood level) applies only to mode flooding, but the mode is alternate"),
+    ("--epochs 0", lambda c: c.train("--epochs", "0"), "train.epochs: input should be greater than or equal to 1 (got 0)"),
+    ("--set without =", lambda c: c.train("--set", "epochs"), "--set 'epochs': expected section.key=value"),
+    ("--set into a value", lambda c: c.train("--set", "train.lr.x=1"), "cannot set train.lr.x: lr is a value, not a section; set train.lr=VALUE instead"),
+    ("--set bad value", lambda c: c.train("--set", "train.batch_size=many"), "train.batch_size: input should be a valid integer"),
+    ("--name with /", lambda c: c.train("--name", "../escape"), "output.name: must be a plain folder name (no '/')"),
+    ("--out is a file", lambda c: c.train("--out", _not_a_folder(c)), "cannot create output folder"),
+    ("--resume with --lr", lambda c: ["train", "--resume", str(c.fake_run("stopped", "running")), "--lr", "1e-3"], "--resume continues the saved experiment, so --lr cannot be changed"),
+    ("--resume not a run", lambda c: ["train", "--resume", str(c.tmp)], "is not a run folder (no config.yaml)"),
+    ("--resume a completed run", lambda c: ["train", "--resume", str(c.fake_run("done", "completed"))], "already completed; nothing to resume"),
+    ("--resume without checkpoint", lambda c: ["train", "--resume", str(c.fake_run("early", "running"))], "has no checkpoint (it stopped before its first evaluation)"),
+    ("existing --name", lambda c: _existing_name(c), "runs/kept already exists; pass another --name"),
+    # -- data files ----------------------------------------------------------------------
+    ("train file missing", lambda c: c.data({}, train_file="nope.csv"), "nope.csv not found; fix data.train_file"),
+    ("train file is a folder", lambda c: c.data({}, train_file=""), "is a folder; data.train_file must be a csv/tsv/json/jsonl/parquet file"),
+    ("empty file (0 bytes)", lambda c: c.data({"train.csv": b""}), "train.csv is empty; it needs a header and at least one example"),
+    ("header only", lambda c: c.data({"train.csv": "text,label\n"}), "has no examples (only a header?)"),
+    ("latin-1 file", lambda c: c.data({"train.csv": "text,label\nhello,ham\ncafé olé,spam\n".encode("latin-1")}), "is not UTF-8 text (line 3); re-save it as UTF-8"),
+    ("ragged CSV", lambda c: c.data({"train.csv": "text,label\nhello,ham\nhello, world,spam\nbye,ham\n"}), "line 3 has 3 fields but the header has 2"),
+    ("NaN labels", lambda c: c.data({"train.csv": "text,label\na,ham\nb,\nc,spam\nd,spam\n"}), "1 of 4 rows have no label in column 'label'"),
+    ("one class only", lambda c: c.data({"train.csv": rows(10, labels=("ham",))}), "training data has one class only ('ham' in column 'label')"),
+    ("text empty in every row", lambda c: c.data({"train.csv": 'text,label\n,ham\n,spam\n"",ham\n'}), "column 'text' is empty in every row"),
+    ("missing text column", lambda c: c.data({"train.csv": GOOD}, text_column="body"), "train data has no column 'body' (columns: text, label); set data.text_column"),
+    ("missing label column", lambda c: c.data({"train.csv": GOOD.replace("text,label", "text,category", 1)}), "train data has no column 'label' (columns: text, category); set data.label_column"),
+    ("label only in validation", lambda c: c.data({"train.csv": GOOD, "val.csv": rows(4, labels=("ham", "eggs"))}, validation_file="val.csv"), "validation labels 'eggs' do not occur in the training data"),
+    ("validation file missing", lambda c: c.data({"train.csv": GOOD}, validation_file="val.csv"), "val.csv not found; fix data.validation_file"),
+    ("a label with one example", lambda c: c.data({"train.csv": rows(9) + "lonely text,eggs\n"}), "label 'eggs' has only one training example"),
+    (".xlsx file", lambda c: c.data({"train.xlsx": b"PK\x03\x04"}, train_file="train.xlsx"), "has an unknown format '.xlsx'; use .csv, .tsv, .json, .jsonl or .parquet"),
+    ("broken JSON lines", lambda c: c.data({"train.jsonl": '{"text": "a", "label": "ham"}\n{"text": "b", "label": \n'}, train_file="train.jsonl"), "cannot read train file"),
+    ("parquet that isn't", lambda c: c.data({"train.parquet": GOOD}, train_file="train.parquet"), "Parquet magic bytes not found"),
+    # -- model paths ---------------------------------------------------------------------
+    ("model folder missing", lambda c: c.model("./nope"), "nope does not exist; fix model.name_or_path"),
+    ("model path is a file", lambda c: c.model(str(c.saved / "model.safetensors")), "model.safetensors is a file, not a folder"),
+    ("model folder without config.json", lambda c: c.model(str(_tokenizer_only(c))), "has no config.json; point model.name_or_path to a folder written by save_pretrained"),
+    ("model folder without tokenizer", lambda c: c.model(str(_config_only(c))), "holds no tokenizer files"),
+    ("Hub name offline", lambda c: c.model("bert-base-uncased"), "'bert-base-uncased' is neither a local folder nor loadable from the Hugging Face Hub"),
+    ("tokenizer folder missing", lambda c: c.train(model={"tokenizer": "./no-tokenizer"}), "no-tokenizer does not exist; fix model.tokenizer"),
+    ("max_length over positions", lambda c: c.model(str(c.saved), max_length=128), "data.max_length 128 exceeds the model's 64 positions"),
+    # -- compare -------------------------------------------------------------------------
+    ("compare: empty folder", lambda c: _compare_empty(c), "(an empty folder); pass run folders or folders that hold them"),
+    ("compare: no such folder", lambda c: ["compare", str(c.tmp / "gone")], "gone (no such folder); pass run folders"),
+]
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory) -> Callable[[], Path]:
+    """A save_pretrained tiny BERT (64 positions) with the shipped tokenizer, made on first use."""
+    made: list[Path] = []
+
+    def make() -> Path:
+        if not made:
+            from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+            folder = tmp_path_factory.mktemp("saved") / "tiny-bert"
+            tokenizer = AutoTokenizer.from_pretrained(str(TINY_TOKENIZER))
+            config = BertConfig(
+                vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=37, max_position_embeddings=64, num_labels=2,
+            )
+            BertForSequenceClassification(config).save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            made.append(folder)
+        return made[0]
+
+    return make
+
+
+def snapshot(folder: Path) -> dict[str, Optional[bytes]]:
+    """Every path under ``folder``: file contents, or None for a folder."""
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("build, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_gives_one_line_and_exit_1(tmp_path, saved_model, capfd, caplog, build, expected):
+    ctx = Ctx(tmp_path, saved_model)
+    args = build(ctx)
+    before = snapshot(tmp_path)
+    capfd.readouterr()
+
+    result = runner.invoke(app, args)
+
+    lines = result.stderr.splitlines()
+    assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), result.exception  # nothing escaped the CLI
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    assert expected in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    # and no library (datasets, transformers) wrote or logged its own report around it
+    assert capfd.readouterr().err == ""
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    # Nothing left behind: no run folder, no partial files; what existed is unchanged.
+    # (The output folder itself may be created: it is checked for writability first.)
+    after = snapshot(tmp_path)
+    added = set(after) - set(before)
+    assert added <= {"runs"} and after.get("runs", None) is None, sorted(added)
+    assert {k: after.get(k, "gone") for k in before} == before, "an existing file or folder changed"
+
+
+def test_the_table_is_wide():
+    assert len(CASES) >= 35
+    assert len({case[0] for case in CASES}) == len(CASES)
+
+
+def _flood(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    return subprocess.run([sys.executable, "-m", "flood_cli", *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    missing = str(tmp_path / "missing.yaml")
+    plain = _flood("train", "--config", missing)
+    assert plain.returncode == 1
+    assert plain.stderr.splitlines() == [
+        f"error: config file {missing} not found; pass an existing YAML file, e.g. --config configs/tiny.yaml"
+    ]
+    assert "Traceback" not in plain.stdout + plain.stderr
+
+    debug = _flood("--debug", "train", "--config", missing)
+    assert debug.returncode != 0
+    output = debug.stdout + debug.stderr
+    assert "Traceback" in output and "FloodError" in output, output
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["train", "--epochs", "many"], "error: Invalid value for '--epochs': Input should be a valid integer, unable to parse string as an integer; see flood train --help"),
+        (["train", "--lrr", "3"], "error: No such option: --lrr (Possible options: --lr); see flood train --help"),
+        (["frobnicate"], "error: No such command 'frobnicate'; see flood --help"),
+        (["compare"], "error: Missing argument 'paths'; see flood compare --help"),
+    ],
+)
+def test_click_usage_errors_are_one_line_too(args, expected):
+    """Errors that Click finds while parsing the command line, through the real console entry."""
+    result = subprocess.run([sys.executable, "-m", "flood_cli", *args], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == expected
