@@ -283,10 +283,18 @@ def _tokenize(split: Any, tokenizer: Any, cfg: DataConfig, role: str) -> Any:
 
 
 def _to_split(tokenized: Any, labels: list[int], pairs: bool) -> TokenizedSplit:
+    # Plain Python lists, read from Arrow in one go: `dataset[column]` is a lazy Column
+    # whose per-row access made collating a batch of 32 cost ~6 ms.
+    if getattr(tokenized, "_indices", None) is not None:  # a selection over a larger table
+        tokenized = tokenized.flatten_indices()
+
+    def column(name: str) -> list[list[int]]:
+        return tokenized.data.column(name).to_pylist()
+
     return TokenizedSplit(
-        input_ids=tokenized["input_ids"],
+        input_ids=column("input_ids"),
         labels=labels,
-        token_type_ids=tokenized["token_type_ids"] if pairs else None,
+        token_type_ids=column("token_type_ids") if pairs else None,
     )
 
 
@@ -395,22 +403,15 @@ class Collator:
         rows = [self.split.input_ids[i] for i in indices]
         length = max(len(r) for r in rows)
         length = -(-length // self.multiple) * self.multiple
-        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            attention_mask[i, : len(row)] = 1
+        # Padded as Python lists, then one tensor each: a per-row tensor copy costs ~6x more.
         batch = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
+            "input_ids": torch.tensor([r + [self.pad_token_id] * (length - len(r)) for r in rows], dtype=torch.long),
+            "attention_mask": torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in rows], dtype=torch.long),
             LABELS: torch.tensor([self.split.labels[i] for i in indices], dtype=torch.long),
         }
         if self.split.token_type_ids is not None:
-            token_types = torch.zeros((len(rows), length), dtype=torch.long)
-            for i, index in enumerate(indices):
-                types = self.split.token_type_ids[index]
-                token_types[i, : len(types)] = torch.tensor(types, dtype=torch.long)
-            batch["token_type_ids"] = token_types
+            types = [self.split.token_type_ids[i] for i in indices]
+            batch["token_type_ids"] = torch.tensor([t + [0] * (length - len(t)) for t in types], dtype=torch.long)
         return batch
 
 
