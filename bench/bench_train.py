@@ -50,8 +50,8 @@ PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10"
 
 # name: (model.tiny section, data, batch size, steps, warm-up steps)
 WORKLOADS: dict[str, dict[str, Any]] = {
-    "tiny": {"model": dict(num_layers=2, hidden_size=64, num_heads=2, intermediate_size=128), "data": "shipped", "batch": 32, "steps": 40, "warmup": 5},
-    "small": {"model": dict(num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024), "data": "shipped", "batch": 32, "steps": 12, "warmup": 3},
+    "tiny": {"model": dict(num_layers=2, hidden_size=64, num_heads=2, intermediate_size=128), "data": "shipped", "batch": 32, "steps": 150, "warmup": 10},
+    "small": {"model": dict(num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024), "data": "shipped", "batch": 32, "steps": 30, "warmup": 5},
     "base-b32-len128": {"model": "base", "data": ("fixed", 128), "batch": 32, "steps": 60, "warmup": 15},
     "base-b128-len128": {"model": "base", "data": ("fixed", 128), "batch": 128, "steps": 40, "warmup": 10},
     "base-b32-short": {"model": "base", "data": ("short", 40), "batch": 32, "steps": 400, "warmup": 20},

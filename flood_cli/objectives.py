@@ -134,6 +134,20 @@ def apply_sign(grads: list[torch.Tensor], sign: Optional[Sign]) -> None:
     torch._foreach_mul_(grads, sign)
 
 
+def clip_and_sign(grads: list[torch.Tensor], sign: Optional[Sign], max_norm: Optional[float]) -> None:
+    """Flip and clip in one pass: multiply the gradients by ``sign × min(1, max_norm /
+    (‖g‖ + 1e-6))``, the coefficient torch's clip_grad_norm_ uses. The norm does not
+    depend on the sign and multiplying by ±1 is exact, so this equals flipping, then
+    clipping, bit for bit, without a second pass over the gradients; nothing leaves the
+    device."""
+    factor = sign
+    if max_norm is not None and grads:
+        total_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        coefficient = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+        factor = coefficient if sign is None else coefficient * sign
+    apply_sign(grads, factor)
+
+
 def is_ascent(sign: Optional[Sign]) -> torch.Tensor | float:
     """1 if this step's gradient was flipped, else 0 (a tensor when sign is one)."""
     if sign is None:

@@ -32,7 +32,7 @@ from flood_cli.config import Config, RuntimeConfig, TrainConfig, load_config
 from flood_cli.data import Collator, EpochShuffleSampler, PreparedData, TokenizedSplit, length_sorted_batches, prepare_data
 from flood_cli.errors import FloodError, RunInterrupted
 from flood_cli.model import build_model, load_tokenizer, quiet_transformers
-from flood_cli.objectives import Mode, apply_sign, is_ascent, lr_scale, make_mode
+from flood_cli.objectives import Mode, clip_and_sign, is_ascent, lr_scale, make_mode
 from flood_cli.runs import (
     BEST_MODEL_DIR,
     CONFIG_FILE,
@@ -489,12 +489,10 @@ class Trainer:
         if not self._finite_or_skip(step_loss):
             return
 
-        # The mode flips the gradient of this step where it calls for ascent.
+        # The mode flips the gradient of this step where it calls for ascent; the flip
+        # rides on the clipping factor, so it costs no extra pass over the gradients.
         sign = self.mode.gradient_sign(step, step_loss)
-        if sign is not None:
-            apply_sign([p.grad for p in self.params if p.grad is not None], sign)
-        if train.max_grad_norm is not None:
-            accelerator.clip_grad_norm_(self.params, train.max_grad_norm)
+        self._scale_gradients(sign)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -509,6 +507,14 @@ class Trainer:
         every = self.reporter.live_loss_every
         live_loss = step_loss.item() if every and (step + 1) % every == 0 else None
         self.reporter.step(step + 1, (step + 1) / self.steps_per_epoch, live_loss)
+
+    def _scale_gradients(self, sign: Any) -> None:
+        max_norm = self.cfg.train.max_grad_norm
+        if sign is None and max_norm is None:
+            return
+        if max_norm is not None:
+            self.accelerator.unscale_gradients()  # fp16: clip the true gradients (no-op otherwise)
+        clip_and_sign([p.grad for p in self.params if p.grad is not None], sign, max_norm)
 
     def _finite_or_skip(self, step_loss: torch.Tensor) -> bool:
         """With on_nonfinite=skip, drop a step whose loss is nan/inf (one sync per step).

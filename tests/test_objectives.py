@@ -5,7 +5,18 @@ import math
 import pytest
 import torch
 
-from flood_cli.objectives import Alternate, Baseline, Flooding, apply_sign, flood, flood_sign, is_ascent, lr_scale, make_mode
+from flood_cli.objectives import (
+    Alternate,
+    Baseline,
+    Flooding,
+    apply_sign,
+    clip_and_sign,
+    flood,
+    flood_sign,
+    is_ascent,
+    lr_scale,
+    make_mode,
+)
 
 
 @pytest.mark.parametrize(
@@ -150,3 +161,24 @@ def test_make_mode_builds_each_mode():
     with pytest.raises(ValueError):
         make_mode("sideways", 1e-3)
     assert math.isclose(Flooding(1e-3, 0.5).objective(torch.tensor(0.2), None).item(), 0.8, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("sign", [None, 1.0, -1.0, "tensor+", "tensor-"])
+@pytest.mark.parametrize("max_norm", [None, 0.05, 100.0])
+def test_clip_and_sign_equals_flipping_then_torch_clipping_bit_for_bit(sign, max_norm):
+    torch.manual_seed(0)
+    grads = [torch.randn(7, 5), torch.randn(5), torch.randn(3, 3)]
+    if isinstance(sign, str):
+        sign = torch.tensor(1.0 if sign.endswith("+") else -1.0)
+    expected = [g.clone() for g in grads]
+    if sign is not None:
+        expected = [g * sign for g in expected]
+    if max_norm is not None:
+        params = [torch.nn.Parameter(torch.zeros_like(g)) for g in expected]
+        for param, g in zip(params, expected):
+            param.grad = g.clone()
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        expected = [p.grad for p in params]
+    clip_and_sign(grads, sign, max_norm)
+    for got, want in zip(grads, expected):
+        assert torch.equal(got, want)
