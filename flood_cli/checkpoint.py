@@ -3,14 +3,13 @@ as one that never stopped, written atomically (temporary file, fsync, rename).""
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from flood_cli.runs import make_temp_file
+from flood_cli.runs import atomic_write
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
@@ -49,16 +48,7 @@ def last_checkpoint(run_dir: Path) -> Path:
 def save(path: Path, payload: dict[str, Any]) -> None:
     """Write the checkpoint so that a kill at any moment leaves the previous one whole."""
     path.parent.mkdir(exist_ok=True)
-    fd, tmp = make_temp_file(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save({"format": FORMAT, **payload}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: torch.save({"format": FORMAT, **payload}, handle), binary=True)
 
 
 def load(path: Path) -> dict[str, Any]:

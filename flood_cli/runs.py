@@ -16,12 +16,11 @@ import fcntl
 import json
 import math
 import os
-import re
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import IO, Any, Callable, Iterable, Optional
 
 import yaml
 
@@ -65,18 +64,23 @@ def make_temp_file(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so that readers see the old or the new content, never half of it."""
+def atomic_write(path: Path, write: Callable[[IO[Any]], None], binary: bool = False) -> None:
+    """Write a file so that readers, and a process killed at any moment, see the old
+    or the new content, never half of it: temporary file, fsync, rename."""
     fd, tmp = make_temp_file(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda handle: handle.write(text))
 
 
 def default_run_name(mode: str, lr: float, seed: int, b: Optional[float] = None, ascent_lr: Optional[float] = None) -> str:
@@ -232,9 +236,3 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             rows.append({k: (float(v) if v not in ("", None) else None) for k, v in raw.items()})
         return rows
 
-
-_SAFE = re.compile(r"[^A-Za-z0-9._+-]")
-
-
-def safe_name(text: str) -> str:
-    return _SAFE.sub("_", text)
