@@ -400,7 +400,18 @@ class Trainer:
             run.write_summary(status="running", error=None, resumed=resumes, resumed_at=now_iso())
             self.run = run
 
+    def _stop_if_nonfinite(self, train_loss: float) -> None:
+        """A nan/inf loss ends the run (on_nonfinite: stop) before anything is saved from it."""
+        if not math.isfinite(train_loss):
+            first = self.progress.step - self.interval.steps
+            raise FloodError(
+                f"training loss became {train_loss} between steps {first} and {self.progress.step}; "
+                "lower train.lr, use precision fp32/bf16, or set train.on_nonfinite: skip"
+            )
+
     def save_checkpoint(self) -> None:
+        # Never replace a good checkpoint with weights a non-finite step has spoilt.
+        self._stop_if_nonfinite(self.interval.read(self.accelerator)["train_loss"])
         self.accelerator.wait_for_everyone()
         if self.run is None:
             return
@@ -543,11 +554,7 @@ class Trainer:
     def evaluate_and_log(self) -> None:
         progress = self.progress
         figures = self.interval.read(self.accelerator)
-        if not math.isfinite(figures["train_loss"]):
-            raise FloodError(
-                f"training loss became {figures['train_loss']} between steps {progress.step - self.interval.steps} "
-                f"and {progress.step}; lower train.lr, use precision fp32/bf16, or set train.on_nonfinite: skip"
-            )
+        self._stop_if_nonfinite(figures["train_loss"])
         self.interval.reset()
         val = evaluate(self.model, self.eval_loaders["val"], self.accelerator)
         row: dict[str, Any] = {

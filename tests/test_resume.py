@@ -3,6 +3,7 @@ crashes that leave a failed summary and every CSV row written so far."""
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import flood_cli.checkpoint as checkpoint_module
 import flood_cli.train as train_module
 from flood_cli.config import load_config
 from flood_cli.errors import FloodError
@@ -154,11 +156,14 @@ def test_nan_loss_stops_the_run_naming_the_steps(tmp_path, monkeypatch):
         return loss * float("nan") if calls["n"] == 16 else loss
 
     monkeypatch.setattr(train_module, "step_loss_sum", nan_at_step_16)
-    with pytest.raises(FloodError, match=r"training loss became nan between steps 12 and 24; lower train.lr"):
+    # Checkpoints every 5 steps: the one at step 20 would hold the spoilt weights.
+    with pytest.raises(FloodError, match=r"training loss became nan between steps 12 and 20; lower train.lr"):
         run_training(load_config(config_for(tmp_path, "nan", MODES["baseline"])))
     run_dir = tmp_path / "runs" / "nan"
     assert summary(run_dir)["status"] == "failed"
+    assert summary(run_dir)["checkpoint_step"] == 15  # the last good one is kept
     assert len(metrics(run_dir)) == 1
+    assert not any(math.isnan(v) for v in checkpoint_module.load(run_dir / "checkpoints" / "last.pt")["model"]["classifier.weight"].flatten().tolist())
 
     calls["n"] = 0
     run_training(load_config(config_for(tmp_path, "skip", {**MODES["baseline"], "on_nonfinite": "skip"})))
