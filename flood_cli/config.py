@@ -112,6 +112,11 @@ class TrainConfig(_Section):
     b: Optional[float] = Field(None, ge=0.0, description="flood level (mode flooding)")
     lr: float = Field(2e-5, gt=0.0, description="learning rate (the descent rate in mode alternate)")
     ascent_lr: Optional[float] = Field(None, gt=0.0, description="ascent learning rate (mode alternate)")
+    ascent_optimizer: Literal["separate", "shared"] = Field(
+        "separate",
+        description="mode alternate: ascent steps through a second AdamW with moments of their own (separate), "
+        "or with the negated gradient through the descent AdamW (shared)",
+    )
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(128, ge=1)

@@ -1,11 +1,13 @@
 """The three training modes as small pure pieces.
 
-Each mode answers, for one optimizer step, two questions the loop asks:
+Each mode answers, for one optimizer step, the questions the loop asks:
 
 * ``learning_rate(step, scale)``: the rate for this step (host-side, no device sync);
 * ``gradient_sign(step, step_loss)``: ``None`` to leave the gradient as it is, else a
   factor (+1 or -1, a Python float or a 0-dim tensor kept on the device) that the
-  already computed gradient of the plain mean loss is multiplied by.
+  already computed gradient of the plain mean loss is multiplied by;
+* ``optimizer_index(step)``: 0, or 1 for the ascent optimizer of mode alternate;
+* ``ascent(step, sign)`` and ``objective(step, step_loss, sign)``: what to log.
 
 Working on the gradient rather than on the loss keeps flooding exact under gradient
 accumulation and data parallelism: ``d/dθ (|L − b| + b) = sign(L − b) · ∇L``, where
@@ -62,7 +64,13 @@ class Baseline:
     def gradient_sign(self, step: int, step_loss: torch.Tensor) -> Optional[Sign]:
         return None
 
-    def objective(self, step_loss: torch.Tensor, sign: Optional[Sign]) -> torch.Tensor:
+    def optimizer_index(self, step: int) -> int:
+        return 0
+
+    def ascent(self, step: int, sign: Optional[Sign]) -> Union[float, torch.Tensor]:
+        return 0.0
+
+    def objective(self, step: int, step_loss: torch.Tensor, sign: Optional[Sign]) -> torch.Tensor:
         return step_loss
 
 
@@ -80,7 +88,13 @@ class Flooding:
     def gradient_sign(self, step: int, step_loss: torch.Tensor) -> Optional[Sign]:
         return flood_sign(step_loss, self.flood_level)
 
-    def objective(self, step_loss: torch.Tensor, sign: Optional[Sign]) -> torch.Tensor:
+    def optimizer_index(self, step: int) -> int:
+        return 0
+
+    def ascent(self, step: int, sign: Optional[Sign]) -> Union[float, torch.Tensor]:
+        return is_ascent(sign)
+
+    def objective(self, step: int, step_loss: torch.Tensor, sign: Optional[Sign]) -> torch.Tensor:
         return flood(step_loss, self.flood_level)
 
 
@@ -88,13 +102,22 @@ class Flooding:
 class Alternate:
     """Even optimizer steps descend at ``lr``, odd ones ascend at ``ascent_lr``.
 
-    The ascent step goes through the same optimizer with the gradient negated, so with
-    AdamW the moment estimates see ``-g`` on ascent steps (see the README). The reported
-    objective is the signed loss: ``L`` on descent steps, ``-L`` on ascent steps.
+    ``ascent_optimizer`` says how an ascent step meets AdamW (see the README):
+
+    * ``separate`` (default): ascent steps go through a second AdamW with
+      ``maximize=True`` and moments of their own. Each optimizer averages gradients of
+      one sign, so descent keeps Adam's usual step size.
+    * ``shared``: the gradient is negated and goes through the descent optimizer, whose
+      first moment then averages ``g`` and ``-g`` from alternate steps: it nearly
+      cancels, and training barely moves (measured: the tiny default stays at the
+      majority class for 6 epochs with ascent_lr = lr / 10).
+
+    The reported objective is the signed loss: ``L`` on descent steps, ``-L`` on ascent.
     """
 
     lr: float
     ascent_lr: float
+    ascent_optimizer: str = "separate"
     name: str = "alternate"
 
     @staticmethod
@@ -105,16 +128,28 @@ class Alternate:
         return (self.ascent_lr if self.is_ascent(step) else self.lr) * scale
 
     def gradient_sign(self, step: int, step_loss: torch.Tensor) -> Optional[Sign]:
-        return -1.0 if self.is_ascent(step) else None
+        return -1.0 if self.is_ascent(step) and self.ascent_optimizer == "shared" else None
 
-    def objective(self, step_loss: torch.Tensor, sign: Optional[Sign]) -> torch.Tensor:
-        return step_loss if sign is None else step_loss * sign
+    def optimizer_index(self, step: int) -> int:
+        return 1 if self.is_ascent(step) and self.ascent_optimizer == "separate" else 0
+
+    def ascent(self, step: int, sign: Optional[Sign]) -> Union[float, torch.Tensor]:
+        return 1.0 if self.is_ascent(step) else 0.0
+
+    def objective(self, step: int, step_loss: torch.Tensor, sign: Optional[Sign]) -> torch.Tensor:
+        return -step_loss if self.is_ascent(step) else step_loss
 
 
 Mode = Union[Baseline, Flooding, Alternate]
 
 
-def make_mode(mode: str, lr: float, flood_level: Optional[float] = None, ascent_lr: Optional[float] = None) -> Mode:
+def make_mode(
+    mode: str,
+    lr: float,
+    flood_level: Optional[float] = None,
+    ascent_lr: Optional[float] = None,
+    ascent_optimizer: str = "separate",
+) -> Mode:
     """Build the mode object once; the loop never asks which mode it runs."""
     if mode == "baseline":
         return Baseline(lr)
@@ -123,7 +158,7 @@ def make_mode(mode: str, lr: float, flood_level: Optional[float] = None, ascent_
         return Flooding(lr, flood_level)
     if mode == "alternate":
         assert ascent_lr is not None, "validated by the config"
-        return Alternate(lr, ascent_lr)
+        return Alternate(lr, ascent_lr, ascent_optimizer)
     raise ValueError(f"unknown mode {mode!r}")
 
 

@@ -32,7 +32,7 @@ from flood_cli.config import Config, RuntimeConfig, TrainConfig, load_config
 from flood_cli.data import Collator, EpochShuffleSampler, PreparedData, TokenizedSplit, length_sorted_batches, prepare_data
 from flood_cli.errors import FloodError, RunInterrupted
 from flood_cli.model import build_model, load_tokenizer, quiet_transformers
-from flood_cli.objectives import Mode, clip_and_sign, is_ascent, lr_scale, make_mode
+from flood_cli.objectives import Mode, clip_and_sign, lr_scale, make_mode
 from flood_cli.runs import (
     BEST_MODEL_DIR,
     CONFIG_FILE,
@@ -111,18 +111,23 @@ def make_accelerator(runtime: RuntimeConfig) -> Any:
     )
 
 
-def make_optimizer(model: torch.nn.Module, train: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW, without weight decay on biases and LayerNorm weights (BERT's recipe)."""
+def make_optimizer(
+    model: torch.nn.Module, train: TrainConfig, device: torch.device, ascent: bool = False
+) -> torch.optim.Optimizer:
+    """AdamW, without weight decay on biases and LayerNorm weights (BERT's recipe).
+
+    ``ascent=True`` gives the ascent optimizer of mode alternate: it maximizes the loss,
+    keeps moments of its own, and leaves weight decay to the descent optimizer."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 else decay).append(param)
     groups = [
-        {"params": decay, "weight_decay": train.weight_decay},
+        {"params": decay, "weight_decay": 0.0 if ascent else train.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
     fused = device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=train.lr, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=train.ascent_lr if ascent else train.lr, maximize=ascent, fused=fused or None)
 
 
 def package_versions() -> dict[str, str]:
@@ -281,8 +286,12 @@ class Trainer:
         # The seed is set before the model is built: it fixes the classifier head's init.
         set_seed(cfg.train.seed)
         model = build_model(cfg.model, self.data.label_names, self.tokenizer, cfg.data.max_length)
-        optimizer = make_optimizer(model, cfg.train, self.accelerator.device)
-        self.mode: Mode = make_mode(cfg.train.mode, cfg.train.lr, cfg.train.b, cfg.train.ascent_lr)
+        self.mode: Mode = make_mode(
+            cfg.train.mode, cfg.train.lr, cfg.train.b, cfg.train.ascent_lr, cfg.train.ascent_optimizer
+        )
+        optimizers = [make_optimizer(model, cfg.train, self.accelerator.device)]
+        if self.mode.optimizer_index(1) == 1:  # mode alternate with a separate ascent optimizer
+            optimizers.append(make_optimizer(model, cfg.train, self.accelerator.device, ascent=True))
 
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         multiple = cfg.runtime.pad_to_multiple_of
@@ -308,7 +317,7 @@ class Trainer:
         self.raw_model = model
         if cfg.runtime.compile:
             model = torch.compile(model)
-        self.model, self.optimizer, self.train_loader = self.accelerator.prepare(model, optimizer, train_loader)
+        self.model, self.train_loader, *self.optimizers = self.accelerator.prepare(model, train_loader, *optimizers)
         self.eval_loaders = {role: self.accelerator.prepare(loader) for role, loader in eval_loaders.items()}
         self.params = [p for p in self.model.parameters() if p.requires_grad]
 
@@ -382,7 +391,8 @@ class Trainer:
                 "the data files changed since the run started, start a new run"
             )
         self.raw_model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        for optimizer, optimizer_state in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(optimizer_state)
         if self.accelerator.scaler is not None and state.get("scaler") is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
         self.interval.load_state_dict(state["interval"])
@@ -420,7 +430,7 @@ class Trainer:
             checkpoint.last_checkpoint(self.run.path),
             {
                 "model": self.raw_model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
+                "optimizers": [optimizer.state_dict() for optimizer in self.optimizers],
                 "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None,
                 "rng": checkpoint.capture_rng(),
                 "interval": self.interval.state_dict(),
@@ -476,8 +486,9 @@ class Trainer:
         step_examples = sum(int(b["labels"].shape[0]) for b in micro_batches)
 
         # The learning rate is set on the param groups each step (the mode may switch it).
+        optimizer = self.optimizers[self.mode.optimizer_index(step)]
         scale = lr_scale(step, self.total_steps, self.warmup_steps, train.schedule)
-        for group in self.optimizer.param_groups:
+        for group in optimizer.param_groups:
             group["lr"] = self.mode.learning_rate(step, scale)
 
         loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float32)
@@ -497,21 +508,21 @@ class Trainer:
         if accelerator.num_processes > 1 and self.mode.name == "flooding":
             # Flooding compares the mean loss of the whole step, all processes, with b.
             step_loss = accelerator.reduce(step_loss, reduction="mean")
-        if not self._finite_or_skip(step_loss):
+        if not self._finite_or_skip(step_loss, optimizer):
             return
 
         # The mode flips the gradient of this step where it calls for ascent; the flip
         # rides on the clipping factor, so it costs no extra pass over the gradients.
         sign = self.mode.gradient_sign(step, step_loss)
-        self._scale_gradients(sign)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._scale_gradients(sign, optimizer)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
         interval = self.interval
         interval.loss_sum += loss_sum
         interval.correct += correct
-        interval.objective_sum += self.mode.objective(step_loss, sign).detach() * step_examples
-        interval.ascent_steps += is_ascent(sign)
+        interval.objective_sum += self.mode.objective(step, step_loss, sign).detach() * step_examples
+        interval.ascent_steps += self.mode.ascent(step, sign)
         interval.examples += step_examples
         interval.steps += 1
 
@@ -519,20 +530,22 @@ class Trainer:
         live_loss = step_loss.item() if every and (step + 1) % every == 0 else None
         self.reporter.step(step + 1, (step + 1) / self.steps_per_epoch, live_loss)
 
-    def _scale_gradients(self, sign: Any) -> None:
+    def _scale_gradients(self, sign: Any, optimizer: Any) -> None:
         max_norm = self.cfg.train.max_grad_norm
         if sign is None and max_norm is None:
             return
         if max_norm is not None:
-            self.accelerator.unscale_gradients()  # fp16: clip the true gradients (no-op otherwise)
+            # fp16: clip the true gradients (no-op otherwise). Only this step's optimizer:
+            # both of mode alternate hold the same parameters, which must be unscaled once.
+            self.accelerator.unscale_gradients(optimizer=optimizer)
         clip_and_sign([p.grad for p in self.params if p.grad is not None], sign, max_norm)
 
-    def _finite_or_skip(self, step_loss: torch.Tensor) -> bool:
+    def _finite_or_skip(self, step_loss: torch.Tensor, optimizer: Any) -> bool:
         """With on_nonfinite=skip, drop a step whose loss is nan/inf (one sync per step).
         With stop (the default) nothing is checked here; the evaluation checks."""
         if self.cfg.train.on_nonfinite != "skip" or bool(torch.isfinite(step_loss)):
             return True
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         self.interval.skipped += 1
         return False
 

@@ -108,23 +108,30 @@ def test_baseline_never_touches_the_gradient():
     assert grads[0].tolist() == [1.0, 1.0, 1.0]
 
 
-def test_alternate_descends_on_even_steps_and_ascends_on_odd_steps():
-    mode = Alternate(lr=1e-5, ascent_lr=1e-6)
+@pytest.mark.parametrize(
+    "ascent_optimizer, signs, optimizers",
+    [("separate", [None, None, None, None], [0, 1, 0, 1]), ("shared", [None, -1.0, None, -1.0], [0, 0, 0, 0])],
+)
+def test_alternate_descends_on_even_steps_and_ascends_on_odd_steps(ascent_optimizer, signs, optimizers):
+    mode = Alternate(lr=1e-5, ascent_lr=1e-6, ascent_optimizer=ascent_optimizer)
     assert [mode.learning_rate(step, 1.0) for step in range(4)] == [1e-5, 1e-6, 1e-5, 1e-6]
-    assert [mode.gradient_sign(step, torch.tensor(1.0)) for step in range(4)] == [None, -1.0, None, -1.0]
+    assert [mode.gradient_sign(step, torch.tensor(1.0)) for step in range(4)] == signs
+    assert [mode.optimizer_index(step) for step in range(4)] == optimizers
+    assert [mode.ascent(step, None) for step in range(4)] == [0.0, 1.0, 0.0, 1.0]
     # The schedule scales both rates.
     assert mode.learning_rate(1, 0.5) == pytest.approx(5e-7)
-    assert mode.objective(torch.tensor(0.7), -1.0).item() == pytest.approx(-0.7)
+    assert mode.objective(1, torch.tensor(0.7), None).item() == pytest.approx(-0.7)
+    assert mode.objective(2, torch.tensor(0.7), None).item() == pytest.approx(0.7)
     assert is_ascent(-1.0) == 1.0 and is_ascent(None) == 0.0
     assert is_ascent(torch.tensor(-1.0)).item() == 1.0
 
 
-def test_alternate_ascent_feeds_negated_gradient_into_adamw_moments():
-    """The documented choice: the ascent step is AdamW's step on -g at ascent_lr."""
+def test_shared_ascent_feeds_negated_gradient_into_adamw_moments():
+    """ascent_optimizer: shared — the ascent step is AdamW's step on -g at ascent_lr."""
     torch.manual_seed(0)
     weight = torch.nn.Parameter(torch.randn(3))
     optimizer = torch.optim.AdamW([weight], lr=1e-2, betas=(0.9, 0.999), weight_decay=0.0)
-    mode = Alternate(lr=1e-2, ascent_lr=1e-3)
+    mode = Alternate(lr=1e-2, ascent_lr=1e-3, ascent_optimizer="shared")
     g1, g2 = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.5, 1.0, -1.0])
     for step, g in enumerate((g1, g2)):
         for group in optimizer.param_groups:
@@ -160,7 +167,8 @@ def test_make_mode_builds_each_mode():
     assert make_mode("alternate", 1e-3, ascent_lr=1e-4).ascent_lr == 1e-4
     with pytest.raises(ValueError):
         make_mode("sideways", 1e-3)
-    assert math.isclose(Flooding(1e-3, 0.5).objective(torch.tensor(0.2), None).item(), 0.8, rel_tol=1e-6)
+    assert math.isclose(Flooding(1e-3, 0.5).objective(0, torch.tensor(0.2), None).item(), 0.8, rel_tol=1e-6)
+    assert make_mode("alternate", 1e-3, ascent_lr=1e-4, ascent_optimizer="shared").ascent_optimizer == "shared"
 
 
 @pytest.mark.parametrize("sign", [None, 1.0, -1.0, "tensor+", "tensor-"])
@@ -182,3 +190,33 @@ def test_clip_and_sign_equals_flipping_then_torch_clipping_bit_for_bit(sign, max
     clip_and_sign(grads, sign, max_norm)
     for got, want in zip(grads, expected):
         assert torch.equal(got, want)
+
+
+def test_separate_ascent_keeps_moments_of_its_own_and_climbs():
+    """ascent_optimizer: separate (the default) — as the trainer builds them: a descent
+    AdamW and an ascent AdamW with maximize=True over the same parameters."""
+    from flood_cli.config import TrainConfig
+    from flood_cli.train import make_optimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1, bias=False)
+    train = TrainConfig(mode="alternate", lr=1e-2, ascent_lr=1e-3, weight_decay=0.0)
+    optimizers = [make_optimizer(model, train, torch.device("cpu")), make_optimizer(model, train, torch.device("cpu"), ascent=True)]
+    mode = Alternate(lr=1e-2, ascent_lr=1e-3)
+    g1, g2 = torch.tensor([[1.0, -2.0, 0.5]]), torch.tensor([[0.5, 1.0, -1.0]])
+    before_ascent = None
+    for step, g in enumerate((g1, g2)):
+        optimizer = optimizers[mode.optimizer_index(step)]
+        for group in optimizer.param_groups:
+            group["lr"] = mode.learning_rate(step, 1.0)
+        model.weight.grad = g.clone()
+        assert mode.gradient_sign(step, torch.tensor(1.0)) is None
+        before_ascent = model.weight.detach().clone()
+        optimizer.step()
+    descent_state = optimizers[0].state[model.weight]
+    ascent_state = optimizers[1].state[model.weight]
+    torch.testing.assert_close(descent_state["exp_avg"], 0.1 * g1)  # never sees the ascent gradient
+    # maximize=True feeds -g into its own moments: one sign throughout, nothing cancels.
+    torch.testing.assert_close(ascent_state["exp_avg"], 0.1 * -g2)
+    # Adam's first step moves each weight by lr in the direction of sign(g): up for ascent.
+    torch.testing.assert_close(model.weight.detach() - before_ascent, 1e-3 * torch.sign(g2), rtol=1e-4, atol=1e-7)
