@@ -166,11 +166,14 @@ def _training_distance(a: Group, b: Group) -> int:
 def _group_labels(groups: Sequence[Group]) -> list[str]:
     """mode, b, lr, ascent_lr, plus whatever else differs between the groups."""
     all_keys = sorted({key for group in groups for key in group.settings})
+    # Runs without a config.yaml are labelled by name; they do not make keys "vary".
+    configured = [g for g in groups if "folder" not in g.settings and "from_summary.model" not in g.settings]
     varying = [
         key for key in all_keys
         if key not in LABEL_KEYS and not key.endswith(".mode")
         and key.rsplit(".", 1)[-1] not in ("b", "lr", "ascent_lr")
-        and len({canonical(group.settings[key]) for group in groups if key in group.settings}) > 1
+        # A key some runs lack (written by an older flood) varies too.
+        and len({canonical(group.settings[key]) if key in group.settings else "<absent>" for group in configured}) > 1
     ]
     labels = []
     for group in groups:

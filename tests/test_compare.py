@@ -606,3 +606,12 @@ def test_metrics_writer_format_round_trips():
     rows = make_rows((0.5, 0.4))
     parsed, problems = parse_metrics(metrics_csv(rows))
     assert problems == [] and [row["val_loss"] for row in parsed] == [0.5, 0.4]
+
+
+def test_a_key_that_older_runs_lack_still_tells_groups_apart(tmp_path):
+    """A config written before a key existed (here train.ascent_optimizer) differs from
+    one that has it: the labels say so instead of numbering look-alike groups."""
+    write_run(tmp_path, "old", mode="alternate", lr=1e-3, ascent_lr=1e-4)
+    write_run(tmp_path, "new", mode="alternate", lr=1e-3, ascent_lr=1e-4, train={"ascent_optimizer": "separate"})
+    labels = sorted(group.label for group in build_report([tmp_path]).groups)
+    assert labels == ["alternate lr=0.001 alr=0.0001", "alternate lr=0.001 alr=0.0001 ascent_optimizer=separate"]
