@@ -28,6 +28,8 @@ MANY_RUNS = 12
 # labels do not squeeze the panels; more groups keep one line each to fit the height.
 WRAP_UP_TO_GROUPS = 10
 LEGEND_WIDTH = 40
+# A wrapped label keeps this many lines of settings; the table has the rest.
+LABEL_LINES = 3
 
 
 def group_colours(count: int) -> list[Any]:
@@ -102,6 +104,9 @@ def plot_runs(report: "Report", path: Path, x_axis: str = "epoch", title: Option
         Line2D([], [], color="black", marker="*", markersize=11, linestyle="none", label="best validation accuracy"),
     ]
     figure.legend(handles=handles, loc="outside right upper", fontsize="small", frameon=False)
+    # A tall legend gets a taller figure rather than being cut off at the bottom.
+    legend_lines = sum(handle.get_label().count("\n") + 1 for handle in handles) + len(handles) // 2
+    figure.set_figheight(max(5.5, 0.15 * legend_lines + 0.8))
     try:
         figure.savefig(path, dpi=110)
     except (OSError, ValueError) as exc:
@@ -122,6 +127,8 @@ def _legend_label(group: "Group", hidden_under: Optional[str], wrap: bool) -> st
     if not wrap:
         return " ".join(parts)
     lines = textwrap.wrap(parts[0], LEGEND_WIDTH, subsequent_indent="    ")
+    if len(lines) > LABEL_LINES:
+        lines = lines[:LABEL_LINES] + ["    … (settings: see the table)"]
     for part in parts[1:]:
         if len(lines[-1]) + 1 + len(part) <= LEGEND_WIDTH:
             lines[-1] += " " + part
