@@ -296,11 +296,12 @@ class Trainer:
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         multiple = cfg.runtime.pad_to_multiple_of
         lengths = [len(ids) for ids in self.data.train.input_ids] if cfg.train.group_by_length else None
-        self.sampler = EpochShuffleSampler(len(self.data.train), cfg.train.seed, lengths, cfg.train.batch_size)
+        # Its epoch is set through the prepared loader (Accelerate passes it on), see fit().
+        sampler = EpochShuffleSampler(len(self.data.train), cfg.train.seed, lengths, cfg.train.batch_size)
         train_loader = torch.utils.data.DataLoader(
             list(range(len(self.data.train))),
             batch_size=cfg.train.batch_size,
-            sampler=self.sampler,
+            sampler=sampler,
             collate_fn=Collator(self.data.train, pad_id, multiple),
             num_workers=cfg.runtime.num_workers,
             pin_memory=self.accelerator.device.type == "cuda",
