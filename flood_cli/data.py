@@ -392,23 +392,43 @@ def _check_stratifiable(ids: list[int], label_names: list[str], cfg: DataConfig)
 
 
 class Collator:
-    """Pads a batch of example indices to its longest sequence (rounded up to a multiple)."""
+    """Pads a batch of example indices to its longest sequence (rounded up to a multiple).
 
-    def __init__(self, split: TokenizedSplit, pad_token_id: int, pad_to_multiple_of: Optional[int] = None):
+    ``attention`` says how the padding mask travels:
+
+    * ``"2d"``: the usual ``(batch, length)`` 0/1 mask, for any model.
+    * ``"sdpa"``: for a model whose attention mask goes through transformers 5's
+      ``create_bidirectional_mask`` with SDPA (see ``model.attention_format``). A batch
+      without padding gets no mask, and one with padding gets the ``(batch, 1, 1,
+      length)`` boolean mask that SDPA takes, built here on the host. transformers would
+      otherwise ask the GPU whether every token is real (``padding_mask.all()``), which
+      makes the host wait for the device at the start of every forward pass (under
+      ``torch.compile`` it skips that check and always builds a mask, which rules out
+      SDPA's flash kernel). The attention computed is the same (tested bit for bit).
+    """
+
+    def __init__(
+        self, split: TokenizedSplit, pad_token_id: int, pad_to_multiple_of: Optional[int] = None, attention: str = "2d"
+    ):
+        if attention not in ("2d", "sdpa"):
+            raise ValueError(f"unknown attention mask format {attention!r}")
         self.split = split
         self.pad_token_id = pad_token_id
         self.multiple = pad_to_multiple_of or 1
+        self.attention = attention
 
     def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         rows = [self.split.input_ids[i] for i in indices]
         length = max(len(r) for r in rows)
         length = -(-length // self.multiple) * self.multiple
         # Padded as Python lists, then one tensor each: a per-row tensor copy costs ~6x more.
-        batch = {
-            "input_ids": torch.tensor([r + [self.pad_token_id] * (length - len(r)) for r in rows], dtype=torch.long),
-            "attention_mask": torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in rows], dtype=torch.long),
-            LABELS: torch.tensor([self.split.labels[i] for i in indices], dtype=torch.long),
-        }
+        batch = {"input_ids": torch.tensor([r + [self.pad_token_id] * (length - len(r)) for r in rows], dtype=torch.long)}
+        if self.attention == "2d":
+            batch["attention_mask"] = torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in rows], dtype=torch.long)
+        elif any(len(r) < length for r in rows):
+            mask = torch.tensor([[True] * len(r) + [False] * (length - len(r)) for r in rows], dtype=torch.bool)
+            batch["attention_mask"] = mask[:, None, None, :]
+        batch[LABELS] = torch.tensor([self.split.labels[i] for i in indices], dtype=torch.long)
         if self.split.token_type_ids is not None:
             types = [self.split.token_type_ids[i] for i in indices]
             batch["token_type_ids"] = torch.tensor([t + [0] * (length - len(t)) for t in types], dtype=torch.long)

@@ -141,3 +141,19 @@ def build_model(cfg: ModelConfig, label_names: list[str], tokenizer: Any, max_le
             f"data.max_length {max_length} exceeds the model's {max_positions} positions; set data.max_length <= {max_positions}"
         )
     return model
+
+
+def attention_format(model: Any) -> str:
+    """How batches should carry their padding mask to ``model`` (see ``data.Collator``).
+
+    ``"sdpa"`` only where it is known to give the same attention: a BERT-type model
+    running SDPA attention under transformers 5, whose ``create_bidirectional_mask``
+    takes no mask as "no padding" and passes a 4-D mask through as it is. Everything
+    else gets the usual 2-D mask."""
+    import transformers
+
+    config = getattr(model, "config", None)
+    major = int(transformers.__version__.split(".")[0])
+    if major >= 5 and getattr(config, "model_type", None) == "bert" and getattr(config, "_attn_implementation", None) == "sdpa":
+        return "sdpa"
+    return "2d"

@@ -31,7 +31,7 @@ from flood_cli import __version__, checkpoint
 from flood_cli.config import Config, RuntimeConfig, TrainConfig, load_config
 from flood_cli.data import Collator, EpochShuffleSampler, PreparedData, TokenizedSplit, length_sorted_batches, prepare_data
 from flood_cli.errors import FloodError, RunInterrupted
-from flood_cli.model import build_model, load_tokenizer, quiet_transformers
+from flood_cli.model import attention_format, build_model, load_tokenizer, quiet_transformers
 from flood_cli.objectives import Mode, clip_and_sign, lr_scale, make_mode
 from flood_cli.runs import (
     BEST_MODEL_DIR,
@@ -174,12 +174,12 @@ def evaluate(model: torch.nn.Module, loader: Any, accelerator: Any) -> dict[str,
     }
 
 
-def _eval_loader(split: TokenizedSplit, batch_size: int, pad_id: int, multiple: int, workers: int) -> Any:
+def _eval_loader(split: TokenizedSplit, batch_size: int, collate: Collator, workers: int) -> Any:
     return torch.utils.data.DataLoader(
         list(range(len(split))),
         # Length-sorted batches as a batch sampler, which Accelerate shards across processes.
         batch_sampler=length_sorted_batches(split, batch_size),
-        collate_fn=Collator(split, pad_id, multiple),
+        collate_fn=collate,
         num_workers=workers,
         generator=torch.Generator().manual_seed(0),  # leaves the global RNG (dropout) alone
     )
@@ -295,6 +295,7 @@ class Trainer:
 
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         multiple = cfg.runtime.pad_to_multiple_of
+        attention = attention_format(model)
         lengths = [len(ids) for ids in self.data.train.input_ids] if cfg.train.group_by_length else None
         # Its epoch is set through the prepared loader (Accelerate passes it on), see fit().
         sampler = EpochShuffleSampler(len(self.data.train), cfg.train.seed, lengths, cfg.train.batch_size)
@@ -302,7 +303,7 @@ class Trainer:
             list(range(len(self.data.train))),
             batch_size=cfg.train.batch_size,
             sampler=sampler,
-            collate_fn=Collator(self.data.train, pad_id, multiple),
+            collate_fn=Collator(self.data.train, pad_id, multiple, attention),
             num_workers=cfg.runtime.num_workers,
             pin_memory=self.accelerator.device.type == "cuda",
             # Its own generator: iterating a DataLoader draws a seed from the global RNG,
@@ -310,7 +311,7 @@ class Trainer:
             generator=torch.Generator().manual_seed(cfg.train.seed),
         )
         eval_loaders = {
-            role: _eval_loader(split, cfg.train.eval_batch_size, pad_id, multiple, cfg.runtime.num_workers)
+            role: _eval_loader(split, cfg.train.eval_batch_size, Collator(split, pad_id, multiple, attention), cfg.runtime.num_workers)
             for role, split in (("val", self.data.validation), ("test", self.data.test))
             if split is not None
         }

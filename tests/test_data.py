@@ -386,6 +386,21 @@ def test_collator_without_multiple_pads_to_the_longest():
     assert batch["labels"].tolist() == [1, 0]
 
 
+def test_collator_sdpa_format_sends_no_mask_without_padding_and_a_4d_boolean_one_with_it():
+    split = TokenizedSplit(input_ids=[[2, 5, 6, 3], [2, 7, 8, 3], [2, 3]], labels=[0, 1, 1])
+    full = Collator(split, pad_token_id=0, pad_to_multiple_of=4, attention="sdpa")([0, 1])
+    assert set(full) == {"input_ids", "labels"}
+    padded = Collator(split, pad_token_id=0, pad_to_multiple_of=4, attention="sdpa")([0, 2])
+    assert padded["attention_mask"].shape == (2, 1, 1, 4)
+    assert padded["attention_mask"].dtype == torch.bool
+    assert padded["attention_mask"][:, 0, 0].tolist() == [[True] * 4, [True, True, False, False]]
+    # The multiple alone can call for padding.
+    rounded = Collator(split, pad_token_id=0, pad_to_multiple_of=8, attention="sdpa")([0, 1])
+    assert rounded["attention_mask"][:, 0, 0].sum(dim=1).tolist() == [4, 4]
+    with pytest.raises(ValueError, match="unknown attention mask format '3d'"):
+        Collator(split, pad_token_id=0, attention="3d")
+
+
 def test_epoch_shuffle_sampler_depends_only_on_seed_and_epoch():
     def order(seed: int, epoch: int) -> list[int]:
         sampler = EpochShuffleSampler(50, seed)

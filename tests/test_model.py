@@ -199,3 +199,19 @@ def test_separate_tokenizer_key_is_named(tmp_path):
 def test_max_length_beyond_the_models_positions(saved_model, tokenizer):
     with raises_one_line("data.max_length 600 exceeds the model's 512 positions; set data.max_length <= 512"):
         build_model(ModelConfig(name_or_path=str(saved_model)), ["a", "b"], tokenizer, max_length=600)
+
+
+def test_only_bert_with_sdpa_under_transformers_5_gets_the_sdpa_mask_format():
+    import transformers
+    from transformers import BertConfig, BertForSequenceClassification, DistilBertConfig, DistilBertForSequenceClassification
+
+    from flood_cli.model import attention_format
+
+    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=100)
+    bert = BertForSequenceClassification(BertConfig(**small))
+    expected = "sdpa" if int(transformers.__version__.split(".")[0]) >= 5 else "2d"
+    assert attention_format(bert) == expected
+    eager = BertForSequenceClassification(BertConfig(**small, attn_implementation="eager"))
+    assert attention_format(eager) == "2d"
+    distil = DistilBertForSequenceClassification(DistilBertConfig(dim=32, n_layers=1, n_heads=2, hidden_dim=64, vocab_size=100))
+    assert attention_format(distil) == "2d"

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import transformers
 
 from flood_cli.config import load_config
 from flood_cli.data import prepare_data
@@ -87,3 +88,26 @@ def test_a_second_run_does_not_tokenize_again(tmp_path, monkeypatch):
     assert again == cached  # nothing new written, nothing rewritten
     assert second.train.input_ids == first.train.input_ids
     assert second.validation.labels == first.validation.labels
+
+
+@pytest.mark.parametrize("max_length", [48, 256], ids=["mostly unpadded", "padded"])
+def test_the_sdpa_mask_format_gives_bit_identical_csv(tmp_path, monkeypatch, max_length):
+    """Batches carry no mask or a 4-D boolean one (no device read per step); the run
+    is bit for bit the run with the usual 2-D mask, dropout on."""
+    from flood_cli import train as train_module
+    from flood_cli.model import attention_format
+
+    fast = rows_of(tmp_path, "sdpa", data={"max_length": max_length})
+    monkeypatch.setattr(train_module, "attention_format", lambda model: "2d")
+    assert fast == rows_of(tmp_path, "2d", data={"max_length": max_length})
+    trainer_model = build_tiny_model()
+    expected = "sdpa" if int(transformers.__version__.split(".")[0]) >= 5 else "2d"
+    assert attention_format(trainer_model) == expected
+
+
+def build_tiny_model():
+    from flood_cli.config import ModelConfig
+    from flood_cli.model import build_model
+
+    cfg = ModelConfig.model_validate(small_config()["model"])
+    return build_model(cfg, ["ham", "spam"], load_tokenizer(cfg), 48)
