@@ -48,13 +48,15 @@ from flood_cli.train import NullReporter, Trainer, evaluate  # noqa: E402
 SHIPPED = ROOT / "data" / "spam-assassin-small.csv"
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
 
-# name: (model.tiny section, data, batch size, steps, warm-up steps)
+# model.tiny section, data, batch size, timed steps, warm-up steps, steps per block of the paired mode timing
 WORKLOADS: dict[str, dict[str, Any]] = {
-    "tiny": {"model": dict(num_layers=2, hidden_size=64, num_heads=2, intermediate_size=128), "data": "shipped", "batch": 32, "steps": 150, "warmup": 10},
-    "small": {"model": dict(num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024), "data": "shipped", "batch": 32, "steps": 30, "warmup": 5},
-    "base-b32-len128": {"model": "base", "data": ("fixed", 128), "batch": 32, "steps": 60, "warmup": 15},
-    "base-b128-len128": {"model": "base", "data": ("fixed", 128), "batch": 128, "steps": 40, "warmup": 10},
-    "base-b32-short": {"model": "base", "data": ("short", 40), "batch": 32, "steps": 400, "warmup": 20},
+    "tiny": {"model": dict(num_layers=2, hidden_size=64, num_heads=2, intermediate_size=128), "data": "shipped", "batch": 32, "steps": 150, "warmup": 10, "block": 10},
+    "small": {"model": dict(num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024), "data": "shipped", "batch": 32, "steps": 30, "warmup": 5, "block": 3},
+    # Per-step overhead dominates, as for BERT-base on short texts on a GPU.
+    "tiny-short": {"model": dict(num_layers=2, hidden_size=64, num_heads=2, intermediate_size=128), "data": ("short", 40), "batch": 32, "steps": 200, "warmup": 10, "block": 20},
+    "base-b32-len128": {"model": "base", "data": ("fixed", 128), "batch": 32, "steps": 60, "warmup": 15, "block": 10},
+    "base-b128-len128": {"model": "base", "data": ("fixed", 128), "batch": 128, "steps": 40, "warmup": 10, "block": 5},
+    "base-b32-short": {"model": "base", "data": ("short", 40), "batch": 32, "steps": 400, "warmup": 20, "block": 20},
 }
 BASE = dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072)
 MODES = {
@@ -106,18 +108,19 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def batch_stream(trainer: Trainer):
+    """The training batches, epoch after epoch, as the loop draws them."""
+    epoch = 0
+    while True:
+        trainer.train_loader.set_epoch(epoch)
+        yield from trainer.train_loader
+        epoch += 1
+
+
 def time_flood(cfg: Any, workload: dict[str, Any], device: str) -> dict[str, float]:
     trainer = Trainer(cfg, NullReporter())
     trainer.model.train()
-
-    def batches():
-        epoch = 0
-        while True:
-            trainer.train_loader.set_epoch(epoch)
-            yield from trainer.train_loader
-            epoch += 1
-
-    stream = batches()
+    stream = batch_stream(trainer)
     samples = tokens = 0
     start = 0.0
     for index in range(workload["warmup"] + workload["steps"]):
@@ -147,6 +150,75 @@ def time_flood(cfg: Any, workload: dict[str, Any], device: str) -> dict[str, flo
         "eval_samples_per_s": len(trainer.data.validation) / eval_elapsed,
         "non_embedding_params": non_embedding_params(trainer.raw_model),
     }
+
+
+def cuda_syncs_per_step(trainer: Trainer, stream: Any, steps: int = 5) -> float | None:
+    """Host-device synchronisations per training step, as CUDA's sync debug mode counts
+    them (None off CUDA; on the CPU, tests/test_no_sync.py counts host reads instead)."""
+    if not torch.cuda.is_available() or trainer.accelerator.device.type != "cuda":
+        return None
+    import warnings
+
+    batches = [next(stream) for _ in range(steps)]
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for batch in batches:
+                trainer.train_step([batch])
+                trainer.progress.step += 1
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught) / steps
+
+
+def paired_mode_overhead(name: str, device: str, rounds: int, block: int, compile_model: bool) -> dict[str, Any]:
+    """What each mode costs per step against flood's baseline, resolved below the noise
+    of separate runs: one trainer per mode lives in this process, and in every round each
+    runs ``block`` steps, in rotating order. A mode's cost is the median over rounds of
+    its time per step divided by the baseline's in the same round, so drifts of the
+    machine that are slower than a round cancel out."""
+    workload = WORKLOADS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers: dict[str, Trainer] = {}
+        for mode, settings in MODES.items():
+            folder = Path(tmp) / mode
+            folder.mkdir()
+            trainers[mode] = Trainer(make_config(folder, workload, device, settings, compile_model), NullReporter())
+        streams = {mode: batch_stream(trainer) for mode, trainer in trainers.items()}
+        syncs = {mode: cuda_syncs_per_step(trainers[mode], streams[mode]) for mode in trainers}
+        per_step: dict[str, list[float]] = {mode: [] for mode in trainers}
+        for _ in range(workload["warmup"]):
+            for mode, trainer in trainers.items():
+                trainer.train_step([next(streams[mode])])
+                trainer.progress.step += 1
+        for round_index in range(rounds):
+            order = list(trainers)
+            order = order[round_index % len(order):] + order[: round_index % len(order)]
+            for mode in order:
+                trainer, stream = trainers[mode], streams[mode]
+                batches = [next(stream) for _ in range(block)]
+                synchronize(device)
+                start = time.perf_counter()
+                for batch in batches:
+                    trainer.train_step([batch])
+                    trainer.progress.step += 1
+                synchronize(device)
+                per_step[mode].append((time.perf_counter() - start) / block)
+        del trainers
+    rng = random.Random(0)
+    result: dict[str, Any] = {"rounds": rounds, "steps_per_block": block, "modes": {}}
+    for mode, times in per_step.items():
+        entry: dict[str, Any] = {"ms_per_step": round(1000 * statistics.median(times), 3), "cuda_syncs_per_step": syncs[mode]}
+        if mode != "baseline":
+            ratios = [t / b for t, b in zip(times, per_step["baseline"])]
+            # 95 % bootstrap interval of the median ratio, over rounds.
+            medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
+            entry["slowdown_pct"] = round(100 * (statistics.median(ratios) - 1), 2)
+            entry["slowdown_pct_95ci"] = [round(100 * (medians[49] - 1), 2), round(100 * (medians[1949] - 1), 2)]
+        result["modes"][mode] = entry
+    return result
 
 
 def time_hf_trainer(cfg: Any, workload: dict[str, Any], device: str) -> dict[str, float]:
@@ -232,7 +304,7 @@ def mfu(result: dict[str, float], layers: int, hidden: int, params: int) -> floa
 # Driver
 
 
-def run_workload(name: str, device: str, repeats: int, compile_model: bool) -> dict[str, Any]:
+def run_workload(name: str, device: str, repeats: int, compile_model: bool, mode_rounds: int, mode_block: int) -> dict[str, Any]:
     workload = WORKLOADS[name]
     shape = BASE if workload["model"] == "base" else workload["model"]
     runners: dict[str, Callable[[Any], dict[str, float]]] = {"hf_trainer": lambda cfg: time_hf_trainer(cfg, workload, device)}
@@ -282,6 +354,9 @@ def run_workload(name: str, device: str, repeats: int, compile_model: bool) -> d
         entry["ratio_to_trainer"] = round(entry["samples_per_s"] / trainer_speed, 3)
         if key.startswith("flood_"):
             entry["slowdown_vs_flood_baseline_pct"] = round(100 * (1 - entry["samples_per_s"] / base_speed), 2)
+    if mode_rounds:
+        print(f"  {name}: paired mode overhead, {mode_rounds} rounds of {mode_block} steps", file=sys.stderr)
+        summary["mode_overhead"] = paired_mode_overhead(name, device, mode_rounds, mode_block, compile_model)
     return summary
 
 
@@ -324,6 +399,8 @@ def main() -> None:
     parser.add_argument("--workloads", default=None, help="comma-separated: " + ", ".join(WORKLOADS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="torch.compile in both flood and HF Trainer")
+    parser.add_argument("--mode-rounds", type=int, default=20, help="rounds of the paired mode-overhead measurement (0: skip)")
+    parser.add_argument("--mode-block", type=int, default=None, help="steps per mode per round (default: by workload)")
     parser.add_argument("--out", type=Path, default=None)
     options = parser.parse_args()
     names = options.workloads.split(",") if options.workloads else (
@@ -331,7 +408,10 @@ def main() -> None:
     )
     report = {"environment": environment(options.device), "workloads": []}
     for name in names:
-        report["workloads"].append(run_workload(name, options.device, options.repeats, options.compile))
+        block = options.mode_block or WORKLOADS[name]["block"]
+        report["workloads"].append(
+            run_workload(name, options.device, options.repeats, options.compile, options.mode_rounds, block)
+        )
     report["cli_startup_s"] = cli_startup()
     text = json.dumps(report, indent=2)
     if options.out:
