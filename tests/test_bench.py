@@ -1,0 +1,32 @@
+"""The speed benchmark still runs end to end (a few steps: a smoke test, not a timing)."""
+
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+import bench_train  # noqa: E402
+
+
+@pytest.mark.parametrize("data", ["shipped", ("short", 12)], ids=["shipped e-mails", "synthetic short texts"])
+def test_bench_runs_every_side_and_the_paired_mode_timing(monkeypatch, data):
+    quick = {"model": bench_train.WORKLOADS["tiny"]["model"], "data": data, "batch": 8, "steps": 3, "warmup": 1, "block": 2}
+    monkeypatch.setitem(bench_train.WORKLOADS, "quick", quick)
+    summary = bench_train.run_workload("quick", "cpu", repeats=1, compile_model=False, mode_rounds=3, mode_block=2)
+    results = summary["results"]
+    assert set(results) == {"hf_trainer", "flood_baseline", "flood_flooding", "flood_alternate"}
+    for entry in results.values():
+        assert entry["samples_per_s"] > 0 and entry["tokens_per_s"] > 0
+        assert entry["mfu"] is None  # not given on CPUs
+    assert results["hf_trainer"]["ratio_to_trainer"] == 1.0
+    assert results["flood_baseline"]["eval_vs_train_per_example"] > 0
+    # Both sides pad the same way: the same padded length per row.
+    assert results["hf_trainer"]["padded_length"] == pytest.approx(results["flood_baseline"]["padded_length"], rel=0.25)
+    overhead = summary["mode_overhead"]
+    assert (overhead["rounds"], overhead["steps_per_block"]) == (3, 2)
+    assert set(overhead["modes"]) == {"baseline", "flooding", "alternate"}
+    for mode in ("flooding", "alternate"):
+        low, high = overhead["modes"][mode]["slowdown_pct_95ci"]
+        assert low <= overhead["modes"][mode]["slowdown_pct"] <= high
