@@ -30,3 +30,16 @@ def test_bench_runs_every_side_and_the_paired_mode_timing(monkeypatch, data):
     for mode in ("flooding", "alternate"):
         low, high = overhead["modes"][mode]["slowdown_pct_95ci"]
         assert low <= overhead["modes"][mode]["slowdown_pct"] <= high
+
+
+def test_checkpoint_bench_times_a_write_and_a_read(tmp_path):
+    import json
+    import subprocess
+
+    script = ROOT / "bench" / "bench_checkpoint.py"
+    args = ["--layers", "1", "--hidden", "32", "--vocab", "100", "--repeats", "2", "--dir", str(tmp_path)]
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, check=True)
+    report = json.loads(done.stdout)
+    assert report["checkpoint_bytes"] > 4 * 3 * report["params"]  # weights and AdamW's two moments, fp32
+    assert len(report["write_s_all"]) == 2 and report["read_s_median"] > 0
+    assert list(tmp_path.iterdir()) == []  # nothing left behind
