@@ -1,11 +1,14 @@
 """Training checkpoints: everything needed for a resumed run to give the same numbers
-as one that never stopped, written atomically (temporary file, fsync, rename)."""
+as one that never stopped, written atomically (temporary file, fsync, rename), in a
+background thread while training goes on."""
 
 from __future__ import annotations
 
+import copy
 import random
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -57,3 +60,74 @@ def load(path: Path) -> dict[str, Any]:
     if payload.get("format") != FORMAT:
         raise ValueError(f"checkpoint format {payload.get('format')} is not {FORMAT}")
     return payload
+
+
+def snapshot(payload: Any) -> Any:
+    """A copy of ``payload`` on the CPU that training can no longer change: every tensor
+    copied (the live weights, Adam moments and accumulators are updated in place),
+    every container rebuilt, other values deep-copied. Ordered dicts keep their
+    ``_metadata``, which ``load_state_dict`` reads."""
+    if isinstance(payload, torch.Tensor):
+        return payload.detach().to("cpu", copy=True)
+    if isinstance(payload, dict):
+        copied = type(payload)((key, snapshot(value)) for key, value in payload.items())
+        if hasattr(payload, "_metadata"):
+            copied._metadata = copy.deepcopy(payload._metadata)  # type: ignore[attr-defined]
+        return copied
+    if isinstance(payload, (list, tuple)):
+        return type(payload)(snapshot(value) for value in payload)
+    return copy.deepcopy(payload)
+
+
+class BackgroundWriter:
+    """Writes one checkpoint at a time in a thread, so that training goes on while a
+    large file goes to disk (torch.save releases the GIL while it writes).
+
+    ``submit`` first waits for the previous write. ``wait`` joins the write in flight,
+    re-raises its error in the caller's thread, and then runs its ``done`` callback
+    there (the summary is only ever written from the training thread). A kill at any
+    moment leaves the previous checkpoint whole: the write is atomic."""
+
+    def __init__(self) -> None:
+        self._thread: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
+        self._done: Optional[Callable[[], None]] = None
+
+    def submit(self, path: Path, payload: dict[str, Any], done: Callable[[], None]) -> None:
+        self.wait()
+
+        def write() -> None:
+            try:
+                save(path, payload)
+            except BaseException as exc:  # re-raised by wait(), in the training thread
+                self._error = exc
+
+        self._done = done
+        # Not a daemon: an exiting interpreter finishes the write rather than cut it short.
+        self._thread = threading.Thread(target=write, name="flood-checkpoint-writer")
+        self._thread.start()
+
+    def poll(self) -> None:
+        """Settle a write that has finished (cheap; called every step)."""
+        if self._thread is not None and not self._thread.is_alive():
+            self.wait()
+
+    def wait(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        thread.join()
+        error, self._error = self._error, None
+        done, self._done = self._done, None
+        if error is not None:
+            raise error
+        if done is not None:
+            done()
+
+    def settle_quietly(self) -> None:
+        """Wait for the write in flight when the run is already failing: its own error,
+        if any, must not hide the one that stopped the run."""
+        try:
+            self.wait()
+        except Exception:
+            pass

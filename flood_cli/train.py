@@ -334,6 +334,7 @@ class Trainer:
         self.rows: list[dict[str, Any]] = []
         self.run: Optional[RunDir] = None
         self.pending_rng: Optional[dict[str, Any]] = None
+        self.checkpoints = checkpoint.BackgroundWriter()
         self.started = time.time()
 
     # -- run folder -----------------------------------------------------------
@@ -422,25 +423,29 @@ class Trainer:
             )
 
     def save_checkpoint(self) -> None:
+        """Snapshot the training state to the CPU now, and write it in the background."""
         # Never replace a good checkpoint with weights a non-finite step has spoilt.
         self._stop_if_nonfinite(self.interval.read(self.accelerator)["train_loss"])
         self.accelerator.wait_for_everyone()
         if self.run is None:
             return
         self.progress.elapsed_before = time.time() - self.started
-        checkpoint.save(
-            checkpoint.last_checkpoint(self.run.path),
+        payload = checkpoint.snapshot(
             {
                 "model": self.raw_model.state_dict(),
                 "optimizers": [optimizer.state_dict() for optimizer in self.optimizers],
                 "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None,
                 "rng": checkpoint.capture_rng(),
                 "interval": self.interval.state_dict(),
-                "progress": vars(self.progress).copy(),
+                "progress": vars(self.progress),
                 "total_steps": self.total_steps,
-            },
+            }
         )
-        self.run.write_summary(steps_completed=self.progress.step, checkpoint_step=self.progress.step)
+        run, step = self.run, self.progress.step
+        run.write_summary(steps_completed=step)
+        self.checkpoints.submit(
+            checkpoint.last_checkpoint(run.path), payload, lambda: run.write_summary(checkpoint_step=step)
+        )
 
     # -- training ------------------------------------------------------------
     def fit(self) -> RunResult:
@@ -466,6 +471,7 @@ class Trainer:
                     self.after_step(stop)
                 progress.epoch += 1
                 progress.steps_in_epoch = 0
+        self.checkpoints.wait()  # a run is complete once its last checkpoint is on disk
         if self.run is not None:
             self.run.write_summary(status="completed", finished_at=now_iso())
         best = progress.best
@@ -553,6 +559,7 @@ class Trainer:
 
     def after_step(self, stop: dict[str, Optional[int]]) -> None:
         step, output = self.progress.step, self.cfg.output
+        self.checkpoints.poll()
         evaluated = step % self.eval_every == 0 or step == self.total_steps
         if evaluated:
             self.evaluate_and_log()
@@ -561,6 +568,7 @@ class Trainer:
         if stop["signal"] is not None:
             if not evaluated:
                 self.save_checkpoint()
+            self.checkpoints.wait()  # "checkpoint written" must be true when it is said
             name = signal.Signals(stop["signal"]).name
             if self.run is not None:
                 self.run.write_summary(status="interrupted", error=f"stopped by {name}", finished_at=now_iso())
@@ -637,10 +645,12 @@ def _fit_and_record(trainer: Trainer) -> RunResult:
     except RunInterrupted:
         raise
     except KeyboardInterrupt:
+        trainer.checkpoints.settle_quietly()
         if trainer.run is not None:
             trainer.run.write_summary(status="interrupted", error="interrupted", finished_at=now_iso())
         raise
     except BaseException as exc:
+        trainer.checkpoints.settle_quietly()  # the last good checkpoint is recorded as such
         if trainer.run is not None:
             try:
                 trainer.run.write_summary(status="failed", error=f"{type(exc).__name__}: {exc}", finished_at=now_iso())
@@ -648,6 +658,7 @@ def _fit_and_record(trainer: Trainer) -> RunResult:
                 pass  # a full disk: the original error is the one to report
         raise
     finally:
+        trainer.checkpoints.settle_quietly()  # the run folder stays locked until it is written
         if trainer.run is not None:
             trainer.run.close()
 

@@ -227,3 +227,83 @@ def test_a_full_disk_is_one_line_and_leaves_a_failed_summary(tmp_path, monkeypat
     run_dir = tmp_path / "runs" / "full"
     assert result.stderr.strip() == f"error: cannot write or read {run_dir / 'metrics.csv'}: No space left on device; check the disk and permissions"
     assert summary(run_dir)["status"] == "failed"
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints written in the background
+
+
+def test_a_snapshot_is_not_changed_by_training_that_goes_on():
+    from collections import OrderedDict
+
+    weights = OrderedDict(w=torch.ones(3))
+    weights._metadata = {"": {"version": 1}}
+    live = {"model": weights, "best": {"val_loss": 0.5}, "rngs": (torch.zeros(2), [1, 2])}
+    copied = checkpoint_module.snapshot(live)
+    weights["w"].add_(1.0)  # what an optimizer step does to the live weights
+    live["best"]["val_loss"] = 0.1  # what a better epoch does to the progress
+    live["rngs"][0].add_(5)
+    assert copied["model"]["w"].tolist() == [1.0, 1.0, 1.0]
+    assert copied["best"] == {"val_loss": 0.5}
+    assert copied["rngs"][0].tolist() == [0.0, 0.0] and copied["rngs"][1] == [1, 2]
+    assert isinstance(copied["model"], OrderedDict) and copied["model"]._metadata == {"": {"version": 1}}
+    assert isinstance(copied["rngs"], tuple)
+
+
+def test_training_goes_on_while_a_checkpoint_is_written_and_the_numbers_do_not_change(tmp_path, monkeypatch):
+    reference = run_training(load_config(config_for(tmp_path, "reference", MODES["flooding"])))
+
+    real_save, writes, steps = checkpoint_module.save, [], []
+
+    def slow_save(path, payload):
+        start = time.perf_counter()
+        time.sleep(0.4)  # a large model on a slow disk
+        real_save(path, payload)
+        writes.append((start, time.perf_counter(), payload["progress"]["step"]))
+
+    real_step = train_module.Trainer.train_step
+
+    def timed_step(self, micro_batches):
+        steps.append(time.perf_counter())
+        return real_step(self, micro_batches)
+
+    monkeypatch.setattr(checkpoint_module, "save", slow_save)
+    monkeypatch.setattr(train_module.Trainer, "train_step", timed_step)
+    result = run_training(load_config(config_for(tmp_path, "slow", MODES["flooding"])))
+
+    # Checkpoints at steps 5, 10, ... (checkpoint_every) and at each evaluation.
+    assert [step for _, _, step in writes] == sorted({*range(5, 37, 5), 12, 24, 36})
+    overlapped = sum(any(start < t < end for start, end, _ in writes) for t in steps)
+    assert overlapped >= 10, "training should not wait for checkpoint writes"
+    assert metrics(result.run_dir) == metrics(reference.run_dir)
+    state = summary(result.run_dir)
+    assert state["status"] == "completed" and state["checkpoint_step"] == 36
+    last = checkpoint_module.load(result.run_dir / "checkpoints" / "last.pt")
+    final = checkpoint_module.load(reference.run_dir / "checkpoints" / "last.pt")
+    assert last["progress"]["step"] == 36
+    for name, tensor in final["model"].items():
+        assert torch.equal(last["model"][name], tensor), name
+
+
+def test_a_failed_background_write_fails_the_run_in_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flood_cli.cli import app
+
+    real_save, calls = checkpoint_module.save, {"n": 0}
+
+    def full_disk_on_third(path, payload):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(28, "No space left on device", str(path))
+        real_save(path, payload)
+
+    monkeypatch.setattr(checkpoint_module, "save", full_disk_on_third)
+    result = CliRunner().invoke(app, ["train", "-c", str(config_for(tmp_path, "full", {})), "-q"])
+    run_dir = tmp_path / "runs" / "full"
+    assert result.exit_code == 1
+    last = run_dir / "checkpoints" / "last.pt"
+    assert result.stderr.strip() == f"error: cannot write or read {last}: No space left on device; check the disk and permissions"
+    state = summary(run_dir)
+    assert state["status"] == "failed" and state["checkpoint_step"] == 10  # the second write (5, 10, then 12)
+    assert checkpoint_module.load(last)["progress"]["step"] == 10
