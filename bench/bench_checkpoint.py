@@ -4,10 +4,11 @@
     .venv/bin/python bench/bench_checkpoint.py --layers 4 --hidden 256 --repeats 5
     .venv/bin/python bench/bench_checkpoint.py --dir /mnt/fast  # on another disk
 
-A run writes its checkpoint (weights, AdamW's two moments, RNG states) at every
-evaluation, atomically: a temporary file, fsync, rename (`flood_cli/checkpoint.py`).
-This times exactly that call, and a read back, on the disk under --dir; the figures
-tell what `eval_every` and `output.checkpoint_every` cost a run on that disk.
+A run checkpoints (weights, AdamW's two moments, RNG states) at every evaluation: the
+training thread copies the state to the CPU (`checkpoint.snapshot`), and a background
+thread writes it atomically: a temporary file, fsync, rename (`flood_cli/checkpoint.py`).
+This times both parts, and a read back, on the disk under --dir: the snapshot is what
+the training thread pays, the write is what it no longer waits for.
 """
 
 from __future__ import annotations
@@ -55,11 +56,14 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="flood-bench-ckpt-", dir=options.dir))
     path = folder / "last.pt"
-    writes, reads = [], []
+    snapshots, writes, reads = [], [], []
     try:
         for _ in range(options.repeats):
             start = time.perf_counter()
-            payload = {"model": model.state_dict(), "optimizers": [optimizer.state_dict()], "rng": checkpoint.capture_rng()}
+            live = {"model": model.state_dict(), "optimizers": [optimizer.state_dict()], "rng": checkpoint.capture_rng()}
+            payload = checkpoint.snapshot(live)
+            snapshots.append(time.perf_counter() - start)
+            start = time.perf_counter()
             checkpoint.save(path, payload)
             writes.append(time.perf_counter() - start)
             start = time.perf_counter()
@@ -71,6 +75,8 @@ def main() -> None:
     report = {
         "params": sum(p.numel() for p in model.parameters()),
         "checkpoint_bytes": size,
+        "snapshot_s_median": round(statistics.median(snapshots), 3),
+        "snapshot_s_all": [round(t, 3) for t in snapshots],
         "write_s_median": round(statistics.median(writes), 3),
         "write_s_all": [round(t, 3) for t in writes],
         "read_s_median": round(statistics.median(reads), 3),
