@@ -174,13 +174,14 @@ def evaluate(model: torch.nn.Module, loader: Any, accelerator: Any) -> dict[str,
     }
 
 
-def _eval_loader(split: TokenizedSplit, batch_size: int, collate: Collator, workers: int) -> Any:
+def _eval_loader(split: TokenizedSplit, batch_size: int, collate: Collator, workers: int, pin: bool) -> Any:
     return torch.utils.data.DataLoader(
         list(range(len(split))),
         # Length-sorted batches as a batch sampler, which Accelerate shards across processes.
         batch_sampler=length_sorted_batches(split, batch_size),
         collate_fn=collate,
         num_workers=workers,
+        pin_memory=pin,
         generator=torch.Generator().manual_seed(0),  # leaves the global RNG (dropout) alone
     )
 
@@ -296,6 +297,7 @@ class Trainer:
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         multiple = cfg.runtime.pad_to_multiple_of
         attention = attention_format(model)
+        pin = self.accelerator.device.type == "cuda"  # pinned batches copy to the GPU without blocking
         lengths = [len(ids) for ids in self.data.train.input_ids] if cfg.train.group_by_length else None
         # Its epoch is set through the prepared loader (Accelerate passes it on), see fit().
         sampler = EpochShuffleSampler(len(self.data.train), cfg.train.seed, lengths, cfg.train.batch_size)
@@ -305,13 +307,15 @@ class Trainer:
             sampler=sampler,
             collate_fn=Collator(self.data.train, pad_id, multiple, attention),
             num_workers=cfg.runtime.num_workers,
-            pin_memory=self.accelerator.device.type == "cuda",
+            pin_memory=pin,
             # Its own generator: iterating a DataLoader draws a seed from the global RNG,
             # which dropout uses too; with its own, a resumed run's draws stay aligned.
             generator=torch.Generator().manual_seed(cfg.train.seed),
         )
         eval_loaders = {
-            role: _eval_loader(split, cfg.train.eval_batch_size, Collator(split, pad_id, multiple, attention), cfg.runtime.num_workers)
+            role: _eval_loader(
+                split, cfg.train.eval_batch_size, Collator(split, pad_id, multiple, attention), cfg.runtime.num_workers, pin
+            )
             for role, split in (("val", self.data.validation), ("test", self.data.test))
             if split is not None
         }

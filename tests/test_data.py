@@ -423,3 +423,48 @@ def test_length_sorted_batches_cover_every_index_once():
     flat = [i for b in batches for i in b]
     assert sorted(flat) == list(range(len(lengths)))
     assert [lengths[i] for i in flat] == sorted(lengths)
+
+
+# ---------------------------------------------------------------------------
+# Hub datasets, through a dataset repository laid out as on the Hub, on disk
+
+
+def hub_style_repo(folder: Path) -> Path:
+    """A GLUE/SST-2-like dataset repository: parquet shards per split, ClassLabel names
+    in the schema, and a test split whose labels are hidden (-1), as GLUE's are."""
+    import datasets
+
+    features = datasets.Features({"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=["negative", "positive"])})
+    words = ["good", "bad", "fine", "awful", "great", "dull"]
+    for split, size in (("train", 40), ("validation", 12), ("test", 8)):
+        rows = {"sentence": [f"a {words[i % 6]} film number {i}" for i in range(size)], "label": [i % 2 if split != "test" else -1 for i in range(size)]}
+        if split == "test":
+            features = datasets.Features({"sentence": datasets.Value("string"), "label": datasets.Value("int64")})
+        shard = folder / "data" / f"{split}-00000-of-00001.parquet"
+        shard.parent.mkdir(parents=True, exist_ok=True)
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(str(shard))
+    return folder
+
+
+def test_a_hub_layout_dataset_loads_its_splits_and_class_names(tmp_path, tokenizer):
+    repo = hub_style_repo(tmp_path / "sst2-like")
+    cfg = DataConfig(dataset=str(repo), train_split="train", validation_split="validation", text_column="sentence", max_length=16)
+    prepared = prepare_data(cfg, tokenizer)
+    assert prepared.label_names == ["negative", "positive"]  # from the ClassLabel, not the values
+    assert (len(prepared.train), len(prepared.validation)) == (40, 12)
+    assert prepared.train.labels[:4] == [0, 1, 0, 1]
+    assert prepared.test is None
+
+
+def test_a_hub_test_split_with_hidden_labels_is_refused_in_one_line(tmp_path, tokenizer):
+    repo = hub_style_repo(tmp_path / "sst2-like")
+    cfg = DataConfig(dataset=str(repo), train_split="train", validation_split="validation", test_split="test", text_column="sentence")
+    with raises_one_line("test data has labels outside 0..1 (e.g. -1 for unlabelled test sets); drop that split"):
+        prepare_data(cfg, tokenizer)
+
+
+def test_a_missing_hub_split_names_the_split_and_what_to_check(tmp_path, tokenizer):
+    repo = hub_style_repo(tmp_path / "sst2-like")
+    cfg = DataConfig(dataset=str(repo), train_split="train", validation_split="dev", text_column="sentence")
+    with raises_one_line(f"cannot load validation split 'dev' of dataset '{repo}' ("):
+        prepare_data(cfg, tokenizer)
