@@ -7,8 +7,9 @@ the device and read once per evaluation, so the hot path has no host-device sync
 
 A run checkpoints at every evaluation (and every ``output.checkpoint_every`` steps):
 model, optimizer, scaler, RNG states, data position and the figures since the last
-evaluation, snapshot to the CPU and written by a background thread. The data order depends only on (seed, epoch), so a resumed run repeats
-exactly the steps the stopped one would have taken.
+evaluation, snapshot to the CPU and written by a background thread. The data order
+depends only on (seed, epoch), so a resumed run repeats exactly the steps the stopped
+one would have taken.
 """
 
 from __future__ import annotations
