@@ -7,7 +7,9 @@ Each mode answers, for one optimizer step, the questions the loop asks:
   factor (+1 or -1, a Python float or a 0-dim tensor kept on the device) that the
   already computed gradient of the plain mean loss is multiplied by;
 * ``optimizer_index(step)``: 0, or 1 for the ascent optimizer of mode alternate;
-* ``ascent(step, sign)`` and ``objective(step, step_loss, sign)``: what to log.
+* ``ascent(step, sign)`` and ``objective(step, step_loss, sign)``: what to log;
+* ``sign_reads_loss``: whether the sign depends on the step's loss (then, under data
+  parallelism, the loss must first be averaged over every process).
 
 Working on the gradient rather than on the loss keeps flooding exact under gradient
 accumulation and data parallelism: ``d/dθ (|L − b| + b) = sign(L − b) · ∇L``, where
@@ -57,6 +59,7 @@ class Baseline:
 
     lr: float
     name: str = "baseline"
+    sign_reads_loss = False
 
     def learning_rate(self, step: int, scale: float) -> float:
         return self.lr * scale
@@ -81,6 +84,7 @@ class Flooding:
     lr: float
     flood_level: float
     name: str = "flooding"
+    sign_reads_loss = True
 
     def learning_rate(self, step: int, scale: float) -> float:
         return self.lr * scale
@@ -119,6 +123,7 @@ class Alternate:
     ascent_lr: float
     ascent_optimizer: str = "separate"
     name: str = "alternate"
+    sign_reads_loss = False
 
     @staticmethod
     def is_ascent(step: int) -> bool:

@@ -429,8 +429,10 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Snapshot the training state to the CPU now, and write it in the background."""
-        # Never replace a good checkpoint with weights a non-finite step has spoilt.
-        self._stop_if_nonfinite(self.interval.read(self.accelerator)["train_loss"])
+        # Never replace a good checkpoint with weights a non-finite step has spoilt (right
+        # after an evaluation the interval is empty: evaluate_and_log has just checked).
+        if self.interval.steps:
+            self._stop_if_nonfinite(self.interval.read(self.accelerator)["train_loss"])
         self.accelerator.wait_for_everyone()
         if self.run is None:
             return
@@ -518,7 +520,7 @@ class Trainer:
             correct += (logits.detach().argmax(dim=-1) == labels).sum()
 
         step_loss = loss_sum / step_examples
-        if accelerator.num_processes > 1 and self.mode.name == "flooding":
+        if accelerator.num_processes > 1 and self.mode.sign_reads_loss:
             # Flooding compares the mean loss of the whole step, all processes, with b.
             step_loss = accelerator.reduce(step_loss, reduction="mean")
         if not self._finite_or_skip(step_loss, optimizer):
