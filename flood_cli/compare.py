@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 from flood_cli.discovery import discover_runs
 from flood_cli.errors import FloodError
 from flood_cli.grouping import Comparison, Group, compare_with_baselines, group_runs
-from flood_cli.report_format import render_markdown, render_terminal, report_json, report_tables, write_csv
+from flood_cli.report_format import first_few, render_markdown, render_terminal, report_json, report_tables, write_csv
 from flood_cli.run_reader import Run, load_run
 from flood_cli.runs import METRICS_FILE
 
@@ -111,9 +111,7 @@ def build_report(paths: Sequence[Path], now: Optional[float] = None) -> Report:
 
 def _no_runs_message(paths: Sequence[Path], skipped: list[tuple[str, str]]) -> str:
     """Name each argument with the reason it holds no run, so that a typo is obvious."""
-    where = ", ".join(f"{argument} ({reason})" for argument, reason in skipped[:ERROR_SHOWS])
-    if len(skipped) > ERROR_SHOWS:
-        where += f" and {len(skipped) - ERROR_SHOWS} more"
+    where = first_few([f"{argument} ({reason})" for argument, reason in skipped], ERROR_SHOWS)
     where = where or ", ".join(str(p) for p in paths) or "(no paths given)"
     return f"no runs found in {where}; pass run folders or folders that hold them (each has {METRICS_FILE})"
 

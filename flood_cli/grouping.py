@@ -17,9 +17,6 @@ from typing import Any, Optional, Sequence
 from flood_cli.run_reader import Run, canonical
 from flood_cli.stats import Interval, Sample, difference_interval, verdict_for
 
-# The hyperparameters every group label shows; other keys appear only when they vary.
-LABEL_KEYS = ("train.mode", "train.b", "train.lr", "train.ascent_lr")
-
 
 @dataclass(eq=False)  # identity, not field equality: groups are dictionary keys
 class Group:
@@ -27,11 +24,20 @@ class Group:
 
     id: str
     label: str
-    key: str
-    context_key: str
-    mode: Optional[str]
-    settings: dict[str, Any]
     runs: list[Run]
+
+    # Every member shares these (they make up its group key), so the first run speaks for all.
+    @property
+    def context_key(self) -> str:
+        return self.runs[0].context_key
+
+    @property
+    def mode(self) -> Optional[str]:
+        return self.runs[0].mode
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.runs[0].settings
 
     @cached_property
     def best_losses_by_seed(self) -> dict[Any, list[float]]:
@@ -51,6 +57,10 @@ class Group:
         """One value per seed: the mean over that seed's replicate runs."""
         values = tuple(statistics.mean(losses) for losses in self.best_losses_by_seed.values())
         return Sample(values) if values else None
+
+    @property
+    def n_seeds(self) -> int:
+        return self.sample.n if self.sample else 0
 
     @property
     def counted_runs(self) -> int:
@@ -83,11 +93,7 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
     by_key: dict[str, list[Run]] = {}
     for run in runs:
         by_key.setdefault(run.group_key, []).append(run)
-    groups = [
-        Group(id="", label="", key=key, context_key=members[0].context_key, mode=members[0].mode,
-              settings=members[0].settings, runs=members)
-        for key, members in by_key.items()
-    ]
+    groups = [Group(id="", label="", runs=members) for members in by_key.values()]
     groups.sort(key=lambda g: (g.sample is None, g.sample.mean if g.sample else 0.0, g.runs[0].name))
     for number, (group, label) in enumerate(zip(groups, _group_labels(groups)), start=1):
         group.id, group.label = f"g{number}", label
@@ -170,7 +176,8 @@ def _group_labels(groups: Sequence[Group]) -> list[str]:
     configured = [g for g in groups if "folder" not in g.settings and "from_summary.model" not in g.settings]
     varying = [
         key for key in all_keys
-        if key not in LABEL_KEYS and not key.endswith(".mode")
+        # mode, b, lr and ascent_lr are in every label already.
+        if not key.endswith(".mode")
         and key.rsplit(".", 1)[-1] not in ("b", "lr", "ascent_lr")
         # A key some runs lack (written by an older flood) varies too.
         and len({canonical(group.settings[key]) if key in group.settings else "<absent>" for group in configured}) > 1

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from flood_cli.errors import FloodError
+from flood_cli.report_format import seeds_text
 
 if TYPE_CHECKING:
     from flood_cli.compare import Report
@@ -53,7 +54,7 @@ def _points(run: "Run", x_key: str, y_key: str) -> list[tuple[float, float]]:
     ]
 
 
-def plot_runs(report: "Report", path: Path, x_axis: str = "epoch", title: Optional[str] = None) -> None:
+def plot_runs(report: "Report", path: Path, x_axis: str = "epoch") -> None:
     """Validation loss (solid) and training loss (dashed) per run, and validation accuracy.
 
     One colour per seed group; a circle marks each run's best validation loss (on both
@@ -87,7 +88,7 @@ def plot_runs(report: "Report", path: Path, x_axis: str = "epoch", title: Option
         axes.grid(True, alpha=0.3)
         if whole_epochs:  # no "1.5" ticks between evaluations that happen once per epoch
             axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    figure.suptitle(title or f"flood compare: {len(report.runs)} runs in {len(groups)} seed groups")
+    figure.suptitle(f"flood compare: {len(report.runs)} runs in {len(groups)} seed groups")
 
     hidden_under = _hidden_under(groups)
     wrap = len(groups) <= WRAP_UP_TO_GROUPS
@@ -114,9 +115,8 @@ def plot_runs(report: "Report", path: Path, x_axis: str = "epoch", title: Option
 
 
 def _legend_label(group: "Group", hidden_under: Optional[str], wrap: bool) -> str:
-    seeds = group.sample.n if group.sample else 0
-    counts = [f"{seeds} seed{'s' if seeds != 1 else ''}"]
-    if len(group.runs) != seeds:
+    counts = [seeds_text(group)]
+    if len(group.runs) != group.n_seeds:
         counts.insert(0, f"{len(group.runs)} runs")
     incomplete = sum(not run.complete for run in group.runs)
     if incomplete:

@@ -103,7 +103,7 @@ def groups_table(report: "Report") -> Table:
             group.id,
             group.label,
             str(len(group.runs)),
-            str(sample.n if sample else 0),
+            str(group.n_seeds),
             mean_sd,
             _format_number(min(sample.values)) if sample else "",
             _format_number(max(sample.values)) if sample else "",
@@ -130,14 +130,14 @@ def _groups_footnotes(groups: Sequence["Group"]) -> list[str]:
     if replicates:
         footnotes.append(
             "Runs that share a seed are replicates, not independent seeds: each seed counts once, "
-            f"as the mean of its runs ({_first_few(replicates)})."
+            f"as the mean of its runs ({first_few(replicates)})."
         )
     if left_out:
-        footnotes.append(f"Runs left out of the statistics (incomplete, or no finite validation loss): {_first_few(left_out)}.")
+        footnotes.append(f"Runs left out of the statistics (incomplete, or no finite validation loss): {first_few(left_out)}.")
     return footnotes
 
 
-def _first_few(items: Sequence[str], shown: int = 6) -> str:
+def first_few(items: Sequence[str], shown: int = 6) -> str:
     return ", ".join(items[:shown]) + (f" and {len(items) - shown} more" if len(items) > shown else "")
 
 
@@ -153,8 +153,8 @@ def comparisons_table(comparisons: Sequence["Comparison"]) -> Table:
             markers.append(f"[{footnotes.index(note) + 1}]")
         rows.append([
             comparison.group.id,
-            f"{comparison.baseline.id} ({_seeds(comparison.baseline)})",
-            str(comparison.group.sample.n),  # type: ignore[union-attr]
+            f"{comparison.baseline.id} ({seeds_text(comparison.baseline)})",
+            str(comparison.group.n_seeds),
             _difference_cell(comparison.difference, comparison.difference_pct),
             f"[{interval.low:+.4f}, {interval.high:+.4f}]" if interval else "",
             _method_cell(comparison),
@@ -176,9 +176,8 @@ def comparisons_table(comparisons: Sequence["Comparison"]) -> Table:
     )
 
 
-def _seeds(group: "Group") -> str:
-    seeds = group.sample.n if group.sample else 0
-    return f"{seeds} seed{'s' if seeds != 1 else ''}"
+def seeds_text(group: "Group") -> str:
+    return f"{group.n_seeds} seed{'s' if group.n_seeds != 1 else ''}"
 
 
 def _method_cell(comparison: "Comparison") -> str:
@@ -227,12 +226,12 @@ def _drop_column(columns: list[str], rows: list[list[str]], name: str) -> None:
 # Cells
 
 
-def _format_number(value: Optional[float], digits: int = 4, sign: bool = False) -> str:
+def _format_number(value: Optional[float], sign: bool = False) -> str:
     if value is None:
         return ""
     if math.isnan(value):
         return "nan"
-    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+    return f"{value:+.4f}" if sign else f"{value:.4f}"
 
 
 def _format_g(value: Optional[float]) -> str:
@@ -369,7 +368,7 @@ def group_record(group: "Group") -> dict[str, Any]:
         "mode": group.mode,
         "baseline": group.is_baseline,
         "runs": [run.name for run in group.runs],
-        "n": sample.n if sample else 0,
+        "n": group.n_seeds,
         "n_runs": group.counted_runs,
         "n_left_out": group.left_out,
         "best_val_loss_mean": sample.mean if sample else None,
