@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # makes a Hub name that is not cached fail at once instead of after network retries.
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test clean
 
 $(BIN)/flood: pyproject.toml scripts/setup.sh
 	VENV=$(VENV) ./scripts/setup.sh

@@ -93,7 +93,7 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Fine-tune a classifier and write metrics.csv and summary.json to a new run folder."""
-    from flood_cli.config import load_config
+    from flood_cli.config import MODES, load_config
 
     given = {
         "--config": config, "--mode": mode, "--b": b, "--lr": lr, "--ascent-lr": ascent_lr, "--epochs": epochs,
@@ -106,17 +106,14 @@ def train(
                 f"--resume continues the saved experiment, so {changed[0]} cannot be changed; "
                 "drop it, or start a new run with --config"
             )
-        from flood_cli.progress import make_reporter
         from flood_cli.train import resume_training
 
-        with make_reporter(quiet=quiet) as reporter:
-            result = resume_training(resume, reporter=reporter)
-        _print_result(result)
+        _train_and_report(lambda reporter: resume_training(resume, reporter=reporter), quiet)
         return
     if config is None:
         raise FloodError("flood train needs --config FILE (e.g. configs/tiny.yaml) or --resume RUN_FOLDER")
-    if mode is not None and mode not in ("baseline", "flooding", "alternate"):
-        raise FloodError(f"--mode {mode!r} is not a mode; use baseline, flooding or alternate")
+    if mode is not None and mode not in MODES:
+        raise FloodError(f"--mode {mode!r} is not a mode; use {', '.join(MODES[:-1])} or {MODES[-1]}")
     flags = {
         "train.mode": mode,
         "train.b": b,
@@ -130,15 +127,17 @@ def train(
     overrides = {key: value for key, value in flags.items() if value is not None}
     cfg = load_config(config, overrides, sets=set_ or [])
 
-    from flood_cli.progress import make_reporter
     from flood_cli.train import run_training
 
+    _train_and_report(lambda reporter: run_training(cfg, reporter=reporter), quiet)
+
+
+def _train_and_report(job: Any, quiet: bool) -> None:
+    """Run ``job(reporter)`` under a progress bar (or none) and print where its results are."""
+    from flood_cli.progress import make_reporter
+
     with make_reporter(quiet=quiet) as reporter:
-        result = run_training(cfg, reporter=reporter)
-    _print_result(result)
-
-
-def _print_result(result: Any) -> None:
+        result = job(reporter)
     if not result.is_main_process:  # under `accelerate launch`, one process reports
         return
     typer.echo(f"run folder: {result.run_dir}")

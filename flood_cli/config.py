@@ -18,8 +18,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from flood_cli.errors import FloodError
+from flood_cli.runs import describe_data, describe_model
 
-MODES = ("baseline", "flooding", "alternate")
+ModeName = Literal["baseline", "flooding", "alternate"]
+MODES: tuple[str, ...] = get_args(ModeName)
 
 
 class _Section(BaseModel):
@@ -71,10 +73,7 @@ class ModelConfig(_Section):
         return self
 
     def describe(self) -> str:
-        if self.tiny is not None:
-            t = self.tiny
-            return f"tiny-bert(L{t.num_layers},H{t.hidden_size},A{t.num_heads})"
-        return str(self.name_or_path)
+        return describe_model(self.model_dump())
 
 
 class DataConfig(_Section):
@@ -102,13 +101,11 @@ class DataConfig(_Section):
         return self
 
     def describe(self) -> str:
-        if self.dataset is not None:
-            return self.dataset + (f"/{self.subset}" if self.subset else "")
-        return Path(self.train_file).name  # type: ignore[arg-type]
+        return describe_data(self.model_dump())
 
 
 class TrainConfig(_Section):
-    mode: Literal["baseline", "flooding", "alternate"] = "baseline"
+    mode: ModeName = "baseline"
     b: Optional[float] = Field(None, ge=0.0, description="flood level (mode flooding)")
     lr: float = Field(2e-5, gt=0.0, description="learning rate (the descent rate in mode alternate)")
     ascent_lr: Optional[float] = Field(None, gt=0.0, description="ascent learning rate (mode alternate)")
@@ -202,11 +199,11 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     output: OutputConfig = OutputConfig()
-    meta: Optional[dict[str, Any]] = Field(None, description="written by flood (versions, time); ignored on load")
 
     def experiment_dict(self) -> dict[str, Any]:
-        """The resolved config as plain data, as saved in the run folder."""
-        return self.model_dump(mode="json", exclude={"meta"})
+        """The resolved config as plain data, as saved in the run folder (next to the
+        ``meta`` section flood writes itself, which load_config drops)."""
+        return self.model_dump(mode="json")
 
 
 # ---------------------------------------------------------------------------
@@ -374,8 +371,7 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
     where = _printable(".".join(loc))
     if first["type"] == "extra_forbidden" and loc:
         section_model = _section_at(loc[:-1])
-        # meta is written by flood itself; never suggest it.
-        known = [key for key in section_model.model_fields if key != "meta"] if section_model else []
+        known = list(section_model.model_fields) if section_model else []
         close = difflib.get_close_matches(loc[-1], known, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
         return f"{source}: unknown key '{where}'{hint}"

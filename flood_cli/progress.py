@@ -61,19 +61,10 @@ class RichReporter:
         self.console.print(f"[dim]{text}[/dim]")
 
 
-class _QuietReporter(NullReporter):
-    def __enter__(self) -> "_QuietReporter":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
-
-
 @contextmanager
 def make_reporter(quiet: bool) -> Iterator[Any]:
     if quiet or not sys.stderr.isatty():
-        with _QuietReporter() as reporter:
-            yield reporter
+        yield NullReporter()
         return
     with RichReporter() as reporter:
         yield reporter

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import yaml
 
-from flood_cli.runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+from flood_cli.runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, describe_data, describe_model
 
 if TYPE_CHECKING:
     from flood_cli.grouping import Group
@@ -98,8 +98,8 @@ def load_run(path: Path, now: float) -> tuple[Optional[Run], Optional[str]]:
     epochs = _as_int(_first(train.get("epochs"), summary.get("epochs")))
     last_epoch = rows[-1]["epoch"] or 0.0
     complete = status == "completed" or (status == "unknown" and epochs is not None and last_epoch >= epochs - 1e-9)
-    model_text = str(summary.get("model") or _describe_model(model))
-    data_text = str(summary.get("data") or _describe_data(data))
+    model_text = str(summary.get("model") or describe_model(model))
+    data_text = str(summary.get("data") or describe_data(data))
     settings, context = _experiment(path, config, model, data, train, summary, model_text, data_text)
     run = Run(
         path=path,
@@ -253,21 +253,6 @@ def _experiment(
 def _section(config: Optional[dict[str, Any]], name: str) -> dict[str, Any]:
     value = (config or {}).get(name)
     return value if isinstance(value, dict) else {}
-
-
-def _describe_model(model: dict[str, Any]) -> str:
-    tiny = model.get("tiny")
-    if isinstance(tiny, dict):
-        return f"tiny-bert(L{tiny.get('num_layers')},H{tiny.get('hidden_size')},A{tiny.get('num_heads')})"
-    return str(model.get("name_or_path") or "?")
-
-
-def _describe_data(data: dict[str, Any]) -> str:
-    if data.get("dataset"):
-        return str(data["dataset"]) + (f"/{data['subset']}" if data.get("subset") else "")
-    if data.get("train_file"):
-        return Path(str(data["train_file"])).name
-    return "?"
 
 
 def canonical(value: Any) -> str:

@@ -50,17 +50,22 @@ SUMMARY_FILE = "summary.json"
 BEST_MODEL_DIR = "best_model"
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Read once, at import, while the process has one thread: reading the umask means setting
+# it, and checkpoints are written from a background thread while the loop writes too.
+_UMASK = _read_umask()
 
 
 def make_temp_file(path: Path) -> tuple[int, str]:
     """A temporary file beside ``path``, with the permissions a plain open would give
     (mkstemp's are 0600, which would hide results from a group sharing the runs)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~_umask())
+    os.fchmod(fd, 0o666 & ~_UMASK)
     return fd, tmp
 
 
@@ -81,6 +86,23 @@ def atomic_write(path: Path, write: Callable[[IO[Any]], None], binary: bool = Fa
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda handle: handle.write(text))
+
+
+def describe_model(model: dict[str, Any]) -> str:
+    """A config's model section in a few characters, as run labels show it."""
+    tiny = model.get("tiny")
+    if isinstance(tiny, dict):
+        return f"tiny-bert(L{tiny.get('num_layers')},H{tiny.get('hidden_size')},A{tiny.get('num_heads')})"
+    return str(model.get("name_or_path") or "?")
+
+
+def describe_data(data: dict[str, Any]) -> str:
+    """A config's data section in a few characters: the dataset, or the training file's name."""
+    if data.get("dataset"):
+        return str(data["dataset"]) + (f"/{data['subset']}" if data.get("subset") else "")
+    if data.get("train_file"):
+        return Path(str(data["train_file"])).name
+    return "?"
 
 
 def default_run_name(mode: str, lr: float, seed: int, b: Optional[float] = None, ascent_lr: Optional[float] = None) -> str:
@@ -127,7 +149,7 @@ class RunDir:
 
     @classmethod
     def create(cls, out_dir: Path, name: Optional[str], default_name: str) -> "RunDir":
-        check_writable(out_dir)
+        """Claim a new run folder atomically (run_training has checked out_dir is writable)."""
         if name is not None:
             path = out_dir / name
             try:

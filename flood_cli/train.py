@@ -449,9 +449,10 @@ class Trainer:
             }
         )
         run, step = self.run, self.progress.step
-        run.write_summary(steps_completed=step)
         self.checkpoints.submit(
-            checkpoint.last_checkpoint(run.path), payload, lambda: run.write_summary(checkpoint_step=step)
+            checkpoint.last_checkpoint(run.path),
+            payload,
+            lambda: run.write_summary(steps_completed=step, checkpoint_step=step),
         )
 
     # -- training ------------------------------------------------------------
