@@ -4,7 +4,8 @@
       config.yaml    resolved config + meta (package versions, start time)
       metrics.csv    one row per evaluation, flushed as it is written
       summary.json   status (running|completed|failed|interrupted), best/final figures
-      best_model/    optional, Hugging Face save_pretrained format
+      best_model     optional, Hugging Face save_pretrained format: a link to the
+                     hidden folder of the latest best model, swapped atomically
 
 This module must stay free of torch: `flood compare` reads the same files.
 """
@@ -16,6 +17,7 @@ import fcntl
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -187,7 +189,7 @@ class RunDir:
     def open_metrics(self, columns: Iterable[str]) -> None:
         handle = open(self.path / METRICS_FILE, "w", newline="", encoding="utf-8")
         self._metrics_handle = handle
-        self._metrics_writer = csv.DictWriter(handle, fieldnames=list(columns))
+        self._metrics_writer = _metrics_writer(handle, columns)
         self._metrics_writer.writeheader()
         handle.flush()
 
@@ -195,7 +197,7 @@ class RunDir:
         """Keep the header and the first ``keep_rows`` rows (those the checkpoint knows
         of; a row written after it is dropped and will be written again), then append."""
         path = self.path / METRICS_FILE
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.exists() else []
+        lines = path.read_bytes().decode("utf-8").splitlines(keepends=True) if path.exists() else []
         header = ",".join(columns) + "\n"
         if lines and lines[0] != header:
             raise FloodError(f"{path} has other columns than this run writes; it cannot be resumed")
@@ -205,7 +207,7 @@ class RunDir:
         atomic_write_text(path, header + "".join(kept))
         handle = open(path, "a", newline="", encoding="utf-8")
         self._metrics_handle = handle
-        self._metrics_writer = csv.DictWriter(handle, fieldnames=list(columns))
+        self._metrics_writer = _metrics_writer(handle, columns)
         return read_metrics(path)
 
     def append_metrics(self, row: dict[str, Any]) -> None:
@@ -214,6 +216,28 @@ class RunDir:
         # Flushed row by row: a crash or kill later keeps every row written so far.
         self._metrics_handle.flush()
         os.fsync(self._metrics_handle.fileno())
+
+    # -- best model -----------------------------------------------------------
+    def replace_best_model(self, write: Callable[[Path], None]) -> None:
+        """Make ``best_model`` the folder that ``write(folder)`` fills, atomically.
+
+        ``best_model`` is a relative symbolic link to a hidden folder beside it. A new best
+        is written to a fresh folder, then a new link is renamed over the old one: a
+        reader (or a process killed at any moment) always finds a whole model under
+        ``best_model``, the old one or the new one. Folders no link points to are removed."""
+        fresh = Path(tempfile.mkdtemp(prefix=f".{BEST_MODEL_DIR}-", dir=self.path))
+        os.chmod(fresh, 0o777 & ~_UMASK)
+        write(fresh)
+        link = self.path / BEST_MODEL_DIR
+        if link.is_dir() and not link.is_symlink():  # a real folder (written by hand): moved aside
+            link.rename(self.path / f".{BEST_MODEL_DIR}-replaced-{time.time_ns()}")
+        staging = self.path / f".{BEST_MODEL_DIR}.link.tmp"
+        staging.unlink(missing_ok=True)
+        os.symlink(fresh.name, staging)
+        os.replace(staging, link)
+        for old in self.path.glob(f".{BEST_MODEL_DIR}-*"):
+            if old.name != fresh.name:
+                shutil.rmtree(old, ignore_errors=True)
 
     def close(self) -> None:
         if self._metrics_handle is not None:
@@ -236,6 +260,11 @@ class RunDir:
         self.summary["wall_time_s"] = round(time.time() - self.started, 3)
         self.summary["updated_at"] = now_iso()
         atomic_write_text(self.path / SUMMARY_FILE, json.dumps(self.summary, indent=2, allow_nan=True) + "\n")
+
+
+def _metrics_writer(handle: IO[str], columns: Iterable[str]) -> csv.DictWriter:
+    # "\n" line ends, whether the file is new or resumed (csv's default is "\r\n").
+    return csv.DictWriter(handle, fieldnames=list(columns), lineterminator="\n")
 
 
 def _format_value(value: Any) -> Any:
