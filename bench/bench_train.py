@@ -43,7 +43,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from flood_cli.config import load_config  # noqa: E402
-from flood_cli.train import NullReporter, Trainer, evaluate  # noqa: E402
+from flood_cli.train import NullReporter, Trainer  # noqa: E402
 
 SHIPPED = ROOT / "data" / "spam-assassin-small.csv"
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
@@ -109,11 +109,10 @@ def synchronize(device: str) -> None:
 
 
 def batch_stream(trainer: Trainer):
-    """The training batches, epoch after epoch, as the loop draws them."""
+    """The training steps (plan and micro-batches), epoch after epoch, as the loop draws them."""
     epoch = 0
     while True:
-        trainer.train_loader.set_epoch(epoch)
-        yield from trainer.train_loader
+        yield from trainer.epoch_steps(epoch)
         epoch += 1
 
 
@@ -124,23 +123,23 @@ def time_flood(cfg: Any, workload: dict[str, Any], device: str) -> dict[str, flo
     samples = tokens = 0
     start = 0.0
     for index in range(workload["warmup"] + workload["steps"]):
-        batch = next(stream)
+        step, micro_batches = next(stream)
         if index == workload["warmup"]:
             synchronize(device)
             start = time.perf_counter()
         if index >= workload["warmup"]:
-            samples += int(batch["labels"].shape[0])
-            tokens += int(batch["input_ids"].numel())
-        trainer.train_step([batch])
+            samples += step.examples
+            tokens += sum(int(batch["input_ids"].numel()) for batch in micro_batches)
+        trainer.train_step(step, micro_batches)
         trainer.progress.step += 1
     synchronize(device)
     elapsed = time.perf_counter() - start
 
     # Evaluation over the validation split, timed the same way.
-    evaluate(trainer.model, trainer.eval_loaders["val"], trainer.accelerator)  # warm-up
+    trainer.evaluate("val")  # warm-up
     synchronize(device)
     eval_start = time.perf_counter()
-    evaluate(trainer.model, trainer.eval_loaders["val"], trainer.accelerator)
+    trainer.evaluate("val")
     synchronize(device)
     eval_elapsed = time.perf_counter() - eval_start
     return {
@@ -166,7 +165,7 @@ def cuda_syncs_per_step(trainer: Trainer, stream: Any, steps: int = 5) -> float 
         torch.cuda.set_sync_debug_mode("warn")
         try:
             for batch in batches:
-                trainer.train_step([batch])
+                trainer.train_step(*batch)
                 trainer.progress.step += 1
         finally:
             torch.cuda.set_sync_debug_mode("default")
@@ -190,7 +189,7 @@ def paired_mode_overhead(name: str, device: str, rounds: int, block: int, compil
         per_step: dict[str, list[float]] = {mode: [] for mode in trainers}
         for _ in range(workload["warmup"]):
             for mode, trainer in trainers.items():
-                trainer.train_step([next(streams[mode])])
+                trainer.train_step(*next(streams[mode]))
                 trainer.progress.step += 1
         # Counted after the warm-up: lazy optimizer state and compilation are one-offs.
         syncs = {mode: cuda_syncs_per_step(trainers[mode], streams[mode]) for mode in trainers}
@@ -203,7 +202,7 @@ def paired_mode_overhead(name: str, device: str, rounds: int, block: int, compil
                 synchronize(device)
                 start = time.perf_counter()
                 for batch in batches:
-                    trainer.train_step([batch])
+                    trainer.train_step(*batch)
                     trainer.progress.step += 1
                 synchronize(device)
                 per_step[mode].append((time.perf_counter() - start) / block)

@@ -1,10 +1,16 @@
 """Training checkpoints: everything needed for a resumed run to give the same numbers
 as one that never stopped, written atomically (temporary file, fsync, rename), in a
-background thread while training goes on."""
+background thread while training goes on.
+
+A checkpoint holds only tensors and plain containers (dicts, lists, tuples, numbers,
+strings), so it is read with ``torch.load(weights_only=True)``: a ``last.pt`` from
+someone else can hold data, never code that runs when it is loaded.
+"""
 
 from __future__ import annotations
 
 import copy
+import pickle
 import random
 import threading
 from pathlib import Path
@@ -12,20 +18,23 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from flood_cli.errors import FloodError
 from flood_cli.runs import atomic_write
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
-FORMAT = 1
+FORMAT = 2  # 2: loadable with weights_only=True; RNG states and interval figures per process
 
 
 def capture_rng() -> dict[str, Any]:
-    """Every random state the loop touches: dropout draws from torch's generators."""
+    """Every random state of this process that the loop touches (dropout draws from
+    torch's generators), as tensors and plain containers."""
     state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
     try:
         import numpy
 
-        state["numpy"] = numpy.random.get_state()
+        name, keys, position, has_gauss, cached_gaussian = numpy.random.get_state()
+        state["numpy"] = (name, torch.from_numpy(keys.astype(numpy.int64)), position, has_gauss, cached_gaussian)
     except ImportError:
         pass
     if torch.cuda.is_available():
@@ -34,12 +43,14 @@ def capture_rng() -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
     torch.set_rng_state(state["torch"])
     if "numpy" in state:
         import numpy
 
-        numpy.random.set_state(state["numpy"])
+        name, keys, position, has_gauss, cached_gaussian = state["numpy"]
+        numpy.random.set_state((name, keys.numpy().astype(numpy.uint32), position, has_gauss, cached_gaussian))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -55,10 +66,28 @@ def save(path: Path, payload: dict[str, Any]) -> None:
 
 
 def load(path: Path) -> dict[str, Any]:
-    # weights_only=False: the payload holds RNG states (tuples, numpy arrays) that we wrote.
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    if payload.get("format") != FORMAT:
-        raise ValueError(f"checkpoint format {payload.get('format')} is not {FORMAT}")
+    """Read a checkpoint as data only (weights_only=True: no object in it is called)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise FloodError(
+            f"checkpoint {path} is not a flood checkpoint (it holds objects flood does not load: {reason}); "
+            "start the run again, or resume only checkpoints you trust were written by flood"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.strerror:
+            raise
+        raise FloodError(
+            f"checkpoint {path} is damaged and cannot be read ({' '.join(str(exc).split())[:160]}); "
+            "start the run again (its metrics.csv keeps the rows written so far)"
+        ) from None
+    version = payload.get("format") if isinstance(payload, dict) else None
+    if version != FORMAT:
+        raise FloodError(
+            f"checkpoint {path} has format {version!r}, not {FORMAT} (written by another version of flood); "
+            "start the run again with this version"
+        )
     return payload
 
 

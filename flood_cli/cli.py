@@ -51,6 +51,8 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except typer.Exit:
             raise
         except RunInterrupted as exc:
+            if not exc.report:
+                raise typer.Exit(EXIT_INTERRUPTED)
             typer.echo(f"interrupted: {exc}; checkpoint written", err=True)
             if exc.run_dir is not None:
                 typer.echo(f"resume with: flood train --resume {exc.run_dir}", err=True)

@@ -9,6 +9,7 @@ per-example dataset access in the hot loop.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from flood_cli.errors import FloodError
 
 FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 LABELS = "labels"
+INDEX = "index"
 
 
 @dataclass
@@ -69,7 +71,13 @@ def _read_file(path_str: str, role: str) -> Any:
     options: dict[str, Any] = {"sep": "\t"} if path.suffix.lower() == ".tsv" else {}
     try:
         with _datasets_quiet():
-            split = load_dataset(builder, data_files={"data": str(path)}, split="data", **options)
+            # Datasets keys its cache of a local file by path and modification time, so a
+            # file rewritten with the same size and mtime (cp -p, rsync -t, tar) would be
+            # served with its old content. Naming the config after the content's hash keys
+            # the cache, and the tokenized cache derived from it, by content.
+            split = load_dataset(
+                builder, name=f"flood-{content_hash(path)}", data_files={"data": str(path)}, split="data", **options
+            )
     except Exception as exc:  # datasets/pandas/pyarrow raise many types for bad files
         raise _read_error(exc, path, role) from None
     if builder == "csv" and "__index_level_0__" in split.column_names:
@@ -80,6 +88,15 @@ def _read_file(path_str: str, role: str) -> Any:
             f"quote texts that contain {_separator_name(path)}s (\"like, this\") or fix the header"
         )
     return split
+
+
+def content_hash(path: Path) -> str:
+    """A short hash of a file's bytes (BLAKE2b reads at about 1 GB/s)."""
+    digest = hashlib.blake2b(digest_size=12)
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @contextmanager
@@ -393,6 +410,7 @@ def _check_stratifiable(ids: list[int], label_names: list[str], cfg: DataConfig)
 
 class Collator:
     """Pads a batch of example indices to its longest sequence (rounded up to a multiple).
+    ``with_index`` adds the example indices to the batch (under ``INDEX``).
 
     ``attention`` says how the padding mask travels:
 
@@ -408,7 +426,12 @@ class Collator:
     """
 
     def __init__(
-        self, split: TokenizedSplit, pad_token_id: int, pad_to_multiple_of: Optional[int] = None, attention: str = "2d"
+        self,
+        split: TokenizedSplit,
+        pad_token_id: int,
+        pad_to_multiple_of: Optional[int] = None,
+        attention: str = "2d",
+        with_index: bool = False,
     ):
         if attention not in ("2d", "sdpa"):
             raise ValueError(f"unknown attention mask format {attention!r}")
@@ -416,6 +439,7 @@ class Collator:
         self.pad_token_id = pad_token_id
         self.multiple = pad_to_multiple_of or 1
         self.attention = attention
+        self.with_index = with_index
 
     def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         rows = [self.split.input_ids[i] for i in indices]
@@ -432,6 +456,8 @@ class Collator:
         if self.split.token_type_ids is not None:
             types = [self.split.token_type_ids[i] for i in indices]
             batch["token_type_ids"] = torch.tensor([t + [0] * (length - len(t)) for t in types], dtype=torch.long)
+        if self.with_index:  # where each example's score goes (evaluation); travels with the batch
+            batch[INDEX] = torch.tensor(indices, dtype=torch.long)
         return batch
 
 
@@ -456,8 +482,12 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order(self.epoch))
+
+    def order(self, epoch: int) -> list[int]:
+        """The example order of ``epoch``."""
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(self.size, generator=generator).tolist()
         if self.lengths is not None:
             chunk = self.MEGA_BATCH * self.batch_size
@@ -467,7 +497,7 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
                 for start in range(0, len(order), chunk)
                 for index in sorted(order[start : start + chunk], key=lambda i: -lengths[i])
             ]
-        return iter(order)
+        return order
 
     def __len__(self) -> int:
         return self.size
@@ -477,3 +507,64 @@ def length_sorted_batches(split: TokenizedSplit, batch_size: int) -> list[list[i
     """Evaluation batches of similar lengths: less padding, same per-example losses."""
     order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def eval_shard(batches: list[list[int]], num_processes: int, rank: int) -> list[list[int]]:
+    """This process's evaluation batches: every ``num_processes``-th whole batch, so that
+    the processes together score every example exactly once (and, the batches being
+    length-sorted, get similar amounts of work). A process may get none."""
+    return batches[rank::num_processes]
+
+
+@dataclass(frozen=True)
+class StepBatches:
+    """One optimizer step as one process sees it.
+
+    ``examples`` counts the step's examples over every process: each micro-batch's summed
+    loss is divided by it, so the gradient is that of the step's mean loss however the
+    step is split. ``micro_batches`` are this process's, each of at most ``batch_size``.
+    A process that has none of the step's examples (the last step of an epoch can hold
+    fewer examples than there are processes) still has to join the gradient all-reduce:
+    it gets the step's first example as a ``placeholder`` whose loss counts zero times."""
+
+    examples: int
+    micro_batches: tuple[tuple[int, ...], ...]
+    placeholder: bool = False
+
+    @property
+    def local_examples(self) -> int:
+        return 0 if self.placeholder else sum(len(batch) for batch in self.micro_batches)
+
+
+def shard_bounds(size: int, parts: int, index: int) -> tuple[int, int]:
+    """``[start, stop)`` of part ``index`` when ``size`` items are cut into ``parts``
+    contiguous parts whose sizes differ by at most one (the first ones are larger)."""
+    base, extra = divmod(size, parts)
+    start = index * base + min(index, extra)
+    return start, start + base + (1 if index < extra else 0)
+
+
+def plan_steps(
+    order: list[int], batch_size: int, grad_accum_steps: int, num_processes: int = 1, rank: int = 0
+) -> list[StepBatches]:
+    """Cut an epoch's example order into optimizer steps of ``batch_size ×
+    grad_accum_steps × num_processes`` examples (the last one shorter when the split
+    does not divide), and give this process its share of each step.
+
+    A step's examples are split into ``num_processes`` contiguous near-equal shards and
+    each shard into micro-batches of ``batch_size``: with one process this is the
+    order cut into consecutive batches, and with several the same steps, each shared
+    out. Every process computes the same plan from the same order, so all of them know
+    every step's example count without talking to each other."""
+    per_step = batch_size * grad_accum_steps * num_processes
+    steps = []
+    for start in range(0, len(order), per_step):
+        step = order[start : start + per_step]
+        first, stop = shard_bounds(len(step), num_processes, rank)
+        mine = step[first:stop]
+        if mine:
+            micro = tuple(tuple(mine[i : i + batch_size]) for i in range(0, len(mine), batch_size))
+            steps.append(StepBatches(len(step), micro))
+        else:
+            steps.append(StepBatches(len(step), ((step[0],),), placeholder=True))
+    return steps

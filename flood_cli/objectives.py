@@ -7,9 +7,9 @@ Each mode answers, for one optimizer step, the questions the loop asks:
   factor (+1 or -1, a Python float or a 0-dim tensor kept on the device) that the
   already computed gradient of the plain mean loss is multiplied by;
 * ``optimizer_index(step)``: 0, or 1 for the ascent optimizer of mode alternate;
-* ``ascent(step, sign)`` and ``objective(step, step_loss, sign)``: what to log;
-* ``sign_reads_loss``: whether the sign depends on the step's loss (then, under data
-  parallelism, the loss must first be averaged over every process).
+* ``ascent(step, sign)`` and ``objective(step, step_loss, sign)``: what to log.
+
+``step_loss`` is the mean loss of the step's examples over every process.
 
 Working on the gradient rather than on the loss keeps flooding exact under gradient
 accumulation and data parallelism: ``d/dθ (|L − b| + b) = sign(L − b) · ∇L``, where
@@ -59,7 +59,6 @@ class Baseline:
 
     lr: float
     name: str = "baseline"
-    sign_reads_loss = False
 
     def learning_rate(self, step: int, scale: float) -> float:
         return self.lr * scale
@@ -84,7 +83,6 @@ class Flooding:
     lr: float
     flood_level: float
     name: str = "flooding"
-    sign_reads_loss = True
 
     def learning_rate(self, step: int, scale: float) -> float:
         return self.lr * scale
@@ -123,7 +121,6 @@ class Alternate:
     ascent_lr: float
     ascent_optimizer: str = "separate"
     name: str = "alternate"
-    sign_reads_loss = False
 
     @staticmethod
     def is_ascent(step: int) -> bool:

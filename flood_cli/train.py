@@ -5,6 +5,13 @@ is decided once, as an object from ``objectives``; the loop only asks it for the
 learning rate and the gradient sign of each step. Per-step figures are accumulated on
 the device and read once per evaluation, so the hot path has no host-device sync.
 
+Batches are shared out by the loop itself, not by Accelerate's data loaders: every
+process computes the same plan of optimizer steps from the (seed, epoch) order, takes
+its share of each step and knows each step's example count over all processes. That is
+what keeps the numbers exact on any split size and process count: a step's gradient is
+that of its mean loss even when the shards are uneven, no example is repeated to even
+them out, and every evaluation scores each example of its split exactly once.
+
 A run checkpoints at every evaluation (and every ``output.checkpoint_every`` steps):
 model, optimizer, scaler, RNG states, data position and the figures since the last
 evaluation, snapshot to the CPU and written by a background thread. The data order
@@ -16,7 +23,6 @@ from __future__ import annotations
 
 import math
 import platform
-import shutil
 import signal
 import threading
 import time
@@ -30,12 +36,23 @@ import torch.nn.functional as F
 
 from flood_cli import __version__, checkpoint
 from flood_cli.config import Config, RuntimeConfig, TrainConfig, load_config
-from flood_cli.data import Collator, EpochShuffleSampler, PreparedData, TokenizedSplit, length_sorted_batches, prepare_data
+from flood_cli.data import (
+    INDEX,
+    LABELS,
+    Collator,
+    EpochShuffleSampler,
+    PreparedData,
+    StepBatches,
+    TokenizedSplit,
+    eval_shard,
+    length_sorted_batches,
+    plan_steps,
+    prepare_data,
+)
 from flood_cli.errors import FloodError, RunInterrupted
 from flood_cli.model import attention_format, build_model, load_tokenizer, quiet_transformers
 from flood_cli.objectives import Mode, clip_and_sign, lr_scale, make_mode
 from flood_cli.runs import (
-    BEST_MODEL_DIR,
     CONFIG_FILE,
     METRICS_COLUMNS,
     TEST_COLUMNS,
@@ -83,6 +100,12 @@ class RunResult:
     is_main_process: bool = True
 
 
+# Accelerate set-ups that shard the model or its gradients. Flooding's sign, clipping
+# and the ascent steps work on whole gradients after the all-reduce; under these each
+# process would hold only a shard of them.
+SHARDED = {"DEEPSPEED": "DeepSpeed", "FSDP": "FSDP", "MEGATRON_LM": "Megatron-LM", "XLA": "XLA"}
+
+
 # ---------------------------------------------------------------------------
 # Set-up pieces
 
@@ -104,12 +127,20 @@ def make_accelerator(runtime: RuntimeConfig) -> Any:
     # Several runs in one process (tests, sweeps) each get a fresh Accelerate state.
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=use_cpu,
         mixed_precision="no" if precision == "fp32" else precision,
         # Host-to-device copies of pinned batches overlap with compute.
         dataloader_config=DataLoaderConfiguration(non_blocking=not use_cpu),
     )
+    sharded = SHARDED.get(str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type)))
+    if sharded is not None:
+        raise FloodError(
+            f"accelerate is configured for {sharded}, which flood does not support (flooding, clipping and ascent steps "
+            "need whole gradients on every process); launch with a plain multi-GPU config (`accelerate config`: "
+            "no DeepSpeed/FSDP) or with torchrun"
+        )
+    return accelerator
 
 
 def make_optimizer(
@@ -152,59 +183,122 @@ def step_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 # Evaluation
 
 
+class EvalSplit:
+    """One evaluation split and this process's share of it: whole length-sorted batches,
+    every ``num_processes``-th one, so that the processes together score each example
+    exactly once (a process may have none)."""
+
+    def __init__(
+        self, split: TokenizedSplit, batch_size: int, collate: Collator, workers: int, pin: bool, num_processes: int, rank: int
+    ):
+        self.size = len(split)
+        self.batches = eval_shard(length_sorted_batches(split, batch_size), num_processes, rank)
+        self.loader = torch.utils.data.DataLoader(
+            list(range(self.size)),
+            batch_sampler=self.batches,
+            collate_fn=collate,
+            num_workers=workers,
+            pin_memory=pin,
+            generator=torch.Generator().manual_seed(0),  # leaves the global RNG (dropout) alone
+        )
+
+
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, loader: Any, accelerator: Any) -> dict[str, float]:
-    """Mean loss, accuracy, and the share of the loss carried by the worst 10 % of examples."""
+def evaluate(model: torch.nn.Module, split: EvalSplit, accelerator: Any) -> dict[str, float]:
+    """Mean loss, accuracy, and the share of the loss carried by the worst 10 % of
+    examples, over every example of the split exactly once.
+
+    Each process writes the loss and correctness of the examples it scores into a
+    split-sized table at their own indices, and the tables are summed across processes.
+    Not ``gather_for_metrics``: it trims the gathered tensor to the remainder of
+    whichever prepared loader Accelerate last saw end (the training loader, when this
+    runs at the end of an epoch), and it assumes evenly padded shards; with
+    variable-size batches it dropped or repeated examples. An index table is exact
+    whatever the batch sizes, split size or process count, and every process gets the
+    same figures."""
+    device = accelerator.device
+    scores = torch.zeros((split.size, 2), dtype=torch.float64, device=device)  # loss, correct
     model.eval()
-    losses, correct = [], []
-    for batch in loader:
-        labels = batch.pop("labels")
+    for batch in split.loader:
+        batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+        labels, index = batch.pop(LABELS), batch.pop(INDEX)
         logits = model(**batch).logits.float()
-        losses.append(F.cross_entropy(logits, labels, reduction="none"))
-        correct.append(logits.argmax(dim=-1) == labels)
+        scores[index, 0] = F.cross_entropy(logits, labels, reduction="none").double()
+        scores[index, 1] = (logits.argmax(dim=-1) == labels).double()
     model.train()
-    all_losses = accelerator.gather_for_metrics(torch.cat(losses))
-    all_correct = accelerator.gather_for_metrics(torch.cat(correct))
-    total = all_losses.sum()
-    worst = max(1, math.ceil(0.1 * all_losses.numel()))
-    top_share = torch.topk(all_losses, worst).values.sum() / total.clamp_min(1e-12)
+    if accelerator.num_processes > 1:
+        scores = accelerator.reduce(scores, reduction="sum")  # each row is non-zero on one process only
+    losses, correct = scores[:, 0], scores[:, 1].sum()
+    total = losses.sum()
+    worst = max(1, math.ceil(0.1 * split.size))
+    top_share = torch.topk(losses, worst).values.sum() / total.clamp_min(1e-12)
+    loss, correct_count, share = torch.stack([total / split.size, correct, top_share]).tolist()
     return {
-        "loss": (total / all_losses.numel()).item(),
-        "accuracy": all_correct.double().mean().item(),
-        "top10_share": top_share.item(),
+        "loss": loss,
+        "accuracy": correct_count / split.size,
+        "top10_share": share,
+        "correct": int(round(correct_count)),
+        "examples": split.size,
     }
-
-
-def _eval_loader(split: TokenizedSplit, batch_size: int, collate: Collator, workers: int, pin: bool) -> Any:
-    return torch.utils.data.DataLoader(
-        list(range(len(split))),
-        # Length-sorted batches as a batch sampler, which Accelerate shards across processes.
-        batch_sampler=length_sorted_batches(split, batch_size),
-        collate_fn=collate,
-        num_workers=workers,
-        pin_memory=pin,
-        generator=torch.Generator().manual_seed(0),  # leaves the global RNG (dropout) alone
-    )
 
 
 # ---------------------------------------------------------------------------
 # Stopping cleanly
 
 
+class StopRequest:
+    """SIGINT/SIGTERM ask the loop to stop after the current step; a second one stops at once.
+
+    With several processes a signal may reach one of them only, or each at a different
+    step; a process that stopped alone would leave the others waiting in the next
+    all-reduce. So the processes agree: after each step every one contributes its flag
+    to an all-reduce (max) on a small CPU (gloo) group, started without waiting and
+    read one step later, and all of them stop after the same step. The flag's reduce
+    never touches the GPU, and reading it a step late means no process waits for it."""
+
+    def __init__(self, num_processes: int):
+        self.signal: Optional[int] = None
+        self._group: Any = None
+        self._pending: Any = None
+        self._flag = torch.zeros(1, dtype=torch.int32)
+        if num_processes > 1:
+            import torch.distributed as dist
+
+            self._group = dist.new_group(backend="gloo")  # collective: every process creates it here
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def agreed(self) -> Optional[int]:
+        """The signal every process stops for after this step, or None to go on."""
+        if self._group is None:
+            return self.signal
+        import torch.distributed as dist
+
+        if self._pending is not None:
+            self._pending.wait()
+            self._pending = None
+            if self._flag.item():
+                return int(self._flag.item())
+        self._flag = torch.tensor([self.signal or 0], dtype=torch.int32)
+        self._pending = dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
+        return None
+
+    def close(self) -> None:
+        if self._pending is not None:
+            self._pending.wait()
+            self._pending = None
+
+
 @contextmanager
-def stop_requests() -> Iterator[dict[str, Optional[int]]]:
-    """SIGINT/SIGTERM ask the loop to stop after the current step; a second one stops at once."""
-    request: dict[str, Optional[int]] = {"signal": None}
+def stop_requests(num_processes: int = 1) -> Iterator[StopRequest]:
+    request = StopRequest(num_processes)
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
-
-    def handle(signum: int, frame: Any) -> None:
-        if request["signal"] is not None:
-            raise KeyboardInterrupt
-        request["signal"] = signum
-
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, request.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield request
     finally:
@@ -282,8 +376,11 @@ class Trainer:
 
         quiet_transformers()
         reporter.message("loading tokenizer and data")
-        self.tokenizer = load_tokenizer(cfg.model)
-        self.data: PreparedData = prepare_data(cfg.data, self.tokenizer)
+        # The main process reads and tokenizes first, filling Datasets' cache; the others
+        # then read the cache instead of writing it at the same time.
+        with self.accelerator.main_process_first():
+            self.tokenizer = load_tokenizer(cfg.model)
+            self.data: PreparedData = prepare_data(cfg.data, self.tokenizer)
 
         # The seed is set before the model is built: it fixes the classifier head's init.
         set_seed(cfg.train.seed)
@@ -298,24 +395,20 @@ class Trainer:
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         multiple = cfg.runtime.pad_to_multiple_of
         attention = attention_format(model)
-        pin = self.accelerator.device.type == "cuda"  # pinned batches copy to the GPU without blocking
+        self.pin = self.accelerator.device.type == "cuda"  # pinned batches copy to the GPU without blocking
+        processes, rank = self.accelerator.num_processes, self.accelerator.process_index
         lengths = [len(ids) for ids in self.data.train.input_ids] if cfg.train.group_by_length else None
-        # Its epoch is set through the prepared loader (Accelerate passes it on), see fit().
-        sampler = EpochShuffleSampler(len(self.data.train), cfg.train.seed, lengths, cfg.train.batch_size)
-        train_loader = torch.utils.data.DataLoader(
-            list(range(len(self.data.train))),
-            batch_size=cfg.train.batch_size,
-            sampler=sampler,
-            collate_fn=Collator(self.data.train, pad_id, multiple, attention),
-            num_workers=cfg.runtime.num_workers,
-            pin_memory=pin,
-            # Its own generator: iterating a DataLoader draws a seed from the global RNG,
-            # which dropout uses too; with its own, a resumed run's draws stay aligned.
-            generator=torch.Generator().manual_seed(cfg.train.seed),
-        )
-        eval_loaders = {
-            role: _eval_loader(
-                split, cfg.train.eval_batch_size, Collator(split, pad_id, multiple, attention), cfg.runtime.num_workers, pin
+        self.order = EpochShuffleSampler(len(self.data.train), cfg.train.seed, lengths, cfg.train.batch_size)
+        self.collate = Collator(self.data.train, pad_id, multiple, attention)
+        self.eval_splits = {
+            role: EvalSplit(
+                split,
+                cfg.train.eval_batch_size,
+                Collator(split, pad_id, multiple, attention, with_index=True),
+                cfg.runtime.num_workers,
+                self.pin,
+                processes,
+                rank,
             )
             for role, split in (("val", self.data.validation), ("test", self.data.test))
             if split is not None
@@ -324,13 +417,15 @@ class Trainer:
         self.raw_model = model
         if cfg.runtime.compile:
             model = torch.compile(model)
-        self.model, self.train_loader, *self.optimizers = self.accelerator.prepare(model, train_loader, *optimizers)
-        self.eval_loaders = {role: self.accelerator.prepare(loader) for role, loader in eval_loaders.items()}
+        self.model, *self.optimizers = self.accelerator.prepare(model, *optimizers)
+        # Evaluation runs each process's own batches through the model without the DDP
+        # wrapper (whose forward may talk to the other processes); compiled and
+        # autocast as training is.
+        self.eval_model = self.accelerator.unwrap_model(self.model, keep_torch_compile=True)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
 
         train = cfg.train
-        self.batches_per_epoch = len(self.train_loader)
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / train.grad_accum_steps)
+        self.steps_per_epoch = math.ceil(len(self.data.train) / (train.batch_size * train.grad_accum_steps * processes))
         self.total_steps = self.steps_per_epoch * train.epochs
         self.warmup_steps = int(train.warmup_ratio * self.total_steps)
         self.eval_every = self.steps_per_epoch if train.eval_every == "epoch" else int(train.eval_every)
@@ -338,7 +433,6 @@ class Trainer:
         self.progress = Progress()
         self.rows: list[dict[str, Any]] = []
         self.run: Optional[RunDir] = None
-        self.pending_rng: Optional[dict[str, Any]] = None
         self.checkpoints = checkpoint.BackgroundWriter()
         self.started = time.time()
 
@@ -393,6 +487,12 @@ class Trainer:
     def reopen_run(self, run_dir: Path) -> None:
         """Continue a stopped run from its last checkpoint."""
         state = checkpoint.load(checkpoint.last_checkpoint(run_dir))
+        processes = self.accelerator.num_processes
+        if state["num_processes"] != processes:
+            raise FloodError(
+                f"run {run_dir} was trained by {state['num_processes']} process(es), this resume has {processes}; "
+                f"resume it with {state['num_processes']} (batch_size is per process, so the steps would differ)"
+            )
         if state["total_steps"] != self.total_steps:
             raise FloodError(
                 f"checkpoint of {run_dir} expects {state['total_steps']} steps but the data now gives {self.total_steps}; "
@@ -403,10 +503,12 @@ class Trainer:
             optimizer.load_state_dict(optimizer_state)
         if self.accelerator.scaler is not None and state.get("scaler") is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
-        self.interval.load_state_dict(state["interval"])
+        own = state["processes"][self.accelerator.process_index]
+        self.interval.load_state_dict(own["interval"])
         self.progress = Progress(**state["progress"])
-        # Restored once the epoch's data iterator exists: creating it draws from the RNG.
-        self.pending_rng = state["rng"]
+        # Each process's own RNG (dropout); nothing draws from it between here and the
+        # first step (the data loaders have generators of their own).
+        checkpoint.restore_rng(own["rng"])
         self.started = time.time() - self.progress.elapsed_before
         if self.accelerator.is_main_process:
             run = RunDir(run_dir)
@@ -433,7 +535,7 @@ class Trainer:
         # after an evaluation the interval is empty: evaluate_and_log has just checked).
         if self.interval.steps:
             self._stop_if_nonfinite(self.interval.read(self.accelerator)["train_loss"])
-        self.accelerator.wait_for_everyone()
+        processes = self._gather_process_states()
         if self.run is None:
             return
         self.progress.elapsed_before = time.time() - self.started
@@ -442,8 +544,8 @@ class Trainer:
                 "model": self.raw_model.state_dict(),
                 "optimizers": [optimizer.state_dict() for optimizer in self.optimizers],
                 "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None,
-                "rng": checkpoint.capture_rng(),
-                "interval": self.interval.state_dict(),
+                "processes": processes,
+                "num_processes": self.accelerator.num_processes,
                 "progress": vars(self.progress),
                 "total_steps": self.total_steps,
             }
@@ -455,30 +557,36 @@ class Trainer:
             lambda: run.write_summary(steps_completed=step, checkpoint_step=step),
         )
 
+    def _gather_process_states(self) -> list[dict[str, Any]]:
+        """What differs between processes, in process order, on the main process: the
+        RNG (each draws its own dropout masks) and the figures of its own examples
+        since the last evaluation (summed across processes only when read)."""
+        state = {"rng": checkpoint.capture_rng(), "interval": self.interval.state_dict()}
+        if self.accelerator.num_processes == 1:
+            return [state]
+        import torch.distributed as dist
+
+        gathered: Optional[list[Any]] = [None] * self.accelerator.num_processes if self.accelerator.is_main_process else None
+        dist.gather_object(state, gathered, dst=0)
+        return gathered or []
+
     # -- training ------------------------------------------------------------
     def fit(self) -> RunResult:
         train, progress, reporter = self.cfg.train, self.progress, self.reporter
         reporter.start(self.total_steps, self.steps_per_epoch, train.epochs)
         self.model.train()
-        with stop_requests() as stop:
+        with stop_requests(self.accelerator.num_processes) as stop:
             while progress.epoch < train.epochs:
-                skip = min(progress.steps_in_epoch * train.grad_accum_steps, self.batches_per_epoch)
-                loader = self.accelerator.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
-                # Accelerate's loader passes its epoch to our sampler when iterated; the
-                # epoch decides the data order, so it is set on the loader, every epoch.
-                loader.set_epoch(progress.epoch)
-                batches = iter(loader)
-                if self.pending_rng is not None:  # a resumed run: back to the checkpoint's RNG
-                    checkpoint.restore_rng(self.pending_rng)
-                    self.pending_rng = None
-                while progress.steps_in_epoch < self.steps_per_epoch:
-                    micro_batches = [batch for _, batch in zip(range(train.grad_accum_steps), batches)]
-                    self.train_step(micro_batches)
+                # A resumed run starts mid-epoch: the plan of an epoch depends only on
+                # (seed, epoch), so the steps already taken are simply passed over.
+                for step, micro_batches in self.epoch_steps(progress.epoch, progress.steps_in_epoch):
+                    self.train_step(step, micro_batches)
                     progress.step += 1
                     progress.steps_in_epoch += 1
                     self.after_step(stop)
                 progress.epoch += 1
                 progress.steps_in_epoch = 0
+            stop.close()
         self.checkpoints.wait()  # a run is complete once its last checkpoint is on disk
         if self.run is not None:
             self.run.write_summary(status="completed", finished_at=now_iso())
@@ -493,13 +601,37 @@ class Trainer:
             is_main_process=self.accelerator.is_main_process,
         )
 
-    def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> None:
-        """One optimizer step over its micro-batches, in the direction the mode asks for."""
+    def epoch_steps(self, epoch: int, start: int = 0) -> Iterator[tuple[StepBatches, list[dict[str, torch.Tensor]]]]:
+        """The optimizer steps of ``epoch`` from its step ``start`` on: each step's plan
+        and this process's micro-batches of it, on the device."""
+        train, accelerator = self.cfg.train, self.accelerator
+        order = self.order.order(epoch)
+        steps = plan_steps(order, train.batch_size, train.grad_accum_steps, accelerator.num_processes, accelerator.process_index)
+        steps = steps[start:]
+        loader = torch.utils.data.DataLoader(
+            list(range(len(self.data.train))),
+            batch_sampler=[list(batch) for step in steps for batch in step.micro_batches],
+            collate_fn=self.collate,
+            num_workers=self.cfg.runtime.num_workers,
+            pin_memory=self.pin,
+            # Its own generator: iterating a DataLoader draws a seed from the global RNG,
+            # which dropout uses too; with its own, a resumed run's draws stay aligned.
+            generator=torch.Generator().manual_seed(train.seed),
+        )
+        batches = iter(loader)
+        device = accelerator.device
+        for step in steps:
+            micro_batches = [next(batches) for _ in step.micro_batches]
+            yield step, [{key: value.to(device, non_blocking=True) for key, value in batch.items()} for batch in micro_batches]
+
+    def train_step(self, step_plan: StepBatches, micro_batches: list[dict[str, torch.Tensor]]) -> None:
+        """One optimizer step over this process's micro-batches, in the direction the mode asks for."""
         accelerator, train, step = self.accelerator, self.cfg.train, self.progress.step
-        # A step's micro-batches are drawn first, so that each one's loss can be weighted
-        # by its share of the step's examples: the accumulated gradient is then exactly
-        # that of the step's mean loss.
-        step_examples = sum(int(b["labels"].shape[0]) for b in micro_batches)
+        # Each micro-batch's summed loss is divided by the step's example count over all
+        # processes (times the process count, as DDP averages gradients over processes):
+        # the accumulated gradient is then exactly that of the step's mean loss, however
+        # unevenly the step is shared out.
+        divisor = step_plan.examples / accelerator.num_processes
 
         # The learning rate is set on the param groups each step (the mode may switch it).
         optimizer = self.optimizers[self.mode.optimizer_index(step)]
@@ -513,17 +645,20 @@ class Trainer:
             # Gradients are synchronised across processes once, on the last micro-batch.
             last = index == len(micro_batches) - 1
             with nullcontext() if last else accelerator.no_sync(self.model):
-                labels = batch.pop("labels")
+                labels = batch.pop(LABELS)
                 logits = self.model(**batch).logits
                 micro_loss = step_loss_sum(logits, labels)
-                accelerator.backward(micro_loss / step_examples)
-            loss_sum += micro_loss.detach()
-            correct += (logits.detach().argmax(dim=-1) == labels).sum()
+                if step_plan.placeholder:  # joins the gradient all-reduce, contributing zero
+                    micro_loss = micro_loss * 0.0
+                accelerator.backward(micro_loss / divisor)
+            if not step_plan.placeholder:
+                loss_sum += micro_loss.detach()
+                correct += (logits.detach().argmax(dim=-1) == labels).sum()
 
-        step_loss = loss_sum / step_examples
-        if accelerator.num_processes > 1 and self.mode.sign_reads_loss:
-            # Flooding compares the mean loss of the whole step, all processes, with b.
-            step_loss = accelerator.reduce(step_loss, reduction="mean")
+        # The step's mean loss over every process: flooding's sign and the skip decision
+        # are then the same on all of them (a small all-reduce, no host sync).
+        total_loss = accelerator.reduce(loss_sum, reduction="sum") if accelerator.num_processes > 1 else loss_sum
+        step_loss = total_loss / step_plan.examples
         if not self._finite_or_skip(step_loss, optimizer):
             return
 
@@ -537,9 +672,9 @@ class Trainer:
         interval = self.interval
         interval.loss_sum += loss_sum
         interval.correct += correct
-        interval.objective_sum += self.mode.objective(step, step_loss, sign).detach() * step_examples
+        interval.objective_sum += self.mode.objective(step, step_loss, sign).detach() * step_plan.local_examples
         interval.ascent_steps += self.mode.ascent(step, sign)
-        interval.examples += step_examples
+        interval.examples += step_plan.local_examples
         interval.steps += 1
 
         every = self.reporter.live_loss_every
@@ -565,29 +700,28 @@ class Trainer:
         self.interval.skipped += 1
         return False
 
-    def after_step(self, stop: dict[str, Optional[int]]) -> None:
+    def after_step(self, stop: StopRequest) -> None:
         step, output = self.progress.step, self.cfg.output
         self.checkpoints.poll()
         evaluated = step % self.eval_every == 0 or step == self.total_steps
         if evaluated:
             self.evaluate_and_log()
-        if evaluated or (output.checkpoint_every and step % output.checkpoint_every == 0):
+        stop_signal = stop.agreed()
+        if evaluated or stop_signal or (output.checkpoint_every and step % output.checkpoint_every == 0):
             self.save_checkpoint()
-        if stop["signal"] is not None:
-            if not evaluated:
-                self.save_checkpoint()
+        if stop_signal:
             self.checkpoints.wait()  # "checkpoint written" must be true when it is said
-            name = signal.Signals(stop["signal"]).name
+            name = signal.Signals(stop_signal).name
             if self.run is not None:
                 self.run.write_summary(status="interrupted", error=f"stopped by {name}", finished_at=now_iso())
-            raise RunInterrupted(self.run.path if self.run else None, step, name)
+            raise RunInterrupted(self.run.path if self.run else None, step, name, report=self.accelerator.is_main_process)
 
     def evaluate_and_log(self) -> None:
         progress = self.progress
         figures = self.interval.read(self.accelerator)
         self._stop_if_nonfinite(figures["train_loss"])
         self.interval.reset()
-        val = evaluate(self.model, self.eval_loaders["val"], self.accelerator)
+        val = self.evaluate("val")
         row: dict[str, Any] = {
             "epoch": round(progress.step / self.steps_per_epoch, 4),
             "step": progress.step,
@@ -600,8 +734,8 @@ class Trainer:
             "val_loss_top10_share": val["top10_share"],
             "elapsed_s": round(time.time() - self.started, 3),
         }
-        if "test" in self.eval_loaders:
-            test = evaluate(self.model, self.eval_loaders["test"], self.accelerator)
+        if "test" in self.eval_splits:
+            test = self.evaluate("test")
             row["test_loss"], row["test_accuracy"] = test["loss"], test["accuracy"]
         row = {key: row[key] for key in self.columns}
 
@@ -625,21 +759,21 @@ class Trainer:
             )
         self.reporter.evaluation(row)
 
+    def evaluate(self, role: str) -> dict[str, float]:
+        """Figures of the current model over the whole split ``role`` (val or test)."""
+        return evaluate(self.eval_model, self.eval_splits[role], self.accelerator)
+
     def _save_best(self) -> None:
         """Save the best model next to the metrics, replacing the previous best atomically."""
         self.accelerator.wait_for_everyone()
         if self.run is None:
             return
-        final = self.run.path / BEST_MODEL_DIR
-        staging = self.run.path / f".{BEST_MODEL_DIR}.tmp"
-        old = self.run.path / f".{BEST_MODEL_DIR}.old"
-        shutil.rmtree(staging, ignore_errors=True)
-        self.raw_model.save_pretrained(staging)
-        self.tokenizer.save_pretrained(staging)
-        if final.exists():
-            final.rename(old)
-        staging.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+
+        def write(folder: Path) -> None:
+            self.raw_model.save_pretrained(folder)
+            self.tokenizer.save_pretrained(folder)
+
+        self.run.replace_best_model(write)
 
 
 # ---------------------------------------------------------------------------

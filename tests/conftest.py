@@ -46,3 +46,14 @@ def write_config(folder: Path, config: dict, name: str = "cfg.yaml") -> Path:
 def config_file(tmp_path: Path) -> Path:
     """A small, valid config whose runs go to tmp_path/runs."""
     return write_config(tmp_path, small_config(output={"dir": str(tmp_path / "runs")}))
+
+
+def csv_bytes_without_time(run_dir: Path) -> list[bytes]:
+    """A run's metrics.csv as bytes, line by line, without the time column: what a resumed
+    run must reproduce exactly (line endings included)."""
+    from flood_cli.runs import TIME_COLUMNS
+
+    content = (run_dir / "metrics.csv").read_bytes()
+    lines = content.split(b"\n")
+    drop = lines[0].split(b",").index(TIME_COLUMNS[0].encode())
+    return [b",".join(f for i, f in enumerate(line.split(b",")) if i != drop) for line in lines]

@@ -11,10 +11,21 @@ from typing import Any, Union
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from flood_cli.config import DataConfig, ModelConfig
-from flood_cli.data import Collator, EpochShuffleSampler, TokenizedSplit, length_sorted_batches, prepare_data, read_splits
+from flood_cli.data import (
+    Collator,
+    EpochShuffleSampler,
+    TokenizedSplit,
+    eval_shard,
+    length_sorted_batches,
+    plan_steps,
+    prepare_data,
+    read_splits,
+)
 from flood_cli.errors import FloodError
 from flood_cli.model import load_tokenizer
 
@@ -423,6 +434,53 @@ def test_length_sorted_batches_cover_every_index_once():
     flat = [i for b in batches for i in b]
     assert sorted(flat) == list(range(len(lengths)))
     assert [lengths[i] for i in flat] == sorted(lengths)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    size=st.integers(1, 120), batch_size=st.integers(1, 9), accum=st.integers(1, 4), processes=st.integers(1, 5),
+    seed=st.integers(0, 3),
+)
+def test_the_step_plan_shares_every_example_out_once_on_any_size(size, batch_size, accum, processes, seed):
+    """Over all processes, an epoch's plan uses each example exactly once, in steps of
+    batch_size × accum × processes (the last one shorter); every process has at least
+    one micro-batch of every step, a placeholder only when the step has fewer examples
+    than processes; and shards differ by at most one example."""
+    order = list(EpochShuffleSampler(size, seed))
+    plans = [plan_steps(order, batch_size, accum, processes, rank) for rank in range(processes)]
+    per_step = batch_size * accum * processes
+    assert all(len(plan) == -(-size // per_step) for plan in plans)
+    used = []
+    for number, steps in enumerate(zip(*plans)):
+        examples = min(per_step, size - number * per_step)
+        assert {step.examples for step in steps} == {examples}
+        shards = [step.local_examples for step in steps]
+        assert sum(shards) == examples and max(shards) - min(shards) <= 1
+        for step in steps:
+            assert step.micro_batches and all(1 <= len(b) <= batch_size for b in step.micro_batches)
+            assert step.placeholder == (step.local_examples == 0)
+            if not step.placeholder:
+                used += [i for batch in step.micro_batches for i in batch]
+        assert any(step.placeholder for step in steps) == (examples < processes)
+    assert sorted(used) == list(range(size))
+
+
+def test_one_process_plans_the_order_in_consecutive_batches():
+    order = list(EpochShuffleSampler(23, 1))
+    plan = plan_steps(order, batch_size=4, grad_accum_steps=2)
+    assert [list(map(list, step.micro_batches)) for step in plan] == [
+        [order[0:4], order[4:8]], [order[8:12], order[12:16]], [order[16:20], order[20:23]]
+    ]
+    assert [step.examples for step in plan] == [8, 8, 7]
+
+
+@settings(max_examples=200, deadline=None)
+@given(size=st.integers(1, 80), batch_size=st.integers(1, 20), processes=st.integers(1, 6))
+def test_evaluation_shards_cover_every_example_once(size, batch_size, processes):
+    split = TokenizedSplit(input_ids=[[1] * (1 + (i * 7) % 13) for i in range(size)], labels=[0] * size)
+    batches = length_sorted_batches(split, batch_size)
+    scored = [i for rank in range(processes) for batch in eval_shard(batches, processes, rank) for i in batch]
+    assert sorted(scored) == list(range(size))
 
 
 # ---------------------------------------------------------------------------

@@ -1,10 +1,25 @@
-"""Data parallelism through Accelerate, on CPU with two processes (torchrun, gloo):
-two processes with batches of 8 must train like one process with batches of 16, and
-flooding must decide on the mean loss of the whole step, all processes together."""
+"""Data parallelism on CPU with two processes (gloo), on ragged sizes.
+
+Two processes with batches of 8 must train like one process with batches of 16: the
+same steps, each step's gradient that of its mean loss however unevenly it is shared
+out, flooding deciding on the mean loss of the whole step, every evaluation scoring
+each example once. Stopping (SIGKILL of both, SIGTERM of one) and skipping non-finite
+steps must keep the processes in step.
+
+The processes are started by hand (the environment torchrun sets), so that a test can
+signal one of them and read each one's exit code; one test goes through torchrun.
+"""
+
+from __future__ import annotations
 
 import csv
+import json
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,35 +28,224 @@ import yaml
 from flood_cli.config import load_config
 from flood_cli.runs import TIME_COLUMNS
 from flood_cli.train import run_training
-from tests.conftest import small_config, write_config
+from tests import oracle
+from tests.conftest import ROOT, SHIPPED_DATA, csv_bytes_without_time, small_config, write_config
+
+pytestmark = pytest.mark.distributed
 
 NO_DROPOUT = {"tiny": {"num_layers": 2, "hidden_size": 64, "num_heads": 2, "intermediate_size": 128, "dropout": 0.0}}
+FLOODING = {"mode": "flooding", "b": 0.68}
 
 
-def read_rows(run_dir: Path) -> list[dict]:
+@pytest.fixture(scope="module")
+def ragged(tmp_path_factory) -> dict[str, Path]:
+    """97 training examples: with 2 processes × 8 the last step of an epoch holds one
+    example, so one process has none of it. 37 validation examples in evaluation
+    batches of 16 (16, 16, 5): one process scores two batches, the other one."""
+    folder = tmp_path_factory.mktemp("ragged")
+    examples = oracle.read_examples(SHIPPED_DATA)
+    parts = {"train": examples[:97], "validation": examples[100:137], "test": examples[137:160]}
+    return {role: oracle.write_examples(folder / f"{role}.csv", part) for role, part in parts.items()}
+
+
+def config_for(tmp_path: Path, files: dict[str, Path], name: str, batch_size: int, **sections) -> Path:
+    config = small_config(**{"model": NO_DROPOUT, **sections})
+    config["data"].update(
+        train_file=str(files["train"]), validation_file=str(files["validation"]), test_file=str(files["test"]),
+        max_train_examples=None, max_val_examples=None,
+    )
+    config["train"].update(batch_size=batch_size, eval_batch_size=16)
+    config["output"].update(dir=str(tmp_path / "runs"), name=name)
+    return write_config(tmp_path, config, f"{name}.yaml")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_ranks(args: list[str], world: int = 2, python_code: str | None = None) -> list[subprocess.Popen]:
+    """`flood train ARGS` in ``world`` processes, with the variables torchrun sets."""
+    port = free_port()
+    processes = []
+    for rank in range(world):
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world), "PYTHONPATH": str(ROOT),
+            "OMP_NUM_THREADS": "1",
+        }
+        entry = ["-c", python_code] if python_code else ["-m", "flood_cli"]
+        processes.append(
+            subprocess.Popen([sys.executable, *entry, "train", "-q", *args], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    return processes
+
+
+def finish(processes: list[subprocess.Popen], timeout: float = 240) -> list[tuple[int, str, str]]:
+    results = []
+    deadline = time.time() + timeout
+    for process in processes:
+        try:
+            out, err = process.communicate(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            for other in processes:
+                other.kill()
+            raise AssertionError("the processes did not finish in time (a hang between ranks?)")
+        results.append((process.returncode, out, err))
+    return results
+
+
+def run_ranks(args: list[str], **kwargs) -> list[tuple[int, str, str]]:
+    results = finish(start_ranks(args, **kwargs))
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
+    return results
+
+
+def rows(run_dir: Path) -> list[dict[str, str]]:
     with open(run_dir / "metrics.csv", newline="") as handle:
         return [{k: v for k, v in row.items() if k not in TIME_COLUMNS} for row in csv.DictReader(handle)]
 
 
-@pytest.mark.timeout(300)
-def test_two_processes_train_like_one_process_with_the_combined_batch(tmp_path):
-    flooding = {"mode": "flooding", "b": 0.64}
-    single = small_config(model=NO_DROPOUT, train={**flooding, "batch_size": 16}, output={"dir": str(tmp_path / "runs"), "name": "single"})
-    reference = run_training(load_config(write_config(tmp_path, single, "single.yaml")))
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
 
-    parallel = small_config(model=NO_DROPOUT, train={**flooding, "batch_size": 8}, output={"dir": str(tmp_path / "runs"), "name": "ddp"})
-    config = write_config(tmp_path, parallel, "ddp.yaml")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "flood_cli", "train", "-c", str(config), "-q"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=280)
-    assert result.returncode == 0, result.stderr[-3000:]
+
+def wait_for_step(run_dir: Path, processes: list[subprocess.Popen], at_least: int, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert all(p.poll() is None for p in processes), "a process ended before it could be stopped"
+        try:
+            if summary(run_dir).get("steps_completed", 0) >= at_least:
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.005)
+    raise AssertionError("the run did not get far enough in time")
+
+
+@pytest.mark.timeout(400)
+def test_two_processes_train_like_one_with_the_combined_batch_on_ragged_sizes(tmp_path, ragged):
+    """Flooding, 97 / 37 / 23 examples, a checkpoint and best model: the CSV equals the
+    single-process run's, and best_model scores best_val_loss under the oracle."""
+    common = {"output": {"save_best_model": True}, "train": {**FLOODING, "eval_every": 4}}
+    reference = run_training(load_config(config_for(tmp_path, ragged, "single", 16, **common)))
+    run_ranks(["-c", str(config_for(tmp_path, ragged, "ddp", 8, **common))])
     run_dir = tmp_path / "runs" / "ddp"
-    assert result.stdout.splitlines()[0] == f"run folder: {run_dir}"  # reported once, by the main process
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["meta"]["num_processes"] == 2
 
-    rows, expected = read_rows(run_dir), read_rows(reference.run_dir)
-    assert [r["step"] for r in rows] == [r["step"] for r in expected]
-    assert 0.0 < float(expected[0]["flood_active"]) < 1.0, "b should flood some steps and not others"
-    for got, want in zip(rows, expected):
-        assert got["flood_active"] == want["flood_active"]
-        for column in ("train_loss", "train_objective", "train_accuracy", "val_loss", "val_accuracy"):
-            assert float(got[column]) == pytest.approx(float(want[column]), rel=1e-4, abs=1e-6), column
+    got, want = rows(run_dir), rows(reference.run_dir)
+    assert [r["step"] for r in got] == [r["step"] for r in want] == ["4", "8", "12", "14"]  # 7 steps per epoch
+    assert 0.0 < sum(float(r["flood_active"]) for r in want) < len(want), "b should flood some steps and not others"
+    for a, b in zip(got, want):
+        assert a["flood_active"] == b["flood_active"]
+        assert a["val_accuracy"] == b["val_accuracy"] and a["test_accuracy"] == b["test_accuracy"]
+        for column in ("train_loss", "train_objective", "train_accuracy", "val_loss", "val_loss_top10_share", "test_loss"):
+            assert float(a[column]) == pytest.approx(float(b[column]), rel=1e-4, abs=1e-6), column
+
+    truth = oracle.figures(
+        oracle.load_model(folder=run_dir / "best_model"), oracle.load_tokenizer(run_dir / "best_model"),
+        oracle.read_examples(ragged["validation"]), 48,
+    )
+    assert summary(run_dir)["best_val_loss"] == pytest.approx(truth.loss, rel=1e-4)
+
+
+@pytest.mark.timeout(400)
+def test_torchrun_launches_a_run_reported_once(tmp_path, ragged):
+    config = config_for(tmp_path, ragged, "torchrun", 8, train={"epochs": 1})
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "flood_cli", "train", "-c", str(config), "-q"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "torchrun"
+    assert result.stdout.splitlines()[0] == f"run folder: {run_dir}"  # by the main process only
+    assert summary(run_dir)["status"] == "completed"
+
+
+@pytest.mark.timeout(500)
+def test_sigkill_of_both_processes_mid_epoch_then_resume_gives_the_same_csv_bytes(tmp_path, ragged):
+    """Dropout on, so that each process's own RNG must come back on resume."""
+    sections = {"model": {"tiny": {**NO_DROPOUT["tiny"], "dropout": 0.1}}, "train": {"epochs": 3, **FLOODING}}
+    run_ranks(["-c", str(config_for(tmp_path, ragged, "reference", 8, **sections))])
+
+    killed = tmp_path / "runs" / "killed"
+    processes = start_ranks(["-c", str(config_for(tmp_path, ragged, "killed", 8, output={"checkpoint_every": 3}, **sections))])
+    wait_for_step(killed, processes, at_least=10)  # mid epoch 2 (7 steps per epoch)
+    for process in processes:
+        process.send_signal(signal.SIGKILL)
+    finish(processes)
+    assert summary(killed)["status"] == "running"
+    assert 1 <= len(rows(killed)) < 3
+
+    run_ranks(["--resume", str(killed)])
+    assert csv_bytes_without_time(killed) == csv_bytes_without_time(tmp_path / "runs" / "reference")
+    assert summary(killed)["status"] == "completed"
+
+
+@pytest.mark.timeout(400)
+def test_sigterm_to_one_process_stops_both_at_the_same_step_with_one_checkpoint(tmp_path, ragged):
+    stopped = tmp_path / "runs" / "stopped"
+    sections = {"train": {"epochs": 30}, "data": {"max_length": 24}}
+    processes = start_ranks(["-c", str(config_for(tmp_path, ragged, "stopped", 8, **sections))])
+    wait_for_step(stopped, processes, at_least=9)
+    processes[1].send_signal(signal.SIGTERM)  # the process that does not write the run folder
+    results = finish(processes, timeout=120)
+    assert [code for code, _, _ in results] == [130, 130], [err[-2000:] for _, _, err in results]
+    main_lines = results[0][2].strip().splitlines()
+    assert main_lines[-2].startswith("interrupted: stopped by SIGTERM at step ")
+    assert main_lines[-1] == f"resume with: flood train --resume {stopped}"
+    assert results[1][2].strip() == ""  # one report, from the main process
+    step = int(main_lines[-2].split("at step ")[1].split(";")[0])
+    state = summary(stopped)
+    assert state["status"] == "interrupted" and state["checkpoint_step"] == step
+    assert [p.name for p in (stopped / "checkpoints").iterdir()] == ["last.pt"]
+
+    # The checkpoint resumes with both processes, and with one only it is refused.
+    single = subprocess.run([sys.executable, "-m", "flood_cli", "train", "--resume", str(stopped)], capture_output=True, text=True, cwd=ROOT)
+    assert single.returncode == 1
+    assert single.stderr.strip() == (
+        f"error: run {stopped} was trained by 2 process(es), this resume has 1; "
+        "resume it with 2 (batch_size is per process, so the steps would differ)"
+    )
+
+
+NAN_ON_RANK_1 = """
+import sys, torch
+import flood_cli.train as train
+from flood_cli.cli import main
+
+rank = int(__import__("os").environ["RANK"])
+marker = sys.argv[-1]
+real = train.step_loss_sum
+calls = {"n": 0}
+
+def poisoned(logits, labels):
+    calls["n"] += 1
+    loss = real(logits, labels)
+    return loss * float("nan") if rank == 1 and calls["n"] in (3, 4, 9) else loss
+
+train.step_loss_sum = poisoned
+real_fit = train.Trainer.fit
+
+def fit(self):
+    result = real_fit(self)
+    checksum = sum(float(p.double().sum()) for p in self.raw_model.parameters())
+    open(marker + f".rank{rank}", "w").write(repr(checksum))
+    return result
+
+train.Trainer.fit = fit
+sys.argv = ["flood"] + sys.argv[1:-1]
+main()
+"""
+
+
+@pytest.mark.timeout(400)
+def test_a_nonfinite_loss_on_one_process_is_skipped_by_every_process(tmp_path, ragged):
+    config = config_for(tmp_path, ragged, "skip", 8, train={"on_nonfinite": "skip", "epochs": 2})
+    marker = tmp_path / "weights"
+    run_ranks(["-c", str(config), str(marker)], python_code=NAN_ON_RANK_1)
+    logged = rows(tmp_path / "runs" / "skip")
+    assert sum(int(r["skipped_steps"]) for r in logged) == 3
+    checksums = [(tmp_path / f"weights.rank{rank}").read_text() for rank in (0, 1)]
+    assert checksums[0] == checksums[1], "the processes' models drifted apart"

@@ -57,15 +57,15 @@ def trainer_for(tmp_path, max_length: int = 48, **train) -> Trainer:
 
 def host_reads_per_step(trainer: Trainer, monkeypatch, steps: int = 4) -> Counter:
     trainer.model.train()
-    batches = iter(trainer.train_loader)
-    trainer.train_step([next(batches)])  # first step: optimizer state is created lazily
+    batches = trainer.epoch_steps(0)
+    trainer.train_step(*next(batches))  # first step: optimizer state is created lazily
     trainer.progress.step += 1
     with monkeypatch.context() as patch:
         reads = HostReads(patch)
         for _ in range(steps):
-            batch = next(batches)
+            step, micro_batches = next(batches)
             with reads:
-                trainer.train_step([batch])
+                trainer.train_step(step, micro_batches)
             trainer.progress.step += 1
     return reads.counts
 
@@ -108,7 +108,7 @@ def test_the_loop_itself_reads_nothing_from_the_device(tmp_path, monkeypatch, ma
     step count on the host; it is fused, with the count on the device, on CUDA), not
     from the loop or the model: with the optimizer step replaced, nothing is read."""
     trainer = without_optimizer_step(trainer_for(tmp_path, max_length, mode="flooding", b=0.5), monkeypatch)
-    batch = next(iter(trainer.train_loader))
+    _, (batch,) = next(trainer.epoch_steps(0))
     assert ("attention_mask" in batch) == (max_length == 256)
     assert host_reads_per_step(trainer, monkeypatch) == Counter()
 

@@ -20,7 +20,7 @@ from flood_cli.config import load_config
 from flood_cli.errors import FloodError
 from flood_cli.runs import TIME_COLUMNS, RunDir
 from flood_cli.train import resume_training, run_training
-from tests.conftest import ROOT, small_config, write_config
+from tests.conftest import ROOT, csv_bytes_without_time, small_config, write_config
 
 MODES = {
     "baseline": {"mode": "baseline"},
@@ -80,6 +80,7 @@ def test_a_crashed_run_resumes_to_the_same_csv(tmp_path, monkeypatch, mode):
 
     result = resume_training(crashed)
     assert metrics(crashed) == metrics(reference.run_dir)
+    assert csv_bytes_without_time(crashed) == csv_bytes_without_time(reference.run_dir)
     final = summary(crashed)
     assert final["status"] == "completed" and final["resumed"] == 1
     assert final["best_val_loss"] == summary(reference.run_dir)["best_val_loss"]
@@ -122,6 +123,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_csv(tmp_path, mod
     resumed = subprocess.run(_train_command("--resume", str(killed)), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert metrics(killed) == metrics(reference.run_dir)
+    assert csv_bytes_without_time(killed) == csv_bytes_without_time(reference.run_dir)  # line endings too
     assert summary(killed)["status"] == "completed"
 
 
@@ -263,9 +265,9 @@ def test_training_goes_on_while_a_checkpoint_is_written_and_the_numbers_do_not_c
 
     real_step = train_module.Trainer.train_step
 
-    def timed_step(self, micro_batches):
+    def timed_step(self, *args):
         steps.append(time.perf_counter())
-        return real_step(self, micro_batches)
+        return real_step(self, *args)
 
     monkeypatch.setattr(checkpoint_module, "save", slow_save)
     monkeypatch.setattr(train_module.Trainer, "train_step", timed_step)

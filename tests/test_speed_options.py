@@ -26,16 +26,24 @@ def rows_of(tmp_path: Path, name: str, **sections) -> list[dict]:
 CPU = {"device": "cpu", "precision": "fp32"}
 
 
-@pytest.mark.parametrize(
-    "option",
-    [
-        {"runtime": {**CPU, "num_workers": 2}},  # batches collated in worker processes
-        {"train": {"eval_batch_size": 7}},  # evaluation batches of other sizes and paddings
-    ],
-    ids=["num_workers", "eval_batch_size"],
-)
-def test_option_gives_bit_identical_csv(tmp_path, option):
-    assert rows_of(tmp_path, "option", **option) == rows_of(tmp_path, "plain")
+def test_num_workers_gives_bit_identical_csv(tmp_path):
+    """Batches collated in worker processes are the same batches."""
+    assert rows_of(tmp_path, "workers", runtime={**CPU, "num_workers": 2}) == rows_of(tmp_path, "plain")
+
+
+def test_eval_batch_size_changes_evaluation_figures_only_by_float_rounding(tmp_path):
+    """Evaluation batches of other sizes pad to other lengths, and matrix products of
+    other shapes round differently in the last bit of an example's loss (seen: 2e-9
+    relative on val_loss); the mean is accumulated in float64, so that shows. Training
+    is untouched and the accuracy is the same count."""
+    plain, other = rows_of(tmp_path, "plain"), rows_of(tmp_path, "eval7", train={"eval_batch_size": 7})
+    assert len(plain) == len(other)
+    for a, b in zip(plain, other):
+        for column in a:
+            if column in ("val_loss", "best_val_loss", "val_loss_top10_share"):
+                assert a[column] == pytest.approx(b[column], rel=1e-7), column
+            else:
+                assert a[column] == b[column], column
 
 
 def test_padding_multiple_is_neutral_up_to_rounding_without_dropout(tmp_path):
@@ -129,3 +137,32 @@ def test_compile_trains_the_same_model_up_to_kernel_rounding(tmp_path):
     run = tmp_path / "runs" / "compiled"
     assert (run / "checkpoints" / "last.pt").exists()
     assert (run / "best_model" / "config.json").exists()
+
+
+def test_a_data_file_rewritten_with_the_same_size_and_mtime_is_read_again(tmp_path, monkeypatch):
+    """cp -p, rsync -t and tar keep a file's modification time; Datasets' cache, keyed by
+    path and mtime, would then serve the old content (and its old tokens). The cache is
+    keyed by the file's content."""
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "emails.csv"
+    rows = [("free money now", "spam"), ("lunch at noon", "ham")] * 10
+    data.write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows))
+    config = small_config()
+    config["data"].update(train_file=str(data), validation_fraction=0.5, max_train_examples=None, max_val_examples=None)
+    cfg = load_config(write_config(tmp_path, config))
+    tokenizer = load_tokenizer(cfg.model)
+    before = prepare_data(cfg.data, tokenizer)
+
+    stat = data.stat()
+    edited = [("FREE MONEY NOW", "ham"), ("LUNCH AT NOON", "spam")] * 10  # same size, labels swapped
+    data.write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in edited))
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (data.stat().st_size, data.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+
+    after = prepare_data(cfg.data, tokenizer)
+    assert after.train.input_ids != before.train.input_ids  # upper case: other tokens
+    expected = [tokenizer(t, truncation=True, max_length=cfg.data.max_length)["input_ids"] for t in ("FREE MONEY NOW", "LUNCH AT NOON")]
+    assert {tuple(ids) for ids in after.train.input_ids} == {tuple(ids) for ids in expected}

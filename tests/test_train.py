@@ -134,7 +134,53 @@ def test_save_best_model_writes_a_loadable_folder(tmp_path):
     model = AutoModelForSequenceClassification.from_pretrained(run_dir / "best_model")
     assert model.config.id2label == {0: "ham", 1: "spam"}
     assert AutoTokenizer.from_pretrained(run_dir / "best_model")("hello")["input_ids"][0] == 2
-    assert not any(p.name.startswith(".") for p in run_dir.iterdir())
+    # best_model is a relative link to the one hidden folder that holds the latest best:
+    # nothing else is left behind (no staging folder, no earlier best, no temporary link).
+    link = run_dir / "best_model"
+    assert link.is_symlink() and not Path(os.readlink(link)).is_absolute()
+    assert [p.name for p in run_dir.iterdir() if p.name.startswith(".")] == [os.readlink(link)]
+
+
+def test_replacing_the_best_model_never_leaves_best_model_missing_or_half_written(tmp_path):
+    """A reader polling best_model/ while it is replaced 30 times never finds it missing
+    or a file in it half-written: the new folder is complete before one rename swaps
+    the link. (Before, best_model was renamed away and then replaced.)"""
+    import threading
+
+    from flood_cli.runs import RunDir
+
+    run = RunDir(tmp_path)
+    files = [f"part{i}.bin" for i in range(5)]
+
+    def write(version):
+        def fill(folder):
+            for name in files:
+                (folder / name).write_text(str(version) * 20_000)
+        return fill
+
+    run.replace_best_model(write(0))
+    seen, stop = [], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            for name in files:
+                try:
+                    text = (tmp_path / "best_model" / name).read_text()
+                except FileNotFoundError:
+                    text = "missing"
+                seen.append(text)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for version in range(1, 31):
+        run.replace_best_model(write(version))
+    stop.set()
+    thread.join()
+    assert len(seen) > 30
+    whole = {str(version) * 20_000 for version in range(31)}
+    assert all(text in whole for text in seen), "a reader found best_model missing or a file half-written"
+    assert (tmp_path / "best_model" / "part0.bin").read_text() == "30" * 20_000
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith(".best_model")]) == 1
 
 
 def test_an_existing_run_is_never_overwritten(tmp_path):
@@ -145,3 +191,25 @@ def test_an_existing_run_is_never_overwritten(tmp_path):
     with pytest.raises(FloodError, match="already exists; pass another --name"):
         train(tmp_path, "kept")
     assert (run_dir / "metrics.csv").read_bytes() == before
+
+
+@pytest.mark.parametrize("kind, shown", [("FSDP", "FSDP"), ("DEEPSPEED", "DeepSpeed"), ("MEGATRON_LM", "Megatron-LM")])
+def test_sharded_accelerate_setups_are_refused_in_one_line(monkeypatch, kind, shown):
+    """Flooding's sign, clipping and ascent steps act on whole gradients; under FSDP or
+    DeepSpeed each process would hold a shard. (Accelerate picks these only on GPUs,
+    so the type is stood in for here.)"""
+    import accelerate
+    from accelerate.utils import DistributedType
+
+    from flood_cli.config import RuntimeConfig
+    from flood_cli.errors import FloodError
+    from flood_cli.train import make_accelerator
+
+    monkeypatch.setattr(accelerate.Accelerator, "distributed_type", property(lambda self: DistributedType[kind]))
+    with pytest.raises(FloodError) as caught:
+        make_accelerator(RuntimeConfig(device="cpu", precision="fp32"))
+    assert str(caught.value) == (
+        f"accelerate is configured for {shown}, which flood does not support (flooding, clipping and ascent steps "
+        "need whole gradients on every process); launch with a plain multi-GPU config (`accelerate config`: "
+        "no DeepSpeed/FSDP) or with torchrun"
+    )

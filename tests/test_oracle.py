@@ -1,0 +1,192 @@
+"""Every figure flood logs, recomputed outside flood (tests/oracle.py) and compared.
+
+The sizes are ragged on purpose: 100 training examples (batches of 16 leave 4, batches
+of 8 with 3 accumulation steps leave 4), 37 validation examples (evaluation batches of
+16 leave 5) and 23 test examples. Rows are checked mid-epoch, at the end of an epoch
+and at the last step, in every mode. The model a row was computed with is copied when
+the row is reported; the oracle loads it into a plain transformers classifier and
+scores every example on its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flood_cli.config import load_config
+from flood_cli.train import NullReporter, Trainer, _fit_and_record
+from tests import oracle
+from tests.conftest import SHIPPED_DATA, small_config, write_config
+
+NO_DROPOUT = {"tiny": {"num_layers": 2, "hidden_size": 64, "num_heads": 2, "intermediate_size": 128, "dropout": 0.0}}
+MAX_LENGTH = 48
+MODES = {
+    "baseline": {"mode": "baseline"},
+    "flooding": {"mode": "flooding", "b": 0.6},
+    "alternate": {"mode": "alternate", "lr": 1e-3, "ascent_lr": 1e-4},
+}
+
+
+@pytest.fixture(scope="module")
+def ragged_files(tmp_path_factory) -> dict[str, Path]:
+    """100 / 37 / 23 examples of the shipped e-mails, both labels in each split."""
+    folder = tmp_path_factory.mktemp("ragged")
+    examples = oracle.read_examples(SHIPPED_DATA)
+    parts = {"train": examples[:100], "validation": examples[100:137], "test": examples[137:160]}
+    for part in parts.values():
+        assert {label for _, label in part} == {"ham", "spam"}
+    return {role: oracle.write_examples(folder / f"{role}.csv", part) for role, part in parts.items()}
+
+
+class SnapshotReporter(NullReporter):
+    """Keeps a copy of the model's weights at every evaluation row."""
+
+    def __init__(self) -> None:
+        self.trainer: Any = None
+        self.snapshots: list[tuple[dict[str, Any], dict[str, Any]]] = []
+
+    def evaluation(self, row: dict[str, Any]) -> None:
+        self.snapshots.append((dict(row), copy.deepcopy(self.trainer.raw_model.state_dict())))
+
+
+def train_with_snapshots(tmp_path: Path, files: dict[str, Path], name: str, **sections: Any) -> tuple[Trainer, SnapshotReporter]:
+    config = small_config(**sections)
+    config["data"].update(
+        train_file=str(files["train"]),
+        validation_file=str(files["validation"]),
+        test_file=str(files["test"]),
+        max_train_examples=None,
+        max_val_examples=None,
+        max_length=MAX_LENGTH,
+    )
+    config["output"].update(dir=str(tmp_path / "runs"), name=name)
+    (tmp_path / "runs").mkdir(exist_ok=True)
+    reporter = SnapshotReporter()
+    trainer = Trainer(load_config(write_config(tmp_path, config, f"{name}.yaml")), reporter)
+    reporter.trainer = trainer
+    trainer.open_new_run()
+    _fit_and_record(trainer)
+    return trainer, reporter
+
+
+def csv_rows(run_dir: Path) -> list[dict[str, float]]:
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def assert_matches(logged: float, expected: float, what: str) -> None:
+    assert logged == pytest.approx(expected, rel=1e-4, abs=1e-7), what
+
+
+def check_split(row: dict[str, float], prefix: str, truth: oracle.Figures, examples: int) -> None:
+    assert truth.examples == examples
+    assert_matches(row[f"{prefix}_loss"], truth.loss, f"{prefix}_loss at step {row['step']}")
+    # A count out of the split's size, to the digits the CSV keeps.
+    assert row[f"{prefix}_accuracy"] == pytest.approx(truth.correct / examples, abs=1e-8), f"{prefix}_accuracy at step {row['step']}"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_evaluation_row_scores_every_example_once(tmp_path, ragged_files, mode):
+    """Rows at steps 3, 6, 9 and 12 (mid-epoch) and 14 (the end of epoch 2 and the last
+    step: 100 = 6 × 16 + 4 per epoch), with dropout on."""
+    trainer, reporter = train_with_snapshots(
+        tmp_path, ragged_files, mode,
+        train={**MODES[mode], "epochs": 2, "batch_size": 16, "eval_batch_size": 16, "eval_every": 3},
+        output={"save_best_model": True},
+    )
+    run_dir = trainer.run.path
+    logged = csv_rows(run_dir)
+    assert [int(r["step"]) for r in logged] == [3, 6, 9, 12, 14]
+    assert [r["epoch"] for r in logged] == [round(s / 7, 4) for s in (3, 6, 9, 12, 14)]
+
+    tokenizer = oracle.load_tokenizer()
+    validation = oracle.read_examples(ragged_files["validation"])
+    test = oracle.read_examples(ragged_files["test"])
+    truths = []
+    for (row, weights), written in zip(reporter.snapshots, logged, strict=True):
+        model = oracle.load_model(weights, config=trainer.raw_model.config)
+        val = oracle.figures(model, tokenizer, validation, MAX_LENGTH)
+        truths.append(val)
+        check_split(written, "val", val, 37)
+        assert_matches(written["val_loss_top10_share"], val.top10_share, f"top10 share at step {row['step']}")
+        check_split(written, "test", oracle.figures(model, tokenizer, test, MAX_LENGTH), 23)
+
+    # best_val_loss is the running minimum of the true losses, and best_model/ holds
+    # the model that scored it, as plain transformers loads it.
+    running = [min(t.loss for t in truths[: i + 1]) for i in range(len(truths))]
+    for written, best in zip(logged, running):
+        assert_matches(written["best_val_loss"], best, f"best_val_loss at step {written['step']}")
+    best_index = min(range(len(truths)), key=lambda i: truths[i].loss)
+    saved = oracle.figures(oracle.load_model(folder=run_dir / "best_model"), oracle.load_tokenizer(run_dir / "best_model"), validation, MAX_LENGTH)
+    assert_matches(saved.loss, truths[best_index].loss, "best_model's validation loss")
+    import json
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert_matches(summary["best_val_loss"], truths[best_index].loss, "summary best_val_loss")
+    assert summary["best_step"] == int(logged[best_index]["step"])
+    assert summary["best_val_accuracy"] == pytest.approx(truths[best_index].accuracy, abs=1e-12)
+    assert summary["final_val_loss"] == pytest.approx(truths[-1].loss, rel=1e-4)
+
+
+def test_gradient_accumulation_rows_score_every_example_once(tmp_path, ragged_files):
+    """Batches of 8, 3 accumulation steps: 100 = 4 × 24 + 4, the last step one short micro-batch."""
+    trainer, reporter = train_with_snapshots(
+        tmp_path, ragged_files, "accum",
+        train={"epochs": 1, "batch_size": 8, "grad_accum_steps": 3, "eval_batch_size": 16, "eval_every": 2},
+    )
+    logged = csv_rows(trainer.run.path)
+    assert [int(r["step"]) for r in logged] == [2, 4, 5]
+    tokenizer = oracle.load_tokenizer()
+    validation = oracle.read_examples(ragged_files["validation"])
+    for (_, weights), written in zip(reporter.snapshots, logged, strict=True):
+        check_split(written, "val", oracle.figures(oracle.load_model(weights, config=trainer.raw_model.config), tokenizer, validation, MAX_LENGTH), 37)
+
+
+FROZEN = {"lr": 1e-12}  # Adam moves each weight by about lr per step: the model stays as built
+
+
+@pytest.mark.parametrize(
+    "mode, train, objective, flood_active",
+    [
+        ("baseline", {"mode": "baseline"}, lambda loss: [loss, loss], [0.0, 0.0]),
+        ("flooding, b above every loss", {"mode": "flooding", "b": 5.0}, lambda loss: [10.0 - loss] * 2, [1.0, 1.0]),
+        ("flooding, b = 0", {"mode": "flooding", "b": 0.0}, lambda loss: [loss, loss], [0.0, 0.0]),
+        # One step per epoch (batch = the split): epoch 1 descends, epoch 2 ascends.
+        ("alternate", {"mode": "alternate", "ascent_lr": 1e-13, "batch_size": 100}, lambda loss: [loss, -loss], [0.0, 1.0]),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_training_figures_equal_the_mean_over_every_training_example(tmp_path, ragged_files, mode, train, objective, flood_active):
+    """With the weights frozen and no dropout, an epoch's train_loss is the mean
+    cross-entropy of all 100 training examples (ragged last batch included, each once),
+    train_accuracy is a count out of 100, the objective is what the mode makes of it,
+    and lr follows the linear schedule's formula. The end-of-epoch rows score the
+    whole validation and test splits (the rows the old gather trimmed)."""
+    trainer, _ = train_with_snapshots(
+        tmp_path, ragged_files, "frozen",
+        model=NO_DROPOUT,
+        train={**FROZEN, "batch_size": 16, "epochs": 2, "warmup_ratio": 0.0, "schedule": "linear", **train},
+    )
+    logged = csv_rows(trainer.run.path)
+    steps_per_epoch = math.ceil(100 / (train.get("batch_size", 16)))
+    assert [int(r["step"]) for r in logged] == [steps_per_epoch, 2 * steps_per_epoch]
+    model = oracle.load_model(copy.deepcopy(trainer.raw_model.state_dict()), config=trainer.raw_model.config)
+    tokenizer = oracle.load_tokenizer()
+    truth = oracle.figures(model, tokenizer, oracle.read_examples(ragged_files["train"]), MAX_LENGTH)
+    val = oracle.figures(model, tokenizer, oracle.read_examples(ragged_files["validation"]), MAX_LENGTH)
+    test = oracle.figures(model, tokenizer, oracle.read_examples(ragged_files["test"]), MAX_LENGTH)
+    for index, written in enumerate(logged):
+        check_split(written, "val", val, 37)
+        check_split(written, "test", test, 23)
+        assert_matches(written["train_loss"], truth.loss, f"train_loss, row {index}")
+        assert written["train_accuracy"] == pytest.approx(truth.correct / 100, abs=1e-8)
+        assert_matches(written["train_objective"], objective(truth.loss)[index], f"train_objective, row {index}")
+        assert written["flood_active"] == flood_active[index]
+        total = 2 * steps_per_epoch
+        assert written["lr"] == pytest.approx(train.get("lr", FROZEN["lr"]) * (1 - (written["step"] - 1) / total), rel=1e-6)
+        assert written["skipped_steps"] == 0
