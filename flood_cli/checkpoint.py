@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import pickle
 import random
+import re
 import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -62,31 +63,66 @@ def last_checkpoint(run_dir: Path) -> Path:
 def save(path: Path, payload: dict[str, Any]) -> None:
     """Write the checkpoint so that a kill at any moment leaves the previous one whole."""
     path.parent.mkdir(exist_ok=True)
-    atomic_write(path, lambda handle: torch.save({"format": FORMAT, **payload}, handle), binary=True)
+
+    def write(handle: Any) -> None:
+        recorder = _WriteErrors(handle)
+        try:
+            torch.save({"format": FORMAT, **payload}, recorder)
+        except RuntimeError:
+            # torch's zip writer reports a failed write as "unexpected pos …"; the
+            # OSError behind it (a full disk, a file-size limit) is the one to tell.
+            if recorder.error is not None:
+                raise OSError(recorder.error.errno, recorder.error.strerror, str(path)) from None
+            raise
+
+    atomic_write(path, write, binary=True)
+
+
+class _WriteErrors:
+    """A file wrapper that remembers the first OSError its ``write`` raised."""
+
+    def __init__(self, handle: Any):
+        self.handle = handle
+        self.error: Optional[OSError] = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+class UnreadableCheckpoint(FloodError):
+    """A last.pt that cannot be resumed from: not flood's, damaged, or another format."""
 
 
 def load(path: Path) -> dict[str, Any]:
-    """Read a checkpoint as data only (weights_only=True: no object in it is called)."""
+    """Read a checkpoint as data only (weights_only=True: nothing in it is called or
+    imported; a pickle that asks for any other object is refused before it runs)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = " ".join(str(exc).split())[:160]
-        raise FloodError(
-            f"checkpoint {path} is not a flood checkpoint (it holds objects flood does not load: {reason}); "
-            "start the run again, or resume only checkpoints you trust were written by flood"
-        ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        text = " ".join(str(exc).split())
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found:  # a pickle that names a function or class to call: code, not data
+            raise UnreadableCheckpoint(
+                f"checkpoint {path} is not a flood checkpoint (it asks to load {found.group(1)}, which flood never "
+                "loads); nothing in it was run"
+            ) from None
+        detail = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
+        raise UnreadableCheckpoint(f"checkpoint {path} is damaged ({(detail.group(1) if detail else text)[:100]})") from None
+    except (RuntimeError, EOFError, ValueError, KeyError, OSError) as exc:
         if isinstance(exc, OSError) and exc.strerror:
             raise
-        raise FloodError(
-            f"checkpoint {path} is damaged and cannot be read ({' '.join(str(exc).split())[:160]}); "
-            "start the run again (its metrics.csv keeps the rows written so far)"
-        ) from None
+        raise UnreadableCheckpoint(f"checkpoint {path} is damaged ({' '.join(str(exc).split())[:120]})") from None
     version = payload.get("format") if isinstance(payload, dict) else None
     if version != FORMAT:
-        raise FloodError(
-            f"checkpoint {path} has format {version!r}, not {FORMAT} (written by another version of flood); "
-            "start the run again with this version"
+        raise UnreadableCheckpoint(
+            f"checkpoint {path} has format {str(version)[:20]!r}, not {FORMAT} (written by another version of flood, or not by flood)"
         )
     return payload
 

@@ -47,6 +47,7 @@ class PreparedData:
     label_names: list[str]
     description: str = ""
     counts: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # said to the user, not fatal
 
 
 # ---------------------------------------------------------------------------
@@ -58,9 +59,14 @@ def _read_file(path_str: str, role: str) -> Any:
 
     path = Path(path_str)
     if not path.exists():
-        raise FloodError(f"{role} file {path} not found; fix data.{role}_file")
+        raise FloodError(f"{role} file {_shown_path(path)} not found; fix data.{role}_file")
     if path.is_dir():
         raise FloodError(f"{role} file {path} is a folder; data.{role}_file must be a csv/tsv/json/jsonl/parquet file")
+    if not path.is_file():
+        raise FloodError(
+            f"{role} file {_shown_path(path)} is not a regular file ({_file_kind(path)}); "
+            f"save the data to a file and point data.{role}_file to it"
+        )
     builder = FILE_FORMATS.get(path.suffix.lower())
     if builder is None:
         raise FloodError(
@@ -80,6 +86,8 @@ def _read_file(path_str: str, role: str) -> Any:
             )
     except Exception as exc:  # datasets/pandas/pyarrow raise many types for bad files
         raise _read_error(exc, path, role) from None
+    if path.is_symlink():  # errors about its content then say what was really read
+        split._flood_source = f" (read from {path}, a link to {path.resolve()})"
     if builder == "csv" and "__index_level_0__" in split.column_names:
         # pandas takes the first column as an index when the first row has one field
         # more than the header, shifting every column by one: texts would become labels.
@@ -88,6 +96,40 @@ def _read_file(path_str: str, role: str) -> Any:
             f"quote texts that contain {_separator_name(path)}s (\"like, this\") or fix the header"
         )
     return split
+
+
+def _shown_path(path: Path) -> str:
+    """The path as given, and where it really leads when it is a symbolic link (data is
+    read through links; errors say what was read)."""
+    if path.is_symlink():
+        return f"{path} (a link to {path.resolve()})"
+    return str(path)
+
+
+def _file_kind(path: Path) -> str:
+    import stat
+
+    mode = path.stat().st_mode
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a plain file"
+
+
+def printable(text: Any, limit: int = 40) -> str:
+    """``text`` as it may be echoed in a one-line message: control characters escaped,
+    at most ``limit`` characters."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
+def _columns_shown(columns: list[str], most: int = 8) -> str:
+    """A file's header as a message may echo it: a few short, printable names."""
+    shown = ", ".join(printable(c, 30) for c in columns[:most])
+    return shown + (f", … ({len(columns)} in all)" if len(columns) > most else "")
 
 
 def content_hash(path: Path) -> str:
@@ -120,26 +162,27 @@ def _separator_name(path: Path) -> str:
 
 def _read_error(exc: Exception, path: Path, role: str) -> FloodError:
     """One line for a file that datasets cannot read, naming the cause and the line where known."""
+    shown = _shown_path(path)
     cause = _root_cause(exc)
     text = _first_line(cause)
     if isinstance(cause, UnicodeDecodeError) or "Invalid UTF8" in text or "invalid utf8" in text.lower():
         line = _first_non_utf8_line(path)
         where = f" (line {line})" if line else ""
         return FloodError(
-            f"{role} file {path} is not UTF-8 text{where}; re-save it as UTF-8, e.g. iconv -f latin1 -t utf-8"
+            f"{role} file {shown} is not UTF-8 text{where}; re-save it as UTF-8, e.g. iconv -f latin1 -t utf-8"
         )
     if "corresponds to no data" in text:
-        return FloodError(f"{role} file {path} has no examples (only a header?); it needs at least one row")
+        return FloodError(f"{role} file {shown} has no examples (only a header?); it needs at least one row")
     ragged = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", text)
     if ragged:
         expected, line, saw = ragged.groups()
         return FloodError(
-            f"{role} file {path}: line {line} has {saw} fields but the header has {expected}; "
+            f"{role} file {shown}: line {line} has {saw} fields but the header has {expected}; "
             f"quote texts that contain {_separator_name(path)}s (\"like, this\") or fix that line"
         )
     kind = path.suffix.lower().lstrip(".")
     encoding = "" if kind == "parquet" else " text in UTF-8"
-    return FloodError(f"cannot read {role} file {path}: {text.rstrip('.')}; check that it is valid {kind}{encoding}")
+    return FloodError(f"cannot read {role} file {shown}: {text.rstrip('.')}; check that it is valid {kind}{encoding}")
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -203,12 +246,14 @@ def read_splits(cfg: DataConfig) -> dict[str, Any]:
 
 
 def _check_columns(split: Any, cfg: DataConfig, role: str) -> None:
+    source = getattr(split, "_flood_source", "")
     wanted = [cfg.text_column, cfg.label_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
     for column in wanted:
         if column not in split.column_names:
             key = {cfg.text_column: "text_column", cfg.label_column: "label_column"}.get(column, "text_pair_column")
             raise FloodError(
-                f"{role} data has no column '{column}' (columns: {', '.join(split.column_names)}); set data.{key}"
+                f"{role} data{source} has no column '{printable(column)}' (columns: {_columns_shown(split.column_names)}); "
+                f"set data.{key}"
             )
     if len(split) == 0:
         raise FloodError(f"{role} split is empty; it needs at least one example")
@@ -224,7 +269,14 @@ def _check_columns(split: Any, cfg: DataConfig, role: str) -> None:
                 f"{role} data: {len(missing)} of {len(texts)} rows have no text in column '{column}' "
                 f"(first: data row {missing[0] + 1}); fill or drop them"
             )
-    missing_labels = [i for i, label in enumerate(split[cfg.label_column]) if _is_missing(label)]
+    labels = split[cfg.label_column]
+    odd = next((i for i, label in enumerate(labels) if label is not None and not isinstance(label, (str, int, float))), None)
+    if odd is not None:
+        raise FloodError(
+            f"{role} data: the label in data row {odd + 1} is a {type(labels[odd]).__name__} ({printable(labels[odd])}), "
+            f"not one value; column '{cfg.label_column}' must hold one string or integer label per row"
+        )
+    missing_labels = [i for i, label in enumerate(labels) if _is_missing(label)]
     if missing_labels:
         raise FloodError(
             f"{role} data: {len(missing_labels)} of {len(split)} rows have no label in column '{cfg.label_column}' "
@@ -320,6 +372,20 @@ def prepare_data(cfg: DataConfig, tokenizer: Any) -> PreparedData:
     import datasets
 
     datasets.disable_progress_bars()
+    for key in ("text_column", "text_pair_column"):
+        if getattr(cfg, key) == cfg.label_column:
+            raise FloodError(
+                f"data.{key} and data.label_column are both '{printable(cfg.label_column)}': the model would read "
+                f"the answer; point data.{key} to the text"
+            )
+    warnings = []
+    if cfg.train_file is not None and Path(cfg.train_file).exists():
+        for role, other in (("validation", cfg.validation_file), ("test", cfg.test_file)):
+            if other is not None and Path(other).exists() and Path(other).samefile(cfg.train_file):
+                warnings.append(
+                    f"the {role} file is the training file ({other}): {role} figures will measure memorisation, "
+                    "not generalisation"
+                )
     raw = read_splits(cfg)
     train = raw["train"]
     _check_columns(train, cfg, "train")
@@ -359,6 +425,7 @@ def prepare_data(cfg: DataConfig, tokenizer: Any) -> PreparedData:
         label_names=label_names,
         description=cfg.describe(),
         counts=counts,
+        warnings=warnings,
     )
 
 
@@ -410,7 +477,8 @@ def _check_stratifiable(ids: list[int], label_names: list[str], cfg: DataConfig)
 
 class Collator:
     """Pads a batch of example indices to its longest sequence (rounded up to a multiple).
-    ``with_index`` adds the example indices to the batch (under ``INDEX``).
+    ``with_index`` adds the example indices to the batch (under ``INDEX``); rounding up
+    never goes past ``max_positions`` (a multiple of 1000 on a 512-position BERT).
 
     ``attention`` says how the padding mask travels:
 
@@ -432,6 +500,7 @@ class Collator:
         pad_to_multiple_of: Optional[int] = None,
         attention: str = "2d",
         with_index: bool = False,
+        max_positions: Optional[int] = None,
     ):
         if attention not in ("2d", "sdpa"):
             raise ValueError(f"unknown attention mask format {attention!r}")
@@ -440,11 +509,14 @@ class Collator:
         self.multiple = pad_to_multiple_of or 1
         self.attention = attention
         self.with_index = with_index
+        self.max_positions = max_positions
 
     def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         rows = [self.split.input_ids[i] for i in indices]
-        length = max(len(r) for r in rows)
-        length = -(-length // self.multiple) * self.multiple
+        longest = max(len(r) for r in rows)
+        length = -(-longest // self.multiple) * self.multiple
+        if self.max_positions is not None:  # never pad past the model's position table
+            length = max(longest, min(length, self.max_positions))
         # Padded as Python lists, then one tensor each: a per-row tensor copy costs ~6x more.
         batch = {"input_ids": torch.tensor([r + [self.pad_token_id] * (length - len(r)) for r in rows], dtype=torch.long)}
         if self.attention == "2d":

@@ -1,7 +1,8 @@
 """The progress bar: lives at the edge (the CLI), fed by the loop's Reporter calls.
 
 On a terminal it shows epoch, step, the running loss and the last evaluation; when
-stderr is not a terminal (CI, pipes, log files) or with ``--quiet`` it prints nothing.
+stderr is not a terminal (CI, pipes, log files) or with ``--quiet`` it prints only
+warnings.
 """
 
 from __future__ import annotations
@@ -60,11 +61,21 @@ class RichReporter:
     def message(self, text: str) -> None:
         self.console.print(f"[dim]{text}[/dim]")
 
+    def warning(self, text: str) -> None:
+        self.console.print(f"warning: {text}", markup=False, highlight=False)
+
+
+class QuietReporter(NullReporter):
+    """No progress, but warnings still reach the user (one line each on stderr)."""
+
+    def warning(self, text: str) -> None:
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+
 
 @contextmanager
 def make_reporter(quiet: bool) -> Iterator[Any]:
     if quiet or not sys.stderr.isatty():
-        yield NullReporter()
+        yield QuietReporter()
         return
     with RichReporter() as reporter:
         yield reporter

@@ -179,6 +179,11 @@ class RunDir:
             raise FloodError(f"run {self.path} is being trained by another flood process; wait for it to stop") from None
         self._lock_fd = fd
 
+    def discard(self) -> None:
+        """Remove a folder this process created but could not set up as a run."""
+        self.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+
     # -- config -------------------------------------------------------------
     def write_config(self, experiment: dict[str, Any], meta: dict[str, Any]) -> None:
         document = dict(experiment)
@@ -210,8 +215,24 @@ class RunDir:
         self._metrics_writer = _metrics_writer(handle, columns)
         return read_metrics(path)
 
+    def check_intact(self) -> None:
+        """Fail if metrics.csv is no longer the file this run writes (the folder, or its
+        contents, deleted or replaced while training): rows written to an unlinked file
+        would be lost while the run went on to report success."""
+        assert self._metrics_handle is not None
+        try:
+            intact = os.stat(self.path / METRICS_FILE).st_ino == os.fstat(self._metrics_handle.fileno()).st_ino
+        except FileNotFoundError:
+            intact = False
+        if not intact:
+            raise FloodError(
+                f"run folder {self.path} lost its {METRICS_FILE} while training (deleted or replaced by another "
+                "program); the run stopped: start it again under a new name"
+            )
+
     def append_metrics(self, row: dict[str, Any]) -> None:
         assert self._metrics_writer is not None and self._metrics_handle is not None
+        self.check_intact()
         self._metrics_writer.writerow({k: _format_value(v) for k, v in row.items()})
         # Flushed row by row: a crash or kill later keeps every row written so far.
         self._metrics_handle.flush()

@@ -21,6 +21,7 @@ one would have taken.
 
 from __future__ import annotations
 
+import csv
 import math
 import platform
 import signal
@@ -54,12 +55,14 @@ from flood_cli.model import attention_format, build_model, load_tokenizer, quiet
 from flood_cli.objectives import Mode, clip_and_sign, lr_scale, make_mode
 from flood_cli.runs import (
     CONFIG_FILE,
+    METRICS_FILE,
     METRICS_COLUMNS,
     TEST_COLUMNS,
     RunDir,
     check_writable,
     default_run_name,
     now_iso,
+    read_metrics,
 )
 
 class Reporter(Protocol):
@@ -71,6 +74,7 @@ class Reporter(Protocol):
     def step(self, step: int, epoch: float, loss: Optional[float]) -> None: ...
     def evaluation(self, row: dict[str, Any]) -> None: ...
     def message(self, text: str) -> None: ...
+    def warning(self, text: str) -> None: ...
 
 
 class NullReporter:
@@ -86,6 +90,9 @@ class NullReporter:
         pass
 
     def message(self, text: str) -> None:
+        pass
+
+    def warning(self, text: str) -> None:
         pass
 
 
@@ -381,6 +388,9 @@ class Trainer:
         with self.accelerator.main_process_first():
             self.tokenizer = load_tokenizer(cfg.model)
             self.data: PreparedData = prepare_data(cfg.data, self.tokenizer)
+        if self.accelerator.is_main_process:
+            for warning in self.data.warnings:
+                reporter.warning(warning)
 
         # The seed is set before the model is built: it fixes the classifier head's init.
         set_seed(cfg.train.seed)
@@ -399,12 +409,13 @@ class Trainer:
         processes, rank = self.accelerator.num_processes, self.accelerator.process_index
         lengths = [len(ids) for ids in self.data.train.input_ids] if cfg.train.group_by_length else None
         self.order = EpochShuffleSampler(len(self.data.train), cfg.train.seed, lengths, cfg.train.batch_size)
-        self.collate = Collator(self.data.train, pad_id, multiple, attention)
+        positions = getattr(model.config, "max_position_embeddings", None)
+        self.collate = Collator(self.data.train, pad_id, multiple, attention, max_positions=positions)
         self.eval_splits = {
             role: EvalSplit(
                 split,
                 cfg.train.eval_batch_size,
-                Collator(split, pad_id, multiple, attention, with_index=True),
+                Collator(split, pad_id, multiple, attention, with_index=True, max_positions=positions),
                 cfg.runtime.num_workers,
                 self.pin,
                 processes,
@@ -447,31 +458,37 @@ class Trainer:
         cfg, train = self.cfg, self.cfg.train
         default = default_run_name(train.mode, train.lr, train.seed, train.b, train.ascent_lr)
         run = RunDir.create(Path(cfg.output.dir), cfg.output.name, default)
-        run.lock()
-        experiment = cfg.experiment_dict()
-        experiment["output"]["name"] = run.path.name
-        run.write_config(experiment, self._meta())
-        run.open_metrics(self.columns)
-        run.write_summary(
-            status="running",
-            error=None,
-            name=run.path.name,
-            mode=train.mode,
-            b=train.b,
-            lr=train.lr,
-            ascent_lr=train.ascent_lr,
-            seed=train.seed,
-            epochs=train.epochs,
-            model=cfg.model.describe(),
-            data=self.data.description,
-            num_labels=len(self.data.label_names),
-            num_train_examples=self.data.counts.get("train", 0),
-            num_val_examples=self.data.counts.get("validation", 0),
-            num_test_examples=self.data.counts.get("test", 0),
-            total_steps=self.total_steps,
-            steps_completed=0,
-            started_at=now_iso(),
-        )
+        try:
+            run.lock()
+            experiment = cfg.experiment_dict()
+            experiment["output"]["name"] = run.path.name
+            run.write_config(experiment, self._meta())
+            run.open_metrics(self.columns)
+            run.write_summary(
+                status="running",
+                error=None,
+                name=run.path.name,
+                mode=train.mode,
+                b=train.b,
+                lr=train.lr,
+                ascent_lr=train.ascent_lr,
+                seed=train.seed,
+                epochs=train.epochs,
+                model=cfg.model.describe(),
+                data=self.data.description,
+                num_labels=len(self.data.label_names),
+                num_train_examples=self.data.counts.get("train", 0),
+                num_val_examples=self.data.counts.get("validation", 0),
+                num_test_examples=self.data.counts.get("test", 0),
+                total_steps=self.total_steps,
+                steps_completed=0,
+                started_at=now_iso(),
+            )
+        except BaseException:
+            # A folder that never became a run (a full disk, a signal) is not left
+            # behind: it would only block a retry under the same --name.
+            run.discard()
+            raise
         self.run = run
 
     def _meta(self) -> dict[str, Any]:
@@ -484,9 +501,8 @@ class Trainer:
             "label_names": self.data.label_names,
         }
 
-    def reopen_run(self, run_dir: Path) -> None:
-        """Continue a stopped run from its last checkpoint."""
-        state = checkpoint.load(checkpoint.last_checkpoint(run_dir))
+    def reopen_run(self, run_dir: Path, state: dict[str, Any]) -> None:
+        """Continue a stopped run from its last checkpoint (``state``, as loaded)."""
         processes = self.accelerator.num_processes
         if state["num_processes"] != processes:
             raise FloodError(
@@ -548,6 +564,7 @@ class Trainer:
                 "num_processes": self.accelerator.num_processes,
                 "progress": vars(self.progress),
                 "total_steps": self.total_steps,
+                "experiment": self.cfg.experiment_dict(),
             }
         )
         run, step = self.run, self.progress.step
@@ -589,6 +606,7 @@ class Trainer:
             stop.close()
         self.checkpoints.wait()  # a run is complete once its last checkpoint is on disk
         if self.run is not None:
+            self.run.check_intact()
             self.run.write_summary(status="completed", finished_at=now_iso())
         best = progress.best
         return RunResult(
@@ -822,12 +840,78 @@ def resume_training(run_dir: Path, reporter: Optional[Reporter] = None) -> RunRe
     config_path = run_dir / CONFIG_FILE
     if not config_path.exists():
         raise FloodError(f"{run_dir} is not a run folder (no {CONFIG_FILE}); pass the folder that flood train printed")
-    status = RunDir(run_dir).load_summary().get("status")
-    if status == "completed":
+    summary = RunDir(run_dir).load_summary()
+    if summary.get("status") == "completed":
         raise FloodError(f"run {run_dir} already completed; nothing to resume")
-    if not checkpoint.last_checkpoint(run_dir).exists():
+    path = checkpoint.last_checkpoint(run_dir)
+    rows = _rows_written(run_dir)
+    if not path.exists():
+        if rows:
+            error = summary.get("error")
+            raise FloodError(
+                f"run {run_dir} has no checkpoint although metrics.csv has rows (writing it failed"
+                f"{': ' + str(error)[:120] if error else ''}); {_start_again(run_dir, rows)}"
+            )
         raise FloodError(f"run {run_dir} has no checkpoint (it stopped before its first evaluation); start it again")
+    try:
+        # Before anything is built: a checkpoint that cannot be used is said at once.
+        state = checkpoint.load(path)
+    except checkpoint.UnreadableCheckpoint as exc:
+        raise FloodError(f"{exc}; {_start_again(run_dir, rows)}") from None
     cfg = load_config(config_path)
+    _check_same_experiment(run_dir, state["experiment"], cfg.experiment_dict())
     trainer = Trainer(cfg, reporter or NullReporter())
-    trainer.reopen_run(run_dir)
+    trainer.reopen_run(run_dir, state)
     return _fit_and_record(trainer)
+
+
+def _rows_written(run_dir: Path) -> list[dict[str, Any]]:
+    try:
+        return read_metrics(run_dir / METRICS_FILE)
+    except (OSError, ValueError, csv.Error):
+        return []
+
+
+def _start_again(run_dir: Path, rows: list[dict[str, Any]]) -> str:
+    """What to do when a run cannot be resumed: its rows stay, the training restarts."""
+    kept = ""
+    if rows:
+        last = rows[-1].get("step")
+        kept = f"metrics.csv keeps its {len(rows)} row(s)" + (f" (to step {int(last)})" if last is not None else "") + " but "
+    return (
+        f"{kept}training cannot continue from them: start the run again under a new name, "
+        f"e.g. flood train --config {run_dir / CONFIG_FILE} --name NEW"
+    )
+
+
+# Settings that say how or where a run goes, not what it computes: they may change
+# between a checkpoint and its resume (the run folder moved, another machine).
+RESUMABLE_CHANGES = ("output.", "runtime.device", "runtime.num_workers")
+
+
+def _check_same_experiment(run_dir: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
+    """Refuse a resume whose config.yaml was edited since the checkpoint: the later rows
+    would belong to another experiment than the earlier ones and the summary."""
+
+    def flat(section: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(section, dict):
+            return {prefix[:-1]: section}
+        return {k: v for key, value in section.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+
+    before, after = flat(saved), flat(now)
+    changed = [
+        key for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key) and not key.startswith(RESUMABLE_CHANGES)
+    ]
+    if changed:
+        shown = ", ".join(f"{key} {_short(before.get(key))} → {_short(after.get(key))}" for key in changed[:5])
+        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        raise FloodError(
+            f"{run_dir / CONFIG_FILE} was edited since the checkpoint: {shown}{more}; the rows so far were trained "
+            "with the checkpoint's values: put them back to resume, or start a new run with the new ones"
+        )
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -198,6 +199,14 @@ def test_resume_refusals(tmp_path):
     (done.run_dir / "summary.json").write_text(json.dumps(status))
     (done.run_dir / "checkpoints" / "last.pt").unlink()
     result = subprocess.run(_train_command("--resume", str(done.run_dir)), capture_output=True, text=True)
+    # Rows exist, so "it stopped before its first evaluation" would be false.
+    assert result.stderr.strip() == (
+        f"error: run {done.run_dir} has no checkpoint although metrics.csv has rows (writing it failed); "
+        f"metrics.csv keeps its 1 row(s) (to step 12) but training cannot continue from them: start the run again "
+        f"under a new name, e.g. flood train --config {done.run_dir / 'config.yaml'} --name NEW"
+    )
+    (done.run_dir / "metrics.csv").write_text((done.run_dir / "metrics.csv").read_text().splitlines()[0] + "\n")
+    result = subprocess.run(_train_command("--resume", str(done.run_dir)), capture_output=True, text=True)
     assert result.stderr.strip() == f"error: run {done.run_dir} has no checkpoint (it stopped before its first evaluation); start it again"
 
 
@@ -309,3 +318,116 @@ def test_a_failed_background_write_fails_the_run_in_one_line_and_keeps_the_last_
     state = summary(run_dir)
     assert state["status"] == "failed" and state["checkpoint_step"] == 10  # the second write (5, 10, then 12)
     assert checkpoint_module.load(last)["progress"]["step"] == 10
+
+
+# ---------------------------------------------------------------------------
+# Files from others, and a disk or folder that fails under a running run
+
+
+def test_resume_refuses_a_config_edited_since_the_checkpoint_and_names_the_keys(tmp_path, monkeypatch):
+    crash_at_step(monkeypatch, 15)
+    with pytest.raises(Crash):
+        run_training(load_config(config_for(tmp_path, "edited", MODES["flooding"])))
+    monkeypatch.undo()
+    run_dir = tmp_path / "runs" / "edited"
+    config_path = run_dir / "config.yaml"
+    original = config_path.read_text()
+    config_path.write_text(original.replace("lr: 0.001", "lr: 0.5").replace("b: 0.55", "b: 0.1"))
+    result = subprocess.run(_train_command("--resume", str(run_dir)), capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: {config_path} was edited since the checkpoint: train.b 0.55 → 0.1, train.lr 0.001 → 0.5; the rows so far "
+        "were trained with the checkpoint's values: put them back to resume, or start a new run with the new ones"
+    )
+    assert summary(run_dir)["status"] == "failed"  # untouched by the refusal
+
+    # How the run goes (workers, device, where results go) may change; what it computes may not.
+    config_path.write_text(original.replace("num_workers: 0", "num_workers: 1"))
+    assert resume_training(run_dir).status == "completed"
+
+
+def test_a_full_disk_during_a_checkpoint_write_names_the_real_cause(tmp_path):
+    """A real write error, not a mock: a file-size limit (RLIMIT_FSIZE) lower than the
+    checkpoint makes torch.save fail as a full disk does, with "unexpected pos"; the
+    run must say what failed, and resume must not claim it never evaluated."""
+    data = tmp_path / "emails.csv"
+    data.write_text("text,label\n" + "".join(f"message {i} about {'money' if i % 2 else 'lunch'},{'spam' if i % 2 else 'ham'}\n" for i in range(80)))
+    config = small_config(output={"dir": str(tmp_path / "runs"), "name": "full"}, train={"epochs": 1})
+    config["data"].update(train_file=str(data), max_train_examples=None, max_val_examples=None, validation_fraction=0.25)
+    path = write_config(tmp_path, config, "full.yaml")
+    limited = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000)); "
+        f"sys.argv = ['flood', 'train', '-q', '-c', {str(path)!r}]; from flood_cli.cli import main; main()"
+    )
+    result = subprocess.run([sys.executable, "-c", limited], capture_output=True, text=True, cwd=ROOT)
+    run_dir = tmp_path / "runs" / "full"
+    last = run_dir / "checkpoints" / "last.pt"
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: cannot write or read {last}: File too large; check the disk and permissions"
+    state = summary(run_dir)
+    assert state["status"] == "failed" and state["error"] == f"OSError: [Errno 27] File too large: '{last}'"
+    assert not last.exists() and list(last.parent.iterdir()) == []  # no half-written file either
+
+    resumed = subprocess.run(_train_command("--resume", str(run_dir)), capture_output=True, text=True)
+    assert resumed.returncode == 1
+    assert resumed.stderr.strip().startswith(
+        f"error: run {run_dir} has no checkpoint although metrics.csv has rows (writing it failed: OSError: [Errno 27] File too large"
+    )
+
+
+def test_a_run_folder_emptied_while_training_stops_the_run_in_one_line(tmp_path):
+    config = config_for(tmp_path, "emptied", MODES["baseline"], **LONGER)
+    run_dir = tmp_path / "runs" / "emptied"
+    process = subprocess.Popen(_train_command("--config", str(config)), stderr=subprocess.PIPE, text=True)
+    _wait_for_step(run_dir, process, at_least=3)
+    for entry in run_dir.iterdir():  # rm -rf runs/emptied/*
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert stderr.strip() == (
+        f"error: run folder {run_dir} lost its metrics.csv while training (deleted or replaced by another program); "
+        "the run stopped: start it again under a new name"
+    )
+
+
+def test_a_folder_that_cannot_become_a_run_is_not_left_behind(tmp_path, monkeypatch):
+    """A full disk while the run folder is set up: the empty folder would block a retry."""
+
+    def full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(self.path / "config.yaml"))
+
+    monkeypatch.setattr(RunDir, "write_config", full)
+    with pytest.raises(OSError):
+        run_training(load_config(config_for(tmp_path, "retry", {"epochs": 1})))
+    assert not (tmp_path / "runs" / "retry").exists()
+    monkeypatch.undo()
+    assert run_training(load_config(config_for(tmp_path, "retry", {"epochs": 1}))).status == "completed"
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler installed for ``signum`` (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
+    return False
+
+
+def test_sigterm_during_start_up_is_one_line_and_exit_130(tmp_path):
+    """Between the command's first lines and the training loop (imports, data, model):
+    the signal is sent as soon as the process has its handler, long before training."""
+    config = config_for(tmp_path, "early", MODES["baseline"])
+    process = subprocess.Popen(_train_command("--config", str(config)), stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while not _catches(process.pid, signal.SIGTERM):
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.002)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert stderr.strip() == "error: interrupted"
+    run_dir = tmp_path / "runs" / "early"
+    assert not run_dir.exists() or summary(run_dir)["status"] == "interrupted"

@@ -2,6 +2,7 @@
 tokenization cache must make a second run skip tokenizing."""
 
 import glob
+import math
 import os
 from pathlib import Path
 
@@ -166,3 +167,19 @@ def test_a_data_file_rewritten_with_the_same_size_and_mtime_is_read_again(tmp_pa
     assert after.train.input_ids != before.train.input_ids  # upper case: other tokens
     expected = [tokenizer(t, truncation=True, max_length=cfg.data.max_length)["input_ids"] for t in ("FREE MONEY NOW", "LUNCH AT NOON")]
     assert {tuple(ids) for ids in after.train.input_ids} == {tuple(ids) for ids in expected}
+
+
+def test_padding_never_goes_past_the_models_positions(tmp_path):
+    """max_length 513 rounds up to 520 with pad_to_multiple_of 8, past a 513-position
+    model; a multiple of 1000 would pass any BERT's 512. Both now train."""
+    from flood_cli.data import Collator, TokenizedSplit
+
+    split = TokenizedSplit(input_ids=[[1] * 513, [1] * 30], labels=[0, 1])
+    assert Collator(split, 0, 8, max_positions=513)([0, 1])["input_ids"].shape == (2, 513)
+    assert Collator(split, 0, 1000, max_positions=512)([1])["input_ids"].shape == (1, 512)
+    assert Collator(split, 0, 8)([1])["input_ids"].shape == (1, 32)  # no cap given: plain rounding
+
+    rows = rows_of(
+        tmp_path, "long", train={"epochs": 1, "batch_size": 8}, data={"max_length": 513, "max_train_examples": 16, "max_val_examples": 8}
+    )
+    assert len(rows) == 1 and math.isfinite(rows[0]["val_loss"])

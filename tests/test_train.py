@@ -213,3 +213,19 @@ def test_sharded_accelerate_setups_are_refused_in_one_line(monkeypatch, kind, sh
         "need whole gradients on every process); launch with a plain multi-GPU config (`accelerate config`: "
         "no DeepSpeed/FSDP) or with torchrun"
     )
+
+
+def test_a_validation_file_that_is_the_training_file_is_warned_about(tmp_path):
+    """Not an error (someone may want training-set figures), but never silent, even with -q."""
+    import subprocess
+    import sys
+
+    config = small_config(output={"dir": str(tmp_path / "runs"), "name": "same"}, train={"epochs": 1})
+    config["data"]["validation_file"] = config["data"]["train_file"]
+    path = write_config(tmp_path, config)
+    result = subprocess.run([sys.executable, "-m", "flood_cli", "train", "-q", "-c", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == (
+        f"warning: the validation file is the training file ({config['data']['train_file']}): "
+        "validation figures will measure memorisation, not generalisation"
+    )
