@@ -13,6 +13,7 @@ import copy
 import pickle
 import random
 import re
+import shutil
 import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -58,6 +59,11 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 def last_checkpoint(run_dir: Path) -> Path:
     return run_dir / CHECKPOINT_DIR / LAST
+
+
+def remove(run_dir: Path) -> None:
+    """Delete a completed run's checkpoints (kept only with output.keep_checkpoint)."""
+    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:
@@ -115,7 +121,7 @@ def load(path: Path) -> dict[str, Any]:
             ) from None
         detail = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
         raise UnreadableCheckpoint(f"checkpoint {path} is damaged ({(detail.group(1) if detail else text)[:100]})") from None
-    except (RuntimeError, EOFError, ValueError, KeyError, OSError) as exc:
+    except Exception as exc:  # random or cut bytes fail in many ways inside the unpickler
         if isinstance(exc, OSError) and exc.strerror:
             raise
         raise UnreadableCheckpoint(f"checkpoint {path} is damaged ({' '.join(str(exc).split())[:120]})") from None

@@ -7,13 +7,15 @@ so `flood --help` and `flood compare` answer at once.
 from __future__ import annotations
 
 import functools
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from flood_cli.errors import FloodError, RunInterrupted
+from flood_cli.errors import FloodError, RunInterrupted, escaped
 
 app = typer.Typer(
     add_completion=False,
@@ -36,7 +38,7 @@ def _options(
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> None:
-    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    typer.echo(f"error: {escaped(' '.join(message.split()))}", err=True)
     raise typer.Exit(code)
 
 
@@ -160,9 +162,137 @@ def compare(
     from flood_cli.compare import compare_command
 
     output = compare_command(paths, plot=plot, csv_path=csv, markdown=markdown, as_json=json_, x_axis=x)
-    for warning in output.warnings:
-        typer.echo(f"warning: {warning}", err=True)
+    for warning in output.warnings:  # a path may hold a line break: one line each all the same
+        typer.echo(f"warning: {escaped(warning)}", err=True)
     typer.echo(output.text)
+
+
+@app.command()
+@user_errors
+def sweep(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="base YAML config of every run")] = None,
+    mode: Annotated[Optional[str], typer.Option(help="baseline | flooding | alternate [default: the config's]")] = None,
+    b: Annotated[Optional[str], typer.Option("--b", help="flood levels to try: 0,0.05,0.1 (a baseline group is always added)")] = None,
+    lr: Annotated[Optional[str], typer.Option(help="learning rates to try: 1e-5,2e-5")] = None,
+    ascent_lr: Annotated[Optional[str], typer.Option(help="ascent learning rates to try (mode alternate): 1e-6,5e-6")] = None,
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="sweep any key: --set train.weight_decay=0,0.01 (repeatable; one value: fixed)")
+    ] = None,
+    seeds: Annotated[str, typer.Option(help="seeds per setting: a count (5 = seeds 1..5) or a list (1,2,7)")] = "3",
+    search: Annotated[
+        Optional[list[str]],
+        typer.Option(help="model-based search (TPE) instead of a grid: b=0:0.6, ascent_lr=1e-6:1e-4:log (repeatable)"),
+    ] = None,
+    trials: Annotated[int, typer.Option(help="settings a --search may try; each runs every seed and scores their mean")] = 0,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune",
+            help="stop --search trials whose validation loss is worse than the median of earlier trials at the same step "
+            "(Optuna's MedianPruner). Off by default: it judges a setting on one seed's early curve, which biases the "
+            "seed statistics a sweep exists for",
+        ),
+    ] = False,
+    workers: Annotated[int, typer.Option(help="runs at once on this machine: one GPU each, or a share of the CPU cores")] = 1,
+    name: Annotated[Optional[str], typer.Option(help="sweep folder name [default: generated]")] = None,
+    out: Annotated[Path, typer.Option(help="folder that holds sweep folders")] = Path("sweeps"),
+    storage: Annotated[
+        Optional[str], typer.Option(help="Optuna storage URL shared by several machines, e.g. postgresql://user@host/db [default: a journal file in the sweep folder]")
+    ] = None,
+    study: Annotated[Optional[str], typer.Option(help="study name in --storage [default: the sweep's name]")] = None,
+    worker: Annotated[bool, typer.Option("--worker", help="join a sweep as one more worker (with --storage and --study, or --resume)")] = False,
+    resume: Annotated[Optional[Path], typer.Option(help="continue a sweep folder: queued and interrupted runs; completed runs never rerun")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="write a sweep folder's results (results.md, curves) and print them")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show each run's own progress bar")] = False,
+) -> None:
+    """Run a grid of settings × seeds (or a TPE search) as ordinary runs, and report the grouped result."""
+    from flood_cli import sweep as sweeps
+
+    if workers < 1:
+        raise FloodError(f"--workers {workers}: give at least 1")
+    if report is not None:
+        spec = sweeps.read_spec(report)
+        _print_results(spec, sweeps.write_results(spec))
+        return
+    if worker:
+        if resume is not None:
+            spec = sweeps.read_spec(resume)
+        elif storage and study:
+            spec = sweeps.spec_from_study(storage, study)
+            if out != Path("sweeps"):
+                spec.folder = str(out.resolve())
+        else:
+            raise FloodError("--worker joins a sweep: give --storage URL and --study NAME (or --resume FOLDER)")
+        _apply_thread_share()
+        done = sweeps.work(spec, log=lambda text: typer.echo(text), verbose=verbose)
+        typer.echo(f"worker done: {done} trial(s)")
+        return
+    if resume is not None:
+        flags = {"--config": config, "--b": b, "--lr": lr, "--ascent-lr": ascent_lr, "--set": set_, "--search": search, "--name": name}
+        given = [flag for flag, value in flags.items() if value]
+        if given:
+            raise FloodError(f"--resume continues the saved sweep, so {given[0]} cannot be given; drop it")
+        spec = sweeps.read_spec(resume)
+        retried = sweeps.requeue_failed(spec)
+        typer.echo(f"sweep {spec.name}: resuming {spec.describe()}" + (f"; {retried} failed trial(s) queued again" if retried else ""))
+    else:
+        if config is None:
+            raise FloodError("flood sweep needs --config FILE (the base config), --resume FOLDER or --report FOLDER")
+        spec = sweeps.create_sweep(
+            config, mode, _sweep_axes(b, lr, ascent_lr, set_ or []), sweeps.parse_seeds(seeds),
+            [sweeps.parse_search(item) for item in search or []], trials, out, name, storage, study, prune,
+        )
+        typer.echo(f"sweep {spec.name}: {spec.describe()}, {workers} worker(s) → {spec.folder}")
+        if storage:
+            typer.echo(f"other machines join with: flood sweep --storage {storage} --study {spec.study} --worker")
+    from flood_cli.progress import make_sweep_progress
+
+    progress = make_sweep_progress()
+    outcome = sweeps.run_sweep(spec, workers, verbose, progress.echo, progress)
+    _print_results(spec, outcome.results)
+    typer.echo(f"disk: {sweeps.human_bytes(outcome.disk_bytes)} in {spec.folder}")
+    if outcome.interrupted:
+        typer.echo(f"interrupted: runs in progress were checkpointed and queued again", err=True)
+        typer.echo(f"resume with: flood sweep --resume {spec.folder}", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if outcome.failed:
+        raise FloodError(
+            f"{len(outcome.failed)} trial(s) failed (see the lines above and {spec.folder}/workers/); "
+            f"fix the cause and run flood sweep --resume {spec.folder}"
+        )
+
+
+def _sweep_axes(b: Optional[str], lr: Optional[str], ascent_lr: Optional[str], sets: list[str]) -> dict[str, list[Any]]:
+    from flood_cli.config import parse_set_option
+    from flood_cli.sweep import FLAG_KEYS, parse_values
+
+    axes: dict[str, list[Any]] = {}
+    for flag, text in (("b", b), ("lr", lr), ("ascent_lr", ascent_lr)):
+        if text is not None:
+            axes[FLAG_KEYS[flag]] = parse_values(text, f"--{flag.replace('_', '-')}")
+    for item in sets:
+        key, _ = parse_set_option(item)
+        axes[key] = parse_values(item.partition("=")[2], f"--set {key}")
+    return axes
+
+
+def _apply_thread_share() -> None:
+    """A worker started by the sweep uses its share of the CPU cores (OMP_NUM_THREADS)."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads and threads.isdigit():
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+def _print_results(spec: Any, written: list[Path]) -> None:
+    from flood_cli.compare import compare_command
+
+    if not written:
+        typer.echo("no completed runs yet")
+        return
+    typer.echo(compare_command([spec.runs_dir]).text)
+    typer.echo("results: " + ", ".join(str(path) for path in written))
 
 
 EXIT_USAGE = 2  # click's code for a command line it cannot parse
@@ -173,12 +303,19 @@ def _click_error(name: str) -> type[Exception]:
     return next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == name)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """The console script. Click's own usage errors (a flag value of the wrong type, an
     unknown flag or command) become one `error:` line too, instead of a framed block."""
     usage_error = _click_error("UsageError")
-    command = typer.main.get_command(app)
     try:
+        # SIGTERM before the training loop installs its own handler (imports, data,
+        # model) is an interruption like Ctrl-C: one line and exit 130, not a silent 143.
+        signal.signal(signal.SIGTERM, _interrupt)
+        command = typer.main.get_command(app)
         result = command.main(args=sys.argv[1:], prog_name="flood", standalone_mode=False)
     except usage_error as exc:
         ctx = getattr(exc, "ctx", None)
@@ -188,10 +325,19 @@ def main() -> None:
         message = " ".join(exc.format_message().split()).rstrip(".")  # type: ignore[attr-defined]
         typer.echo(f"error: {message}; see {ctx.command_path if ctx else 'flood'} --help", err=True)
         sys.exit(EXIT_USAGE)
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         typer.echo("error: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    sys.exit(result if isinstance(result, int) else 0)
+        result = EXIT_INTERRUPTED
+    code = result if isinstance(result, int) else 0
+    if code == EXIT_INTERRUPTED:
+        # An interruption that passed through C code running Python (PyRun_String, as
+        # some libraries do while importing) leaves CPython marked "KeyboardInterrupt
+        # unhandled", and at exit it would kill itself with SIGINT (-2) instead of
+        # returning 130. Everything is written by now (checkpoint, summary): exit as is.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

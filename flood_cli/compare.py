@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from flood_cli.discovery import discover_runs
-from flood_cli.errors import FloodError
+from flood_cli.errors import FloodError, escaped
 from flood_cli.grouping import Comparison, Group, compare_with_baselines, group_runs
 from flood_cli.report_format import first_few, render_markdown, render_terminal, report_json, report_tables, write_csv
 from flood_cli.run_reader import Run, load_run
@@ -68,12 +68,11 @@ def compare_command(
     written = []
     if csv_path is not None:
         write_csv(report, csv_path)
-        written.append(f"wrote {csv_path}")
+        written.append(f"wrote {escaped(str(csv_path))}")
     if plot is not None:
         from flood_cli.plots import plot_runs
 
-        plot_runs(report, plot, x_axis=x_axis)
-        written.append(f"wrote {plot}")
+        written.append(f"wrote {escaped(str(plot_runs(report, plot, x_axis=x_axis)))}")
     if as_json:
         return CompareOutput(text=report_json(report), warnings=list(report.warnings))
     tables = report_tables(report)

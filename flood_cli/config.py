@@ -17,11 +17,25 @@ from typing import Any, Literal, Optional, Union, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from flood_cli.errors import FloodError
+from flood_cli import safe_yaml
+from flood_cli.errors import FloodError, shown, shown_repr
 from flood_cli.runs import describe_data, describe_model
 
 ModeName = Literal["baseline", "flooding", "alternate"]
 MODES: tuple[str, ...] = get_args(ModeName)
+
+# What numpy, torch and Python's random accept as a seed.
+SEED_MAX = 2**32 - 1
+# A run folder name: one path component that any shell, file system and URL takes as is.
+NAME_CHARACTERS = "letters, digits and . _ - + = @ ,"
+NAME_MAX = 200
+_NAME = re.compile(r"[A-Za-z0-9._+=@,-]{1,%d}" % NAME_MAX)
+
+
+def _seed_in_range(value: int) -> int:
+    if not 0 <= value <= SEED_MAX:
+        raise ValueError(f"{shown_repr(value)} is out of range; use a whole number from 0 to {SEED_MAX} (2**32 - 1)")
+    return value
 
 
 class _Section(BaseModel):
@@ -86,13 +100,15 @@ class DataConfig(_Section):
     validation_split: Optional[str] = "validation"
     test_split: Optional[str] = None
     validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    split_seed: int = 42
+    split_seed: int = Field(42, description=f"0 to {SEED_MAX}")
     text_column: str = "text"
     text_pair_column: Optional[str] = None
     label_column: str = "label"
     max_length: int = Field(128, ge=8)
     max_train_examples: Optional[int] = Field(None, ge=1)
     max_val_examples: Optional[int] = Field(None, ge=1)
+
+    _split_seed_in_range = field_validator("split_seed")(_seed_in_range)
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":
@@ -125,11 +141,13 @@ class TrainConfig(_Section):
     group_by_length: bool = Field(
         False, description="batches of similar lengths (less padding, faster; changes which examples share a batch)"
     )
-    seed: int = 42
+    seed: int = Field(42, description=f"0 to {SEED_MAX}")
     eval_every: Union[Literal["epoch"], int] = Field("epoch", description="'epoch' or a number of optimizer steps")
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a nan/inf loss stops the run (failed), or skips that optimizer step (costs one sync per step)"
     )
+
+    _seed_in_range = field_validator("seed")(_seed_in_range)
 
     @field_validator("eval_every", mode="before")
     @classmethod
@@ -144,7 +162,7 @@ class TrainConfig(_Section):
         if isinstance(steps, float) and steps.is_integer():
             steps = int(steps)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"must be 'epoch' or a positive number of optimizer steps (got {value!r})")
+            raise ValueError(f"must be 'epoch' or a positive number of optimizer steps (got {shown_repr(value)})")
         return steps
 
     @model_validator(mode="after")
@@ -179,17 +197,26 @@ class RuntimeConfig(_Section):
 
 class OutputConfig(_Section):
     dir: str = "runs"
-    name: Optional[str] = Field(None, description="run folder name; default: generated from mode, b, lr, seed and time")
+    name: Optional[str] = Field(
+        None, description=f"run folder name ({NAME_CHARACTERS}; at most {NAME_MAX}); default: generated from mode, b, lr, seed and time"
+    )
     save_best_model: bool = False
     checkpoint_every: Optional[int] = Field(
         None, ge=1, description="also checkpoint every N optimizer steps (always at each evaluation)"
+    )
+    keep_checkpoint: bool = Field(
+        False, description="keep checkpoints/last.pt once the run completes (it is needed only to resume)"
     )
 
     @field_validator("name")
     @classmethod
     def _plain_name(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None and (not value.strip() or "/" in value or value in (".", "..")):
-            raise ValueError("must be a plain folder name (no '/'), not empty")
+        # A name is printed, pasted into shells and joined to output.dir: no path
+        # separators, no "." or "..", no spaces, line breaks or other control characters.
+        if value is not None and (not _NAME.fullmatch(value) or value in (".", "..")):
+            raise ValueError(
+                f"{shown_repr(value)} is not a plain folder name; use 1 to {NAME_MAX} {NAME_CHARACTERS} (not . or ..)"
+            )
         return value
 
 
@@ -210,52 +237,14 @@ class Config(_Section):
 # Loading, overriding, validating
 
 
-class _YamlLoader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-5`` as a float: YAML 1.1 needs a dot (``1.0e-5``)
-    and would hand pydantic the string "1e-5", which then fails in unions and --set."""
-
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
-        # SafeLoader's constructors let plain Python errors out for values that look like
-        # a date, int, float or bool but are none (2001-13-45, `!!int abc`, `!!bool maybe`):
-        # make them YAML errors that name the value and where it is.
-        try:
-            return super().construct_object(node, deep=deep)
-        except (yaml.YAMLError, RecursionError):
-            raise
-        except Exception as exc:  # ValueError, KeyError (`!!bool maybe`), AttributeError (`!!timestamp x`)…
-            shown = repr(node.value) if isinstance(node, yaml.ScalarNode) else node.tag
-            reason = str(exc) if isinstance(exc, ValueError) else f"not a valid {node.tag.rsplit(':', 1)[-1]}"
-            raise yaml.constructor.ConstructorError(
-                None, None, f"cannot read the value {shown} ({reason})", node.start_mark
-            ) from None
-
-
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-class _YamlTooDeep(yaml.YAMLError):
-    problem = "the document is nested too deeply to read"
-
-
-def _load_yaml(text: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
-    except RecursionError:
-        raise _YamlTooDeep(_YamlTooDeep.problem) from None
-
-
 def parse_set_option(item: str) -> tuple[str, Any]:
     """Parse ``section.key=value`` (the value is read as YAML: 1e-5, true, null, [a, b])."""
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or "." not in key or not all(key.split(".")):
-        raise FloodError(f"--set {item!r}: expected section.key=value, e.g. --set train.epochs=5")
+        raise FloodError(f"--set {shown_repr(item)}: expected section.key=value, e.g. --set train.epochs=5")
     try:
-        value = _load_yaml(raw) if raw.strip() else None
+        value = safe_yaml.load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return key, value
@@ -279,6 +268,10 @@ def apply_override(raw: dict[str, Any], dotted_key: str, value: Any) -> None:
     node[leaf] = value
 
 
+# A YAML error's own description (it may quote the file: an undefined alias's name).
+PROBLEM_CHARACTERS = 200
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise FloodError(f"config file {path} not found; pass an existing YAML file, e.g. --config configs/tiny.yaml")
@@ -291,11 +284,13 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise FloodError(f"cannot read config {path}: {exc.strerror or exc}; check the file's permissions") from None
     try:
-        data = _load_yaml(text)
+        data = safe_yaml.load(text)
+    except safe_yaml.RefusedYaml as exc:  # aliases that expand too far, a duplicate key
+        raise FloodError(f"{path}: {exc.problem}; {exc.fix}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = shown(getattr(exc, "problem", None) or str(exc).splitlines()[0], PROBLEM_CHARACTERS)
         raise FloodError(f"YAML syntax error in {path}{where}: {problem}; fix the file and retry") from None
     if data is None:
         raise FloodError(f"config {path} is empty; it needs at least the model and data sections (see configs/tiny.yaml)")
@@ -305,9 +300,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _printable(text: str) -> str:
-    """A key or name as given, or its repr if it holds line breaks or control characters,
-    so that an error message stays on one line."""
-    return text if text.isprintable() else repr(text)[1:-1]
+    """A key or name as given, with line breaks and control characters escaped so that an
+    error message stays on one line, and cut to 80 characters."""
+    return shown(text)
 
 
 def _unusable_path(key: str, path: str, exc: Exception) -> FloodError:
@@ -317,7 +312,7 @@ def _unusable_path(key: str, path: str, exc: Exception) -> FloodError:
         reason = exc.strerror or str(exc)
     else:
         reason = str(exc)
-    return FloodError(f"{key}: {path!r} is not a usable path ({reason.rstrip('.')}); fix {key}")
+    return FloodError(f"{key}: {shown_repr(path)} is not a usable path ({shown(reason.rstrip('.'))}); fix {key}")
 
 
 def _resolve_relative(path: Optional[str], base: Path, key: str = "path") -> Optional[str]:
@@ -382,11 +377,11 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
         message = "missing section; add it (see configs/tiny.yaml)" if len(loc) == 1 else "missing key; add it"
     if first["type"] in ("model_type", "model_attributes_type", "dict_type"):
         value = first.get("input")
-        shown = "empty" if value is None else f"a {type(value).__name__} ({value!r})"
-        message = f"must be a section of key: value lines, not {shown}; see configs/tiny.yaml"
+        given = "empty" if value is None else f"a {type(value).__name__} ({shown_repr(value)})"
+        message = f"must be a section of key: value lines, not {given}; see configs/tiny.yaml"
     got = ""
     if first["type"] not in ("missing", "value_error", "model_type", "model_attributes_type", "dict_type") and "input" in first:
-        got = f" (got {first['input']!r})"
+        got = f" (got {shown_repr(first['input'])})"
     message = message[:1].lower() + message[1:]
     return f"{source}: {where + ': ' if where else ''}{message}{got}"
 

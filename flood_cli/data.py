@@ -20,7 +20,7 @@ from typing import Any, Iterator, Optional
 import torch
 
 from flood_cli.config import DataConfig
-from flood_cli.errors import FloodError
+from flood_cli.errors import FloodError, shown, shown_repr
 
 FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 LABELS = "labels"
@@ -119,17 +119,10 @@ def _file_kind(path: Path) -> str:
     return "not a plain file"
 
 
-def printable(text: Any, limit: int = 40) -> str:
-    """``text`` as it may be echoed in a one-line message: control characters escaped,
-    at most ``limit`` characters."""
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
-    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
-
-
 def _columns_shown(columns: list[str], most: int = 8) -> str:
     """A file's header as a message may echo it: a few short, printable names."""
-    shown = ", ".join(printable(c, 30) for c in columns[:most])
-    return shown + (f", … ({len(columns)} in all)" if len(columns) > most else "")
+    listed = ", ".join(shown(str(c), 30) for c in columns[:most])
+    return listed + (f", … ({len(columns)} in all)" if len(columns) > most else "")
 
 
 def content_hash(path: Path) -> str:
@@ -252,7 +245,7 @@ def _check_columns(split: Any, cfg: DataConfig, role: str) -> None:
         if column not in split.column_names:
             key = {cfg.text_column: "text_column", cfg.label_column: "label_column"}.get(column, "text_pair_column")
             raise FloodError(
-                f"{role} data{source} has no column '{printable(column)}' (columns: {_columns_shown(split.column_names)}); "
+                f"{role} data{source} has no column '{shown(str(column))}' (columns: {_columns_shown(split.column_names)}); "
                 f"set data.{key}"
             )
     if len(split) == 0:
@@ -273,7 +266,7 @@ def _check_columns(split: Any, cfg: DataConfig, role: str) -> None:
     odd = next((i for i, label in enumerate(labels) if label is not None and not isinstance(label, (str, int, float))), None)
     if odd is not None:
         raise FloodError(
-            f"{role} data: the label in data row {odd + 1} is a {type(labels[odd]).__name__} ({printable(labels[odd])}), "
+            f"{role} data: the label in data row {odd + 1} is a {type(labels[odd]).__name__} ({shown_repr(labels[odd])}), "
             f"not one value; column '{cfg.label_column}' must hold one string or integer label per row"
         )
     missing_labels = [i for i, label in enumerate(labels) if _is_missing(label)]
@@ -375,7 +368,7 @@ def prepare_data(cfg: DataConfig, tokenizer: Any) -> PreparedData:
     for key in ("text_column", "text_pair_column"):
         if getattr(cfg, key) == cfg.label_column:
             raise FloodError(
-                f"data.{key} and data.label_column are both '{printable(cfg.label_column)}': the model would read "
+                f"data.{key} and data.label_column are both '{shown(cfg.label_column)}': the model would read "
                 f"the answer; point data.{key} to the text"
             )
     warnings = []

@@ -8,6 +8,7 @@ and no change to the backend of a program that imports this module.
 from __future__ import annotations
 
 import math
+import os
 import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
@@ -46,20 +47,30 @@ def group_colours(count: int) -> list[Any]:
     return [turbo(0.05 + 0.9 * i / (count - 1)) for i in range(count)]
 
 
+# Values beyond this are left out of the curves like nan and inf: matplotlib cannot scale
+# an axis out to 1e308 (its margins overflow), and no loss or step count gets near it.
+PLOTTABLE_UP_TO = 1e100
+
+
+def _plottable(row: Optional[dict[str, Any]], x_key: str, y_key: str) -> bool:
+    if row is None:
+        return False
+    x, y = row.get(x_key), row.get(y_key)
+    return all(value is not None and math.isfinite(value) and abs(value) <= PLOTTABLE_UP_TO for value in (x, y))
+
+
 def _points(run: "Run", x_key: str, y_key: str) -> list[tuple[float, float]]:
-    return [
-        (row[x_key], row[y_key])  # type: ignore[misc]
-        for row in run.rows
-        if row.get(x_key) is not None and row.get(y_key) is not None and math.isfinite(row[y_key])  # type: ignore[arg-type]
-    ]
+    return [(row[x_key], row[y_key]) for row in run.rows if _plottable(row, x_key, y_key)]  # type: ignore[misc]
 
 
-def plot_runs(report: "Report", path: Path, x_axis: str = "epoch") -> None:
-    """Validation loss (solid) and training loss (dashed) per run, and validation accuracy.
+def plot_runs(report: "Report", path: Path, x_axis: str = "epoch") -> Path:
+    """Validation loss (solid) and training loss (dashed) per run, and validation accuracy;
+    returns the file written (``path``, with ``.png`` added when it has no suffix).
 
     One colour per seed group; a circle marks each run's best validation loss (on both
     panels), a star its best validation accuracy, which is often a different epoch.
     """
+    path = image_path(path)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -112,6 +123,15 @@ def plot_runs(report: "Report", path: Path, x_axis: str = "epoch") -> None:
         figure.savefig(path, dpi=110)
     except (OSError, ValueError) as exc:
         raise FloodError(f"cannot write plot {path}: {exc}; pass a writable .png path to --plot") from None
+    return path
+
+
+def image_path(path: Path) -> Path:
+    """The file matplotlib writes for ``path``: without a suffix it adds its default
+    format's (``curves`` -> ``curves.png``); made explicit here so that it is reported."""
+    if os.path.splitext(str(path))[1][1:]:
+        return path
+    return Path(str(path).rstrip(".") + ".png")
 
 
 def _legend_label(group: "Group", hidden_under: Optional[str], wrap: bool) -> str:
@@ -180,13 +200,110 @@ def _draw_group(runs: Sequence["Run"], axes: tuple[Any, Any, Any], x_axis: str, 
             target.add_collection(LineCollection(curves, colors=[colour], linewidths=line_width, linestyles=style, alpha=opacity))
 
     marker_style = dict(color=colour, markeredgecolor="black", markeredgewidth=0.6, linestyle="none")
-    best_rows = [run.best_row for run in runs if run.best_row is not None and run.best_row.get(x_axis) is not None]
+    best_rows = [run.best_row for run in runs if _plottable(run.best_row, x_axis, "val_loss")]
     for target in (loss_axes, zoom_axes):
-        target.plot([row[x_axis] for row in best_rows], [row["val_loss"] for row in best_rows],
+        target.plot([row[x_axis] for row in best_rows], [row["val_loss"] for row in best_rows],  # type: ignore[index]
                     marker="o", markersize=6, zorder=3, **marker_style)
-    at_best_loss = [row for row in best_rows if row.get("val_accuracy") is not None]
-    accuracy_axes.plot([row[x_axis] for row in at_best_loss], [row["val_accuracy"] for row in at_best_loss],
+    at_best_loss = [row for row in best_rows if _plottable(row, x_axis, "val_accuracy")]
+    accuracy_axes.plot([row[x_axis] for row in at_best_loss], [row["val_accuracy"] for row in at_best_loss],  # type: ignore[index]
                        marker="o", markersize=6, zorder=3, **marker_style)
-    best_accuracy = [run.best_accuracy_row for run in runs if run.best_accuracy_row is not None and run.best_accuracy_row.get(x_axis) is not None]
+    best_accuracy = [run.best_accuracy_row for run in runs if _plottable(run.best_accuracy_row, x_axis, "val_accuracy")]
     accuracy_axes.plot([row[x_axis] for row in best_accuracy], [row["val_accuracy"] for row in best_accuracy],
                        marker="*", markersize=11, zorder=4, **marker_style)
+
+
+def _mean_and_half_width(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half width of its 95 % Student t interval (0 for one value)."""
+    from flood_cli.stats import student_t_quantile
+
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return mean, student_t_quantile(0.975, len(values) - 1) * sd / math.sqrt(len(values))
+
+
+def _per_seed(group: "Group", value: Any) -> list[float]:
+    """One figure per seed of a group's complete runs (replicates of a seed averaged)."""
+    by_seed: dict[Any, list[float]] = {}
+    for run in group.runs:
+        figure = value(run)
+        if run.counts_in_statistics and figure is not None and math.isfinite(figure):
+            by_seed.setdefault(run.seed if run.seed is not None else str(run.path), []).append(figure)
+    return [sum(v) / len(v) for v in by_seed.values()]
+
+
+def plot_sweep_curve(report: "Report", key: str, path: Path) -> Optional[Path]:
+    """Best validation loss and best validation accuracy against a swept value (``key``,
+    e.g. ``train.b``): per value, the mean over seeds with its 95 % interval as a band
+    and each seed as a dot; the baseline group as a horizontal line and band. Settings
+    swept besides ``key`` get a curve each. None when no group varies ``key``."""
+    from matplotlib.figure import Figure
+
+    name = key.split(".")[-1]
+    curves: dict[str, list[tuple[float, "Group"]]] = {}
+    baselines = [g for g in report.groups if g.is_baseline and g.n_seeds]
+    for group in report.groups:
+        value = group.settings.get(key)
+        if group.is_baseline or not isinstance(value, (int, float)) or not group.n_seeds:
+            continue
+        others = {k: v for k, v in group.settings.items() if k != key and k != "train.seed"}
+        label = _differing_label(others, [g.settings for g in report.groups], key)
+        curves.setdefault(label, []).append((float(value), group))
+    if not curves:
+        return None
+    figure = Figure(figsize=(7.5, 7.0), layout="constrained")
+    loss_axes, accuracy_axes = figure.subplots(2, 1, sharex=True)
+    panels = (
+        (loss_axes, "best validation loss", lambda run: run.best_val_loss),
+        (accuracy_axes, "best validation accuracy", lambda run: run.best_accuracy_row["val_accuracy"] if run.best_accuracy_row else None),
+    )
+    xs_all = [x for points in curves.values() for x, _ in points]
+    colours = group_colours(len(curves) + len(baselines))
+    for axes, ylabel, figure_of in panels:
+        for index, baseline in enumerate(baselines):
+            values = _per_seed(baseline, figure_of)
+            if not values:
+                continue
+            mean, half = _mean_and_half_width(values)
+            colour = colours[len(curves) + index]
+            label = "baseline" + (f" ({_differing_label(baseline.settings, [g.settings for g in baselines], key)})" if len(baselines) > 1 else "") + f", {len(values)} seeds"
+            axes.axhline(mean, color=colour, linestyle="--", linewidth=1.2, label=label)
+            axes.axhspan(mean - half, mean + half, color=colour, alpha=0.12, linewidth=0)
+        for colour, (label, points) in zip(colours, sorted(curves.items())):
+            points.sort(key=lambda item: item[0])
+            xs, means, halves = [], [], []
+            for x, group in points:
+                values = _per_seed(group, figure_of)
+                if not values:
+                    continue
+                mean, half = _mean_and_half_width(values)
+                xs.append(x), means.append(mean), halves.append(half)
+                axes.scatter([x] * len(values), values, color=colour, s=9, alpha=0.45, linewidths=0)
+            if not xs:
+                continue
+            seeds = len(_per_seed(points[0][1], figure_of))
+            axes.plot(xs, means, color=colour, marker="o", linewidth=1.6, label=f"{label or name}, mean of {seeds} seeds")
+            axes.fill_between(xs, [m - h for m, h in zip(means, halves)], [m + h for m, h in zip(means, halves)], color=colour, alpha=0.2, linewidth=0)
+        axes.set_ylabel(ylabel)
+        axes.grid(True, alpha=0.3)
+    if name == "ascent_lr" or (min(xs_all) > 0 and max(xs_all) / min(xs_all) > 50):
+        accuracy_axes.set_xscale("log")
+    accuracy_axes.set_xlabel(name)
+    loss_axes.set_title(f"best validation loss and accuracy against {name} (bands: 95 % interval of the mean over seeds)", fontsize=9)
+    loss_axes.legend(fontsize=8, loc="best")
+    target = image_path(path)
+    try:
+        figure.savefig(target, dpi=120)
+    except (OSError, ValueError) as exc:
+        raise FloodError(f"cannot write the plot {target}: {exc}; check the folder and the file suffix") from None
+    return target
+
+
+def _differing_label(settings: dict[str, Any], everyone: Sequence[dict[str, Any]], key: str) -> str:
+    """The settings that tell this curve apart from the others (not ``key``, not the seed)."""
+    varying = sorted(
+        k for k in settings
+        if k not in (key, "train.seed", "train.mode") and len({repr(s.get(k)) for s in everyone}) > 1
+    )
+    return ", ".join(f"{k.split('.')[-1]}={settings[k]}" for k in varying)

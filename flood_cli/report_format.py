@@ -11,11 +11,11 @@ import csv
 import json
 import math
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from flood_cli.errors import FloodError
+from flood_cli.errors import FloodError, escaped
 from flood_cli.run_reader import Row, Run, format_epoch
 from flood_cli.stats import CI_LEVEL
 
@@ -98,7 +98,7 @@ def groups_table(report: "Report") -> Table:
         sample = group.sample
         mean_sd = ""
         if sample is not None:
-            mean_sd = _format_number(sample.mean) + (f" ± {sample.sd:.4f}" if sample.sd is not None else " (one seed)")
+            mean_sd = _format_number(sample.mean) + (f" ± {_format_number(sample.sd)}" if sample.sd is not None else " (one seed)")
         rows.append([
             group.id,
             group.label,
@@ -156,7 +156,7 @@ def comparisons_table(comparisons: Sequence["Comparison"]) -> Table:
             f"{comparison.baseline.id} ({seeds_text(comparison.baseline)})",
             str(comparison.group.n_seeds),
             _difference_cell(comparison.difference, comparison.difference_pct),
-            f"[{interval.low:+.4f}, {interval.high:+.4f}]" if interval else "",
+            f"[{_format_number(interval.low, sign=True)}, {_format_number(interval.high, sign=True)}]" if interval else "",
             _method_cell(comparison),
             comparison.verdict,
             " ".join(markers),
@@ -226,12 +226,18 @@ def _drop_column(columns: list[str], rows: list[list[str]], name: str) -> None:
 # Cells
 
 
-def _format_number(value: Optional[float], sign: bool = False) -> str:
+# Beyond this, fixed-point figures would run to hundreds of digits (a loss of 1e308 in a
+# damaged metrics.csv): exponent notation instead.
+FIXED_POINT_UP_TO = 1e6
+
+
+def _format_number(value: Optional[float], sign: bool = False, digits: int = 4) -> str:
     if value is None:
         return ""
     if math.isnan(value):
         return "nan"
-    return f"{value:+.4f}" if sign else f"{value:.4f}"
+    style = "f" if abs(value) < FIXED_POINT_UP_TO else "e"
+    return f"{value:{'+' if sign else ''}.{digits}{style}}"
 
 
 def _format_g(value: Optional[float]) -> str:
@@ -242,7 +248,7 @@ def _at(row: Optional[Row]) -> str:
     if row is None:
         return ""
     step = row.get("step")
-    return format_epoch(row["epoch"]) + (f" ({step:.0f})" if step is not None else "")
+    return format_epoch(row["epoch"]) + (f" ({format_epoch(step)})" if step is not None else "")
 
 
 def _status_cell(run: Run) -> str:
@@ -255,11 +261,22 @@ def _status_cell(run: Run) -> str:
 def _difference_cell(value: Optional[float], pct: Optional[float]) -> str:
     if value is None:
         return ""
-    return _format_number(value, sign=True) + (f" ({pct:+.2f}%)" if pct is not None else "")
+    return _format_number(value, sign=True) + (f" ({_format_number(pct, sign=True, digits=2)}%)" if pct is not None else "")
 
 
 # ---------------------------------------------------------------------------
 # Text and Markdown
+
+
+def _escaped_table(table: Table) -> Table:
+    """The table with control characters in its cells escaped (a run folder named with a
+    line break, a setting holding one): each row stays one line, and nothing in a name
+    reaches the terminal as a control sequence. JSON and CSV carry the text as it is."""
+    return replace(
+        table,
+        rows=[[escaped(cell) for cell in row] for row in table.rows],
+        footnotes=[escaped(footnote) for footnote in table.footnotes],
+    )
 
 
 def render_terminal(tables: Sequence[Table]) -> str:
@@ -269,7 +286,7 @@ def render_terminal(tables: Sequence[Table]) -> str:
     thousand runs, and folded cells make a table harder to read than a long line.
     """
     blocks = []
-    for table in tables:
+    for table in map(_escaped_table, tables):
         widths = [max([len(column), *(len(row[i]) for row in table.rows)]) for i, column in enumerate(table.columns)]
         right = [column in table.right_aligned for column in table.columns]
 
@@ -290,7 +307,7 @@ def render_terminal(tables: Sequence[Table]) -> str:
 
 def render_markdown(tables: Sequence[Table]) -> str:
     blocks = []
-    for table in tables:
+    for table in map(_escaped_table, tables):
         lines = [f"**{table.title}**", ""]
         lines.append("| " + " | ".join(table.columns) + " |")
         lines.append("|" + "|".join("---:" if c in table.right_aligned else "---" for c in table.columns) + "|")
@@ -371,10 +388,10 @@ def group_record(group: "Group") -> dict[str, Any]:
         "n": group.n_seeds,
         "n_runs": group.counted_runs,
         "n_left_out": group.left_out,
-        "best_val_loss_mean": sample.mean if sample else None,
-        "best_val_loss_sd": sample.sd if sample else None,
-        "best_val_loss_min": min(sample.values) if sample else None,
-        "best_val_loss_max": max(sample.values) if sample else None,
+        "best_val_loss_mean": _json_number(sample.mean) if sample else None,
+        "best_val_loss_sd": _json_number(sample.sd) if sample else None,
+        "best_val_loss_min": _json_number(min(sample.values)) if sample else None,
+        "best_val_loss_max": _json_number(max(sample.values)) if sample else None,
         "settings": group.settings,
     }
 
@@ -388,10 +405,10 @@ def comparison_record(comparison: "Comparison") -> dict[str, Any]:
         "baseline": comparison.baseline.id,
         "n": sample.n,
         "n_baseline": reference.n,
-        "mean": sample.mean,
-        "baseline_mean": reference.mean,
-        "difference": comparison.difference,
-        "difference_pct": comparison.difference_pct,
+        "mean": _json_number(sample.mean),
+        "baseline_mean": _json_number(reference.mean),
+        "difference": _json_number(comparison.difference),  # None when beyond a float (1e308 - -1e308)
+        "difference_pct": _json_number(comparison.difference_pct),
         "ci_level": CI_LEVEL,
         "ci_low": interval.low if interval else None,
         "ci_high": interval.high if interval else None,

@@ -2,7 +2,9 @@
 
 Tolerant by design: a run still in progress, a metrics.csv cut short by a crash, a
 half-written summary or a missing config each cost one warning line, and the run is
-still shown with what could be read. Only a run without a single evaluation is skipped.
+still shown with what could be read. Only a run without a single evaluation is skipped,
+and a run whose config.yaml flood refuses to read (see flood_cli.safe_yaml: aliases that
+expand too far, a recursive alias, a key given twice), since its settings are unclear.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import yaml
 
+from flood_cli import safe_yaml
 from flood_cli.runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, describe_data, describe_model
 
 if TYPE_CHECKING:
@@ -31,7 +34,10 @@ NOT_EXPERIMENT_KEYS = ("seed", "eval_batch_size")
 # A "running" run whose summary has not changed for this long may have been killed.
 STALE_AFTER_S = 3600.0
 
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml is ~10x faster
+
+
+def _parse_config(text: str) -> Any:
+    return safe_yaml.load(text, fast=True)  # libyaml where installed: about 10x faster
 
 
 @dataclass
@@ -82,7 +88,12 @@ class Run:
 def load_run(path: Path, now: float) -> tuple[Optional[Run], Optional[str]]:
     """Read one run folder: the run (None if unusable) and at most one warning line."""
     problems: list[str] = []
-    config = _read_mapping(path / CONFIG_FILE, lambda text: yaml.load(text, Loader=_YAML_LOADER), problems)
+    try:
+        config = _read_mapping(path / CONFIG_FILE, _parse_config, problems)
+    except safe_yaml.RefusedYaml as exc:
+        # Aliases that expand too far, a recursive alias, a key given twice: which
+        # settings the run had is unclear, and grouping it by guesswork would mislead.
+        return None, f"{path}: {CONFIG_FILE}: {exc.problem}; skipped"
     summary = _read_mapping(path / SUMMARY_FILE, json.loads, problems)
     metrics_text = _read_file(path / METRICS_FILE, problems)
     rows: list[Row] = []
@@ -204,13 +215,16 @@ def _read_file(path: Path, problems: list[str]) -> Optional[str]:
 
 
 def _read_mapping(path: Path, parse: Callable[[str], Any], problems: list[str]) -> Optional[dict[str, Any]]:
-    """Read a YAML or JSON file that must hold a mapping; a problem message otherwise."""
+    """Read a YAML or JSON file that must hold a mapping; a problem message otherwise.
+    Raises safe_yaml.RefusedYaml for YAML that is well formed but refused."""
     text = _read_file(path, problems)
     if text is None:
         return None
     try:
         value = parse(text)
-    except (ValueError, yaml.YAMLError):
+    except safe_yaml.RefusedYaml:
+        raise
+    except (ValueError, RecursionError, yaml.YAMLError):  # RecursionError: JSON nested too deeply
         problems.append(f"{path.name} is corrupt")
         return None
     if not isinstance(value, dict):
@@ -278,7 +292,7 @@ def _first(*values: Any) -> Any:
 def _as_float(value: Any) -> Optional[float]:
     try:
         return None if value is None or isinstance(value, bool) else float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int past 1.8e308
         return None
 
 
@@ -330,10 +344,14 @@ def _format_age(seconds: float) -> str:
 
 
 def format_epoch(epoch: Optional[float]) -> str:
-    """1, 2, 3 for whole epochs; 1.50 for evaluations within an epoch."""
+    """1, 2, 3 for whole epochs; 1.50 for evaluations within an epoch (and whole steps)."""
     if epoch is None:
         return ""
-    return f"{epoch:g}" if float(epoch).is_integer() else f"{epoch:.2f}"
+    if not math.isfinite(epoch):
+        return str(epoch)
+    if float(epoch).is_integer():
+        return f"{epoch:.0f}" if abs(epoch) < 1e15 else f"{epoch:g}"
+    return f"{epoch:.2f}" if abs(epoch) < 1e15 else f"{epoch:g}"
 
 
 def finite(value: Optional[float]) -> bool:

@@ -21,6 +21,7 @@ HIGHER = "higher (worse)"
 WITHIN_NOISE = "within seed noise"
 ONE_SEED = "one seed per group: no noise estimate"
 NO_SPREAD = "no seed spread to estimate noise"
+OUT_OF_RANGE = "losses beyond float range: no interval"
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,14 @@ class Sample:
 
     @property
     def sd(self) -> Optional[float]:
-        """Sample standard deviation (n − 1); None for a single seed."""
-        return statistics.stdev(self.values) if self.n >= 2 else None
+        """Sample standard deviation (n − 1); None for a single seed; inf when it is
+        beyond a float (losses near 1e308, which no real run reaches)."""
+        if self.n < 2:
+            return None
+        try:
+            return statistics.stdev(self.values)
+        except OverflowError:
+            return math.inf
 
 
 @dataclass(frozen=True)
@@ -62,34 +69,42 @@ def difference_interval(group: Sample, baseline: Sample, level: float = CI_LEVEL
 
     None with one seed on both sides, and None when the seeds that are there show no
     spread at all (sd 0): a zero-width interval would read as certainty, when it only
-    means the noise could not be measured (see `verdict_for`).
+    means the noise could not be measured (see `verdict_for`). None too when the
+    figures leave the range of a float (losses near 1e308: products, never powers,
+    so that they become inf rather than raise).
     """
     if group.n < 2 and baseline.n < 2:
         return None
     if group.n >= 2 and baseline.n >= 2:
-        var_g, var_b = group.sd ** 2 / group.n, baseline.sd ** 2 / baseline.n  # type: ignore[operator]
+        var_g, var_b = group.sd * group.sd / group.n, baseline.sd * baseline.sd / baseline.n  # type: ignore[operator]
         standard_error = math.sqrt(var_g + var_b)
-        if standard_error == 0.0:
-            return None
-        # Welch–Satterthwaite degrees of freedom.
-        df = (var_g + var_b) ** 2 / (var_g**2 / (group.n - 1) + var_b**2 / (baseline.n - 1))
+        # Welch–Satterthwaite degrees of freedom (0/0 when the variances underflow).
+        denominator = var_g * var_g / (group.n - 1) + var_b * var_b / (baseline.n - 1)
+        df = (var_g + var_b) * (var_g + var_b) / denominator if denominator > 0.0 else math.nan
         method = "welch"
     else:
         spread_from = group if group.n >= 2 else baseline
         standard_error = spread_from.sd * math.sqrt(1.0 / group.n + 1.0 / baseline.n)  # type: ignore[operator]
-        if standard_error == 0.0:
-            return None
         df = float(spread_from.n - 1)
         method = "pooled"
+    if standard_error == 0.0 or not (math.isfinite(standard_error) and math.isfinite(df)):
+        return None
     difference = group.mean - baseline.mean
     half_width = student_t_quantile(0.5 + level / 2.0, df) * standard_error
-    return Interval(difference - half_width, difference + half_width, method, df)
+    low, high = difference - half_width, difference + half_width
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return None
+    return Interval(low, high, method, df)
 
 
 def verdict_for(interval: Optional[Interval], group: Sample, baseline: Sample) -> str:
     """What the interval says; without one, why there is none."""
     if interval is None:
-        return ONE_SEED if group.n < 2 and baseline.n < 2 else NO_SPREAD
+        if group.n < 2 and baseline.n < 2:
+            return ONE_SEED
+        if all(sample.sd == 0.0 for sample in (group, baseline) if sample.sd is not None):
+            return NO_SPREAD
+        return OUT_OF_RANGE
     if interval.low <= 0.0 <= interval.high:
         return WITHIN_NOISE
     return LOWER if interval.high < 0.0 else HIGHER

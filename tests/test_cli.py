@@ -98,7 +98,7 @@ BAD_INPUTS = [
     (["--set", "train.lrr=1"], "error: config error in {cfg}: unknown key 'train.lrr'; did you mean 'lr'?"),
     (["--set", "epochs"], "error: --set 'epochs': expected section.key=value, e.g. --set train.epochs=5"),
     (["--set", "train.batch_size=many"], "error: config error in {cfg}: train.batch_size: input should be a valid integer, unable to parse string as an integer (got 'many')"),
-    (["--name", "a/b"], "error: config error in {cfg}: output.name: must be a plain folder name (no '/'), not empty"),
+    (["--name", "a/b"], "error: config error in {cfg}: output.name: 'a/b' is not a plain folder name; use 1 to 200 letters, digits and . _ - + = @ , (not . or ..)"),
 ]
 
 

@@ -9,6 +9,7 @@ import csv
 import json
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from flood_cli.errors import FloodError
 from flood_cli.report_format import CSV_COLUMNS
 from flood_cli.run_reader import parse_metrics
 from flood_cli.runs import METRICS_COLUMNS, METRICS_FILE, SUMMARY_FILE
-from flood_cli.stats import NO_SPREAD, ONE_SEED
+from flood_cli.stats import NO_SPREAD, ONE_SEED, OUT_OF_RANGE
 from tests.run_factory import make_rows, metrics_csv, write_run
 
 NOW = datetime(2025, 1, 1, 0, 20, tzinfo=timezone.utc).timestamp()  # 10 min after the factory's updated_at
@@ -615,3 +616,129 @@ def test_a_key_that_older_runs_lack_still_tells_groups_apart(tmp_path):
     write_run(tmp_path, "new", mode="alternate", lr=1e-3, ascent_lr=1e-4, train={"ascent_optimizer": "separate"})
     labels = sorted(group.label for group in build_report([tmp_path]).groups)
     assert labels == ["alternate lr=0.001 alr=0.0001", "alternate lr=0.001 alr=0.0001 ascent_optimizer=separate"]
+
+
+# ---------------------------------------------------------------------------
+# Run folders from others: YAML that expands, repeats keys or holds itself; numbers
+# beyond a float; names with line breaks
+
+
+def _alias_bomb(levels: int = 8) -> str:
+    """Ten aliases to the anchor before, ``levels`` times: 10**levels values (a billion laughs)."""
+    return "bomb:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, levels + 1)
+    )
+
+
+def _spoil_config(path, edit) -> None:
+    config = path / "config.yaml"
+    config.write_text(edit(config.read_text()))
+
+
+LR_LINE = "  lr: 2.0e-05\n"
+REFUSED_CONFIGS = [
+    # (case, edit of config.yaml's text, expected warning after "<run>: config.yaml: ")
+    (
+        "alias bomb (99 s, then MemoryError)",
+        lambda text: _alias_bomb() + text.replace(LR_LINE, "  lr: *a8\n"),
+        "YAML aliases repeat more than 10000 values (seen at line 5, column 7); skipped",
+    ),
+    (
+        "recursive alias (ValueError: Circular reference detected)",
+        lambda text: text.replace(LR_LINE, "  lr: &a [*a]\n"),
+        "recursive YAML alias at line 30, column 7 (a value that contains itself); skipped",
+    ),
+    (
+        "key twice",
+        lambda text: text.replace(LR_LINE, LR_LINE + "  lr: 1.0e-05\n"),
+        "key 'train.lr' appears twice (lines 30 and 31); skipped",
+    ),
+    (
+        "section twice",
+        lambda text: text + "train:\n  lr: 1.0e-05\n",
+        "key 'train' appears twice (lines 27 and 54); skipped",
+    ),
+]
+
+
+@pytest.mark.timeout(30)  # the alias bomb ran for 99 s
+@pytest.mark.parametrize(("case", "edit", "expected"), REFUSED_CONFIGS, ids=[c[0] for c in REFUSED_CONFIGS])
+def test_a_run_whose_config_yaml_is_refused_is_skipped(tmp_path, case, edit, expected):
+    write_seed_group(tmp_path, "good", [0.81, 0.80])
+    bad = write_run(tmp_path, "bad", seed=3, val_losses=(0.5, 0.4))
+    _spoil_config(bad, edit)
+    started = time.perf_counter()
+    output = compare([tmp_path])
+    assert time.perf_counter() - started < 1.0
+    assert output.warnings == [f"{bad}: config.yaml: {expected}"]
+    assert [run.name for run in report_of([tmp_path]).runs] == ["good-s2", "good-s1"]
+    assert "bad" not in output.text
+    document = json.loads(compare([tmp_path], as_json=True).text)
+    assert document["warnings"] == output.warnings and len(document["runs"]) == 2
+
+
+def test_aliases_within_the_limit_are_read(tmp_path):
+    """flood writes no anchors, but a config.yaml edited by hand may use a few."""
+    path = write_run(tmp_path, "anchored", lr=1e-5)
+    _spoil_config(path, lambda text: "shared: &lr 3.0e-05\n" + text.replace("  lr: 1.0e-05\n", "  lr: *lr\n"))
+    output = compare([path])
+    assert output.warnings == []
+    assert report_of([path]).runs[0].lr == 3e-5
+
+
+def test_losses_near_the_float_limit_are_compared_not_a_crash(tmp_path):
+    """1e308 in metrics.csv: the seed statistics overflowed (OverflowError from sd ** 2)."""
+    write_seed_group(tmp_path, "base", [0.81, 0.80])
+    write_run(tmp_path, "huge-s1", val_losses=(1e308, 1e308), seed=1, mode="flooding", b=0.5)
+    write_run(tmp_path, "huge-s2", val_losses=(1.7e308, 1.7e308), seed=2, mode="flooding", b=0.5)
+    write_run(tmp_path, "apart-s1", val_losses=(1.7e308,), seed=1, mode="flooding", b=0.7)
+    write_run(tmp_path, "apart-s2", val_losses=(-1.7e308,), seed=2, mode="flooding", b=0.7)  # sd beyond a float
+    report = report_of([tmp_path])
+    assert {c.group.label: c.verdict for c in report.comparisons} == {
+        "flooding b=0.5 lr=2e-05": OUT_OF_RANGE,
+        "flooding b=0.7 lr=2e-05": OUT_OF_RANGE,
+    }
+    assert all(c.interval is None for c in report.comparisons)
+    huge = next(group for group in report.groups if group.label.startswith("flooding b=0.5"))
+    assert huge.sample.mean == 1.35e308
+    text = compare([tmp_path]).text
+    assert " huge-s2   g3     flooding  0.5  2e-05                2       3    1.7000e+308  +1.7000e+308 (+inf%)     1.7000e+308  completed" in text
+    assert " g1     flooding b=0.7 lr=2e-05     2      2               0.0000 ± inf  -1.7000e+308  1.7000e+308" in text
+    assert " g3     flooding b=0.5 lr=2e-05     2      2  1.3500e+308 ± 4.9497e+307   1.0000e+308  1.7000e+308" in text
+    assert " g3     g2 (2 seeds)      2  +1.3500e+308 (+inf%)  losses beyond float range: no interval" in text
+    assert max(len(line) for line in text.splitlines()) < 200  # no 309-digit figures
+    document = json.loads(compare([tmp_path], as_json=True).text)  # strict JSON: no inf
+    assert {c["verdict"] for c in document["comparisons"]} == {OUT_OF_RANGE}
+    assert compare([tmp_path], markdown=True).text.count("| huge-s") == 4  # two tables
+    result = runner.invoke(app, ["compare", str(tmp_path)])
+    assert (result.exit_code, result.stderr) == (0, "")
+
+
+def test_names_with_line_breaks_and_control_characters_stay_on_their_row(tmp_path):
+    write_run(tmp_path, "plain", seed=1)
+    write_run(tmp_path, "two\nlines", seed=2, val_losses=(0.5, 0.4))
+    write_run(tmp_path, "red\x1b[31mtext\u2028end", seed=3, val_losses=(0.45, 0.42))
+    text = compare([tmp_path]).text
+    lines = text.splitlines()
+    assert lines[4].split()[0] == "two\\nlines" and lines[5].split()[0] == "red\\x1b[31mtext\\u2028end"
+    assert lines[6].split()[0] == "plain" and lines[7] == ""
+    assert "\x1b" not in text and "\u2028" not in text and "two\nlines" not in text
+    markdown = compare([tmp_path], markdown=True).text
+    assert "| two\\nlines | g1 | baseline |" in markdown and "| red\\x1b[31mtext\\u2028end | g1 |" in markdown
+    assert "\x1b" not in markdown
+    # JSON and CSV keep the name as it is (both quote it)
+    assert [run["name"] for run in json.loads(compare([tmp_path], as_json=True).text)["runs"]] == [
+        "two\nlines", "red\x1b[31mtext\u2028end", "plain",
+    ]
+
+
+def test_cli_warnings_about_odd_paths_are_one_line_each(tmp_path):
+    write_run(tmp_path, "good")
+    odd = write_run(tmp_path, "odd\nname", with_summary=False)
+    result = runner.invoke(app, ["compare", str(tmp_path)])
+    assert result.exit_code == 0
+    assert result.stderr.splitlines() == [
+        f"warning: {tmp_path}/odd\\nname: no summary.json; status unknown, but metrics.csv reaches the configured 3 "
+        "epochs; counted as complete"
+    ]
+    assert odd.exists()

@@ -4,6 +4,7 @@ overrides apply, and relative paths are taken from the config file's folder."""
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,97 @@ def test_config_not_utf8(tmp_path):
 
 
 # ---------------------------------------------------------------------------
+# What YAML may hold: aliases with bounded expansion, each key once
+
+
+BASE = "model:\n  tiny: {}\ndata:\n  train_file: x.csv\n"  # lines 1 to 4
+
+
+def alias_bomb(levels: int = 8, where: str = "meta") -> str:
+    """A billion laughs: each anchor a list of ten aliases to the one before (10**9 values
+    for 8 levels, in 400 bytes), used as train.lr; the anchors sit in ``where``."""
+    anchors = "  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, levels + 1)
+    )
+    return BASE + f"{where}:\n{anchors}train:\n  lr: *a{levels}\n"
+
+
+def repeated(times: int) -> str:
+    """An alias to a list of 100 values (99 items and the list), repeated ``times`` times."""
+    return BASE + f"meta:\n  a: &a [{', '.join(['1'] * 99)}]\n  b: [{', '.join(['*a'] * times)}]\n"
+
+
+BOMB = "YAML aliases repeat more than 10000 values (seen at line {}, column 7); write the values out, or use fewer aliases"
+RECURSIVE = "recursive YAML alias at line {}, column {} (a value that contains itself); replace the alias with a plain value"
+REFUSED_YAML = [
+    # (case, file text, expected message after "<path>: ")
+    ("section twice", BASE + "train:\n  lr: 0.1\ntrain:\n  epochs: 2\n", "key 'train' appears twice (lines 5 and 7); keep one"),
+    ("key twice in a section", BASE + "train:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n", "key 'train.lr' appears twice (lines 6 and 8); keep one"),
+    ("key twice, quoted once", BASE + "train:\n  lr: 0.1\n  'lr': 0.2\n", "key 'train.lr' appears twice (lines 6 and 7); keep one"),
+    ("key twice on one line", "model:\n  tiny: {num_layers: 2, num_layers: 3}\n", "key 'model.tiny.num_layers' appears twice (both on line 2); keep one"),
+    ("model section twice", BASE + "model:\n  tiny: {}\n", "key 'model' appears twice (lines 1 and 5); keep one"),
+    ("billion laughs (10**9 values)", alias_bomb(), BOMB.format(9)),
+    ("alias bomb under data", alias_bomb(where="data"), BOMB.format(9)),
+    ("10,100 repeated values", repeated(101), "YAML aliases repeat more than 10000 values (seen at line 7, column 6); write the values out, or use fewer aliases"),
+    ("recursive alias in a list", BASE + "train:\n  lr: &a [*a]\n", RECURSIVE.format(6, 7)),
+    ("recursive alias in a mapping", BASE + "meta: &m {x: *m}\n", RECURSIVE.format(5, 7)),
+    ("recursive alias through a merge", BASE + "meta: &m\n  <<: *m\n", RECURSIVE.format(5, 7)),
+]
+
+
+@pytest.mark.timeout(30)  # without the checks, the billion laughs hang for minutes
+@pytest.mark.parametrize("case, text, expected", REFUSED_YAML, ids=[c[0] for c in REFUSED_YAML])
+def test_refused_yaml(tmp_path, case, text, expected):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    started = time.perf_counter()
+    with pytest.raises(FloodError) as excinfo:
+        load_config(path)
+    assert str(excinfo.value) == f"{path}: {expected}"
+    assert time.perf_counter() - started < 2.0
+
+
+def test_aliases_and_merges_within_the_limit_load(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(
+        "model:\n  name_or_path: &m bert-base-uncased\n  tokenizer: *m\ndata:\n  train_file: x.csv\n"
+        "meta:\n  defaults: &t {lr: 0.1, epochs: 2}\ntrain:\n  <<: *t\n  lr: 0.2\n"  # a key over a merged one is no duplicate
+    )
+    config = load_config(path)
+    assert (config.model.tokenizer, config.train.lr, config.train.epochs) == ("bert-base-uncased", 0.2, 2)
+    path.write_text(repeated(100))  # 10,000 repeated values: the most allowed
+    assert load_config(path).data.train_file == str(tmp_path / "x.csv")
+
+
+def test_a_saved_run_config_goes_through_the_same_checks(tmp_path):
+    """`flood train --resume` reads the run's config.yaml with load_config: a key added
+    twice to it by hand is refused like in any config file."""
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = yaml.safe_dump({**small_config(), "meta": {"started_at": "2025-01-01"}}, sort_keys=False)
+    assert load_config(write_config(run, yaml.safe_load(saved), "config.yaml")).train.lr == 0.001
+    lines = saved.splitlines()
+    at = lines.index("  lr: 0.001") + 1
+    lines.insert(at, "  lr: 0.1")
+    (run / "config.yaml").write_text("\n".join(lines) + "\n")
+    with pytest.raises(FloodError) as excinfo:
+        load_config(run / "config.yaml")
+    assert str(excinfo.value) == f"{run / 'config.yaml'}: key 'train.lr' appears twice (lines {at} and {at + 1}); keep one"
+
+
+def test_aliases_nested_past_100_levels(tmp_path):
+    """Each anchor 60 levels deep and aliasing the one before: 120 levels once expanded."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text(BASE + "meta:\n  a0: &a0 " + "[" * 60 + "]" * 60 + "\n  a1: &a1 " + "[" * 60 + "*a0" + "]" * 60 + "\n")
+    with pytest.raises(FloodError) as excinfo:
+        load_config(path)
+    assert str(excinfo.value) == (
+        f"YAML syntax error in {path} at line 7, column 30: the document is nested too deeply to read "
+        "(more than 100 levels); fix the file and retry"
+    )
+
+
+# ---------------------------------------------------------------------------
 # Keys and values
 
 
@@ -109,6 +201,9 @@ def _edits(*edits):
 
     return edit
 
+
+NAME_RULE = "is not a plain folder name; use 1 to 200 letters, digits and . _ - + = @ , (not . or ..)"
+SEED_RULE = "is out of range; use a whole number from 0 to 4294967295 (2**32 - 1)"
 
 VALUE_CASES = [
     # (case, edit of the small config, expected message after "config error in <path>: ")
@@ -179,8 +274,38 @@ VALUE_CASES = [
         _delete("data", "train_file"),
         "data: set exactly one of dataset (a Hub dataset name) or train_file (a local csv/tsv/json/jsonl/parquet file)",
     ),
-    ("output.name with /", _set("output.name", "a/b"), "output.name: must be a plain folder name (no '/'), not empty"),
-    ("output.name ..", _set("output.name", ".."), "output.name: must be a plain folder name (no '/'), not empty"),
+    ("output.name with /", _set("output.name", "a/b"), f"output.name: 'a/b' {NAME_RULE}"),
+    ("output.name ..", _set("output.name", ".."), f"output.name: '..' {NAME_RULE}"),
+    ("output.name .", _set("output.name", "."), f"output.name: '.' {NAME_RULE}"),
+    ("output.name empty", _set("output.name", ""), f"output.name: '' {NAME_RULE}"),
+    ("output.name with a space", _set("output.name", "run 1"), f"output.name: 'run 1' {NAME_RULE}"),
+    ("output.name with a newline", _set("output.name", "a\nb"), f"output.name: 'a\\nb' {NAME_RULE}"),
+    ("output.name with a NUL byte", _set("output.name", "a\x00b"), f"output.name: 'a\\x00b' {NAME_RULE}"),
+    ("output.name with ESC", _set("output.name", "a\x1b[2Jb"), f"output.name: 'a\\x1b[2Jb' {NAME_RULE}"),
+    ("output.name of 201 characters", _set("output.name", "n" * 201), f"output.name: '{'n' * 52}…{'n' * 25}' {NAME_RULE}"),
+    ("output.name a number", _set("output.name", 7), "output.name: input should be a valid string (got 7)"),
+    ("train.seed -1", _set("train.seed", -1), f"train.seed: -1 {SEED_RULE}"),
+    ("train.seed 2**32", _set("train.seed", 2**32), f"train.seed: 4294967296 {SEED_RULE}"),
+    ("train.seed 2**40", _set("train.seed", 2**40), f"train.seed: 1099511627776 {SEED_RULE}"),
+    ("data.split_seed -1", _set("data.split_seed", -1), f"data.split_seed: -1 {SEED_RULE}"),
+    ("data.split_seed 2**32", _set("data.split_seed", 2**32), f"data.split_seed: 4294967296 {SEED_RULE}"),
+    # a value echoed in a message is cut to 80 characters, whatever its size
+    ("long string for a number", _set("train.lr", "x" * 1000), f"train.lr: input should be a valid number, unable to parse string as a number (got '{'x' * 52}…{'x' * 25}')"),
+    (
+        "long list for a number",
+        _set("train.lr", list(range(100_000))),
+        "train.lr: input should be a valid number (got [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, ...])",
+    ),
+    (
+        "long list for a section",
+        _set("data", ["row"] * 100_000),
+        "data: must be a section of key: value lines, not a list (['row', 'row', 'row', 'row', 'row', 'row', 'row', 'ro… 'row', 'row', 'row', ...]); see configs/tiny.yaml",
+    ),
+    (
+        "long unknown key",
+        _set("train." + "k" * 500, 1),
+        f"unknown key 'train.{'k' * 47}…{'k' * 26}'; known keys: mode, b, lr, ascent_lr, ascent_optimizer, epochs, batch_size, eval_batch_size, weight_decay, warmup_ratio, schedule, max_grad_norm, grad_accum_steps, group_by_length, seed, eval_every, on_nonfinite",
+    ),
     ("unknown device", _set("runtime.device", "tpu"), "runtime.device: input should be 'auto', 'cpu' or 'cuda' (got 'tpu')"),
     (
         "two mistakes: the unknown key wins",

@@ -40,6 +40,7 @@ YAML_TOKENS = [
     "!!str 3", "!foo bar", "&a [*a]", "&b {x: *b}", "*undefined", ".nan", ".inf", "-.inf", "1e400", "0x1f",
     "0o17", "1_000", "190:20:30", "[", "]", "{", "}", "{a: 1", "[[[[", "? [a, b]\n: 1", "\t", "- a", "'", '"\\q"',
     "%YAML 1.1\n---", "---", "...", "<<: {lr: 1}", "<<: *x", "@", "`", "|", ">-", "#",
+    "[&c [x, x, x], [*c, *c, *c]]", "{lr: 1, lr: 2}", "&d {<<: *d}", "!!set {a, a}",
 ]
 
 scalars = st.one_of(
@@ -207,9 +208,28 @@ REGRESSIONS = [
     ("key with a line break", VALID + '"a\\nb": 1\n', [], "unknown key 'a\\nb'; known keys: model, data"),
     ("--set key with a line break", VALID, ["train.a\nb=1"], "unknown key 'train.a\\nb'; known keys: mode, b, lr"),
     ("--set through a value with a line break", VALID + '"x\\ny": 1\n', ["x\ny.z=1"], "cannot set x\\ny.z: x\\ny is a value, not a section; set x\\ny=VALUE instead"),
+    # aliases and keys: bounded work, nothing silently dropped
+    ("recursive alias ([[...]] in the message)", VALID + "train:\n  lr: &a [*a]\n", [], "cfg.yaml: recursive YAML alias at line 6, column 7 (a value that contains itself); replace the alias with a plain value"),
+    ("recursive alias in a --set value (kept as text)", VALID, ["train.lr=&a [*a]"], "train.lr: input should be a valid number, unable to parse string as a number (got '&a [*a]')"),
+    (
+        "alias bomb (a 722 KB message, minutes)",
+        VALID + "meta:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 6)) + "train:\n  lr: *a5\n",
+        [],
+        "cfg.yaml: YAML aliases repeat more than 10000 values (seen at line 9, column 7); write the values out, or use fewer aliases",
+    ),
+    (
+        "alias bomb in a --set value (kept as text)",
+        VALID,
+        ["train.lr=[&a [x, x, x, x, x, x, x, x, x, x], &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a], [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b]]"],
+        "train.lr: input should be a valid number, unable to parse string as a number (got '[&a [x, x, x, x, x, x, x, x, x, x], &b [*a, *a, *a, … *b, *b, *b, *b, *b, *b]]')",
+    ),
+    ("duplicate section", VALID + "data:\n  train_file: y.csv\n", [], "cfg.yaml: key 'data' appears twice (lines 3 and 5); keep one"),
+    ("duplicate key", VALID + "train:\n  lr: 0.1\n  lr: 0.2\n", [], "cfg.yaml: key 'train.lr' appears twice (lines 6 and 7); keep one"),
+    ("undefined alias with a long name", VALID + "train:\n  lr: *" + "a" * 5000 + "\n", [], "at line 6, column 7: found undefined alias '" + "a" * 110 + "…" + "a" * 65 + "'; fix the file and retry"),
 ]
 
 
+@pytest.mark.timeout(30)  # the alias bomb hung for minutes
 @pytest.mark.parametrize("case, text, sets, expected", REGRESSIONS, ids=[c[0] for c in REGRESSIONS])
 def test_regressions(tmp_path, case, text, sets, expected):
     message = load(tmp_path, text, sets)

@@ -85,3 +85,21 @@ def test_legend_names_seeds_runs_and_a_group_drawn_under_another(tmp_path):
         "g3 baseline lr=2e-05 (2 runs, 1 seed)",
     ]
     assert _legend_label(groups[2], None, wrap=False) == "g3 baseline lr=2e-05 (2 runs, 1 seed)"
+
+
+@pytest.mark.parametrize(("given", "written"), [("curves", "curves.png"), ("curves.", "curves.png"), ("curves.svg", "curves.svg")])
+def test_the_file_written_is_the_one_reported(tmp_path, given, written):
+    """matplotlib adds .png to a name without a suffix; `wrote curves` named a file that is not there."""
+    write_runs(tmp_path / "runs", 2, 2)
+    output = compare_command([tmp_path / "runs"], plot=tmp_path / given)
+    assert output.text.endswith(f"wrote {tmp_path / written}")
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["runs", written])
+
+
+def test_losses_beyond_any_axis_are_left_out_of_the_curves(tmp_path):
+    """A loss of 1e308 made matplotlib's axis margins overflow ("arange: cannot compute length")."""
+    write_runs(tmp_path / "runs", 2, 1)
+    write_run(tmp_path / "runs", "huge", val_losses=(1e308, 0.9, 1.7e308), seed=9)
+    output = compare_command([tmp_path / "runs"], plot=tmp_path / "curves.png")
+    assert output.text.endswith(f"wrote {tmp_path / 'curves.png'}")
+    assert image_size(tmp_path / "curves.png")[0] > 1500
