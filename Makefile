@@ -18,6 +18,7 @@ demo: setup
 	$(BIN)/flood train --config configs/tiny.yaml
 
 test: setup
+	./scripts/test_services.sh
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -79,3 +79,60 @@ def make_reporter(quiet: bool) -> Iterator[Any]:
         return
     with RichReporter() as reporter:
         yield reporter
+
+
+class SweepProgress:
+    """A sweep's own line per finished run, and on a terminal an overall bar below the
+    lines: runs done and remaining, elapsed time and an ETA from the runs so far."""
+
+    def __init__(self, live: bool) -> None:
+        self.live = live
+        self.bar: Optional[Any] = None
+        self.task: Optional[Any] = None
+        if live:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(
+                TextColumn("runs"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[eta]}"),
+                console=Console(file=sys.stdout),
+            )
+
+    def __enter__(self) -> "SweepProgress":
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def echo(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(text, markup=False, highlight=False)
+        else:
+            print(text, flush=True)
+
+    def start(self, total: int, done: int) -> None:
+        if self.bar is not None:
+            self.task = self.bar.add_task("sweep", total=total, completed=done, eta="")
+
+    def update(self, done: int, eta_s: Optional[float]) -> None:
+        if self.bar is not None and self.task is not None:
+            eta = "" if eta_s is None else f"about {_duration(eta_s)} left"
+            self.bar.update(self.task, completed=done, eta=eta)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def make_sweep_progress() -> SweepProgress:
+    return SweepProgress(live=sys.stdout.isatty())

@@ -608,6 +608,9 @@ class Trainer:
         if self.run is not None:
             self.run.check_intact()
             self.run.write_summary(status="completed", finished_at=now_iso())
+            if not self.cfg.output.keep_checkpoint:
+                # Only a stopped run needs it; a sweep of BERT-base runs would keep 1.3 GB each.
+                checkpoint.remove(self.run.path)
         best = progress.best
         return RunResult(
             run_dir=self.run.path if self.run is not None else Path(self.cfg.output.dir),
@@ -813,7 +816,8 @@ def _fit_and_record(trainer: Trainer) -> RunResult:
         trainer.checkpoints.settle_quietly()  # the last good checkpoint is recorded as such
         if trainer.run is not None:
             try:
-                trainer.run.write_summary(status="failed", error=f"{type(exc).__name__}: {exc}", finished_at=now_iso())
+                status = getattr(exc, "run_status", "failed")  # e.g. "pruned" by a sweep's pruner
+                trainer.run.write_summary(status=status, error=f"{type(exc).__name__}: {exc}", finished_at=now_iso())
             except OSError:
                 pass  # a full disk: the original error is the one to report
         raise

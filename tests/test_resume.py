@@ -33,7 +33,8 @@ MODES = {
 def config_for(tmp_path: Path, name: str, train: dict, **extra) -> Path:
     config = small_config(
         train={"epochs": 3, **train},
-        output={"dir": str(tmp_path / "runs"), "name": name, "checkpoint_every": 5},
+        # Kept after completion here: several tests read a finished run's last checkpoint.
+        output={"dir": str(tmp_path / "runs"), "name": name, "checkpoint_every": 5, "keep_checkpoint": True},
         **extra,
     )
     return write_config(tmp_path, config, f"{name}.yaml")

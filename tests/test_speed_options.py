@@ -129,7 +129,7 @@ def test_compile_trains_the_same_model_up_to_kernel_rounding(tmp_path):
     no_dropout = {"tiny": {"num_layers": 2, "hidden_size": 64, "num_heads": 2, "intermediate_size": 128, "dropout": 0.0}}
     eager = rows_of(tmp_path, "eager", model=no_dropout)
     compiled = rows_of(
-        tmp_path, "compiled", model=no_dropout, runtime={**CPU, "compile": True}, output={"save_best_model": True}
+        tmp_path, "compiled", model=no_dropout, runtime={**CPU, "compile": True}, output={"save_best_model": True, "keep_checkpoint": True}
     )
     assert len(compiled) == len(eager)
     for a, b in zip(eager, compiled):

@@ -63,9 +63,11 @@ def test_every_mode_writes_a_consistent_run_folder(tmp_path, mode):
 
     umask = os.umask(0)
     os.umask(umask)
-    for written in ("config.yaml", "metrics.csv", "summary.json", "checkpoints/last.pt"):
+    for written in ("config.yaml", "metrics.csv", "summary.json"):
         # Atomic writes go through temporary files; they keep the usual permissions.
         assert stat.S_IMODE((run_dir / written).stat().st_mode) == 0o666 & ~umask, written
+    # A completed run needs no checkpoint (output.keep_checkpoint: false by default).
+    assert not (run_dir / "checkpoints").exists()
 
     saved = (run_dir / "config.yaml").read_text()
     assert f"mode: {mode}" in saved and "versions:" in saved and "torch:" in saved
@@ -229,3 +231,10 @@ def test_a_validation_file_that_is_the_training_file_is_warned_about(tmp_path):
         f"warning: the validation file is the training file ({config['data']['train_file']}): "
         "validation figures will measure memorisation, not generalisation"
     )
+
+
+def test_keep_checkpoint_keeps_a_completed_runs_checkpoint_with_the_usual_permissions(tmp_path):
+    run_dir, _, _ = train(tmp_path, "kept-checkpoint", output={"keep_checkpoint": True}, train={"epochs": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((run_dir / "checkpoints" / "last.pt").stat().st_mode) == 0o666 & ~umask

@@ -1,0 +1,939 @@
+"""`flood sweep`: the flood level (or any key) over seeds, on Optuna.
+
+A sweep is a folder::
+
+    <out>/<name>/
+      sweep.yaml      what is swept: the base config, the grid or search, the seeds, the storage
+      study.journal   Optuna's journal storage (default; or a database given by --storage)
+      runs/           ordinary run folders, one per setting and seed: `flood compare` reads them
+      workers/        each worker process's log
+      results.md      the grouped table, written at the end (and by `flood sweep --report`)
+      b-curve.png     best validation loss and accuracy against b (ascent_lr-curve.png likewise)
+
+A grid is enumerated up front: every (setting, seed) is one Optuna trial, enqueued as
+WAITING, and a worker claims one by moving it to RUNNING through the storage, which
+lets exactly one claimant win (a row lock in a database, the order of the journal's
+log in a file). Optuna's GridSampler is not used: it can hand one grid point to two
+concurrent workers. A search (--search) asks Optuna's TPE sampler for settings, each
+trial running every seed and reporting their mean; its baseline runs are a grid of
+their own in a second study.
+
+A worker records a heartbeat on its trial. A RUNNING trial whose worker is gone (its
+process no longer exists on this host, or its heartbeat is older than the grace
+period) is failed and enqueued again with the same run; the new claimant resumes the
+run folder from its checkpoint, as `flood train --resume` does. A completed run is
+never run again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import yaml
+
+from flood_cli import safe_yaml
+from flood_cli.errors import FloodError, RunPruned
+
+SPEC_FILE = "sweep.yaml"
+JOURNAL_FILE = "study.journal"
+RUNS_DIR = "runs"
+WORKERS_DIR = "workers"
+RESULTS_FILE = "results.md"
+
+# The keys a flag sweeps, and how a run name shows them.
+FLAG_KEYS = {"b": "train.b", "lr": "train.lr", "ascent_lr": "train.ascent_lr"}
+SHORT_NAMES = {"train.b": "b", "train.lr": "lr", "train.ascent_lr": "alr", "train.mode": ""}
+# Keys that only make sense in one mode: a baseline setting drops them.
+MODE_KEYS_OF = {"flooding": ("train.b",), "alternate": ("train.ascent_lr", "train.ascent_optimizer")}
+MODE_KEYS = tuple(key for keys in MODE_KEYS_OF.values() for key in keys)
+CURVE_KEYS = ("train.b", "train.ascent_lr")
+
+HEARTBEAT_S = 10.0
+GRACE_S = 60.0
+
+
+# ---------------------------------------------------------------------------
+# What is swept
+
+
+def _mode_of(key: str) -> str:
+    return next(mode for mode, keys in MODE_KEYS_OF.items() if key in keys)
+
+
+def parse_values(text: str, what: str) -> list[Any]:
+    """``0,0.05,0.1`` -> [0.0, 0.05, 0.1]; each value read as YAML (1e-5, true, null)."""
+    values = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            raise FloodError(f"{what} {text!r} has an empty value; give values separated by commas, e.g. 0,0.05,0.1")
+        try:
+            values.append(safe_yaml.load(item))
+        except Exception:
+            values.append(item)
+    if len(set(map(json.dumps, values))) != len(values):
+        raise FloodError(f"{what} {text!r} repeats a value; give each value once")
+    return values
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``5`` -> seeds 1..5; ``1,2,7`` -> those seeds."""
+    try:
+        if "," not in text:
+            count = int(text)
+            if count < 1:
+                raise ValueError
+            return list(range(1, count + 1))
+        seeds = [int(item) for item in text.split(",")]
+    except ValueError:
+        raise FloodError(f"--seeds {text!r}: give a number of seeds (5 means seeds 1..5) or a list (1,2,7)") from None
+    if len(set(seeds)) != len(seeds) or any(seed < 0 for seed in seeds):
+        raise FloodError(f"--seeds {text!r}: seeds must be distinct and not negative")
+    return seeds
+
+
+@dataclass(frozen=True)
+class Range:
+    key: str
+    low: float
+    high: float
+    log: bool = False
+
+
+def parse_search(text: str) -> Range:
+    """``b=0:0.6`` or ``ascent_lr=1e-6:1e-4:log`` (a key of a section, or b, lr, ascent_lr)."""
+    name, sep, bounds = text.partition("=")
+    parts = bounds.split(":")
+    try:
+        if not sep or len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log"):
+            raise ValueError
+        low, high = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise FloodError(f"--search {text!r}: expected KEY=LOW:HIGH or KEY=LOW:HIGH:log, e.g. --search b=0:0.6") from None
+    log = len(parts) == 3
+    if not low < high or (log and low <= 0):
+        raise FloodError(f"--search {text!r}: LOW must be below HIGH (and above 0 on a log scale)")
+    key = FLAG_KEYS.get(name.strip(), name.strip())
+    if "." not in key:
+        raise FloodError(f"--search {text!r}: {name!r} is not b, lr, ascent_lr or a section.key")
+    return Range(key, low, high, log)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One point of the sweep: config overrides (dotted keys), the same for every seed."""
+
+    overrides: dict[str, Any]
+
+    @property
+    def mode(self) -> str:
+        return str(self.overrides.get("train.mode", "baseline"))
+
+    def label(self) -> str:
+        shown = [f"{key.split('.')[-1]}={_value(value)}" for key, value in self.overrides.items() if key != "train.mode"]
+        return " ".join([self.mode, *shown])
+
+    def run_name(self, seed: int) -> str:
+        parts = [self.mode]
+        for key, value in self.overrides.items():
+            if key == "train.mode":
+                continue
+            short = SHORT_NAMES.get(key, key.split(".")[-1] + "=")
+            parts.append(f"{short}{_value(value)}")
+        parts.append(f"s{seed}")
+        return _safe_name("-".join(parts))
+
+
+def _value(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._+=@,-" else "_" for c in name)[:200]
+
+
+def grid_settings(mode: str, axes: dict[str, list[Any]]) -> list[Setting]:
+    """The grid's settings, baseline first: every combination of the axes in ``mode``,
+    and a baseline for every combination of the axes that a baseline has too."""
+    def product(keys: list[str]) -> list[dict[str, Any]]:
+        return [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
+
+    shared = [key for key in axes if key not in MODE_KEYS]
+    settings = [Setting({"train.mode": "baseline", **point}) for point in product(shared)]
+    if mode != "baseline":
+        settings += [Setting({"train.mode": mode, **point}) for point in product(list(axes))]
+    return settings
+
+
+@dataclass
+class SweepSpec:
+    """Everything a worker needs, saved in sweep.yaml and in the study's attributes."""
+
+    name: str
+    folder: str
+    base: dict[str, Any]  # the resolved base config (Config.experiment_dict)
+    mode: str
+    settings: list[dict[str, Any]]  # Setting.overrides of the grid (a search: its baselines)
+    seeds: list[int]
+    search: list[dict[str, Any]] = field(default_factory=list)  # Range fields
+    trials: int = 0
+    prune: bool = False  # a search's median pruner on intermediate validation loss
+    storage: str = ""  # a database URL; empty: the journal file in the sweep folder
+    study: str = ""
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or str(Path(self.folder) / JOURNAL_FILE)
+
+    @property
+    def runs_dir(self) -> Path:
+        return Path(self.folder) / RUNS_DIR
+
+    @property
+    def grid_study(self) -> str:
+        """The study of the enqueued runs: the grid, or a search's baselines."""
+        return f"{self.study}:baseline" if self.search else self.study
+
+    @property
+    def expected_runs(self) -> int:
+        return len(self.settings) * len(self.seeds) + self.trials * len(self.seeds)
+
+    def describe(self) -> str:
+        labels = "; ".join(Setting(s).label() for s in self.settings)
+        what = f"{len(self.settings)} setting(s) ({labels})"
+        if self.search:
+            ranges = ", ".join(f"{r['key'].split('.')[-1]} in [{r['low']:g}, {r['high']:g}]{' log' if r['log'] else ''}" for r in self.search)
+            what += f" + {self.trials} TPE trial(s) over {ranges}"
+        return f"{what} × {len(self.seeds)} seed(s) = {self.expected_runs} runs"
+
+
+def config_for(spec: SweepSpec, overrides: dict[str, Any], seed: int, run_name: str) -> Any:
+    """The validated config of one run of the sweep."""
+    import copy
+
+    from flood_cli.config import apply_override, validate
+
+    raw = copy.deepcopy(spec.base)
+    if overrides.get("train.mode") == "baseline":
+        for key in MODE_KEYS:
+            apply_override(raw, key, None)
+    for key, value in {**overrides, "train.seed": seed}.items():
+        apply_override(raw, key, value)
+    raw["train"].setdefault("ascent_optimizer", "separate")
+    if raw["train"].get("ascent_optimizer") is None:
+        raw["train"]["ascent_optimizer"] = "separate"
+    apply_override(raw, "output.dir", str(spec.runs_dir))
+    apply_override(raw, "output.name", run_name)
+    return validate(raw, f"sweep setting {Setting(overrides).label()}")
+
+
+# ---------------------------------------------------------------------------
+# Storage and studies
+
+
+def open_storage(url: str) -> Any:
+    """A journal file (a path) or a database URL (postgresql://, mysql://, sqlite:///)."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if "://" in url:
+        if url.startswith("postgresql://"):
+            # The driver flood installs (pip install 'flood-cli[postgres]'): psycopg 3,
+            # which SQLAlchemy 2.0 would not pick for a bare postgresql:// URL.
+            url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except Exception as exc:
+            raise FloodError(f"cannot open the storage {url}: {_first_line(exc)}; check the URL and that the server runs") from None
+    return JournalStorage(JournalFileBackend(url))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:200]
+
+
+def load_study(storage: Any, name: str, prune: bool = False) -> Any:
+    import optuna
+
+    # Pruners are not stored with a study: every worker of a pruned search passes its own.
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0) if prune else None
+    try:
+        return optuna.load_study(study_name=name, storage=storage, pruner=pruner)
+    except KeyError:
+        raise FloodError(f"there is no study {name!r} in the storage; check --study (flood sweep prints it when it starts)") from None
+
+
+@dataclass
+class Claimed:
+    trial_id: int
+    number: int
+    attrs: dict[str, Any]
+    params: dict[str, Any]
+    study: Any = None  # a search trial's study, for its pruner
+
+
+class Queue:
+    """One study's trials as a work queue (grid trials are enqueued WAITING)."""
+
+    def __init__(self, storage: Any, study: Any):
+        self.storage = storage
+        self.study = study
+        self.study_id = storage.get_study_id_from_name(study.study_name)
+
+    def trial_id(self, number: int) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+
+    def claim(self) -> Optional[Claimed]:
+        """Take one WAITING trial: the storage lets only one claimant move it to RUNNING."""
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            trial_id = self.trial_id(trial.number)
+            try:
+                if self.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                    return Claimed(trial_id, trial.number, dict(trial.user_attrs), dict(trial.params))
+            except UpdateFinishedTrialError:
+                continue
+        return None
+
+    def reclaim_stale(self, grace: float = GRACE_S) -> list[int]:
+        """Fail RUNNING trials whose worker is gone and enqueue them again (same run)."""
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        retried = []
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if not _is_stale(trial, grace):
+                continue
+            try:
+                if not self.storage.set_trial_state_values(self.trial_id(trial.number), state=TrialState.FAIL):
+                    continue
+            except UpdateFinishedTrialError:
+                continue  # another process reclaimed it first
+            attrs = {k: v for k, v in trial.user_attrs.items() if k in TRIAL_SPEC_KEYS}
+            self.study.enqueue_trial(dict(trial.params), user_attrs={**attrs, "retry_of": trial.number})
+            retried.append(trial.number)
+        return retried
+
+
+TRIAL_SPEC_KEYS = ("run", "setting", "overrides", "seed", "search")
+
+
+def _is_stale(trial: Any, grace: float) -> bool:
+    attrs = trial.user_attrs
+    if attrs.get("host") == socket.gethostname() and "pid" in attrs:
+        return not _alive(int(attrs["pid"]), attrs.get("pid_start"))
+    beat = attrs.get("heartbeat")
+    if beat is None and trial.datetime_start is not None:
+        beat = trial.datetime_start.timestamp()
+    return beat is not None and time.time() - float(beat) > grace
+
+
+def _process_start(pid: int) -> Optional[str]:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, started: Optional[str]) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return started is None or _process_start(pid) in (None, started)
+
+
+class Heartbeat:
+    """Marks a claimed trial as alive, every HEARTBEAT_S seconds, from a thread."""
+
+    def __init__(self, queue: Queue, trial_id: int, every: float = HEARTBEAT_S):
+        self.queue, self.trial_id, self.every = queue, trial_id, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="flood-sweep-heartbeat", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        storage, pid = self.queue.storage, os.getpid()
+        storage.set_trial_user_attr(self.trial_id, "host", socket.gethostname())
+        storage.set_trial_user_attr(self.trial_id, "pid", pid)
+        storage.set_trial_user_attr(self.trial_id, "pid_start", _process_start(pid))
+        storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self.queue.storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
+            except Exception:  # a storage hiccup: the next beat tries again
+                pass
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# ---------------------------------------------------------------------------
+# Creating, resuming, joining
+
+
+def create_sweep(
+    config_path: Path,
+    mode: Optional[str],
+    axes: dict[str, list[Any]],
+    seeds: list[int],
+    search: list[Range],
+    trials: int,
+    out: Path,
+    name: Optional[str],
+    storage_url: Optional[str],
+    study_name: Optional[str],
+    prune: bool = False,
+) -> SweepSpec:
+    """Validate every run's config, claim the sweep folder, create the study and
+    enqueue the grid. Nothing is created when a setting is invalid."""
+    from datetime import datetime
+
+    from flood_cli.config import load_config
+    from flood_cli.runs import check_writable
+
+    base = load_config(config_path)
+    searched = {r.key for r in search}
+    if mode is None:  # as `flood train --b X` switches to flooding, so do flood levels here
+        if "train.b" in axes or "train.b" in searched:
+            mode = "flooding"
+        elif "train.ascent_lr" in axes or "train.ascent_lr" in searched:
+            mode = "alternate"
+        else:
+            mode = base.train.mode
+    for key in (*axes, *searched):
+        if key in MODE_KEYS and key not in MODE_KEYS_OF.get(mode, ()):
+            raise FloodError(f"{key} does not apply to mode {mode}; drop it, or pass --mode {_mode_of(key)}")
+    if search and not trials:
+        raise FloodError("--search needs --trials N, the number of settings TPE may try")
+    if trials and not search:
+        raise FloodError("--trials applies to --search; for a grid give the values (--b 0,0.1) instead")
+    if prune and not search:
+        raise FloodError("--prune applies to --search (a grid runs every setting to the end)")
+    if not axes and not search:
+        raise FloodError("nothing to sweep; give values (--b 0,0.05,0.1, --ascent-lr, --lr, --set key=v1,v2) or --search")
+    if mode == "flooding" and "train.b" not in axes and base.train.b is None and not any(r.key == "train.b" for r in search):
+        raise FloodError("mode flooding needs flood levels: --b 0,0.05,0.1 or --search b=0:0.6")
+    settings = grid_settings(mode, axes) if axes else [Setting({"train.mode": "baseline"})]
+    if not axes and mode != "baseline" and not search:
+        settings.append(Setting({"train.mode": mode}))
+    check_writable(out)
+    folder_name = name or f"sweep-{mode}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    folder = (out / folder_name).resolve()
+    spec = SweepSpec(
+        name=folder_name,
+        folder=str(folder),
+        base=base.experiment_dict(),
+        mode=mode,
+        settings=[s.overrides for s in settings],
+        seeds=seeds,
+        search=[asdict(r) for r in search],
+        trials=trials,
+        prune=prune,
+        storage=storage_url or "",
+        study=study_name or folder_name,
+    )
+    for setting in settings:  # every config must be valid before anything exists
+        config_for(spec, setting.overrides, seeds[0], setting.run_name(seeds[0]))
+    if search:
+        probe = {r.key: (r.low + r.high) / 2 for r in search}
+        config_for(spec, {"train.mode": mode, **probe}, seeds[0], "probe")
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        raise FloodError(f"sweep folder {folder} already exists; pass another --name, or --resume it") from None
+    try:
+        (folder / RUNS_DIR).mkdir()
+        (folder / WORKERS_DIR).mkdir()
+        (folder / SPEC_FILE).write_text(yaml.safe_dump(asdict(spec), sort_keys=False))
+        _create_studies(spec)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return spec
+
+
+def _create_studies(spec: SweepSpec) -> None:
+    import optuna
+
+    storage = open_storage(spec.storage_url)
+    names = [spec.grid_study] + ([spec.study] if spec.search else [])
+    for study_name in names:
+        try:
+            study = optuna.create_study(study_name=study_name, storage=storage, direction="minimize")
+        except optuna.exceptions.DuplicatedStudyError:
+            raise FloodError(f"the storage already has a study {study_name!r}; pass another --study") from None
+        study.set_user_attr("flood_sweep", asdict(spec))
+    grid = optuna.load_study(study_name=spec.grid_study, storage=storage)
+    for overrides in spec.settings:
+        setting = Setting(overrides)
+        for seed in spec.seeds:
+            grid.enqueue_trial(
+                {}, user_attrs={"run": setting.run_name(seed), "setting": setting.label(), "overrides": overrides, "seed": seed}
+            )
+
+
+def read_spec(folder: Path) -> SweepSpec:
+    path = folder / SPEC_FILE
+    if not path.is_file():
+        raise FloodError(f"{folder} is not a sweep folder (no {SPEC_FILE}); pass the folder that flood sweep printed")
+    try:
+        data = safe_yaml.load(path.read_text(encoding="utf-8"))
+        spec = SweepSpec(**data)
+        spec.folder = str(folder.resolve())  # the folder may have moved since it was made
+        return spec
+    except (safe_yaml.RefusedYaml, yaml.YAMLError, TypeError, UnicodeDecodeError) as exc:
+        raise FloodError(f"{path} cannot be read as a sweep ({_first_line(exc)}); it was not written by flood sweep") from None
+
+
+def spec_from_study(storage_url: str, study_name: str) -> SweepSpec:
+    storage = open_storage(storage_url)
+    study = load_study(storage, study_name)
+    data = study.user_attrs.get("flood_sweep")
+    if not isinstance(data, dict):
+        raise FloodError(f"study {study_name!r} was not created by flood sweep; join a study that flood sweep made")
+    spec = SweepSpec(**data)
+    spec.storage = storage_url
+    return spec
+
+
+# ---------------------------------------------------------------------------
+# The worker: claim, run, tell
+
+
+def work(spec: SweepSpec, log: Callable[[str], None] = lambda text: None, verbose: bool = False) -> int:
+    """Run trials until none is left; return how many this worker finished."""
+    storage = open_storage(spec.storage_url)
+    grid = Queue(storage, load_study(storage, spec.grid_study))
+    search = Queue(storage, load_study(storage, spec.study, spec.prune)) if spec.search else None
+    from flood_cli.progress import make_reporter
+
+    reporter_factory = lambda: make_reporter(quiet=not verbose)  # noqa: E731
+    done = 0
+    while True:
+        for queue in filter(None, (grid, search)):
+            queue.reclaim_stale()
+        claimed = grid.claim()
+        queue = grid
+        if claimed is None and search is not None:
+            claimed, queue = _ask(search, spec), search
+        if claimed is None:
+            return done
+        with Heartbeat(queue, claimed.trial_id):
+            try:
+                value, attrs = _run_trial(spec, claimed, reporter_factory, log)
+            except _Interrupted:
+                # Stopped by a signal after a checkpoint: the same run, queued again.
+                _requeue(queue, claimed)
+                raise
+            except RunPruned:
+                queue.study.tell(claimed.number, state=_state("PRUNED"))
+                log(f"pruned {claimed.attrs.get('setting', claimed.number)}")
+                done += 1
+                continue
+            except Exception as exc:
+                queue.storage.set_trial_user_attr(claimed.trial_id, "error", f"{type(exc).__name__}: {exc}"[:500])
+                queue.study.tell(claimed.number, state=_state("FAIL"))
+                log(f"failed {claimed.attrs.get('run', claimed.number)}: {exc}")
+                done += 1
+                continue
+        for key, item in attrs.items():
+            queue.storage.set_trial_user_attr(claimed.trial_id, key, item)
+        queue.study.tell(claimed.number, value)
+        done += 1
+
+
+def _state(name: str) -> Any:
+    from optuna.trial import TrialState
+
+    return TrialState[name]
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _requeue(queue: Queue, claimed: Claimed) -> None:
+    from optuna.trial import TrialState
+
+    queue.study.tell(claimed.number, state=TrialState.FAIL)
+    attrs = {k: v for k, v in claimed.attrs.items() if k in TRIAL_SPEC_KEYS}
+    queue.study.enqueue_trial(claimed.params, user_attrs={**attrs, "retry_of": claimed.number})
+
+
+def _ask(queue: Queue, spec: SweepSpec) -> Optional[Claimed]:
+    """A TPE trial, while the budget lasts (retries of interrupted ones first)."""
+    from optuna.trial import TrialState
+
+    waiting = queue.claim()
+    if waiting is not None:
+        waiting.study = queue.study
+        return waiting
+    counted = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.PRUNED)
+    if len(queue.study.get_trials(deepcopy=False, states=counted)) >= spec.trials:
+        return None
+    trial = queue.study.ask()
+    params = {}
+    for entry in spec.search:
+        params[entry["key"]] = trial.suggest_float(entry["key"], entry["low"], entry["high"], log=entry["log"])
+    overrides = {"train.mode": spec.mode, **params}
+    setting = Setting(overrides)
+    attrs = {"setting": setting.label(), "overrides": overrides, "search": True}
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    return Claimed(queue.trial_id(trial.number), trial.number, attrs, params, queue.study)
+
+
+def _run_trial(spec: SweepSpec, claimed: Claimed, reporter_factory: Callable[[], Any], log: Callable[[str], None]) -> tuple[float, dict[str, Any]]:
+    """Run the trial's run(s): one for a grid trial, every seed for a search trial."""
+    overrides = claimed.attrs["overrides"]
+    if claimed.attrs.get("search"):
+        overrides = {"train.mode": spec.mode, **claimed.params}
+        seeds = spec.seeds
+    else:
+        seeds = [claimed.attrs["seed"]]
+    setting = Setting(overrides)
+    losses, accuracies, names = [], [], []
+    for index, seed in enumerate(seeds):
+        name = claimed.attrs.get("run") if not claimed.attrs.get("search") else setting.run_name(seed)
+        with reporter_factory() as reporter:
+            if spec.prune and claimed.study is not None and index == 0:
+                reporter = _PruningReporter(reporter, claimed)  # judged on its first seed's curve
+            summary = _run_one(spec, overrides, seed, name, reporter)
+        losses.append(float(summary["best_val_loss"]))
+        accuracies.append(float(summary.get("best_val_accuracy") or math.nan))
+        names.append(name)
+        log(f"finished {name}: best val_loss {summary['best_val_loss']:.4f}")
+    attrs = {"runs": names, "best_val_accuracy": sum(accuracies) / len(accuracies)}
+    return sum(losses) / len(losses), attrs
+
+
+class _PruningReporter:
+    """Passes evaluations to the trial's pruner; stops the run when it says so."""
+
+    def __init__(self, inner: Any, claimed: Claimed):
+        import optuna
+
+        self.inner = inner
+        self.trial = optuna.trial.Trial(claimed.study, claimed.trial_id)
+        self.live_loss_every = inner.live_loss_every
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def evaluation(self, row: dict[str, Any]) -> None:
+        self.inner.evaluation(row)
+        self.trial.report(float(row["val_loss"]), int(row["step"]))
+        if self.trial.should_prune():
+            raise RunPruned(f"pruned at step {row['step']}: val_loss {row['val_loss']:.4f} is worse than the median of earlier trials there")
+
+
+def _run_one(spec: SweepSpec, overrides: dict[str, Any], seed: int, name: str, reporter: Any) -> dict[str, Any]:
+    """Train one run of the sweep, or continue it, or read it when it is complete."""
+    from flood_cli.checkpoint import last_checkpoint
+    from flood_cli.errors import RunInterrupted
+    from flood_cli.runs import RunDir, read_metrics
+    from flood_cli.train import resume_training, run_training
+
+    run_dir = spec.runs_dir / name
+    try:
+        if run_dir.exists():
+            summary = RunDir(run_dir).load_summary()
+            if summary.get("status") == "completed":
+                return summary  # never run again
+            if last_checkpoint(run_dir).exists():
+                resume_training(run_dir, reporter)
+            else:
+                rows = read_metrics(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
+                if rows:
+                    raise FloodError(f"run {run_dir} has rows but no checkpoint; it cannot be continued")
+                shutil.rmtree(run_dir)  # it stopped before its first evaluation: nothing is lost
+                run_training(config_for(spec, overrides, seed, name), reporter)
+        else:
+            run_training(config_for(spec, overrides, seed, name), reporter)
+    except RunInterrupted:
+        raise _Interrupted() from None
+    except KeyboardInterrupt:
+        raise _Interrupted() from None
+    return RunDir(run_dir).load_summary()
+
+
+# ---------------------------------------------------------------------------
+# The sweep's own process: start workers, follow the study, write the results
+
+
+@dataclass
+class Finished:
+    """A trial that ended, as the sweep reports it."""
+
+    key: str  # study and trial number
+    label: str
+    runs: int
+    value: Optional[float]
+    accuracy: Optional[float]
+    error: Optional[str]
+    seconds: float
+
+
+def _studies(spec: SweepSpec) -> list[tuple[str, int]]:
+    """The sweep's studies, each with the number of runs one of its trials makes."""
+    if spec.search:
+        return [(spec.grid_study, 1), (spec.study, len(spec.seeds))]
+    return [(spec.study, 1)]
+
+
+def finished_trials(spec: SweepSpec, storage: Any) -> list[Finished]:
+    """Trials that completed, or failed for good (an interrupted trial queued again is not one)."""
+    from optuna.trial import TrialState
+
+    found = []
+    for study_name, runs_each in _studies(spec):
+        for trial in load_study(storage, study_name).get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+            attrs = trial.user_attrs
+            if trial.state == TrialState.FAIL and "error" not in attrs:
+                continue  # interrupted, or its worker died: queued again
+            start, end = trial.datetime_start, trial.datetime_complete
+            seconds = (end - start).total_seconds() if start and end else 0.0
+            label = str(attrs.get("run") or attrs.get("setting") or f"trial {trial.number}")
+            found.append(Finished(f"{study_name}#{trial.number}", label, runs_each, trial.value, attrs.get("best_val_accuracy"), attrs.get("error"), seconds))
+    return found
+
+
+def _pdeathsig() -> None:
+    """A worker gets SIGTERM when the sweep process dies (Linux): it then stops its run
+    after a checkpoint and queues it again, instead of training unwatched."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def start_workers(spec: SweepSpec, count: int, verbose: bool) -> list[subprocess.Popen]:
+    """``count`` worker processes on this machine: one GPU each where there are GPUs,
+    else an equal share of the CPU cores each."""
+    gpus = _visible_gpus()
+    threads = max(1, (os.cpu_count() or 1) // count)
+    workers = []
+    for index in range(count):
+        env = dict(os.environ)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+        else:  # torch takes its thread count from here
+            env.setdefault("OMP_NUM_THREADS", str(threads))
+        log = open(Path(spec.folder) / WORKERS_DIR / f"worker-{index + 1}.log", "a", encoding="utf-8")
+        command = [sys.executable, "-m", "flood_cli", "sweep", "--worker", "--resume", spec.folder]
+        if verbose:
+            command.append("--verbose")
+        workers.append(
+            subprocess.Popen(
+                command,
+                env=env,
+                stdout=None if verbose else log,
+                stderr=None if verbose else subprocess.STDOUT,
+                preexec_fn=_pdeathsig,
+            )
+        )
+        log.close()
+    return workers
+
+
+def _visible_gpus() -> list[str]:
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [item for item in listed.split(",") if item.strip()]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+
+
+def follow(
+    spec: SweepSpec,
+    workers: list[subprocess.Popen],
+    echo: Callable[[str], None],
+    progress: Any,
+    poll_s: float = 1.0,
+) -> list[Finished]:
+    """Report each trial as it ends, until every worker has stopped."""
+    storage = open_storage(spec.storage_url)
+    before = finished_trials(spec, storage)  # ended before this start (a resumed sweep)
+    seen = {item.key for item in before}
+    done = sum(item.runs for item in before)
+    started, finished_here = time.time(), 0
+    total = spec.expected_runs
+    progress.start(total, done)
+    while True:
+        alive = any(worker.poll() is None for worker in workers)
+        ended = finished_trials(spec, storage)
+        for item in ended:
+            if item.key in seen:
+                continue
+            seen.add(item.key)
+            finished_here += item.runs
+            done += item.runs
+            echo(_line(item, done, total))
+            progress.update(done, _eta(started, finished_here, total - done))
+        if not alive:
+            return ended
+        time.sleep(poll_s)
+
+
+def _line(item: Finished, done: int, total: int) -> str:
+    where = f"[{done}/{total}]"
+    if item.error:
+        return f"{where} {item.label}: failed ({item.error})"
+    accuracy = f", best val_accuracy {item.accuracy:.4f}" if item.accuracy is not None and not math.isnan(item.accuracy) else ""
+    return f"{where} {item.label}: best val_loss {item.value:.4f}{accuracy} ({item.seconds:.0f} s)"
+
+
+def _eta(started: float, finished_here: int, remaining: int) -> Optional[float]:
+    """Seconds left, from the pace of the runs finished since this start."""
+    if remaining <= 0:
+        return 0.0
+    if finished_here == 0:
+        return None
+    return (time.time() - started) / finished_here * remaining
+
+
+def stop_workers(workers: list[subprocess.Popen], timeout: float = 600) -> None:
+    """Ask every worker to stop after its current step (checkpoint, queued again)."""
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+    deadline = time.time() + timeout
+    for worker in workers:
+        try:
+            worker.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
+def disk_use(folder: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def human_bytes(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
+def write_results(spec: SweepSpec) -> list[Path]:
+    """The grouped table (results.md) and a curve per swept flood level or ascent rate."""
+    from flood_cli.compare import build_report, compare_command
+    from flood_cli.plots import plot_sweep_curve
+
+    folder = Path(spec.folder)
+    runs = spec.runs_dir
+    written = []
+    if not any(runs.iterdir()):
+        return written
+    output = compare_command([runs], markdown=True)
+    (folder / RESULTS_FILE).write_text(f"# Sweep {spec.name}\n\n{spec.describe()}\n\n{output.text}\n", encoding="utf-8")
+    written.append(folder / RESULTS_FILE)
+    report = build_report([runs])
+    swept = {key for overrides in spec.settings for key in overrides} | {r["key"] for r in spec.search}
+    for key in CURVE_KEYS:
+        if key in swept:
+            path = folder / f"{key.split('.')[-1]}-curve.png"
+            if plot_sweep_curve(report, key, path) is not None:
+                written.append(path)
+    return written
+
+
+def requeue_failed(spec: SweepSpec) -> int:
+    """On --resume, trials that failed with an error are tried again (same run folder:
+    continued from its checkpoint where it has one). Completed trials never run again."""
+    from optuna.trial import TrialState
+
+    storage = open_storage(spec.storage_url)
+    count = 0
+    for study_name, _ in _studies(spec):
+        queue = Queue(storage, load_study(storage, study_name))
+        queue.reclaim_stale()
+        trials = queue.study.get_trials(deepcopy=False)
+        retried = {t.user_attrs.get("retry_of") for t in trials}
+        for trial in trials:
+            if trial.state == TrialState.FAIL and "error" in trial.user_attrs and trial.number not in retried:
+                attrs = {k: v for k, v in trial.user_attrs.items() if k in TRIAL_SPEC_KEYS}
+                queue.study.enqueue_trial(dict(trial.params), user_attrs={**attrs, "retry_of": trial.number})
+                count += 1
+    return count
+
+
+@dataclass
+class SweepOutcome:
+    spec: SweepSpec
+    finished: list[Finished]
+    results: list[Path]
+    disk_bytes: int
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> list[Finished]:
+        return [item for item in self.finished if item.error]
+
+
+def run_sweep(spec: SweepSpec, workers: int, verbose: bool, echo: Callable[[str], None], progress: Any) -> SweepOutcome:
+    """Start the workers, report trials as they end, write the results. Ctrl-C or
+    SIGTERM stop every worker after its current step (each run keeps a checkpoint and
+    is queued again for --resume)."""
+    processes = start_workers(spec, workers, verbose)
+    interrupted = False
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    for sig in previous:
+        signal.signal(sig, interrupt)
+    try:
+        with progress:
+            finished = follow(spec, processes, echo, progress)
+    except KeyboardInterrupt:
+        interrupted = True
+        for sig in previous:  # a second Ctrl-C while the workers checkpoint is not caught
+            signal.signal(sig, signal.SIG_DFL if sig == signal.SIGTERM else signal.default_int_handler)
+        stop_workers(processes)
+        finished = finished_trials(spec, open_storage(spec.storage_url))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    results = write_results(spec)
+    return SweepOutcome(spec, finished, results, disk_use(Path(spec.folder)), interrupted)

@@ -1,0 +1,354 @@
+"""`flood sweep`: grids × seeds as Optuna trials, workers that never share a trial, a
+sweep that survives SIGKILL, and the same on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flood_cli import sweep as sweeps
+from flood_cli.errors import FloodError
+from tests.conftest import ROOT, small_config, write_config
+
+pytestmark = pytest.mark.distributed
+
+
+def tiny_config(tmp_path: Path, **train) -> Path:
+    """Runs of a couple of seconds: 48 e-mails of 24 tokens, 1 epoch."""
+    config = small_config(train={"epochs": 1, "batch_size": 8, **train})
+    config["data"].update(max_train_examples=48, max_val_examples=24, max_length=24)
+    return write_config(tmp_path, config, "base.yaml")
+
+
+def flood(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flood_cli", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kwargs)
+
+
+def run_names(folder: Path) -> list[str]:
+    return sorted(p.name for p in (folder / "runs").iterdir())
+
+
+def trials_of(spec: sweeps.SweepSpec) -> list:
+    storage = sweeps.open_storage(spec.storage_url)
+    return sweeps.load_study(storage, spec.study).get_trials(deepcopy=False)
+
+
+# ---------------------------------------------------------------------------
+# What is swept
+
+
+def test_values_seeds_and_ranges_are_parsed_or_refused_in_one_line():
+    assert sweeps.parse_values("0,0.05, 1e-3", "--b") == [0, 0.05, 0.001]
+    assert sweeps.parse_seeds("3") == [1, 2, 3] and sweeps.parse_seeds("1,2,7") == [1, 2, 7]
+    assert sweeps.parse_search("b=0:0.6") == sweeps.Range("train.b", 0.0, 0.6, False)
+    assert sweeps.parse_search("ascent_lr=1e-6:1e-4:log") == sweeps.Range("train.ascent_lr", 1e-6, 1e-4, True)
+    for call, message in [
+        (lambda: sweeps.parse_values("0.1,,0.2", "--b"), "--b '0.1,,0.2' has an empty value"),
+        (lambda: sweeps.parse_values("0.1,0.1", "--b"), "--b '0.1,0.1' repeats a value"),
+        (lambda: sweeps.parse_seeds("0"), "--seeds '0': give a number of seeds"),
+        (lambda: sweeps.parse_seeds("1,1"), "seeds must be distinct"),
+        (lambda: sweeps.parse_search("b=0.6:0"), "LOW must be below HIGH"),
+        (lambda: sweeps.parse_search("b"), "expected KEY=LOW:HIGH"),
+    ]:
+        with pytest.raises(FloodError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            call()
+
+
+def test_a_grid_always_holds_a_baseline_for_each_setting_a_baseline_can_share():
+    flooding = sweeps.grid_settings("flooding", {"train.b": [0.1, 0.2]})
+    assert [s.overrides for s in flooding] == [
+        {"train.mode": "baseline"}, {"train.mode": "flooding", "train.b": 0.1}, {"train.mode": "flooding", "train.b": 0.2}
+    ]
+    alternate = sweeps.grid_settings("alternate", {"train.lr": [1e-3, 2e-3], "train.ascent_lr": [1e-4]})
+    assert [s.label() for s in alternate] == [
+        "baseline lr=0.001", "baseline lr=0.002", "alternate lr=0.001 ascent_lr=0.0001", "alternate lr=0.002 ascent_lr=0.0001"
+    ]
+    assert alternate[2].run_name(3) == "alternate-lr0.001-alr0.0001-s3"
+
+
+# ---------------------------------------------------------------------------
+# End to end
+
+
+def test_a_2x2_grid_makes_six_runs_a_table_and_a_b_curve(tmp_path):
+    result = flood("sweep", "-c", str(tiny_config(tmp_path)), "--b", "0.3,0.6", "--seeds", "2", "--out", str(tmp_path / "sweeps"), "--name", "grid")
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = tmp_path / "sweeps" / "grid"
+    lines = result.stdout.splitlines()
+    assert lines[0] == (
+        f"sweep grid: 3 setting(s) (baseline; flooding b=0.3; flooding b=0.6) × 2 seed(s) = 6 runs, 1 worker(s) → {folder}"
+    )
+    assert sorted(line.split("] ")[1].split(":")[0] for line in lines if line.startswith("[")) == run_names(folder)
+    assert run_names(folder) == ["baseline-s1", "baseline-s2", "flooding-b0.3-s1", "flooding-b0.3-s2", "flooding-b0.6-s1", "flooding-b0.6-s2"]
+    for run in (folder / "runs").iterdir():
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "completed" and "resumed" not in summary
+        assert not (run / "checkpoints").exists()  # deleted once complete (output.keep_checkpoint: false)
+    results = (folder / "results.md").read_text()
+    assert "| g" in results and "within seed noise" in results or "no seed spread" in results or "differs" in results
+    assert (folder / "b-curve.png").stat().st_size > 10_000
+    assert result.stdout.splitlines()[-1].startswith(f"disk: ") and result.stdout.splitlines()[-1].endswith(f" in {folder}")
+    spec = sweeps.read_spec(folder)
+    states = [t.state.name for t in trials_of(spec)]
+    assert states == ["COMPLETE"] * 6
+
+
+def test_bad_sweeps_are_refused_before_anything_exists(tmp_path):
+    base = str(tiny_config(tmp_path))
+    out = str(tmp_path / "sweeps")
+    cases = [
+        (["--b", "0.1", "--mode", "alternate"], "train.b does not apply to mode alternate; drop it, or pass --mode flooding"),
+        (["--ascent-lr", "0.1"], "error: sweep setting alternate ascent_lr=0.1: train: ascent_lr (0.1) must be smaller than lr (0.001)"),
+        ([], "nothing to sweep; give values"),
+        (["--search", "b=0:0.6"], "--search needs --trials N"),
+        (["--b", "-1"], "train.b: input should be greater than or equal to 0 (got -1)"),
+    ]
+    for args, message in cases:
+        result = flood("sweep", "-c", base, "--out", out, *args)
+        assert result.returncode == 1, args
+        assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert not (tmp_path / "sweeps").exists() or list((tmp_path / "sweeps").iterdir()) == []
+
+
+def _wait(condition, timeout: float = 240, what: str = "") -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _completed(folder: Path) -> list[str]:
+    done = []
+    for summary in glob.glob(str(folder / "runs" / "*" / "summary.json")):
+        try:
+            if json.loads(Path(summary).read_text()).get("status") == "completed":
+                done.append(Path(summary).parent.name)
+        except ValueError:
+            pass
+    return done
+
+
+def test_a_sweep_killed_with_sigkill_resumes_without_repeating_a_finished_run(tmp_path):
+    """SIGKILL of the sweep and its worker after two runs, mid third run: --resume
+    reclaims the dead worker's trial at once (its process is gone), continues that run
+    from its checkpoint and never touches the two finished ones."""
+    base = tiny_config(tmp_path, epochs=3)
+    folder = tmp_path / "sweeps" / "killed"
+    command = [sys.executable, "-m", "flood_cli", "sweep", "-c", str(base), "--b", "0.5", "--seeds", "2", "--out", str(tmp_path / "sweeps"), "--name", "killed"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        _wait(lambda: len(_completed(folder)) >= 2, what="two finished runs")
+        finished = {name: (folder / "runs" / name / "summary.json").read_text() for name in _completed(folder)}
+        third = lambda: [p for p in (folder / "runs").iterdir() if p.name not in finished and (p / "checkpoints" / "last.pt").exists()]  # noqa: E731
+        _wait(lambda: bool(third()), what="a checkpoint of the third run")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    interrupted = third()[0]
+    assert json.loads((interrupted / "summary.json").read_text())["status"] == "running"
+
+    result = flood("sweep", "--resume", str(folder))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(_completed(folder)) == 4 and len(run_names(folder)) == 4
+    for name, text in finished.items():
+        assert (folder / "runs" / name / "summary.json").read_text() == text, f"{name} ran again"
+    assert json.loads((interrupted / "summary.json").read_text())["resumed"] == 1
+    states = sorted(t.state.name for t in trials_of(sweeps.read_spec(folder)))
+    assert states.count("COMPLETE") == 4 and states.count("FAIL") == 1  # the dead worker's, queued again
+    result = flood("sweep", "--resume", str(folder))  # nothing left: nothing runs
+    assert result.returncode == 0 and not [line for line in result.stdout.splitlines() if line.startswith("[")]
+
+
+# ---------------------------------------------------------------------------
+# Workers never share a trial: the claim race, then whole sweeps with three workers
+
+
+def _enqueue(storage_url: str, name: str, count: int) -> None:
+    import optuna
+
+    study = optuna.create_study(study_name=name, storage=sweeps.open_storage(storage_url))
+    for number in range(count):
+        study.enqueue_trial({}, user_attrs={"run": f"run-{number}"})
+
+
+CLAIMER = """
+import json, os, sys, time
+from flood_cli import sweep as sweeps
+storage = sweeps.open_storage(sys.argv[1])
+queue = sweeps.Queue(storage, sweeps.load_study(storage, sys.argv[2]))
+print("ready", flush=True)
+while not os.path.exists(sys.argv[3]):  # all claimers start together
+    time.sleep(0.001)
+taken = []
+while (claimed := queue.claim()) is not None:
+    taken.append(claimed.attrs["run"])
+    time.sleep(0.005)  # a little work between claims, as a worker does
+print(json.dumps(taken))
+"""
+
+
+def _race(storage_url: str, name: str, go: Path, trials: int = 60, claimers: int = 3) -> None:
+    """Claimers started together take every trial exactly once between them."""
+    _enqueue(storage_url, name, trials)
+    processes = [
+        subprocess.Popen([sys.executable, "-c", CLAIMER, storage_url, name, str(go)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        for _ in range(claimers)
+    ]
+    for process in processes:
+        assert process.stdout.readline().strip() == "ready"
+    go.touch()
+    taken = [json.loads(p.communicate(timeout=120)[0]) for p in processes]
+    everything = [run for mine in taken for run in mine]
+    assert sorted(everything) == sorted(f"run-{n}" for n in range(trials)), "a trial was taken twice or lost"
+    assert sum(1 for mine in taken if mine) >= 2, "the claimers did not overlap in time"
+
+
+def test_three_claimers_on_a_journal_file_take_disjoint_trials(tmp_path):
+    _race(str(tmp_path / "race.journal"), "race", tmp_path / "go")
+
+
+def _three_worker_sweep(tmp_path: Path, *storage: str) -> Path:
+    base = tiny_config(tmp_path)
+    result = flood(
+        "sweep", "-c", str(base), "--b", "0.2,0.5", "--seeds", "3", "--workers", "3", "--out", str(tmp_path / "sweeps"), "--name", "three", *storage,
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = tmp_path / "sweeps" / "three"
+    assert len(run_names(folder)) == 9 and len(_completed(folder)) == 9
+    trials = trials_of(sweeps.read_spec(folder))
+    assert sorted(t.user_attrs["run"] for t in trials) == run_names(folder)  # each run in exactly one trial
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    pids = {t.user_attrs["pid"] for t in trials}
+    assert len(pids) >= 2, "the work was not shared out"
+    for run in (folder / "runs").iterdir():
+        assert "resumed" not in json.loads((run / "summary.json").read_text())
+    return folder
+
+
+def test_three_workers_on_the_default_storage_run_every_trial_once(tmp_path):
+    _three_worker_sweep(tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# A real PostgreSQL server, as a temporary cluster on a free port
+
+
+def _postgres_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    initdb, server = _postgres_bin("initdb"), _postgres_bin("postgres")
+    if not initdb or not server:
+        pytest.skip("PostgreSQL is not installed (`make test` installs it with apt-get install postgresql)")
+    # Not under pytest's temporary folder: as root the server runs as the postgres user,
+    # who cannot enter pytest's private (0700) folders.
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="flood-postgres-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(folder, "postgres")
+        os.chmod(folder, 0o755)
+    data = folder / "data"
+    subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "flood"], check=True, capture_output=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server_process = subprocess.Popen(
+        [*as_user, server, "-D", str(data), "-p", str(port), "-k", str(folder), "-c", "listen_addresses=127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    import sqlalchemy
+
+    url = f"postgresql+psycopg://flood@127.0.0.1:{port}/postgres"
+    deadline = time.time() + 60
+    while True:
+        try:
+            engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+            with engine.connect() as connection:
+                connection.execute(sqlalchemy.text("CREATE DATABASE sweeps"))
+            engine.dispose()
+            break
+        except Exception:
+            if time.time() > deadline or server_process.poll() is not None:
+                server_process.terminate()
+                raise
+            time.sleep(0.2)
+    yield f"postgresql://flood@127.0.0.1:{port}/sweeps"
+    server_process.terminate()
+    server_process.wait(timeout=30)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_three_claimers_on_postgresql_take_disjoint_trials(tmp_path, postgres):
+    _race(postgres, "race", tmp_path / "go")
+
+
+def test_three_workers_on_postgresql_run_every_trial_once_and_another_machine_can_join(tmp_path, postgres):
+    folder = _three_worker_sweep(tmp_path, "--storage", postgres, "--study", "three-pg")
+    spec = sweeps.read_spec(folder)
+    assert spec.storage == postgres and spec.study == "three-pg"
+    # A worker joining later from "another machine" finds nothing left to do.
+    joined = flood("sweep", "--storage", postgres, "--study", "three-pg", "--worker")
+    assert joined.returncode == 0, joined.stderr
+    assert joined.stdout.strip() == "worker done: 0 trial(s)"
+
+
+def test_a_search_runs_tpe_trials_over_every_seed_next_to_a_baseline(tmp_path):
+    """--search: the baseline's seeds as a grid of their own, then TPE trials, each the
+    mean of its seeds; the budget is kept; the b-curve shows the tried values."""
+    result = flood(
+        "sweep", "-c", str(tiny_config(tmp_path)), "--search", "b=0.1:0.9", "--trials", "3", "--seeds", "2",
+        "--workers", "2", "--out", str(tmp_path / "sweeps"), "--name", "tpe",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = tmp_path / "sweeps" / "tpe"
+    spec = sweeps.read_spec(folder)
+    storage = sweeps.open_storage(spec.storage_url)
+    search = sweeps.load_study(storage, spec.study).get_trials(deepcopy=False)
+    assert [t.state.name for t in search] == ["COMPLETE"] * 3
+    names = run_names(folder)
+    assert len(names) == 2 + 3 * 2 and names[:2] == ["baseline-s1", "baseline-s2"]
+    for trial in search:
+        runs = trial.user_attrs["runs"]
+        assert len(runs) == 2 and all(0.1 <= trial.params["train.b"] <= 0.9 for _ in runs)
+        losses = [json.loads((folder / "runs" / run / "summary.json").read_text())["best_val_loss"] for run in runs]
+        assert trial.value == pytest.approx(sum(losses) / 2)
+    assert (folder / "b-curve.png").exists()
+
+
+def test_a_pruned_search_trial_stops_early_and_says_so(tmp_path, monkeypatch):
+    """--prune: a trial the pruner stops is PRUNED in the study and its run says status
+    pruned (the pruner's verdict is forced here: on runs this small it rarely prunes)."""
+    import optuna
+
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: self.number == 1)
+    folder = tmp_path / "sweeps" / "pruned"
+    spec = sweeps.create_sweep(
+        tiny_config(tmp_path, eval_every=2), None, {}, [1], [sweeps.Range("train.b", 0.1, 0.9)], 2, tmp_path / "sweeps", "pruned", None, None, True
+    )
+    assert sweeps.work(spec) == 3  # the baseline run and two search trials
+    trials = sweeps.load_study(sweeps.open_storage(spec.storage_url), spec.study).get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED"]
+    pruned = [p for p in (folder / "runs").iterdir() if json.loads((p / "summary.json").read_text())["status"] == "pruned"]
+    assert len(pruned) == 1
+    summary = json.loads((pruned[0] / "summary.json").read_text())
+    assert summary["error"].startswith("RunPruned: pruned at step 2: val_loss ") and summary["steps_completed"] == 2
