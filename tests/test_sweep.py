@@ -352,3 +352,37 @@ def test_a_pruned_search_trial_stops_early_and_says_so(tmp_path, monkeypatch):
     assert len(pruned) == 1
     summary = json.loads((pruned[0] / "summary.json").read_text())
     assert summary["error"].startswith("RunPruned: pruned at step 2: val_loss ") and summary["steps_completed"] == 2
+
+
+def test_a_trial_whose_worker_stopped_beating_is_queued_again_with_its_run(tmp_path):
+    """Another machine's worker, silent for longer than the grace period, loses its
+    trial: it is failed and enqueued again with the same run; a fresh one is left alone."""
+    url = str(tmp_path / "beats.journal")
+    _enqueue(url, "beats", 2)
+    storage = sweeps.open_storage(url)
+    queue = sweeps.Queue(storage, sweeps.load_study(storage, "beats"))
+    silent, beating = queue.claim(), queue.claim()
+    for claimed, beat in ((silent, time.time() - 3 * sweeps.GRACE_S), (beating, time.time())):
+        storage.set_trial_user_attr(claimed.trial_id, "host", "another-machine")
+        storage.set_trial_user_attr(claimed.trial_id, "heartbeat", beat)
+    assert queue.reclaim_stale() == [silent.number]
+    assert queue.reclaim_stale() == []  # reclaimed once
+    trials = queue.study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["FAIL", "RUNNING", "WAITING"]
+    assert trials[2].user_attrs == {"run": silent.attrs["run"], "retry_of": silent.number}
+    # A worker on this host whose process is gone needs no grace period.
+    mine = queue.claim()
+    storage.set_trial_user_attr(mine.trial_id, "host", socket.gethostname())
+    storage.set_trial_user_attr(mine.trial_id, "pid", 2**22 + 12345)  # no such process
+    storage.set_trial_user_attr(mine.trial_id, "heartbeat", time.time())
+    assert queue.reclaim_stale() == [mine.number]
+
+
+def test_set_sweeps_any_key_crossed_with_the_flood_levels():
+    from flood_cli.cli import _sweep_axes
+
+    axes = _sweep_axes("0.1,0.2", None, None, ["train.weight_decay=0,0.01", "data.max_length=32"])
+    assert axes == {"train.b": [0.1, 0.2], "train.weight_decay": [0, 0.01], "data.max_length": [32]}
+    settings = sweeps.grid_settings("flooding", axes)
+    assert len(settings) == 2 + 4  # a baseline per weight decay, then every flood level with each
+    assert settings[0].run_name(1) == "baseline-weight_decay=0-max_length=32-s1"
