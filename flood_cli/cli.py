@@ -252,7 +252,7 @@ def sweep(
     _print_results(spec, outcome.results)
     typer.echo(f"disk: {sweeps.human_bytes(outcome.disk_bytes)} in {spec.folder}")
     if outcome.interrupted:
-        typer.echo(f"interrupted: runs in progress were checkpointed and queued again", err=True)
+        typer.echo("interrupted: runs in progress were checkpointed and queued again", err=True)
         typer.echo(f"resume with: flood sweep --resume {spec.folder}", err=True)
         raise typer.Exit(EXIT_INTERRUPTED)
     if outcome.failed:

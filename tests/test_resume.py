@@ -4,7 +4,6 @@ crashes that leave a failed summary and every CSV row written so far."""
 import csv
 import json
 import math
-import os
 import shutil
 import signal
 import subprocess

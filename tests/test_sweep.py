@@ -95,9 +95,10 @@ def test_a_2x2_grid_makes_six_runs_a_table_and_a_b_curve(tmp_path):
         assert summary["status"] == "completed" and "resumed" not in summary
         assert not (run / "checkpoints").exists()  # deleted once complete (output.keep_checkpoint: false)
     results = (folder / "results.md").read_text()
-    assert "| g" in results and "within seed noise" in results or "no seed spread" in results or "differs" in results
+    assert "**Seed groups: best validation loss of runs that differ only by seed (mean ± sd over seeds)**" in results
+    assert sum(line.startswith("| g") and " | 2 | 2 | " in line for line in results.splitlines()) == 3  # 3 groups of 2 seeds
     assert (folder / "b-curve.png").stat().st_size > 10_000
-    assert result.stdout.splitlines()[-1].startswith(f"disk: ") and result.stdout.splitlines()[-1].endswith(f" in {folder}")
+    assert result.stdout.splitlines()[-1].startswith("disk: ") and result.stdout.splitlines()[-1].endswith(f" in {folder}")
     spec = sweeps.read_spec(folder)
     states = [t.state.name for t in trials_of(spec)]
     assert states == ["COMPLETE"] * 6
