@@ -80,10 +80,13 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 @user_errors
 def train(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config, e.g. configs/tiny.yaml")] = None,
-    mode: Annotated[Optional[str], typer.Option(help="baseline | flooding | alternate")] = None,
+    mode: Annotated[
+        Optional[str], typer.Option(help="baseline | flooding | iflood | adaflood | alternate | backstitch | gradnorm")
+    ] = None,
     b: Annotated[Optional[float], typer.Option("--b", help="flood level; alone, it switches the mode to flooding")] = None,
     lr: Annotated[Optional[float], typer.Option(help="learning rate (descent rate in mode alternate)")] = None,
     ascent_lr: Annotated[Optional[float], typer.Option(help="ascent learning rate (mode alternate)")] = None,
+    gamma: Annotated[Optional[float], typer.Option(help="mode adaflood: 1 is plain training, 0 floods at the held-out loss")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="number of epochs")] = None,
     seed: Annotated[Optional[int], typer.Option(help="random seed (model init, dropout, data order)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="folder that holds run folders [default: runs]")] = None,
@@ -100,7 +103,7 @@ def train(
     from flood_cli.config import MODES, load_config
 
     given = {
-        "--config": config, "--mode": mode, "--b": b, "--lr": lr, "--ascent-lr": ascent_lr, "--epochs": epochs,
+        "--config": config, "--mode": mode, "--b": b, "--lr": lr, "--ascent-lr": ascent_lr, "--gamma": gamma, "--epochs": epochs,
         "--seed": seed, "--out": out, "--name": name, "--set": set_ or None,
     }
     if resume is not None:
@@ -123,6 +126,7 @@ def train(
         "train.b": b,
         "train.lr": lr,
         "train.ascent_lr": ascent_lr,
+        "train.adaflood.gamma": gamma,
         "train.epochs": epochs,
         "train.seed": seed,
         "output.dir": str(out) if out is not None else None,
@@ -171,7 +175,7 @@ def compare(
 @user_errors
 def sweep(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="base YAML config of every run")] = None,
-    mode: Annotated[Optional[str], typer.Option(help="baseline | flooding | alternate [default: the config's]")] = None,
+    mode: Annotated[Optional[str], typer.Option(help="any mode of flood train [default: the config's]")] = None,
     b: Annotated[Optional[str], typer.Option("--b", help="flood levels to try: 0,0.05,0.1 (a baseline group is always added)")] = None,
     lr: Annotated[Optional[str], typer.Option(help="learning rates to try: 1e-5,2e-5")] = None,
     ascent_lr: Annotated[Optional[str], typer.Option(help="ascent learning rates to try (mode alternate): 1e-6,5e-6")] = None,

@@ -21,7 +21,7 @@ from flood_cli import safe_yaml
 from flood_cli.errors import FloodError, shown, shown_repr
 from flood_cli.runs import describe_data, describe_model
 
-ModeName = Literal["baseline", "flooding", "alternate"]
+ModeName = Literal["baseline", "flooding", "iflood", "adaflood", "alternate", "backstitch", "gradnorm"]
 MODES: tuple[str, ...] = get_args(ModeName)
 
 # What numpy, torch and Python's random accept as a seed.
@@ -107,6 +107,9 @@ class DataConfig(_Section):
     max_length: int = Field(128, ge=8)
     max_train_examples: Optional[int] = Field(None, ge=1)
     max_val_examples: Optional[int] = Field(None, ge=1)
+    holdout: Optional["HoldoutConfig"] = Field(
+        None, description="train on every fold of the training split but one (AdaFlood's auxiliary runs write this)"
+    )
 
     _split_seed_in_range = field_validator("split_seed")(_seed_in_range)
 
@@ -120,9 +123,52 @@ class DataConfig(_Section):
         return describe_data(self.model_dump())
 
 
+class AdaFloodConfig(_Section):
+    """Mode adaflood: per-example flood levels from auxiliary models trained without each example."""
+
+    gamma: float = Field(0.5, ge=0.0, le=1.0, description="1 is plain training, 0 floods at the held-out loss")
+    folds: int = Field(2, ge=2, le=20, description="auxiliary models, each trained without one fold of the training split")
+
+
+class BackstitchConfig(_Section):
+    """Mode backstitch (Kaldi): a step of −scale·lr, then one of (1 + scale)·lr on the same batch."""
+
+    scale: float = Field(0.3, gt=0.0, description="α; Kaldi's recipes use 0.2–0.3")
+    interval: int = Field(1, ge=1, description="backstitch every n-th mini-batch (plain steps in between)")
+
+
+class GradNormConfig(_Section):
+    """Mode gradnorm: L + λ‖∇L‖ by finite differences, α = λ / r (α = 1 is SAM)."""
+
+    r: float = Field(0.1, gt=0.0, description="the perturbation radius")
+    alpha: float = Field(0.8, ge=0.0, le=1.0, description="weight of the perturbed gradient")
+
+
+# The sections that belong to one mode each (filled with defaults when the mode is chosen).
+MODE_SECTIONS = {"adaflood": AdaFloodConfig, "backstitch": BackstitchConfig, "gradnorm": GradNormConfig}
+
+
+class HoldoutConfig(_Section):
+    """Leave one fold of the training split out: the training examples are cut into
+    ``folds`` seeded folds (``seed``), and fold ``fold`` is not trained on."""
+
+    folds: int = Field(ge=2)
+    fold: int = Field(ge=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _fold_exists(self) -> "HoldoutConfig":
+        if self.fold >= self.folds:
+            raise ValueError(f"fold {self.fold} does not exist among {self.folds} folds (0 to {self.folds - 1})")
+        return self
+
+
+DataConfig.model_rebuild()
+
+
 class TrainConfig(_Section):
     mode: ModeName = "baseline"
-    b: Optional[float] = Field(None, ge=0.0, description="flood level (mode flooding)")
+    b: Optional[float] = Field(None, ge=0.0, description="flood level (modes flooding and iflood)")
     lr: float = Field(2e-5, gt=0.0, description="learning rate (the descent rate in mode alternate)")
     ascent_lr: Optional[float] = Field(None, gt=0.0, description="ascent learning rate (mode alternate)")
     ascent_optimizer: Literal["separate", "shared"] = Field(
@@ -146,6 +192,9 @@ class TrainConfig(_Section):
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a nan/inf loss stops the run (failed), or skips that optimizer step (costs one sync per step)"
     )
+    adaflood: Optional[AdaFloodConfig] = None
+    backstitch: Optional[BackstitchConfig] = None
+    gradnorm: Optional[GradNormConfig] = None
 
     _seed_in_range = field_validator("seed")(_seed_in_range)
 
@@ -167,13 +216,20 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _mode_parameters(self) -> "TrainConfig":
-        if self.mode == "flooding" and self.b is None:
-            raise ValueError("mode flooding needs a flood level: set train.b (or pass --b)")
-        if self.mode != "flooding" and self.b is not None:
+        flood_modes = ("flooding", "iflood")
+        if self.mode in flood_modes and self.b is None:
+            raise ValueError(f"mode {self.mode} needs a flood level: set train.b (or pass --b)")
+        if self.mode not in flood_modes and self.b is not None:
             raise ValueError(
-                f"b (flood level) applies only to mode flooding, but mode is {self.mode}; "
+                f"b (flood level) applies only to modes flooding and iflood, but mode is {self.mode}; "
                 "drop b or use mode flooding"
             )
+        for mode, section in MODE_SECTIONS.items():
+            if self.mode == mode and getattr(self, mode) is None:
+                # Assigned through __dict__: validate_assignment would run this check again.
+                self.__dict__[mode] = section()
+            elif self.mode != mode and getattr(self, mode) is not None:
+                raise ValueError(f"{mode} settings apply only to mode {mode}, but mode is {self.mode}; drop train.{mode}")
         if self.mode == "alternate":
             if self.ascent_lr is None:
                 raise ValueError("mode alternate needs train.ascent_lr (or --ascent-lr), smaller than lr")
@@ -437,16 +493,19 @@ def load_config(
 
 
 def _apply_flag_rules(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """``--b X`` alone switches a baseline config to flooding (iflood keeps iflood);
+    with a mode that has no flood level it is an error, said in the flag's terms."""
     if overrides.get("train.b") is None:
         return
     train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
     mode = overrides.get("train.mode", train.get("mode", "baseline"))
-    if mode == "alternate":
+    if "train.mode" not in overrides and mode in ("baseline", "flooding", "iflood"):
+        overrides["train.mode"] = "flooding" if mode == "baseline" else mode
+        return
+    if mode == "baseline":
+        raise FloodError("--b (flood level) applies only to mode flooding; drop --b or --mode baseline")
+    if mode not in ("flooding", "iflood"):
         raise FloodError(
-            "--b (flood level) applies only to mode flooding, but the mode is alternate; "
+            f"--b (flood level) applies only to modes flooding and iflood, but the mode is {mode}; "
             "drop --b or pass --mode flooding"
         )
-    if "train.mode" not in overrides:
-        overrides["train.mode"] = "flooding"
-    if overrides["train.mode"] == "baseline":
-        raise FloodError("--b (flood level) applies only to mode flooding; drop --b or --mode baseline")

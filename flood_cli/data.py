@@ -401,6 +401,9 @@ def prepare_data(cfg: DataConfig, tokenizer: Any) -> PreparedData:
         train = train.shuffle(seed=cfg.split_seed).select(range(cfg.max_train_examples))
     if cfg.max_val_examples is not None and cfg.max_val_examples < len(validation):
         validation = validation.shuffle(seed=cfg.split_seed).select(range(cfg.max_val_examples))
+    if cfg.holdout is not None:
+        held_out = set(fold_members(len(train), cfg.holdout.folds, cfg.holdout.seed)[cfg.holdout.fold])
+        train = train.select([i for i in range(len(train)) if i not in held_out])
 
     pairs = cfg.text_pair_column is not None
     splits: dict[str, Optional[TokenizedSplit]] = {}
@@ -572,6 +575,12 @@ def length_sorted_batches(split: TokenizedSplit, batch_size: int) -> list[list[i
     """Evaluation batches of similar lengths: less padding, same per-example losses."""
     order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def fold_members(size: int, folds: int, seed: int) -> list[list[int]]:
+    """The training examples (0..size-1) cut into ``folds`` seeded folds of near-equal size."""
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+    return [sorted(order[fold::folds]) for fold in range(folds)]
 
 
 def eval_shard(batches: list[list[int]], num_processes: int, rank: int) -> list[list[int]]:

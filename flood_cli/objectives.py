@@ -1,34 +1,79 @@
-"""The three training modes as small pure pieces.
+"""The training modes as small pure pieces: each owns its optimizer step's objective.
 
-Each mode answers, for one optimizer step, the questions the loop asks:
+A mode is built once and the loop calls ``mode.step(tools)`` for every optimizer step.
+The mode decides how the step's gradient is made, with what the loop offers
+(``StepTools``):
 
-* ``learning_rate(step, scale)``: the rate for this step (host-side, no device sync);
-* ``gradient_sign(step, step_loss)``: ``None`` to leave the gradient as it is, else a
-  factor (+1 or -1, a Python float or a 0-dim tensor kept on the device) that the
-  already computed gradient of the plain mean loss is multiplied by;
-* ``optimizer_index(step)``: 0, or 1 for the ascent optimizer of mode alternate;
-* ``ascent(step, sign)`` and ``objective(step, step_loss, sign)``: what to log.
+* ``tools.forward_backward(per_example=None, same_masks=False)``: one pass over the
+  step's micro-batches (every process). The gradient is that of the step's mean loss,
+  or, with ``per_example(losses, index) -> (objective, ascending)``, of the mean of a
+  per-example objective (weights or signs per example). It returns the step's mean
+  loss, objective and ascending share over every process, as device tensors.
+  ``same_masks`` replays the first pass's dropout masks.
+* ``tools.update(optimizer, lr, sign=None)``: clip, flip the gradient by ``sign`` (a
+  float or a device tensor), step that optimizer at that rate, clear the gradients.
+* ``tools.take_grads()``, ``tools.grads()``, ``tools.shift_params(direction, factor)``
+  and ``tools.restore_params(saved)``: for modes that make two passes (the
+  gradient-norm penalty evaluates the gradient at a perturbed point).
+* ``tools.step`` (0-based) and ``tools.scale`` (the schedule's factor).
 
-``step_loss`` is the mean loss of the step's examples over every process.
+``step`` returns what to log: the objective the optimizer saw and the share of the
+step that ascended. Nothing here reads a tensor on the host, so no mode adds a
+host-device sync.
 
-Working on the gradient rather than on the loss keeps flooding exact under gradient
-accumulation and data parallelism: ``d/dθ (|L − b| + b) = sign(L − b) · ∇L``, where
-``L`` must be the mean loss of the *whole* optimizer step, which is only known once
-every micro-batch has been through backward.
+Working on the gradient keeps flooding exact under gradient accumulation and data
+parallelism: ``d/dθ (|L − b| + b) = sign(L − b) · ∇L``, where ``L`` must be the mean
+loss of the *whole* optimizer step, known only once every micro-batch has been through
+backward. Per-example objectives (iFlood, AdaFlood) are exact by construction.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Any, Callable, Optional, Protocol, Union
 
 import torch
 
 Sign = Union[float, torch.Tensor]
+# (per-example losses, example indices) -> (per-example objective, per-example "ascends")
+PerExample = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def flood(loss: torch.Tensor, flood_level: float) -> torch.Tensor:
+@dataclass
+class Pass:
+    """One forward/backward pass over the step, as means over every process."""
+
+    loss: torch.Tensor
+    objective: torch.Tensor
+    ascent: Union[float, torch.Tensor]
+
+
+@dataclass
+class StepFigures:
+    """What the CSV logs of a step: the objective the optimizer followed, the share that ascended."""
+
+    objective: torch.Tensor
+    ascent: Union[float, torch.Tensor]
+
+
+class StepTools(Protocol):
+    step: int
+    scale: float
+
+    def forward_backward(self, per_example: Optional[PerExample] = None, same_masks: bool = False) -> Pass: ...
+    def update(self, optimizer: int, lr: float, sign: Optional[Sign] = None) -> None: ...
+    def take_grads(self) -> list[torch.Tensor]: ...
+    def grads(self) -> list[torch.Tensor]: ...
+    def shift_params(self, direction: list[torch.Tensor], factor: Sign) -> list[torch.Tensor]: ...
+    def restore_params(self, saved: list[torch.Tensor]) -> None: ...
+
+
+# ---------------------------------------------------------------------------
+# Formulas
+
+
+def flood(loss: torch.Tensor, flood_level: Union[float, torch.Tensor]) -> torch.Tensor:
     """The flooded objective of Ishida et al. (2020): ``|L − b| + b``."""
     return (loss - flood_level).abs() + flood_level
 
@@ -36,6 +81,20 @@ def flood(loss: torch.Tensor, flood_level: float) -> torch.Tensor:
 def flood_sign(loss: torch.Tensor, flood_level: float) -> torch.Tensor:
     """``+1`` where ``L ≥ b`` (descent), ``-1`` where ``L < b`` (ascent); stays on the device."""
     return torch.where(loss < flood_level, -1.0, 1.0).to(loss.dtype)
+
+
+def flood_per_example(losses: torch.Tensor, levels: Union[float, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``|ℓ_i − b_i| + b_i`` per example, written so that its gradient is ``sign(ℓ_i − b_i)
+    ∇ℓ_i`` with +1 at ``ℓ_i = b_i`` (flooding's convention); and which examples ascend."""
+    below = losses < levels
+    return torch.where(below, 2 * levels - losses, losses), below
+
+
+def adaflood_levels(held_out_losses: torch.Tensor, gamma: float) -> torch.Tensor:
+    """AdaFlood's per-example flood level (Bae et al., 2024):
+    ``θ_i = −log((1 − γ)·exp(−ℓ_aux,i) + γ)``; γ = 1 gives 0 (plain training), γ = 0 the
+    held-out loss itself."""
+    return -torch.log((1.0 - gamma) * torch.exp(-held_out_losses) + gamma)
 
 
 def lr_scale(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
@@ -53,12 +112,21 @@ def lr_scale(step: int, total_steps: int, warmup_steps: int, schedule: str) -> f
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
+def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
+
+
+# ---------------------------------------------------------------------------
+# The modes
+
+
 @dataclass(frozen=True)
 class Baseline:
     """Plain fine-tuning: minimise the mean cross-entropy."""
 
     lr: float
-    name: str = "baseline"
+    optimizers = ("adamw",)
+    two_pass = False
 
     def learning_rate(self, step: int, scale: float) -> float:
         return self.lr * scale
@@ -66,43 +134,79 @@ class Baseline:
     def gradient_sign(self, step: int, step_loss: torch.Tensor) -> Optional[Sign]:
         return None
 
-    def optimizer_index(self, step: int) -> int:
-        return 0
-
-    def ascent(self, step: int, sign: Optional[Sign]) -> Union[float, torch.Tensor]:
-        return 0.0
-
-    def objective(self, step: int, step_loss: torch.Tensor, sign: Optional[Sign]) -> torch.Tensor:
-        return step_loss
+    def step(self, tools: StepTools) -> StepFigures:
+        done = tools.forward_backward()
+        tools.update(0, self.learning_rate(tools.step, tools.scale))
+        return StepFigures(done.loss, 0.0)
 
 
 @dataclass(frozen=True)
 class Flooding:
-    """Minimise ``|L − b| + b``: descent above the flood level, ascent below it."""
+    """Minimise ``|L − b| + b`` on the step's mean loss: descent above the flood level,
+    ascent below it (Ishida et al., 2020)."""
 
     lr: float
     flood_level: float
-    name: str = "flooding"
-
-    def learning_rate(self, step: int, scale: float) -> float:
-        return self.lr * scale
+    optimizers = ("adamw",)
+    two_pass = False
 
     def gradient_sign(self, step: int, step_loss: torch.Tensor) -> Optional[Sign]:
         return flood_sign(step_loss, self.flood_level)
 
-    def optimizer_index(self, step: int) -> int:
-        return 0
-
-    def ascent(self, step: int, sign: Optional[Sign]) -> Union[float, torch.Tensor]:
-        return is_ascent(sign)
-
     def objective(self, step: int, step_loss: torch.Tensor, sign: Optional[Sign]) -> torch.Tensor:
         return flood(step_loss, self.flood_level)
+
+    def step(self, tools: StepTools) -> StepFigures:
+        done = tools.forward_backward()
+        # The flip rides on the clipping factor: no extra pass over the gradients.
+        sign = self.gradient_sign(tools.step, done.loss)
+        tools.update(0, self.lr * tools.scale, sign)
+        return StepFigures(flood(done.loss, self.flood_level), is_ascent(sign))
+
+
+@dataclass(frozen=True)
+class IFlood:
+    """Minimise ``mean_i(|ℓ_i − b| + b)`` (Xie et al., ICLR 2022): each example ascends
+    once its own loss is under ``b``."""
+
+    lr: float
+    flood_level: float
+    optimizers = ("adamw",)
+    two_pass = False
+
+    def per_example(self, losses: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return flood_per_example(losses, self.flood_level)
+
+    def step(self, tools: StepTools) -> StepFigures:
+        done = tools.forward_backward(self.per_example)
+        tools.update(0, self.lr * tools.scale)
+        return StepFigures(done.objective, done.ascent)
+
+
+@dataclass(frozen=True)
+class AdaFlood:
+    """Minimise ``mean_i(|ℓ_i − θ_i| + θ_i)`` with each example's own flood level
+    ``θ_i`` from its loss under auxiliary models that never saw it (Bae et al., 2024).
+    ``levels`` holds θ for every training example, on the training device."""
+
+    lr: float
+    levels: torch.Tensor
+    optimizers = ("adamw",)
+    two_pass = False
+
+    def per_example(self, losses: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return flood_per_example(losses, self.levels[index])
+
+    def step(self, tools: StepTools) -> StepFigures:
+        done = tools.forward_backward(self.per_example)
+        tools.update(0, self.lr * tools.scale)
+        return StepFigures(done.objective, done.ascent)
 
 
 @dataclass(frozen=True)
 class Alternate:
-    """Even optimizer steps descend at ``lr``, odd ones ascend at ``ascent_lr``.
+    """Even optimizer steps descend at ``lr``, odd ones ascend at ``ascent_lr``, each on
+    its own batch.
 
     ``ascent_optimizer`` says how an ascent step meets AdamW (see the README):
 
@@ -120,7 +224,11 @@ class Alternate:
     lr: float
     ascent_lr: float
     ascent_optimizer: str = "separate"
-    name: str = "alternate"
+    two_pass = False
+
+    @property
+    def optimizers(self) -> tuple[str, ...]:
+        return ("adamw", "adamw_ascent") if self.ascent_optimizer == "separate" else ("adamw",)
 
     @staticmethod
     def is_ascent(step: int) -> bool:
@@ -141,27 +249,92 @@ class Alternate:
     def objective(self, step: int, step_loss: torch.Tensor, sign: Optional[Sign]) -> torch.Tensor:
         return -step_loss if self.is_ascent(step) else step_loss
 
+    def step(self, tools: StepTools) -> StepFigures:
+        step = tools.step
+        done = tools.forward_backward()
+        tools.update(self.optimizer_index(step), self.learning_rate(step, tools.scale), self.gradient_sign(step, done.loss))
+        return StepFigures(self.objective(step, done.loss, None), self.ascent(step, None))
 
-Mode = Union[Baseline, Flooding, Alternate]
+
+@dataclass(frozen=True)
+class Backstitch:
+    """Kaldi's backstitch (Wang, Povey et al., Interspeech 2017), as nnet3 does it: on
+    every ``interval``-th mini-batch, a step of ``−α·η`` (up the loss), then, on the
+    *same* mini-batch with the same dropout masks, a recomputed gradient and a step of
+    ``(1 + α)·η``; other mini-batches take one plain step. Plain SGD without momentum,
+    as Kaldi asserts. Two passes on its steps."""
+
+    lr: float
+    scale_alpha: float = 0.3
+    interval: int = 1
+    optimizers = ("sgd",)
+    two_pass = True
+
+    def step(self, tools: StepTools) -> StepFigures:
+        rate = self.lr * tools.scale
+        first = tools.forward_backward()
+        if tools.step % self.interval:
+            tools.update(0, rate)
+            return StepFigures(first.loss, 0.0)
+        tools.update(0, self.scale_alpha * rate, sign=-1.0)  # the backward half: up the loss
+        tools.forward_backward(same_masks=True)
+        tools.update(0, (1.0 + self.scale_alpha) * rate)
+        return StepFigures(first.loss, 1.0)
 
 
-def make_mode(
-    mode: str,
-    lr: float,
-    flood_level: Optional[float] = None,
-    ascent_lr: Optional[float] = None,
-    ascent_optimizer: str = "separate",
-) -> Mode:
-    """Build the mode object once; the loop never asks which mode it runs."""
+@dataclass(frozen=True)
+class GradNorm:
+    """Minimise ``L + λ‖∇L‖`` (Zhao et al., ICML 2022) by the paper's finite difference:
+    the step follows ``(1 − α)·∇L(θ) + α·∇L(θ + r·g/‖g‖)`` with ``g = ∇L(θ)`` and
+    ``α = λ / r`` (α = 1 is SAM). Two passes per step, the second with the first's
+    dropout masks; the logged objective is ``L + α·r·‖g‖``."""
+
+    lr: float
+    r: float = 0.1
+    alpha: float = 0.8
+    optimizers = ("adamw",)
+    two_pass = True
+
+    def step(self, tools: StepTools) -> StepFigures:
+        first = tools.forward_backward()
+        gradient = tools.take_grads()  # ∇L(θ), all processes (after DDP's all-reduce)
+        norm = global_norm(gradient)
+        saved = tools.shift_params(gradient, self.r / (norm + 1e-12))
+        tools.forward_backward(same_masks=True)  # ∇L(θ + r·g/‖g‖)
+        tools.restore_params(saved)
+        grads = tools.grads()
+        torch._foreach_mul_(grads, self.alpha)
+        torch._foreach_add_(grads, gradient, alpha=1.0 - self.alpha)
+        tools.update(0, self.lr * tools.scale)
+        return StepFigures(first.loss + self.alpha * self.r * norm, 0.0)
+
+
+Mode = Union[Baseline, Flooding, IFlood, AdaFlood, Alternate, Backstitch, GradNorm]
+
+
+def make_mode(train: Any, levels: Optional[torch.Tensor] = None) -> Mode:
+    """Build the mode once from the train section; the loop never asks which mode it runs."""
+    mode = train.mode
     if mode == "baseline":
-        return Baseline(lr)
+        return Baseline(train.lr)
     if mode == "flooding":
-        assert flood_level is not None, "validated by the config"
-        return Flooding(lr, flood_level)
+        return Flooding(train.lr, train.b)
+    if mode == "iflood":
+        return IFlood(train.lr, train.b)
+    if mode == "adaflood":
+        assert levels is not None, "built by flood_cli.adaflood before the mode"
+        return AdaFlood(train.lr, levels)
     if mode == "alternate":
-        assert ascent_lr is not None, "validated by the config"
-        return Alternate(lr, ascent_lr, ascent_optimizer)
+        return Alternate(train.lr, train.ascent_lr, train.ascent_optimizer)
+    if mode == "backstitch":
+        return Backstitch(train.lr, train.backstitch.scale, train.backstitch.interval)
+    if mode == "gradnorm":
+        return GradNorm(train.lr, train.gradnorm.r, train.gradnorm.alpha)
     raise ValueError(f"unknown mode {mode!r}")
+
+
+# ---------------------------------------------------------------------------
+# Gradient arithmetic
 
 
 def apply_sign(grads: list[torch.Tensor], sign: Optional[Sign]) -> None:
@@ -179,7 +352,7 @@ def clip_and_sign(grads: list[torch.Tensor], sign: Optional[Sign], max_norm: Opt
     device."""
     factor = sign
     if max_norm is not None and grads:
-        total_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        total_norm = global_norm(grads)
         coefficient = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
         factor = coefficient if sign is None else coefficient * sign
     apply_sign(grads, factor)

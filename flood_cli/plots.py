@@ -81,20 +81,30 @@ def plot_runs(report: "Report", path: Path, x_axis: str = "epoch") -> Path:
     many = len(report.runs) > MANY_RUNS
     line_width, alpha = (1.0, 0.7) if many else (1.6, 0.9)
 
-    figure = Figure(figsize=(19, 5.5), layout="constrained")
+    # Calibration (newer runs log it): why validation loss can rise while accuracy rises.
+    calibrated = any(_points(run, x_axis, "val_ece") for run in report.runs)
+    figure = Figure(figsize=(24 if calibrated else 19, 5.5), layout="constrained")
     FigureCanvasAgg(figure)
     # The training loss falls far below the validation loss, which squeezes the
     # differences between runs' validation curves; the middle panel zooms in on them.
-    loss_axes, zoom_axes, accuracy_axes = figure.subplots(1, 3)
+    panels = figure.subplots(1, 4 if calibrated else 3)
+    loss_axes, zoom_axes, accuracy_axes = panels[:3]
     for group in groups:
         _draw_group(group.runs, (loss_axes, zoom_axes, accuracy_axes), x_axis, colours[group.id], line_width, alpha)
+        if calibrated:
+            for run in group.runs:
+                points = _points(run, x_axis, "val_ece")
+                if points:
+                    panels[3].plot(*zip(*points), color=colours[group.id], linewidth=line_width, alpha=alpha)
+    if calibrated:
+        panels[3].set(xlabel="epoch" if x_axis == "epoch" else "optimizer step", ylabel="ECE", title="validation calibration error (15 bins)")
 
     x_label = "epoch" if x_axis == "epoch" else "optimizer step"
     loss_axes.set(xlabel=x_label, ylabel="loss", title="validation loss (solid), training loss (dashed)")
     zoom_axes.set(xlabel=x_label, ylabel="validation loss", title="validation loss, zoomed")
     accuracy_axes.set(xlabel=x_label, ylabel="validation accuracy", title="validation accuracy")
     whole_epochs = x_axis == "epoch" and all(float(row["epoch"]).is_integer() for run in report.runs for row in run.rows)
-    for axes in (loss_axes, zoom_axes, accuracy_axes):
+    for axes in panels:
         axes.autoscale_view()  # line collections do not rescale the axes by themselves
         axes.grid(True, alpha=0.3)
         if whole_epochs:  # no "1.5" ticks between evaluations that happen once per epoch

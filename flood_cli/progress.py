@@ -64,12 +64,19 @@ class RichReporter:
     def warning(self, text: str) -> None:
         self.console.print(f"warning: {text}", markup=False, highlight=False)
 
+    def notice(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False)
+
 
 class QuietReporter(NullReporter):
-    """No progress, but warnings still reach the user (one line each on stderr)."""
+    """No progress, but warnings and notices (work done on the run's behalf, such as
+    AdaFlood's auxiliary runs) still reach the user, one line each on stderr."""
 
     def warning(self, text: str) -> None:
         print(f"warning: {text}", file=sys.stderr, flush=True)
+
+    def notice(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
 
 
 @contextmanager

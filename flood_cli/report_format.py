@@ -190,28 +190,38 @@ def _method_cell(comparison: "Comparison") -> str:
 def curves_table(runs: Sequence[Run]) -> Table:
     rows = []
     differ = False
+    # Calibration at the best-loss evaluation, for runs that log it (newer runs do).
+    calibrated = any(run.best_row is not None and run.best_row.get("val_ece") is not None for run in runs)
     for run in runs:
         best, best_accuracy = run.best_row, run.best_accuracy_row
         apart = best is not None and best_accuracy is not None and best is not best_accuracy
         differ = differ or apart
-        rows.append([
+        row = [
             run.name,
             f"{_at(best)}: {_format_number(run.best_val_loss)}" if best else "",
             _format_number(best.get("val_accuracy")) if best else "",
             (f"{_at(best_accuracy)}: {_format_number(best_accuracy.get('val_accuracy'))}" if best_accuracy else "")
             + (" *" if apart else ""),
             ", ".join(format_epoch(row["epoch"]) for row in run.loss_up_accuracy_up) or "none",
-        ])
+        ]
+        if calibrated:
+            ece = best.get("val_ece") if best else None
+            wrong = best.get("val_confident_wrong") if best else None
+            row += [_format_number(ece) if ece is not None else "", f"{wrong:.0f}" if wrong is not None else ""]
+        rows.append(row)
+    columns = ["run", "best val_loss at epoch (step)", "val_acc there", "best val_acc at epoch (step)", "loss ↑ and acc ↑ at epoch"]
+    if calibrated:
+        columns += ["ECE there", "conf. wrong there"]
     return Table(
         title="Where each run was best, and evaluations where validation loss and accuracy rose together",
-        columns=["run", "best val_loss at epoch (step)", "val_acc there", "best val_acc at epoch (step)",
-                 "loss ↑ and acc ↑ at epoch"],
+        columns=columns,
         rows=rows,
-        right_aligned=frozenset({"val_acc there"}),
+        right_aligned=frozenset({"val_acc there", "ECE there", "conf. wrong there"}),
         footnotes=(
             ["* best loss and best accuracy at different evaluations: which checkpoint to keep depends on the metric you report."]
             if differ else []
-        ),
+        )
+        + (["ECE: expected calibration error (15 bins); conf. wrong: validation examples wrong with p > 0.9."] if calibrated else []),
     )
 
 
@@ -371,9 +381,14 @@ def run_record(run: Run) -> dict[str, Any]:
                 "val_loss": _row_get(row, "val_loss"),
                 "val_accuracy": _row_get(row, "val_accuracy"),
                 "val_loss_top10_share": _row_get(row, "val_loss_top10_share"),
+                "val_ece": _row_get(row, "val_ece"),
+                "val_confident_wrong": _row_get(row, "val_confident_wrong"),
             }
             for row in run.loss_up_accuracy_up
         ],
+        "best_val_ece": _row_get(best, "val_ece"),
+        "best_val_confidence": _row_get(best, "val_confidence"),
+        "best_val_confident_wrong": _row_get(best, "val_confident_wrong"),
     }
 
 

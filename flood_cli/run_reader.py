@@ -255,6 +255,8 @@ def _experiment(
     """
     if config is not None:
         experiment_train = {k: v for k, v in train.items() if k not in NOT_EXPERIMENT_KEYS}
+        # A key set to null means what a key that older runs lack means: not a difference.
+        model, data, experiment_train = (_without_nulls(section) for section in (model, data, experiment_train))
         return {"model": model, "data": data, "train": experiment_train}, {"model": model, "data": data}
     if summary:
         context = {"from_summary": {"model": model_text, "data": data_text}}
@@ -262,6 +264,10 @@ def _experiment(
         return {**context, "train": {key: summary.get(key) for key in fields}}, context
     alone = {"folder": str(path)}
     return alone, alone
+
+
+def _without_nulls(section: dict[str, Any]) -> dict[str, Any]:
+    return {k: _without_nulls(v) if isinstance(v, dict) else v for k, v in section.items() if v is not None}
 
 
 def _section(config: Optional[dict[str, Any]], name: str) -> dict[str, Any]:

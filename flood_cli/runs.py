@@ -40,6 +40,9 @@ METRICS_COLUMNS = (
     "lr",
     "flood_active",
     "val_loss_top10_share",
+    "val_ece",
+    "val_confidence",
+    "val_confident_wrong",
     "skipped_steps",
     "elapsed_s",
 )

@@ -57,8 +57,17 @@ RESULTS_FILE = "results.md"
 FLAG_KEYS = {"b": "train.b", "lr": "train.lr", "ascent_lr": "train.ascent_lr"}
 SHORT_NAMES = {"train.b": "b", "train.lr": "lr", "train.ascent_lr": "alr", "train.mode": ""}
 # Keys that only make sense in one mode: a baseline setting drops them.
-MODE_KEYS_OF = {"flooding": ("train.b",), "alternate": ("train.ascent_lr", "train.ascent_optimizer")}
-MODE_KEYS = tuple(key for keys in MODE_KEYS_OF.values() for key in keys)
+MODE_KEYS_OF = {
+    "flooding": ("train.b",),
+    "iflood": ("train.b",),
+    "alternate": ("train.ascent_lr", "train.ascent_optimizer"),
+    "adaflood": ("train.adaflood",),
+    "backstitch": ("train.backstitch",),
+    "gradnorm": ("train.gradnorm",),
+}
+MODE_KEYS = tuple(dict.fromkeys(key for keys in MODE_KEYS_OF.values() for key in keys))
+# What a run of one mode must not carry from a base config of another (reset to defaults).
+CLEARED = {"train.b": None, "train.ascent_lr": None, "train.adaflood": None, "train.backstitch": None, "train.gradnorm": None}
 CURVE_KEYS = ("train.b", "train.ascent_lr")
 
 HEARTBEAT_S = 10.0
@@ -69,8 +78,14 @@ GRACE_S = 60.0
 # What is swept
 
 
+def _mode_key(key: str) -> Optional[str]:
+    """The mode-specific key that ``key`` is or lies in (train.gradnorm.r -> train.gradnorm)."""
+    return next((k for k in MODE_KEYS if key == k or key.startswith(k + ".")), None)
+
+
 def _mode_of(key: str) -> str:
-    return next(mode for mode, keys in MODE_KEYS_OF.items() if key in keys)
+    owner = _mode_key(key)
+    return next(mode for mode, keys in MODE_KEYS_OF.items() if owner in keys)
 
 
 def parse_values(text: str, what: str) -> list[Any]:
@@ -171,7 +186,7 @@ def grid_settings(mode: str, axes: dict[str, list[Any]]) -> list[Setting]:
     def product(keys: list[str]) -> list[dict[str, Any]]:
         return [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
 
-    shared = [key for key in axes if key not in MODE_KEYS]
+    shared = [key for key in axes if _mode_key(key) is None]
     settings = [Setting({"train.mode": "baseline", **point}) for point in product(shared)]
     if mode != "baseline":
         settings += [Setting({"train.mode": mode, **point}) for point in product(list(axes))]
@@ -227,14 +242,13 @@ def config_for(spec: SweepSpec, overrides: dict[str, Any], seed: int, run_name: 
     from flood_cli.config import apply_override, validate
 
     raw = copy.deepcopy(spec.base)
-    if overrides.get("train.mode") == "baseline":
-        for key in MODE_KEYS:
-            apply_override(raw, key, None)
+    mode = overrides.get("train.mode", raw["train"].get("mode"))
+    own = MODE_KEYS_OF.get(mode, ())
+    for key, value in CLEARED.items():  # settings of the base config's mode, not this run's
+        if key not in own:
+            apply_override(raw, key, value)
     for key, value in {**overrides, "train.seed": seed}.items():
         apply_override(raw, key, value)
-    raw["train"].setdefault("ascent_optimizer", "separate")
-    if raw["train"].get("ascent_optimizer") is None:
-        raw["train"]["ascent_optimizer"] = "separate"
     apply_override(raw, "output.dir", str(spec.runs_dir))
     apply_override(raw, "output.name", run_name)
     return validate(raw, f"sweep setting {Setting(overrides).label()}")
@@ -419,14 +433,13 @@ def create_sweep(
     base = load_config(config_path)
     searched = {r.key for r in search}
     if mode is None:  # as `flood train --b X` switches to flooding, so do flood levels here
-        if "train.b" in axes or "train.b" in searched:
-            mode = "flooding"
-        elif "train.ascent_lr" in axes or "train.ascent_lr" in searched:
-            mode = "alternate"
+        owners = [owner for owner in map(_mode_key, (*axes, *searched)) if owner is not None]
+        if owners and not all(owner in MODE_KEYS_OF.get(base.train.mode, ()) for owner in owners):
+            mode = _mode_of(owners[0])
         else:
             mode = base.train.mode
     for key in (*axes, *searched):
-        if key in MODE_KEYS and key not in MODE_KEYS_OF.get(mode, ()):
+        if _mode_key(key) is not None and _mode_key(key) not in MODE_KEYS_OF.get(mode, ()):
             raise FloodError(f"{key} does not apply to mode {mode}; drop it, or pass --mode {_mode_of(key)}")
     if search and not trials:
         raise FloodError("--search needs --trials N, the number of settings TPE may try")

@@ -52,7 +52,7 @@ from flood_cli.data import (
 )
 from flood_cli.errors import FloodError, RunInterrupted
 from flood_cli.model import attention_format, build_model, load_tokenizer, quiet_transformers
-from flood_cli.objectives import Mode, clip_and_sign, lr_scale, make_mode
+from flood_cli.objectives import Mode, Pass, clip_and_sign, lr_scale, make_mode
 from flood_cli.runs import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -75,6 +75,7 @@ class Reporter(Protocol):
     def evaluation(self, row: dict[str, Any]) -> None: ...
     def message(self, text: str) -> None: ...
     def warning(self, text: str) -> None: ...
+    def notice(self, text: str) -> None: ...
 
 
 class NullReporter:
@@ -93,6 +94,9 @@ class NullReporter:
         pass
 
     def warning(self, text: str) -> None:
+        pass
+
+    def notice(self, text: str) -> None:
         pass
 
 
@@ -151,12 +155,16 @@ def make_accelerator(runtime: RuntimeConfig) -> Any:
 
 
 def make_optimizer(
-    model: torch.nn.Module, train: TrainConfig, device: torch.device, ascent: bool = False
+    model: torch.nn.Module, train: TrainConfig, device: torch.device, kind: str = "adamw"
 ) -> torch.optim.Optimizer:
-    """AdamW, without weight decay on biases and LayerNorm weights (BERT's recipe).
+    """An optimizer of the kind a mode asks for, without weight decay on biases and
+    LayerNorm weights (BERT's recipe).
 
-    ``ascent=True`` gives the ascent optimizer of mode alternate: it maximizes the loss,
-    keeps moments of its own, and leaves weight decay to the descent optimizer."""
+    * ``adamw``: AdamW (fused on CUDA).
+    * ``adamw_ascent``: the ascent optimizer of mode alternate: it maximizes the loss,
+      keeps moments of its own, and leaves weight decay to the descent optimizer.
+    * ``sgd``: plain SGD without momentum (backstitch, as Kaldi requires)."""
+    ascent = kind == "adamw_ascent"
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
@@ -166,6 +174,10 @@ def make_optimizer(
         {"params": no_decay, "weight_decay": 0.0},
     ]
     fused = device.type == "cuda"
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=train.lr, momentum=0.0, fused=fused or None)
+    if kind not in ("adamw", "adamw_ascent"):
+        raise ValueError(f"unknown optimizer kind {kind!r}")
     return torch.optim.AdamW(groups, lr=train.ascent_lr if ascent else train.lr, maximize=ascent, fused=fused or None)
 
 
@@ -224,7 +236,7 @@ def evaluate(model: torch.nn.Module, split: EvalSplit, accelerator: Any) -> dict
     whatever the batch sizes, split size or process count, and every process gets the
     same figures."""
     device = accelerator.device
-    scores = torch.zeros((split.size, 2), dtype=torch.float64, device=device)  # loss, correct
+    scores = torch.zeros((split.size, 3), dtype=torch.float64, device=device)  # loss, correct, confidence
     model.eval()
     for batch in split.loader:
         batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
@@ -232,21 +244,48 @@ def evaluate(model: torch.nn.Module, split: EvalSplit, accelerator: Any) -> dict
         logits = model(**batch).logits.float()
         scores[index, 0] = F.cross_entropy(logits, labels, reduction="none").double()
         scores[index, 1] = (logits.argmax(dim=-1) == labels).double()
+        scores[index, 2] = logits.softmax(dim=-1).max(dim=-1).values.double()
     model.train()
     if accelerator.num_processes > 1:
         scores = accelerator.reduce(scores, reduction="sum")  # each row is non-zero on one process only
-    losses, correct = scores[:, 0], scores[:, 1].sum()
+    losses, right, confidence = scores[:, 0], scores[:, 1], scores[:, 2]
     total = losses.sum()
     worst = max(1, math.ceil(0.1 * split.size))
     top_share = torch.topk(losses, worst).values.sum() / total.clamp_min(1e-12)
-    loss, correct_count, share = torch.stack([total / split.size, correct, top_share]).tolist()
+    figures = torch.stack([
+        total / split.size,
+        right.sum(),
+        top_share,
+        confidence.mean(),
+        calibration_error(confidence, right),
+        ((confidence > CONFIDENT) & (right == 0)).sum(),
+    ]).tolist()
+    loss, correct_count, share, mean_confidence, ece, confident_wrong = figures
     return {
         "loss": loss,
         "accuracy": correct_count / split.size,
         "top10_share": share,
+        "confidence": mean_confidence,
+        "ece": ece,
+        "confident_wrong": int(round(confident_wrong)),
         "correct": int(round(correct_count)),
         "examples": split.size,
     }
+
+
+ECE_BINS = 15
+CONFIDENT = 0.9  # "confidently wrong": the predicted class had more than this probability
+
+
+def calibration_error(confidence: torch.Tensor, right: torch.Tensor, bins: int = ECE_BINS) -> torch.Tensor:
+    """Expected calibration error: the examples binned by confidence into ``bins`` equal
+    bins of (0, 1], and |accuracy − mean confidence| of each bin weighted by its share
+    of the examples (Guo et al., 2017)."""
+    which = (confidence * bins).ceil().clamp(1, bins).long() - 1  # (k/bins, (k+1)/bins] -> k
+    count = torch.zeros(bins, dtype=confidence.dtype, device=confidence.device).index_add_(0, which, torch.ones_like(confidence))
+    confidence_sum = torch.zeros_like(count).index_add_(0, which, confidence)
+    right_sum = torch.zeros_like(count).index_add_(0, which, right)
+    return (right_sum - confidence_sum).abs().sum() / confidence.numel()
 
 
 # ---------------------------------------------------------------------------
@@ -317,6 +356,147 @@ def stop_requests(num_processes: int = 1) -> Iterator[StopRequest]:
 # The loop
 
 
+class _StepTools:
+    """What the loop offers a mode for one optimizer step (objectives.StepTools).
+
+    The step's micro-batches are drawn first: each one's summed objective is divided by
+    the step's example count over all processes (times the process count, as DDP
+    averages gradients over processes), so the accumulated gradient is exactly that of
+    the step's mean objective, however unevenly the step is shared out. The figures of
+    the step's first pass are what the CSV's training columns average."""
+
+    def __init__(self, trainer: "Trainer", plan: StepBatches, micro_batches: list[dict[str, torch.Tensor]], step: int, scale: float):
+        self.trainer = trainer
+        self.plan = plan
+        self.micro_batches = micro_batches
+        self.step = step
+        self.scale = scale
+        self.skipped = False
+        self._passes = 0
+        self._rng: Optional[tuple[torch.Tensor, Optional[torch.Tensor]]] = None
+        self._checked = False
+        self.first_loss_sum: Any = None
+        self.first_correct: Any = None
+        self.first_loss: Any = None
+
+    def forward_backward(self, per_example: Any = None, same_masks: bool = False) -> Pass:
+        trainer = self.trainer
+        accelerator, plan = trainer.accelerator, self.plan
+        device = accelerator.device
+        if same_masks:
+            self._replay_rng()
+        elif self._passes == 0 and trainer.mode.two_pass:
+            self._remember_rng()
+        if self._passes:
+            for param in trainer.params:
+                param.grad = None
+        divisor = plan.examples / accelerator.num_processes
+        loss_sum = torch.zeros((), device=device, dtype=torch.float32)
+        objective_sum = torch.zeros((), device=device, dtype=torch.float32)
+        ascending = torch.zeros((), device=device, dtype=torch.float32)
+        correct = torch.zeros((), device=device, dtype=torch.float64)
+        for index, batch in enumerate(self.micro_batches):
+            # Gradients are synchronised across processes once, on the last micro-batch.
+            last = index == len(self.micro_batches) - 1
+            labels, example_index = batch[LABELS], batch[INDEX]
+            inputs = {key: value for key, value in batch.items() if key not in (LABELS, INDEX)}
+            with nullcontext() if last else accelerator.no_sync(trainer.model):
+                logits = trainer.model(**inputs).logits
+                if per_example is None:
+                    micro_loss = step_loss_sum(logits, labels)
+                    micro_objective = micro_loss
+                else:
+                    losses = F.cross_entropy(logits.float(), labels, reduction="none")
+                    objectives, ascends = per_example(losses, example_index)
+                    micro_objective = objectives.sum()
+                    micro_loss = losses.detach().sum()
+                    ascending += ascends.sum()
+                if plan.placeholder:  # joins the gradient all-reduce, contributing zero
+                    micro_objective = micro_objective * 0.0
+                accelerator.backward(micro_objective / divisor)
+            if not plan.placeholder:
+                loss_sum += micro_loss.detach()
+                objective_sum += micro_objective.detach()
+                correct += (logits.detach().argmax(dim=-1) == labels).sum()
+        if self._passes == 0:
+            self.first_loss_sum, self.first_correct = loss_sum, correct
+        self._passes += 1
+        if per_example is None:
+            # The step's mean loss over every process: flooding's sign and the skip
+            # decision are then the same on all of them (a small all-reduce, no host sync).
+            total = accelerator.reduce(loss_sum, reduction="sum") if accelerator.num_processes > 1 else loss_sum
+            step_loss = total / plan.examples
+            result = Pass(step_loss, step_loss, 0.0)
+        else:
+            sums = torch.stack([loss_sum, objective_sum, ascending])
+            if accelerator.num_processes > 1:
+                sums = accelerator.reduce(sums, reduction="sum")
+            means = sums / plan.examples
+            result = Pass(means[0], means[1], means[2])
+        if self.first_loss is None:
+            self.first_loss = result.loss
+        return result
+
+    def update(self, optimizer: int, lr: float, sign: Any = None) -> None:
+        """Clip (and flip by ``sign``), step one optimizer at ``lr``, clear the gradients.
+        With on_nonfinite: skip, a step whose loss is nan/inf is dropped (one sync per step)."""
+        trainer = self.trainer
+        chosen = trainer.optimizers[optimizer]
+        if not self._finite():
+            chosen.zero_grad(set_to_none=True)
+            return
+        # The learning rate is set on the param groups each step (the mode may switch it).
+        for group in chosen.param_groups:
+            group["lr"] = lr
+        trainer._scale_gradients(sign, chosen)
+        chosen.step()
+        chosen.zero_grad(set_to_none=True)
+
+    def _finite(self) -> bool:
+        if self.skipped:
+            return False
+        if self.trainer.cfg.train.on_nonfinite == "skip" and not self._checked:
+            self._checked = True
+            self.skipped = not bool(torch.isfinite(self.first_loss))
+        return not self.skipped
+
+    def grads(self) -> list[torch.Tensor]:
+        return [param.grad for param in self.trainer.params if param.grad is not None]
+
+    def take_grads(self) -> list[torch.Tensor]:
+        """The current gradients, cleared from the parameters (no copy)."""
+        taken = []
+        for param in self.trainer.params:
+            if param.grad is not None:
+                taken.append(param.grad)
+                param.grad = None
+        return taken
+
+    @torch.no_grad()
+    def shift_params(self, direction: list[torch.Tensor], factor: Any) -> list[torch.Tensor]:
+        """θ ← θ + factor · direction; returns copies of θ to restore exactly."""
+        params = [param for param in self.trainer.params]
+        saved = [param.detach().clone() for param in params]
+        torch._foreach_add_(params, torch._foreach_mul(direction, factor))
+        return saved
+
+    @torch.no_grad()
+    def restore_params(self, saved: list[torch.Tensor]) -> None:
+        torch._foreach_copy_([param for param in self.trainer.params], saved)
+
+    def _remember_rng(self) -> None:
+        cuda = torch.cuda.get_rng_state() if self.trainer.accelerator.device.type == "cuda" else None
+        self._rng = (torch.get_rng_state(), cuda)
+
+    def _replay_rng(self) -> None:
+        """The first pass's dropout masks again: back to the RNG state it started from."""
+        assert self._rng is not None, "a same-masks pass follows a first pass"
+        cpu, cuda = self._rng
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
+
+
 class _Interval:
     """Figures of the optimizer steps since the last evaluation, kept on the device."""
 
@@ -375,7 +555,7 @@ class Progress:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, reporter: Reporter):
+    def __init__(self, cfg: Config, reporter: Reporter, levels: Optional[torch.Tensor] = None):
         self.cfg = cfg
         self.reporter = reporter
         self.accelerator = make_accelerator(cfg.runtime)
@@ -395,12 +575,13 @@ class Trainer:
         # The seed is set before the model is built: it fixes the classifier head's init.
         set_seed(cfg.train.seed)
         model = build_model(cfg.model, self.data.label_names, self.tokenizer, cfg.data.max_length)
-        self.mode: Mode = make_mode(
-            cfg.train.mode, cfg.train.lr, cfg.train.b, cfg.train.ascent_lr, cfg.train.ascent_optimizer
-        )
-        optimizers = [make_optimizer(model, cfg.train, self.accelerator.device)]
-        if self.mode.optimizer_index(1) == 1:  # mode alternate with a separate ascent optimizer
-            optimizers.append(make_optimizer(model, cfg.train, self.accelerator.device, ascent=True))
+        self.mode: Mode = make_mode(cfg.train, None if levels is None else levels.to(self.accelerator.device))
+        if self.mode.two_pass and self.accelerator.mixed_precision == "fp16":
+            raise FloodError(
+                f"mode {cfg.train.mode} makes two passes per step, which fp16's loss scaling does not support; "
+                "use precision bf16 or fp32"
+            )
+        optimizers = [make_optimizer(model, cfg.train, self.accelerator.device, kind) for kind in self.mode.optimizers]
 
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         multiple = cfg.runtime.pad_to_multiple_of
@@ -410,7 +591,8 @@ class Trainer:
         lengths = [len(ids) for ids in self.data.train.input_ids] if cfg.train.group_by_length else None
         self.order = EpochShuffleSampler(len(self.data.train), cfg.train.seed, lengths, cfg.train.batch_size)
         positions = getattr(model.config, "max_position_embeddings", None)
-        self.collate = Collator(self.data.train, pad_id, multiple, attention, max_positions=positions)
+        # Training batches carry their example indices too: per-example modes (AdaFlood) use them.
+        self.collate = Collator(self.data.train, pad_id, multiple, attention, with_index=True, max_positions=positions)
         self.eval_splits = {
             role: EvalSplit(
                 split,
@@ -646,60 +828,25 @@ class Trainer:
             yield step, [{key: value.to(device, non_blocking=True) for key, value in batch.items()} for batch in micro_batches]
 
     def train_step(self, step_plan: StepBatches, micro_batches: list[dict[str, torch.Tensor]]) -> None:
-        """One optimizer step over this process's micro-batches, in the direction the mode asks for."""
-        accelerator, train, step = self.accelerator, self.cfg.train, self.progress.step
-        # Each micro-batch's summed loss is divided by the step's example count over all
-        # processes (times the process count, as DDP averages gradients over processes):
-        # the accumulated gradient is then exactly that of the step's mean loss, however
-        # unevenly the step is shared out.
-        divisor = step_plan.examples / accelerator.num_processes
-
-        # The learning rate is set on the param groups each step (the mode may switch it).
-        optimizer = self.optimizers[self.mode.optimizer_index(step)]
-        scale = lr_scale(step, self.total_steps, self.warmup_steps, train.schedule)
-        for group in optimizer.param_groups:
-            group["lr"] = self.mode.learning_rate(step, scale)
-
-        loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float32)
-        correct = torch.zeros((), device=accelerator.device, dtype=torch.float64)
-        for index, batch in enumerate(micro_batches):
-            # Gradients are synchronised across processes once, on the last micro-batch.
-            last = index == len(micro_batches) - 1
-            with nullcontext() if last else accelerator.no_sync(self.model):
-                labels = batch.pop(LABELS)
-                logits = self.model(**batch).logits
-                micro_loss = step_loss_sum(logits, labels)
-                if step_plan.placeholder:  # joins the gradient all-reduce, contributing zero
-                    micro_loss = micro_loss * 0.0
-                accelerator.backward(micro_loss / divisor)
-            if not step_plan.placeholder:
-                loss_sum += micro_loss.detach()
-                correct += (logits.detach().argmax(dim=-1) == labels).sum()
-
-        # The step's mean loss over every process: flooding's sign and the skip decision
-        # are then the same on all of them (a small all-reduce, no host sync).
-        total_loss = accelerator.reduce(loss_sum, reduction="sum") if accelerator.num_processes > 1 else loss_sum
-        step_loss = total_loss / step_plan.examples
-        if not self._finite_or_skip(step_loss, optimizer):
+        """One optimizer step over this process's micro-batches, made as the mode says."""
+        step = self.progress.step
+        scale = lr_scale(step, self.total_steps, self.warmup_steps, self.cfg.train.schedule)
+        tools = _StepTools(self, step_plan, micro_batches, step, scale)
+        figures = self.mode.step(tools)
+        if tools.skipped:
+            self.interval.skipped += 1
             return
 
-        # The mode flips the gradient of this step where it calls for ascent; the flip
-        # rides on the clipping factor, so it costs no extra pass over the gradients.
-        sign = self.mode.gradient_sign(step, step_loss)
-        self._scale_gradients(sign, optimizer)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
         interval = self.interval
-        interval.loss_sum += loss_sum
-        interval.correct += correct
-        interval.objective_sum += self.mode.objective(step, step_loss, sign).detach() * step_plan.local_examples
-        interval.ascent_steps += self.mode.ascent(step, sign)
+        interval.loss_sum += tools.first_loss_sum
+        interval.correct += tools.first_correct
+        interval.objective_sum += figures.objective.detach() * step_plan.local_examples
+        interval.ascent_steps += figures.ascent
         interval.examples += step_plan.local_examples
         interval.steps += 1
 
         every = self.reporter.live_loss_every
-        live_loss = step_loss.item() if every and (step + 1) % every == 0 else None
+        live_loss = tools.first_loss.item() if every and (step + 1) % every == 0 else None
         self.reporter.step(step + 1, (step + 1) / self.steps_per_epoch, live_loss)
 
     def _scale_gradients(self, sign: Any, optimizer: Any) -> None:
@@ -712,14 +859,6 @@ class Trainer:
             self.accelerator.unscale_gradients(optimizer=optimizer)
         clip_and_sign([p.grad for p in self.params if p.grad is not None], sign, max_norm)
 
-    def _finite_or_skip(self, step_loss: torch.Tensor, optimizer: Any) -> bool:
-        """With on_nonfinite=skip, drop a step whose loss is nan/inf (one sync per step).
-        With stop (the default) nothing is checked here; the evaluation checks."""
-        if self.cfg.train.on_nonfinite != "skip" or bool(torch.isfinite(step_loss)):
-            return True
-        optimizer.zero_grad(set_to_none=True)
-        self.interval.skipped += 1
-        return False
 
     def after_step(self, stop: StopRequest) -> None:
         step, output = self.progress.step, self.cfg.output
@@ -753,6 +892,9 @@ class Trainer:
             # The schedule's (descent) rate, whatever this step's mode.
             "lr": self.cfg.train.lr * lr_scale(progress.step - 1, self.total_steps, self.warmup_steps, self.cfg.train.schedule),
             "val_loss_top10_share": val["top10_share"],
+            "val_ece": val["ece"],
+            "val_confidence": val["confidence"],
+            "val_confident_wrong": val["confident_wrong"],
             "elapsed_s": round(time.time() - self.started, 3),
         }
         if "test" in self.eval_splits:
@@ -833,9 +975,19 @@ def run_training(cfg: Config, reporter: Optional[Reporter] = None) -> RunResult:
     check_writable(Path(cfg.output.dir))
     if cfg.output.name is not None and (Path(cfg.output.dir) / cfg.output.name).exists():
         raise RunDir.name_taken(Path(cfg.output.dir) / cfg.output.name)
-    trainer = Trainer(cfg, reporter or NullReporter())
+    reporter = reporter or NullReporter()
+    trainer = Trainer(cfg, reporter, _mode_levels(cfg, reporter))
     trainer.open_new_run()
     return _fit_and_record(trainer)
+
+
+def _mode_levels(cfg: Config, reporter: Reporter) -> Optional[torch.Tensor]:
+    """Per-example flood levels, for the one mode that needs runs of its own first."""
+    if cfg.train.mode != "adaflood":
+        return None
+    from flood_cli import adaflood
+
+    return adaflood.levels_for(cfg, reporter)
 
 
 def resume_training(run_dir: Path, reporter: Optional[Reporter] = None) -> RunResult:
@@ -864,7 +1016,8 @@ def resume_training(run_dir: Path, reporter: Optional[Reporter] = None) -> RunRe
         raise FloodError(f"{exc}; {_start_again(run_dir, rows)}") from None
     cfg = load_config(config_path)
     _check_same_experiment(run_dir, state["experiment"], cfg.experiment_dict())
-    trainer = Trainer(cfg, reporter or NullReporter())
+    reporter = reporter or NullReporter()
+    trainer = Trainer(cfg, reporter, _mode_levels(cfg, reporter))
     trainer.reopen_run(run_dir, state)
     return _fit_and_record(trainer)
 

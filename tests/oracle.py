@@ -39,6 +39,9 @@ class Figures:
     correct: int  # examples whose argmax is the label
     examples: int
     top10_share: float  # share of the summed loss carried by the worst ceil(10 %) examples
+    confidence: float  # mean probability of the predicted class
+    ece: float  # expected calibration error over 15 equal confidence bins of (0, 1]
+    confident_wrong: int  # wrong with the predicted class's probability above 0.9
 
     @property
     def accuracy(self) -> float:
@@ -64,21 +67,45 @@ def load_tokenizer(folder: Path = TINY_TOKENIZER) -> Any:
 
 
 @torch.no_grad()
-def per_example_losses(model: Any, tokenizer: Any, examples: list[tuple[str, str]], max_length: int) -> tuple[list[float], list[bool]]:
+def scored(model: Any, tokenizer: Any, examples: list[tuple[str, str]], max_length: int) -> list[tuple[float, bool, float]]:
+    """(loss, right, confidence) of each example, scored alone."""
     label2id = {str(name): int(i) for name, i in model.config.label2id.items()}
-    losses, right = [], []
+    out = []
     for text, label in examples:
         encoded = tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")
-        logits = model(**encoded).logits.float()
-        target = torch.tensor([label2id[label]])
-        losses.append(F.cross_entropy(logits, target).item())
-        right.append(int(logits.argmax(dim=-1).item()) == label2id[label])
-    return losses, right
+        logits = model(**encoded).logits.float()[0]
+        probabilities = [math.exp(v) for v in logits.tolist()]
+        probabilities = [p / sum(probabilities) for p in probabilities]
+        predicted = max(range(len(probabilities)), key=probabilities.__getitem__)
+        target = label2id[label]
+        out.append((-math.log(probabilities[target]), predicted == target, probabilities[predicted]))
+    return out
+
+
+def per_example_losses(model: Any, tokenizer: Any, examples: list[tuple[str, str]], max_length: int) -> tuple[list[float], list[bool]]:
+    rows = scored(model, tokenizer, examples, max_length)
+    return [loss for loss, _, _ in rows], [right for _, right, _ in rows]
 
 
 def figures(model: Any, tokenizer: Any, examples: list[tuple[str, str]], max_length: int) -> Figures:
-    losses, right = per_example_losses(model, tokenizer, examples, max_length)
+    rows = scored(model, tokenizer, examples, max_length)
+    losses = [loss for loss, _, _ in rows]
     total = math.fsum(losses)
     worst = max(1, math.ceil(0.1 * len(losses)))
     top = math.fsum(sorted(losses, reverse=True)[:worst])
-    return Figures(loss=total / len(losses), correct=sum(right), examples=len(losses), top10_share=top / total)
+    bins: dict[int, list[tuple[bool, float]]] = {}
+    for _, right, confidence in rows:
+        bins.setdefault(min(14, max(0, math.ceil(confidence * 15) - 1)), []).append((right, confidence))
+    ece = math.fsum(
+        len(members) / len(rows) * abs(sum(r for r, _ in members) / len(members) - math.fsum(c for _, c in members) / len(members))
+        for members in bins.values()
+    )
+    return Figures(
+        loss=total / len(losses),
+        correct=sum(right for _, right, _ in rows),
+        examples=len(losses),
+        top10_share=top / total,
+        confidence=math.fsum(c for _, _, c in rows) / len(rows),
+        ece=ece,
+        confident_wrong=sum(1 for _, right, c in rows if not right and c > 0.9),
+    )

@@ -185,8 +185,8 @@ CASES: list[tuple[str, Callable[[Ctx], list[str]], str]] = [
     ("fp16 on the CPU", lambda c: c.train(runtime={"device": "cpu", "precision": "fp16"}), "precision fp16 needs a CUDA GPU"),
     # -- flags ---------------------------------------------------------------------------
     ("no --config", lambda c: ["train", "-q"], "flood train needs --config FILE"),
-    ("--mode sideways", lambda c: c.train("--mode", "sideways"), "--mode 'sideways' is not a mode; use baseline, flooding or alternate"),
-    ("--b with mode alternate", lambda c: c.train("--mode", "alternate", "--ascent-lr", "1e-4", "--b", "0.5"), "--b (flood level) applies only to mode flooding, but the mode is alternate"),
+    ("--mode sideways", lambda c: c.train("--mode", "sideways"), "--mode 'sideways' is not a mode; use baseline, flooding, iflood, adaflood, alternate, backstitch or gradnorm"),
+    ("--b with mode alternate", lambda c: c.train("--mode", "alternate", "--ascent-lr", "1e-4", "--b", "0.5"), "--b (flood level) applies only to modes flooding and iflood, but the mode is alternate"),
     ("--epochs 0", lambda c: c.train("--epochs", "0"), "train.epochs: input should be greater than or equal to 1 (got 0)"),
     ("--set without =", lambda c: c.train("--set", "epochs"), "--set 'epochs': expected section.key=value"),
     ("--set into a value", lambda c: c.train("--set", "train.lr.x=1"), "cannot set train.lr.x: lr is a value, not a section; set train.lr=VALUE instead"),

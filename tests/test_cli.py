@@ -78,10 +78,10 @@ def test_saved_config_trains_again(config_file, tmp_path):
 
 BAD_INPUTS = [
     # (arguments after `train -c CONFIG -q`, expected error line)
-    (["--mode", "sideways"], "error: --mode 'sideways' is not a mode; use baseline, flooding or alternate"),
+    (["--mode", "sideways"], "error: --mode 'sideways' is not a mode; use baseline, flooding, iflood, adaflood, alternate, backstitch or gradnorm"),
     (
         ["--mode", "alternate", "--b", "0.5", "--ascent-lr", "1e-4"],
-        "error: --b (flood level) applies only to mode flooding, but the mode is alternate; drop --b or pass --mode flooding",
+        "error: --b (flood level) applies only to modes flooding and iflood, but the mode is alternate; drop --b or pass --mode flooding",
     ),
     (["--mode", "baseline", "--b", "0.5"], "error: --b (flood level) applies only to mode flooding; drop --b or --mode baseline"),
     (["--b", "-0.1"], "error: config error in {cfg}: train.b: input should be greater than or equal to 0 (got -0.1)"),

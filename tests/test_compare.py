@@ -479,6 +479,7 @@ def test_json_has_stable_keys(tmp_path):
         "data", "evaluations", "last_epoch", "best_val_loss", "best_epoch", "best_step", "val_accuracy_at_best",
         "best_val_accuracy", "best_val_accuracy_epoch", "best_val_accuracy_step", "final_val_loss",
         "final_val_accuracy", "diff_to_baseline", "diff_to_baseline_pct", "loss_up_accuracy_up",
+        "best_val_ece", "best_val_confidence", "best_val_confident_wrong",
     ]
     assert list(document["groups"][0]) == [
         "id", "label", "mode", "baseline", "runs", "n", "n_runs", "n_left_out", "best_val_loss_mean", "best_val_loss_sd",
@@ -488,7 +489,9 @@ def test_json_has_stable_keys(tmp_path):
         "group", "baseline", "n", "n_baseline", "mean", "baseline_mean", "difference", "difference_pct",
         "ci_level", "ci_low", "ci_high", "method", "df", "verdict", "note",
     ]
-    assert document["runs"][0]["loss_up_accuracy_up"][0].keys() == {"epoch", "step", "val_loss", "val_accuracy", "val_loss_top10_share"}
+    assert document["runs"][0]["loss_up_accuracy_up"][0].keys() == {
+        "epoch", "step", "val_loss", "val_accuracy", "val_loss_top10_share", "val_ece", "val_confident_wrong"
+    }
     assert document["comparisons"][0]["verdict"] in ("lower (better)", "within seed noise")
 
 
@@ -742,3 +745,29 @@ def test_cli_warnings_about_odd_paths_are_one_line_each(tmp_path):
         "epochs; counted as complete"
     ]
     assert odd.exists()
+
+
+def test_calibration_at_the_best_evaluation_is_shown_when_runs_log_it(tmp_path):
+    """Newer runs log val_ece and val_confident_wrong: the 'where best' table shows them
+    at the best-loss evaluation, and the JSON carries them; runs without them show blanks."""
+    from flood_cli.compare import compare_command
+    from flood_cli.runs import METRICS_FILE
+
+    calibrated = write_run(tmp_path / "runs", "calibrated", val_losses=(0.6, 0.5, 0.55))
+    rows = make_rows((0.6, 0.5, 0.55))
+    for row, ece, wrong in zip(rows, (0.08, 0.031, 0.2), (1, 2, 7)):
+        row.update(val_ece=ece, val_confidence=0.9, val_confident_wrong=wrong)
+    (calibrated / METRICS_FILE).write_text(metrics_csv(rows), encoding="utf-8", newline="")
+    write_run(tmp_path / "runs", "older", val_losses=(0.7, 0.65, 0.6), seed=7)
+
+    text = compare_command([tmp_path / "runs"]).text
+    table = text[text.index("Where each run was best"):]
+    header = next(line for line in table.splitlines() if "ECE there" in line)
+    assert "conf. wrong there" in header
+    calibrated_line = next(line for line in table.splitlines() if line.strip().startswith("calibrated"))
+    assert calibrated_line.rstrip().endswith("0.0310                  2")
+    assert "ECE: expected calibration error (15 bins); conf. wrong: validation examples wrong with p > 0.9." in table
+    document = json.loads(compare_command([tmp_path / "runs"], as_json=True).text)
+    by_name = {run["name"]: run for run in document["runs"]}
+    assert (by_name["calibrated"]["best_val_ece"], by_name["calibrated"]["best_val_confident_wrong"]) == (0.031, 2)
+    assert by_name["older"]["best_val_ece"] is None

@@ -237,9 +237,20 @@ VALUE_CASES = [
     (
         "b with mode baseline",
         _set("train", {"mode": "baseline", "b": 0.1}),
-        "train: b (flood level) applies only to mode flooding, but mode is baseline; drop b or use mode flooding",
+        "train: b (flood level) applies only to modes flooding and iflood, but mode is baseline; drop b or use mode flooding",
     ),
-    ("unknown mode", _set("train.mode", "flood"), "train.mode: input should be 'baseline', 'flooding' or 'alternate' (got 'flood')"),
+    ("unknown mode", _set("train.mode", "flood"), "train.mode: input should be 'baseline', 'flooding', 'iflood', 'adaflood', 'alternate', 'backstitch' or 'gradnorm' (got 'flood')"),
+    ("iflood without b", _set("train.mode", "iflood"), "train: mode iflood needs a flood level: set train.b (or pass --b)"),
+    (
+        "gradnorm settings outside gradnorm",
+        _set("train.gradnorm", {"r": 0.2}),
+        "train: gradnorm settings apply only to mode gradnorm, but mode is baseline; drop train.gradnorm",
+    ),
+    ("adaflood gamma above 1", _set("train", {"mode": "adaflood", "adaflood": {"gamma": 1.5}}), "train.adaflood.gamma: input should be less than or equal to 1 (got 1.5)"),
+    ("adaflood one fold", _set("train", {"mode": "adaflood", "adaflood": {"folds": 1}}), "train.adaflood.folds: input should be greater than or equal to 2 (got 1)"),
+    ("backstitch interval 0", _set("train", {"mode": "backstitch", "backstitch": {"interval": 0}}), "train.backstitch.interval: input should be greater than or equal to 1 (got 0)"),
+    ("unknown backstitch key", _set("train", {"mode": "backstitch", "backstitch": {"alpha": 0.2}}), "unknown key 'train.backstitch.alpha'; known keys: scale, interval"),
+    ("holdout fold past folds", _set("data.holdout", {"folds": 2, "fold": 2}), "data.holdout: fold 2 does not exist among 2 folds (0 to 1)"),
     ("zero epochs", _set("train.epochs", 0), "train.epochs: input should be greater than or equal to 1 (got 0)"),
     ("fractional epochs", _set("train.epochs", 2.5), "train.epochs: input should be a valid integer, got a number with a fractional part (got 2.5)"),
     ("boolean epochs (yes)", _set("train.epochs", True), "train.epochs: must be a number, not the boolean true"),
@@ -304,7 +315,7 @@ VALUE_CASES = [
     (
         "long unknown key",
         _set("train." + "k" * 500, 1),
-        f"unknown key 'train.{'k' * 47}…{'k' * 26}'; known keys: mode, b, lr, ascent_lr, ascent_optimizer, epochs, batch_size, eval_batch_size, weight_decay, warmup_ratio, schedule, max_grad_norm, grad_accum_steps, group_by_length, seed, eval_every, on_nonfinite",
+        f"unknown key 'train.{'k' * 47}…{'k' * 26}'; known keys: mode, b, lr, ascent_lr, ascent_optimizer, epochs, batch_size, eval_batch_size, weight_decay, warmup_ratio, schedule, max_grad_norm, grad_accum_steps, group_by_length, seed, eval_every, on_nonfinite, adaflood, backstitch, gradnorm",
     ),
     ("unknown device", _set("runtime.device", "tpu"), "runtime.device: input should be 'auto', 'cpu' or 'cuda' (got 'tpu')"),
     (
@@ -395,14 +406,14 @@ OVERRIDE_CASES = [
         {"mode": "alternate", "ascent_lr": 1e-4},
         {"train.b": 0.5},
         [],
-        "--b (flood level) applies only to mode flooding, but the mode is alternate; drop --b or pass --mode flooding",
+        "--b (flood level) applies only to modes flooding and iflood, but the mode is alternate; drop --b or pass --mode flooding",
     ),
     (
         "b with --mode alternate",
         {},
         {"train.b": 0.5, "train.mode": "alternate", "train.ascent_lr": 1e-4},
         [],
-        "--b (flood level) applies only to mode flooding, but the mode is alternate; drop --b or pass --mode flooding",
+        "--b (flood level) applies only to modes flooding and iflood, but the mode is alternate; drop --b or pass --mode flooding",
     ),
     (
         "b with --mode baseline",

@@ -161,14 +161,24 @@ def test_lr_scale(step, total, warmup, schedule, expected):
     assert lr_scale(step, total, warmup, schedule) == pytest.approx(expected)
 
 
-def test_make_mode_builds_each_mode():
-    assert isinstance(make_mode("baseline", 1e-3), Baseline)
-    assert make_mode("flooding", 1e-3, flood_level=0.5).flood_level == 0.5
-    assert make_mode("alternate", 1e-3, ascent_lr=1e-4).ascent_lr == 1e-4
-    with pytest.raises(ValueError):
-        make_mode("sideways", 1e-3)
+def test_make_mode_builds_each_mode_from_its_train_section():
+    from flood_cli.config import TrainConfig
+    from flood_cli.objectives import AdaFlood, Backstitch, GradNorm, IFlood
+
+    assert isinstance(make_mode(TrainConfig(mode="baseline", lr=1e-3)), Baseline)
+    assert make_mode(TrainConfig(mode="flooding", lr=1e-3, b=0.5)).flood_level == 0.5
+    assert make_mode(TrainConfig(mode="iflood", lr=1e-3, b=0.4)) == IFlood(1e-3, 0.4)
+    assert make_mode(TrainConfig(mode="alternate", lr=1e-3, ascent_lr=1e-4)).ascent_lr == 1e-4
+    assert make_mode(TrainConfig(mode="alternate", lr=1e-3, ascent_lr=1e-4, ascent_optimizer="shared")).ascent_optimizer == "shared"
+    assert make_mode(TrainConfig(mode="backstitch", lr=0.1)) == Backstitch(0.1, 0.3, 1)
+    assert make_mode(TrainConfig(mode="gradnorm", lr=1e-3, gradnorm={"r": 0.05})) == GradNorm(1e-3, 0.05, 0.8)
+    levels = torch.tensor([0.1, 0.2])
+    assert make_mode(TrainConfig(mode="adaflood", lr=1e-3), levels).levels is levels
+    assert isinstance(make_mode(TrainConfig(mode="adaflood", lr=1e-3), levels), AdaFlood)
     assert math.isclose(Flooding(1e-3, 0.5).objective(0, torch.tensor(0.2), None).item(), 0.8, rel_tol=1e-6)
-    assert make_mode("alternate", 1e-3, ascent_lr=1e-4, ascent_optimizer="shared").ascent_optimizer == "shared"
+    assert make_mode(TrainConfig(mode="flooding", lr=1e-3, b=0.5)).optimizers == ("adamw",)
+    assert make_mode(TrainConfig(mode="alternate", lr=1e-3, ascent_lr=1e-4)).optimizers == ("adamw", "adamw_ascent")
+    assert make_mode(TrainConfig(mode="backstitch", lr=0.1)).optimizers == ("sgd",)
 
 
 @pytest.mark.parametrize("sign", [None, 1.0, -1.0, "tensor+", "tensor-"])
@@ -201,7 +211,7 @@ def test_separate_ascent_keeps_moments_of_its_own_and_climbs():
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1, bias=False)
     train = TrainConfig(mode="alternate", lr=1e-2, ascent_lr=1e-3, weight_decay=0.0)
-    optimizers = [make_optimizer(model, train, torch.device("cpu")), make_optimizer(model, train, torch.device("cpu"), ascent=True)]
+    optimizers = [make_optimizer(model, train, torch.device("cpu"), kind) for kind in ("adamw", "adamw_ascent")]
     mode = Alternate(lr=1e-2, ascent_lr=1e-3)
     g1, g2 = torch.tensor([[1.0, -2.0, 0.5]]), torch.tensor([[0.5, 1.0, -1.0]])
     before_ascent = None

@@ -114,6 +114,9 @@ def test_every_evaluation_row_scores_every_example_once(tmp_path, ragged_files, 
         truths.append(val)
         check_split(written, "val", val, 37)
         assert_matches(written["val_loss_top10_share"], val.top10_share, f"top10 share at step {row['step']}")
+        assert_matches(written["val_confidence"], val.confidence, f"confidence at step {row['step']}")
+        assert written["val_ece"] == pytest.approx(val.ece, abs=1e-5), f"ECE at step {row['step']}"
+        assert written["val_confident_wrong"] == val.confident_wrong
         check_split(written, "test", oracle.figures(model, tokenizer, test, MAX_LENGTH), 23)
 
     # best_val_loss is the running minimum of the true losses, and best_model/ holds
@@ -190,3 +193,35 @@ def test_training_figures_equal_the_mean_over_every_training_example(tmp_path, r
         total = 2 * steps_per_epoch
         assert written["lr"] == pytest.approx(train.get("lr", FROZEN["lr"]) * (1 - (written["step"] - 1) / total), rel=1e-6)
         assert written["skipped_steps"] == 0
+
+
+def test_calibration_figures_of_a_confident_model_equal_the_oracles(tmp_path, ragged_files):
+    """A model made overconfident by hand (classifier weights × 40): ECE, mean confidence
+    and the confidently wrong count over 37 validation examples, against the oracle."""
+    import torch
+
+    trainer, _ = train_with_snapshots(tmp_path, ragged_files, "confident", train={"epochs": 1, "batch_size": 16, "lr": 3e-3})
+    with torch.no_grad():
+        trainer.raw_model.classifier.weight.mul_(40.0)
+        trainer.raw_model.classifier.bias.mul_(40.0)
+    figures = trainer.evaluate("val")
+    model = oracle.load_model(copy.deepcopy(trainer.raw_model.state_dict()), config=trainer.raw_model.config)
+    truth = oracle.figures(model, oracle.load_tokenizer(), oracle.read_examples(ragged_files["validation"]), MAX_LENGTH)
+    assert truth.confident_wrong > 0 and truth.confidence > 0.9, "the hand-made model should be confidently wrong somewhere"
+    assert figures["confident_wrong"] == truth.confident_wrong
+    assert figures["confidence"] == pytest.approx(truth.confidence, rel=1e-5)
+    assert figures["ece"] == pytest.approx(truth.ece, abs=1e-6)
+    assert figures["loss"] == pytest.approx(truth.loss, rel=1e-4)
+
+
+def test_calibration_error_by_hand():
+    """Three bins used: (0.6, 0.667] holds 0.62 and 0.65 (one right), (0.933, 1] holds
+    0.95, 0.99 and 1.0 (two right): ECE = 2/5·|0.5 − 0.635| + 3/5·|0.667 − 0.98|."""
+    import torch
+
+    from flood_cli.train import calibration_error
+
+    confidence = torch.tensor([0.62, 0.65, 0.95, 0.99, 1.0], dtype=torch.float64)
+    right = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0], dtype=torch.float64)
+    expected = 2 / 5 * abs(0.5 - 0.635) + 3 / 5 * abs(2 / 3 - 0.98)
+    assert calibration_error(confidence, right).item() == pytest.approx(expected)

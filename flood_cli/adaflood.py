@@ -1,0 +1,157 @@
+"""AdaFlood's auxiliary runs (Bae et al., TMLR 2024): a flood level for every training
+example from a model that never saw it.
+
+The training split is cut into K seeded folds. For each fold an ordinary flood run
+(mode baseline, the main run's model, data and hyperparameters, the best model kept)
+trains on the other folds; each example's loss under the best model of the run that
+held it out is its held-out loss ``ℓ_aux,i``. The main run floods example ``i`` at
+``θ_i = −log((1 − γ)·exp(−ℓ_aux,i) + γ)`` (objectives.adaflood_levels).
+
+The auxiliary runs live in ``<output.dir>/.adaflood/<key>/fold-<k>/`` with the held-out
+losses in ``held_out_losses.pt``; ``key`` hashes everything they depend on (model,
+data and its files' contents, training settings, K), so runs that share them (the
+seeds and γ values of a sweep) train them once. They are resumable like any run, and a
+lock lets concurrent workers wait for one another instead of training them twice.
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import hashlib
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from flood_cli.config import Config, validate
+from flood_cli.errors import FloodError
+
+CACHE_DIR = ".adaflood"
+LOSSES_FILE = "held_out_losses.pt"
+# Settings of the main run that the auxiliary runs do not depend on.
+AUX_IGNORED_TRAIN = ("mode", "b", "ascent_lr", "ascent_optimizer", "adaflood", "backstitch", "gradnorm", "seed", "eval_every")
+
+
+def aux_experiment(cfg: Config) -> dict[str, Any]:
+    """What the auxiliary runs train (without the fold): the main run's model, data and
+    training settings, in mode baseline, seeded by data.split_seed so that every seed
+    of a sweep shares them."""
+    raw = cfg.experiment_dict()
+    train = {k: v for k, v in raw["train"].items() if k not in AUX_IGNORED_TRAIN}
+    train.update(mode="baseline", seed=cfg.data.split_seed, eval_every="epoch")
+    return {"model": raw["model"], "data": raw["data"], "train": train, "runtime": raw["runtime"]}
+
+
+def cache_key(cfg: Config) -> str:
+    from flood_cli.data import content_hash
+
+    experiment = aux_experiment(cfg)
+    experiment.pop("runtime")  # how the runs ran does not change what they learned
+    files = {
+        key: content_hash(Path(path))
+        for key in ("train_file", "validation_file", "test_file")
+        if (path := experiment["data"].get(key)) and Path(path).is_file()
+    }
+    text = json.dumps({"experiment": experiment, "files": files, "folds": cfg.train.adaflood.folds}, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # another process building them: wait for it
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def held_out_losses(cfg: Config, reporter: Any) -> torch.Tensor:
+    """``ℓ_aux,i`` for every training example, in the order of the prepared training split."""
+    folds = cfg.train.adaflood.folds
+    folder = Path(cfg.output.dir) / CACHE_DIR / cache_key(cfg)
+    with _locked(folder):
+        losses_path = folder / LOSSES_FILE
+        if losses_path.is_file():
+            reporter.notice(f"adaflood: reusing the held-out losses of {folds} auxiliary runs in {folder}")
+            return torch.load(losses_path, weights_only=True)
+        scored = [_score_fold(cfg, _aux_run(cfg, folder, fold, folds, reporter), fold, folds) for fold in range(folds)]
+        losses = torch.full((sum(len(members) for _, members in scored),), float("nan"), dtype=torch.float64)
+        for fold_losses, members in scored:
+            losses[torch.tensor(members)] = fold_losses.double()
+        assert not torch.isnan(losses).any(), "every example lies in exactly one fold"
+        from flood_cli.runs import atomic_write
+
+        atomic_write(losses_path, lambda handle: torch.save(losses, handle), binary=True)
+        return losses
+
+
+def _aux_config(cfg: Config, folder: Path, fold: int, folds: int) -> Config:
+    raw = copy.deepcopy(aux_experiment(cfg))
+    raw["data"]["holdout"] = {"folds": folds, "fold": fold, "seed": cfg.data.split_seed}
+    raw["output"] = {"dir": str(folder), "name": f"fold-{fold}", "save_best_model": True}
+    return validate(raw, f"adaflood auxiliary run fold-{fold}")
+
+
+def _aux_run(cfg: Config, folder: Path, fold: int, folds: int, reporter: Any) -> Path:
+    """Train (or continue, or reuse) the auxiliary run that holds out ``fold``."""
+    from flood_cli.checkpoint import last_checkpoint
+    from flood_cli.runs import RunDir
+    from flood_cli.train import NullReporter, resume_training, run_training
+
+    run_dir = folder / f"fold-{fold}"
+    status = RunDir(run_dir).load_summary().get("status") if run_dir.exists() else None
+    if status == "completed" and (run_dir / "best_model").exists():
+        reporter.notice(f"adaflood: reusing auxiliary run {run_dir}")
+        return run_dir
+    if status is not None and last_checkpoint(run_dir).exists():
+        reporter.notice(f"adaflood: continuing auxiliary run {fold + 1} of {folds} ({run_dir})")
+        resume_training(run_dir, NullReporter())
+        return run_dir
+    if run_dir.exists():  # stopped before its first checkpoint: nothing to keep
+        import shutil
+
+        shutil.rmtree(run_dir)
+    reporter.notice(f"adaflood: training auxiliary run {fold + 1} of {folds}, without fold {fold} ({run_dir})")
+    run_training(_aux_config(cfg, folder, fold, folds), NullReporter())
+    return run_dir
+
+
+@torch.inference_mode()
+def _score_fold(cfg: Config, run_dir: Path, fold: int, folds: int) -> tuple[torch.Tensor, list[int]]:
+    """The held-out fold's per-example losses under the run's best model."""
+    import torch.nn.functional as F
+    from transformers import AutoModelForSequenceClassification
+
+    from flood_cli.data import Collator, fold_members, prepare_data
+    from flood_cli.model import load_tokenizer, quiet_transformers
+
+    quiet_transformers()
+    tokenizer = load_tokenizer(cfg.model)
+    data = prepare_data(cfg.data, tokenizer)
+    members = fold_members(len(data.train), folds, cfg.data.split_seed)[fold]
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.runtime.device != "cpu" else "cpu")
+    model = AutoModelForSequenceClassification.from_pretrained(run_dir / "best_model").to(device).eval()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    collate = Collator(data.train, pad_id, cfg.runtime.pad_to_multiple_of)
+    losses = []
+    size = cfg.train.eval_batch_size
+    for start in range(0, len(members), size):
+        batch = {k: v.to(device) for k, v in collate(members[start : start + size]).items()}
+        labels = batch.pop("labels")
+        logits = model(**batch).logits.float()
+        losses.append(F.cross_entropy(logits, labels, reduction="none").cpu())
+    if not members:
+        raise FloodError(f"adaflood: fold {fold} of {folds} holds no training example; use fewer folds")
+    return torch.cat(losses), members
+
+
+def levels_for(cfg: Config, reporter: Any) -> torch.Tensor:
+    """Each training example's flood level for this run's γ."""
+    from flood_cli.objectives import adaflood_levels
+
+    return adaflood_levels(held_out_losses(cfg, reporter).float(), cfg.train.adaflood.gamma)
