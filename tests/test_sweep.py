@@ -387,3 +387,29 @@ def test_set_sweeps_any_key_crossed_with_the_flood_levels():
     settings = sweeps.grid_settings("flooding", axes)
     assert len(settings) == 2 + 4  # a baseline per weight decay, then every flood level with each
     assert settings[0].run_name(1) == "baseline-weight_decay=0-max_length=32-s1"
+
+
+@pytest.mark.parametrize(
+    "mode, axes, names",
+    [
+        ("iflood", {"train.b": [0.05, 0.1]}, ["baseline-s1", "iflood-b0.05-s1", "iflood-b0.1-s1"]),
+        ("gradnorm", {"train.gradnorm.alpha": [0.5, 1.0]}, ["baseline-s1", "gradnorm-alpha=0.5-s1", "gradnorm-alpha=1-s1"]),
+        ("backstitch", {"train.backstitch.scale": [0.2]}, ["baseline-s1", "backstitch-scale=0.2-s1"]),
+        ("adaflood", {"train.adaflood.gamma": [0.2, 0.8]}, ["baseline-s1", "adaflood-gamma=0.2-s1", "adaflood-gamma=0.8-s1"]),
+    ],
+)
+def test_every_mode_of_the_family_sweeps_its_own_knobs_next_to_a_baseline(tmp_path, mode, axes, names):
+    """The settings validate before anything exists, the baseline carries none of the
+    mode's settings, and each run's config has exactly the swept value."""
+    spec = sweeps.create_sweep(tiny_config(tmp_path), mode, axes, [1], [], 0, tmp_path / "sweeps", "family", None, None)
+    settings = [sweeps.Setting(overrides) for overrides in spec.settings]
+    assert [s.run_name(1) for s in settings] == names
+    baseline = sweeps.config_for(spec, settings[0].overrides, 1, names[0])
+    assert baseline.train.mode == "baseline" and baseline.train.b is None and baseline.train.gradnorm is None
+    (key, values), = axes.items()
+    for setting, value in zip(settings[1:], values):
+        cfg = sweeps.config_for(spec, setting.overrides, 1, setting.run_name(1))
+        node = cfg.model_dump()
+        for part in key.split("."):
+            node = node[part]
+        assert cfg.train.mode == mode and node == value
