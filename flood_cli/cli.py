@@ -6,18 +6,113 @@ so `flood --help` and `flood compare` answer at once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
 from flood_cli.errors import FloodError, RunInterrupted, escaped
 
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C
+_debug = {"on": False}
+DEBUG_HELP = "show the full traceback of errors"
+
+
+def _set_debug(value: bool) -> None:
+    if value:
+        _debug["on"] = True
+
+
+def _debug_option() -> Any:
+    """A `--debug` switch for a subcommand, made by Typer as for any declared option."""
+    probe = typer.Typer()
+
+    @probe.command()
+    def _probe(
+        debug: Annotated[bool, typer.Option("--debug", help=DEBUG_HELP, expose_value=False, callback=_set_debug)] = False,
+    ) -> None:
+        pass
+
+    return typer.main.get_command(probe).params[0]
+
+
+class FloodGroup(typer.core.TyperGroup):
+    """The `flood` group: `--debug` is taken before the subcommand (`flood --debug
+    train`) and after it (`flood train --debug`), for every subcommand alike."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for command in self.commands.values():
+            if not any("--debug" in param.opts for param in command.params):
+                command.params.append(_debug_option())
+
+
+def _plain_help() -> None:
+    """Two fixes to Typer's rich help pages: a switch (`--quiet`) shows no `<bool>`
+    type, as in Click's plain help, and a required argument reads `PATHS...` in the
+    usage line, not `{paths}...`. Each only where this Typer has what it replaces."""
+    option, argument = getattr(typer.core, "TyperOption", None), getattr(typer.core, "TyperArgument", None)
+    if option is not None and hasattr(option, "display_type_rich"):
+        shown_type = option.display_type_rich
+
+        def display_type_rich(self: Any, ctx: Any) -> Optional[str]:
+            return None if getattr(self, "is_bool_flag", False) else shown_type(self, ctx)
+
+        option.display_type_rich = display_type_rich
+    if argument is not None and hasattr(argument, "_usage_display_name"):
+
+        def usage_display_name(self: Any) -> str:
+            name = self.metavar or self.name.upper()
+            return (name if self.required else f"[{name}]") + ("..." if self.nargs != 1 else "")
+
+        argument._usage_display_name = usage_display_name
+
+
+_plain_help()
+
+
+def _print_versions(value: bool) -> None:
+    if not value:
+        return
+    for line in version_lines():
+        typer.echo(line)
+    raise typer.Exit()
+
+
+def version_lines() -> list[str]:
+    """flood's version and those of what it trains with; torch is imported for this only."""
+    from importlib import metadata
+
+    from flood_cli import __version__
+
+    lines = [f"flood {__version__}"]
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    lines.append(f"torch {torch.__version__}" if torch is not None else "torch: not installed")
+    try:
+        lines.append(f"transformers {metadata.version('transformers')}")
+    except metadata.PackageNotFoundError:
+        lines.append("transformers: not installed")
+    if torch is not None and torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        lines.append(f"CUDA {torch.version.cuda} ({count} GPU{'s' if count > 1 else ''}: {torch.cuda.get_device_name(0)})")
+    elif torch is not None and torch.version.cuda:
+        lines.append(f"CUDA: not available (torch is built for CUDA {torch.version.cuda}, but finds no GPU)")
+    else:
+        lines.append("CUDA: not available")
+    return lines
+
+
 app = typer.Typer(
+    cls=FloodGroup,
     add_completion=False,
     no_args_is_help=True,
     help="Fine-tune BERT classifiers with baseline training, flooding or alternating descent/ascent, and compare the runs.",
@@ -25,14 +120,16 @@ app = typer.Typer(
 )
 
 
-EXIT_ERROR = 1
-EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C
-_debug = {"on": False}
-
-
 @app.callback()
 def _options(
-    debug: Annotated[bool, typer.Option("--debug", help="show the full traceback of errors")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help=f"{DEBUG_HELP} (also after the command: flood train --debug)")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_versions,
+            help="print the versions of flood, torch, transformers and CUDA, and exit",
+        ),
+    ] = False,
 ) -> None:
     _debug["on"] = debug
 
@@ -97,6 +194,9 @@ def train(
     resume: Annotated[
         Optional[Path], typer.Option(help="continue a stopped run from its last checkpoint, with its saved config")
     ] = None,
+    report_to: Annotated[
+        Optional[str], typer.Option("--report-to", help="also log every evaluation to tensorboard and/or mlflow: tensorboard,mlflow")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Fine-tune a classifier and write metrics.csv and summary.json to a new run folder."""
@@ -104,7 +204,7 @@ def train(
 
     given = {
         "--config": config, "--mode": mode, "--b": b, "--lr": lr, "--ascent-lr": ascent_lr, "--gamma": gamma, "--epochs": epochs,
-        "--seed": seed, "--out": out, "--name": name, "--set": set_ or None,
+        "--seed": seed, "--out": out, "--name": name, "--set": set_ or None, "--report-to": report_to,
     }
     if resume is not None:
         changed = [flag for flag, value in given.items() if value is not None]
@@ -113,6 +213,8 @@ def train(
                 f"--resume continues the saved experiment, so {changed[0]} cannot be changed; "
                 "drop it, or start a new run with --config"
             )
+        if not resume.exists():
+            raise FloodError(f"run folder {resume} does not exist; pass the folder that flood train printed (run folder: …)")
         from flood_cli.train import resume_training
 
         _train_and_report(lambda reporter: resume_training(resume, reporter=reporter), quiet)
@@ -131,13 +233,41 @@ def train(
         "train.seed": seed,
         "output.dir": str(out) if out is not None else None,
         "output.name": name,
+        "output.report_to": report_to,
     }
     overrides = {key: value for key, value in flags.items() if value is not None}
     cfg = load_config(config, overrides, sets=set_ or [])
+    # Mistakes in the data files and model folders are said before the slow part: the
+    # imports of torch and transformers, reading the data, loading the model.
+    from flood_cli.data import check_files
+    from flood_cli.model import check_sources
 
-    from flood_cli.train import run_training
+    check_files(cfg.data)
+    check_sources(cfg.model)
+    with _removed_if_left_empty(Path(cfg.output.dir)):
+        from flood_cli.train import run_training
 
-    _train_and_report(lambda reporter: run_training(cfg, reporter=reporter), quiet)
+        _train_and_report(lambda reporter: run_training(cfg, reporter=reporter), quiet)
+
+
+@contextlib.contextmanager
+def _removed_if_left_empty(folder: Path) -> Iterator[None]:
+    """The output folder and those above it that do not exist yet are made for this run:
+    when it fails, the ones still empty are removed again (deepest first)."""
+    made: list[Path] = []
+    path = folder
+    while not os.path.lexists(path) and path != path.parent:
+        made.append(path)
+        path = path.parent
+    try:
+        yield
+    except BaseException:
+        for path in made:
+            try:
+                path.rmdir()  # only an empty folder; anything in it keeps it
+            except OSError:
+                break
+        raise
 
 
 def _train_and_report(job: Any, quiet: bool) -> None:
@@ -161,11 +291,14 @@ def compare(
     markdown: Annotated[bool, typer.Option("--markdown", help="print the table as Markdown")] = False,
     json_: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
     x: Annotated[str, typer.Option(help="x axis of the plot: epoch | step")] = "epoch",
+    wide: Annotated[bool, typer.Option("--wide", help="print every table column, however narrow the terminal")] = False,
+    seeds_as: Annotated[str, typer.Option("--seeds-as", help="seed groups in the plot: band (mean ± sd) | lines (one per run)")] = "band",
 ) -> None:
     """Put runs side by side: best validation loss, seed noise, loss-up-accuracy-up evaluations."""
     from flood_cli.compare import compare_command
 
-    output = compare_command(paths, plot=plot, csv_path=csv, markdown=markdown, as_json=json_, x_axis=x)
+    output = compare_command(paths, plot=plot, csv_path=csv, markdown=markdown, as_json=json_, x_axis=x,
+                             wide=wide, seeds_as=seeds_as)
     for warning in output.warnings:  # a path may hold a line break: one line each all the same
         typer.echo(f"warning: {escaped(warning)}", err=True)
     typer.echo(output.text)
@@ -323,8 +456,12 @@ def main() -> None:
         result = command.main(args=sys.argv[1:], prog_name="flood", standalone_mode=False)
     except usage_error as exc:
         ctx = getattr(exc, "ctx", None)
-        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
-            typer.echo(ctx.get_help())
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            # `flood` alone: the error was made from the help page, and making it printed
+            # the page already where rich formats help (then the message is empty).
+            text = exc.format_message()  # type: ignore[attr-defined]
+            if text.strip():
+                typer.echo(text)
             sys.exit(EXIT_USAGE)
         message = " ".join(exc.format_message().split()).rstrip(".")  # type: ignore[attr-defined]
         typer.echo(f"error: {message}; see {ctx.command_path if ctx else 'flood'} --help", err=True)

@@ -18,18 +18,34 @@ thousand run folders must compare in about a second.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 from flood_cli.discovery import discover_runs
 from flood_cli.errors import FloodError, escaped
-from flood_cli.grouping import Comparison, Group, compare_with_baselines, group_runs
-from flood_cli.report_format import first_few, render_markdown, render_terminal, report_json, report_tables, write_csv
+from flood_cli.grouping import (
+    Comparison,
+    Group,
+    compare_with_baselines,
+    group_runs,
+    replicate_disagreements,
+    unready_baselines,
+)
+from flood_cli.report_format import (
+    first_few,
+    render_markdown,
+    render_terminal,
+    report_json,
+    report_tables,
+    terminal_width,
+    write_csv,
+)
 from flood_cli.run_reader import Run, load_run
 from flood_cli.runs import METRICS_FILE
 
 X_AXES = ("epoch", "step")
+SEEDS_AS = ("band", "lines")
 # How many skipped arguments "no runs found" names before it says "and N more".
 ERROR_SHOWS = 3
 
@@ -48,6 +64,9 @@ class Report:
     groups: list[Group]  # sorted by mean best validation loss
     comparisons: list[Comparison]
     warnings: list[str]
+    # Groups with no baseline to compare with because the matching baseline group has no
+    # complete run yet: group -> those baseline groups.
+    unready_baselines: dict[Group, list[Group]] = field(default_factory=dict)
 
 
 def compare_command(
@@ -58,10 +77,20 @@ def compare_command(
     as_json: bool = False,
     x_axis: str = "epoch",
     now: Optional[float] = None,
+    wide: bool = False,
+    width: Optional[int] = None,
+    seeds_as: str = "band",
 ) -> CompareOutput:
-    """Compare run folders; what `flood compare` prints, plus files for --plot / --csv."""
+    """Compare run folders; what `flood compare` prints, plus files for --plot / --csv.
+
+    The text tables fit ``width`` columns (default: ``COLUMNS``, or the terminal's width
+    when stdout is one; no limit in a pipe) by leaving out and abbreviating the least
+    useful columns; ``wide`` prints every column. Markdown, JSON and CSV are complete.
+    """
     if x_axis not in X_AXES:
         raise FloodError(f"--x {x_axis!r} is not an axis; use epoch or step")
+    if seeds_as not in SEEDS_AS:
+        raise FloodError(f"--seeds-as {seeds_as!r} is not a choice; use band (mean ± sd of a seed group) or lines (one per run)")
     if markdown and as_json:
         raise FloodError("--markdown and --json print different formats; pick one")
     report = build_report(paths, now=now)
@@ -72,11 +101,14 @@ def compare_command(
     if plot is not None:
         from flood_cli.plots import plot_runs
 
-        written.append(f"wrote {escaped(str(plot_runs(report, plot, x_axis=x_axis)))}")
+        written.append(f"wrote {escaped(str(plot_runs(report, plot, x_axis=x_axis, seeds_as=seeds_as)))}")
     if as_json:
         return CompareOutput(text=report_json(report), warnings=list(report.warnings))
     tables = report_tables(report)
-    text = render_markdown(tables) if markdown else render_terminal(tables)
+    if markdown:
+        text = render_markdown(tables)
+    else:
+        text = render_terminal(tables, width=None if wide else (width or terminal_width()))
     return CompareOutput(text="\n\n".join([text, *written]) if written else text, warnings=list(report.warnings))
 
 
@@ -104,8 +136,10 @@ def build_report(paths: Sequence[Path], now: Optional[float] = None) -> Report:
     _disambiguate_names(runs)
     groups = group_runs(runs)
     comparisons = compare_with_baselines(groups)
+    warnings.extend(replicate_disagreements(groups))
     runs.sort(key=_by_best_loss)
-    return Report(runs=runs, groups=groups, comparisons=comparisons, warnings=warnings)
+    return Report(runs=runs, groups=groups, comparisons=comparisons, warnings=warnings,
+                  unready_baselines=unready_baselines(groups))
 
 
 def _no_runs_message(paths: Sequence[Path], skipped: list[tuple[str, str]]) -> str:

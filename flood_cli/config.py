@@ -9,7 +9,9 @@ resolved config saved with a run holds absolute paths, so it can be run again as
 
 from __future__ import annotations
 
+import copy
 import difflib
+from fractions import Fraction
 import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union, get_args
@@ -188,7 +190,9 @@ class TrainConfig(_Section):
         False, description="batches of similar lengths (less padding, faster; changes which examples share a batch)"
     )
     seed: int = Field(42, description=f"0 to {SEED_MAX}")
-    eval_every: Union[Literal["epoch"], int] = Field("epoch", description="'epoch' or a number of optimizer steps")
+    eval_every: Union[int, str] = Field(
+        "epoch", description="'epoch', a fraction of an epoch ('0.5 epoch': twice per epoch) or a number of optimizer steps"
+    )
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a nan/inf loss stops the run (failed), or skips that optimizer step (costs one sync per step)"
     )
@@ -200,19 +204,41 @@ class TrainConfig(_Section):
 
     @field_validator("eval_every", mode="before")
     @classmethod
-    def _epoch_or_positive_steps(cls, value: Any) -> Any:
+    def _epoch_fraction_or_positive_steps(cls, value: Any) -> Any:
         # Checked before pydantic's union matching, whose own message for "foo" would
-        # only mention 'epoch' and not the step count.
-        if value == "epoch":
-            return value
-        steps = value.strip() if isinstance(value, str) else value
-        if isinstance(steps, str) and steps.isdigit():
-            steps = int(steps)
-        if isinstance(steps, float) and steps.is_integer():
-            steps = int(steps)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"must be 'epoch' or a positive number of optimizer steps (got {shown_repr(value)})")
-        return steps
+        # not say what is accepted.
+        problem = (
+            "must be 'epoch', a fraction of an epoch such as '0.5 epoch', or a positive number of optimizer steps "
+            f"(got {shown_repr(value)})"
+        )
+        if isinstance(value, str):
+            text = value.strip().lower()
+            fraction = text.removesuffix("epochs").removesuffix("epoch").strip()
+            if fraction != text:  # "epoch", "1 epoch", "0.5 epoch", "1/3 epoch"
+                if not fraction:
+                    return "epoch"
+                try:
+                    share = Fraction(fraction)
+                except (ValueError, ZeroDivisionError):
+                    raise ValueError(problem) from None
+                if not 0 < share <= 1:
+                    raise ValueError(f"{problem}; a fraction of an epoch lies in (0, 1]")
+                return "epoch" if share == 1 else f"{fraction} epoch"
+            if text.isdigit():
+                value = int(text)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(problem)
+        return value
+
+    def evaluation_period(self, steps_per_epoch: int) -> Fraction:
+        """Optimizer steps between evaluations (a fraction: '0.5 epoch' of 7 steps is 3.5)."""
+        if self.eval_every == "epoch":
+            return Fraction(steps_per_epoch)
+        if isinstance(self.eval_every, str):
+            return Fraction(self.eval_every.split()[0]) * steps_per_epoch
+        return Fraction(self.eval_every)
 
     @model_validator(mode="after")
     def _mode_parameters(self) -> "TrainConfig":
@@ -263,6 +289,18 @@ class OutputConfig(_Section):
     keep_checkpoint: bool = Field(
         False, description="keep checkpoints/last.pt once the run completes (it is needed only to resume)"
     )
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list, description="trackers that also get every evaluation: tensorboard, mlflow"
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):  # --report-to tensorboard,mlflow, or --set output.report_to=mlflow
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if value is None:
+            return []
+        return value
 
     @field_validator("name")
     @classmethod
@@ -406,7 +444,13 @@ def resolve_paths(config: Config, base: Path) -> Config:
     return config
 
 
-def _format_validation_error(error: ValidationError, source: str) -> str:
+def _format_validation_error(
+    error: ValidationError, source: str, origins: Optional[dict[str, str]] = None, before: Optional[dict[str, Any]] = None
+) -> str:
+    """One line for the first problem, said as coming from ``source``, or from the
+    ``--set`` that gave the key (``origins``: dotted key -> that option as given;
+    ``before``: the file's own sections, to tell an unknown section of the file from
+    one that a --set made)."""
     errors = error.errors()
     # An unknown key first: a misspelt section (`modle:`) also makes the real one
     # "missing", and the spelling is what the user has to fix.
@@ -420,6 +464,7 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
         if (keep_last and i == len(parts) - 1) or not part.startswith(("function-", "literal["))
     ]
     where = _printable(".".join(loc))
+    source = _origin(loc, first["type"] == "extra_forbidden", origins or {}, before or {}) or source
     if first["type"] == "extra_forbidden" and loc:
         section_model = _section_at(loc[:-1])
         known = list(section_model.model_fields) if section_model else []
@@ -457,35 +502,69 @@ def _section_at(loc: list[str]) -> Optional[type[BaseModel]]:
     return model
 
 
-def validate(raw: dict[str, Any], source: str) -> Config:
+def _origin(loc: list[str], unknown: bool, origins: dict[str, str], before: dict[str, Any]) -> Optional[str]:
+    """The --set that put the failing key (or the section above it) in the config."""
+    dotted = ".".join(loc)
+    for key, origin in origins.items():
+        if dotted == key or dotted.startswith(key + "."):
+            return origin
+        if unknown and key.startswith(dotted + ".") and not _has_path(before, loc):
+            return origin  # --set trian.lr=1 made the unknown section 'trian'
+    return None
+
+
+def _has_path(raw: Any, parts: list[str]) -> bool:
+    for part in parts:
+        if not isinstance(raw, dict) or part not in raw:
+            return False
+        raw = raw[part]
+    return True
+
+
+def validate(
+    raw: dict[str, Any], source: str, origins: Optional[dict[str, str]] = None, before: Optional[dict[str, Any]] = None
+) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise FloodError(_format_validation_error(exc, source)) from None
+        raise FloodError(_format_validation_error(exc, source, origins, before)) from None
 
 
 def load_config(
     path: Union[str, Path],
     overrides: Optional[dict[str, Any]] = None,
     sets: tuple[str, ...] | list[str] = (),
+    new_run: bool = True,
 ) -> Config:
     """Read a YAML config, apply CLI overrides, validate once, make paths absolute.
 
     ``overrides`` maps dotted keys to values (``{"train.lr": 1e-5}``); ``sets`` are
     ``section.key=value`` strings from ``--set``. The flag ``--b`` alone switches the
     mode to flooding, as users expect from ``flood train --config cfg.yaml --b 0.5``.
+    ``new_run`` (not a resume): a run folder's own config.yaml drops its run name.
+
+    ``output.dir`` is the one path not taken from the config's folder: like an output
+    folder of any command, a relative one is taken from the working directory, so that
+    one config serves many projects (a run's saved config holds it absolute).
     """
     path = Path(path)
     raw = read_yaml(path)
-    raw.pop("meta", None)
+    saved_run = raw.pop("meta", None) is not None
     overrides = dict(overrides or {})
+    if saved_run and new_run and isinstance(raw.get("output"), dict):
+        # A run folder's config.yaml run again: the same experiment under a fresh name
+        # (its own name is taken), in the same output folder (saved absolute).
+        raw["output"].pop("name", None)
+    origins: dict[str, str] = {}  # a key given with --set: errors about it name the --set
+    before = copy.deepcopy(raw) if sets else raw
     for item in sets:
         key, value = parse_set_option(item)
         overrides[key] = value
+        origins[key] = f"--set {shown(item)}"
     _apply_flag_rules(raw, overrides)
     for key, value in overrides.items():
         apply_override(raw, key, value)
-    config = validate(raw, f"config error in {path}")
+    config = validate(raw, f"config error in {path}", origins, before)
     try:
         return resolve_paths(config, path.parent.resolve())
     except FloodError as exc:

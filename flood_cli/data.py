@@ -5,22 +5,29 @@ Tokenization goes through 🤗 Datasets' ``map``, whose cache on disk means a se
 on the same files and tokenizer does not tokenize again. The tokenized splits are then
 held as plain lists of token ids: padding a batch from lists is cheaper than any
 per-example dataset access in the hot loop.
+
+Importing this module is cheap (torch and datasets are imported where they are used):
+`check_files` runs before the slow imports and the model, so that a missing file or
+column is said at once.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import math
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from flood_cli.config import DataConfig
 from flood_cli.errors import FloodError, shown, shown_repr
+
+if TYPE_CHECKING:
+    import torch
 
 FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 LABELS = "labels"
@@ -54,10 +61,9 @@ class PreparedData:
 # Reading
 
 
-def _read_file(path_str: str, role: str) -> Any:
-    from datasets import load_dataset
-
-    path = Path(path_str)
+def _check_file(path: Path, role: str) -> None:
+    """What a file's name and metadata tell: it exists, is a regular file of a known
+    format and is not empty."""
     if not path.exists():
         raise FloodError(f"{role} file {_shown_path(path)} not found; fix data.{role}_file")
     if path.is_dir():
@@ -74,6 +80,14 @@ def _read_file(path_str: str, role: str) -> Any:
         )
     if path.stat().st_size == 0:
         raise FloodError(f"{role} file {path} is empty; it needs a header and at least one example")
+
+
+def _read_file(path_str: str, role: str) -> Any:
+    from datasets import load_dataset
+
+    path = Path(path_str)
+    _check_file(path, role)
+    builder = FILE_FORMATS[path.suffix.lower()]
     options: dict[str, Any] = {"sep": "\t"} if path.suffix.lower() == ".tsv" else {}
     try:
         with _datasets_quiet():
@@ -86,8 +100,7 @@ def _read_file(path_str: str, role: str) -> Any:
             )
     except Exception as exc:  # datasets/pandas/pyarrow raise many types for bad files
         raise _read_error(exc, path, role) from None
-    if path.is_symlink():  # errors about its content then say what was really read
-        split._flood_source = f" (read from {path}, a link to {path.resolve()})"
+    split._flood_source = _link_note(path)  # errors about its content then say what was really read
     if builder == "csv" and "__index_level_0__" in split.column_names:
         # pandas takes the first column as an index when the first row has one field
         # more than the header, shifting every column by one: texts would become labels.
@@ -96,6 +109,10 @@ def _read_file(path_str: str, role: str) -> Any:
             f"quote texts that contain {_separator_name(path)}s (\"like, this\") or fix the header"
         )
     return split
+
+
+def _link_note(path: Path) -> str:
+    return f" (read from {path}, a link to {path.resolve()})" if path.is_symlink() else ""
 
 
 def _shown_path(path: Path) -> str:
@@ -240,14 +257,10 @@ def read_splits(cfg: DataConfig) -> dict[str, Any]:
 
 def _check_columns(split: Any, cfg: DataConfig, role: str) -> None:
     source = getattr(split, "_flood_source", "")
-    wanted = [cfg.text_column, cfg.label_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
+    wanted = _wanted_columns(cfg)
     for column in wanted:
         if column not in split.column_names:
-            key = {cfg.text_column: "text_column", cfg.label_column: "label_column"}.get(column, "text_pair_column")
-            raise FloodError(
-                f"{role} data{source} has no column '{shown(str(column))}' (columns: {_columns_shown(split.column_names)}); "
-                f"set data.{key}"
-            )
+            raise _no_column(role, source, column, split.column_names, cfg)
     if len(split) == 0:
         raise FloodError(f"{role} split is empty; it needs at least one example")
     for column in wanted[:1] + wanted[2:]:
@@ -275,6 +288,15 @@ def _check_columns(split: Any, cfg: DataConfig, role: str) -> None:
             f"{role} data: {len(missing_labels)} of {len(split)} rows have no label in column '{cfg.label_column}' "
             f"(first: data row {missing_labels[0] + 1}); fill or drop them"
         )
+
+
+def _wanted_columns(cfg: DataConfig) -> list[str]:
+    return [cfg.text_column, cfg.label_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
+
+
+def _no_column(role: str, source: str, column: str, columns: list[str], cfg: DataConfig) -> FloodError:
+    key = {cfg.text_column: "text_column", cfg.label_column: "label_column"}.get(column, "text_pair_column")
+    return FloodError(f"{role} data{source} has no column '{shown(str(column))}' (columns: {_columns_shown(columns)}); set data.{key}")
 
 
 def _is_missing(value: Any) -> bool:
@@ -365,12 +387,7 @@ def prepare_data(cfg: DataConfig, tokenizer: Any) -> PreparedData:
     import datasets
 
     datasets.disable_progress_bars()
-    for key in ("text_column", "text_pair_column"):
-        if getattr(cfg, key) == cfg.label_column:
-            raise FloodError(
-                f"data.{key} and data.label_column are both '{shown(cfg.label_column)}': the model would read "
-                f"the answer; point data.{key} to the text"
-            )
+    _check_column_names(cfg)
     warnings = []
     if cfg.train_file is not None and Path(cfg.train_file).exists():
         for role, other in (("validation", cfg.validation_file), ("test", cfg.test_file)):
@@ -423,6 +440,96 @@ def prepare_data(cfg: DataConfig, tokenizer: Any) -> PreparedData:
         counts=counts,
         warnings=warnings,
     )
+
+
+def _check_column_names(cfg: DataConfig) -> None:
+    for key in ("text_column", "text_pair_column"):
+        if getattr(cfg, key) == cfg.label_column:
+            raise FloodError(
+                f"data.{key} and data.label_column are both '{shown(cfg.label_column)}': the model would read "
+                f"the answer; point data.{key} to the text"
+            )
+
+
+# ---------------------------------------------------------------------------
+# Checks before the slow part
+
+
+def check_files(cfg: DataConfig) -> None:
+    """What can be said of the data files in a fraction of a second, before torch,
+    datasets and the model are loaded (seconds; much longer on a busy machine): each
+    file exists, is a regular, readable, non-empty file of a known format, and a CSV,
+    TSV or Parquet file has the configured columns (JSON is checked when read). Said
+    in the words `prepare_data` would use; what this cannot tell, it leaves to it."""
+    _check_column_names(cfg)
+    if cfg.train_file is None:
+        return  # a Hub dataset
+    files = [(role, Path(name)) for role, name in (("train", cfg.train_file), ("validation", cfg.validation_file), ("test", cfg.test_file)) if name]
+    for role, path in files:
+        _check_file(path, role)
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            raise FloodError(f"cannot read {role} file {_shown_path(path)}: {exc.strerror or exc}; check the file's permissions") from None
+    for role, path in files:
+        header = _header(path)
+        if header is None:
+            continue
+        names = _pandas_names(header)
+        for column in _wanted_columns(cfg):
+            if column not in names and column not in header:
+                raise _no_column(role, _link_note(path), column, names, cfg)
+
+
+# How much of a CSV file is read for its header: a header longer than this is left to
+# the full read.
+HEADER_CHARACTERS = 1 << 16
+
+
+def _header(path: Path) -> Optional[list[str]]:
+    """The column names of a CSV/TSV (its first non-blank record) or Parquet file; None
+    where they cannot be read quickly and surely (the full read then reports)."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        try:
+            import pyarrow.parquet
+
+            return [str(name) for name in pyarrow.parquet.read_schema(path).names]
+        except Exception:  # not Parquet, damaged: the full read names the problem
+            return None
+    if suffix not in (".csv", ".tsv"):
+        return None
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:  # pandas drops a BOM too
+            head = handle.read(HEADER_CHARACTERS)
+    except (OSError, UnicodeError):
+        return None
+    complete = len(head) < HEADER_CHARACTERS
+    reader = csv.reader(io.StringIO(head), delimiter="\t" if suffix == ".tsv" else ",")
+    try:
+        for record in reader:
+            if record and (complete or reader.line_num < head.count("\n")):
+                return record
+            if record:
+                return None  # the header may go on past what was read
+    except csv.Error:
+        return None
+    return None
+
+
+def _pandas_names(header: list[str]) -> list[str]:
+    """Column names as pandas makes them from a header: 'Unnamed: 2' for an empty one,
+    'a.1' for the second 'a'."""
+    names: list[str] = []
+    for index, name in enumerate(header):
+        name = name or f"Unnamed: {index}"
+        base, count = name, 0
+        while name in names:
+            count += 1
+            name = f"{base}.{count}"
+        names.append(name)
+    return names
 
 
 def _split_off_validation(train: Any, cfg: DataConfig, label_names: list[str]) -> tuple[Any, Any]:
@@ -508,6 +615,8 @@ class Collator:
         self.max_positions = max_positions
 
     def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        import torch
+
         rows = [self.split.input_ids[i] for i in indices]
         longest = max(len(r) for r in rows)
         length = -(-longest // self.multiple) * self.multiple
@@ -529,7 +638,7 @@ class Collator:
         return batch
 
 
-class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+class EpochShuffleSampler:
     """A fresh, seeded permutation each epoch: the data order depends only on
     (seed, epoch), which makes runs reproducible and lets a run resume mid-epoch.
 
@@ -555,6 +664,8 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
 
     def order(self, epoch: int) -> list[int]:
         """The example order of ``epoch``."""
+        import torch
+
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(self.size, generator=generator).tolist()
         if self.lengths is not None:
@@ -579,6 +690,8 @@ def length_sorted_batches(split: TokenizedSplit, batch_size: int) -> list[list[i
 
 def fold_members(size: int, folds: int, seed: int) -> list[list[int]]:
     """The training examples (0..size-1) cut into ``folds`` seeded folds of near-equal size."""
+    import torch
+
     order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
     return [sorted(order[fold::folds]) for fold in range(folds)]
 

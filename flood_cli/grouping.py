@@ -4,18 +4,34 @@ each experiment is compared.
 A seed group holds the runs that differ only by seed. Runs that share a seed too are
 replicates, not independent evidence: their best losses are averaged into one value per
 seed, so a group's n counts distinct seeds. Each non-baseline group is compared with the
-baseline group of the same model and data whose training settings are closest.
+baseline group of the same model and data whose training settings are closest: by the
+difference of means (Welch), and, on the seeds both groups ran, by the per-seed paired
+differences (same seed: same data order and initialisation).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Optional, Sequence
 
 from flood_cli.run_reader import Run, canonical
-from flood_cli.stats import Interval, Sample, difference_interval, verdict_for
+from flood_cli.stats import (
+    Interval,
+    Sample,
+    difference_interval,
+    interval_verdict,
+    paired_interval,
+    same_up_to_rounding,
+    verdict_for,
+)
+
+# Replicates of one seed (same settings, same seed) whose best validation losses differ by
+# more than this, relative, disagree far beyond float rounding (eval_batch_size moves a
+# loss by about 1e-9): a warning says so.
+REPLICATE_TOLERANCE = 1e-3
 
 
 @dataclass(eq=False)  # identity, not field equality: groups are dictionary keys
@@ -58,6 +74,14 @@ class Group:
         values = tuple(statistics.mean(losses) for losses in self.best_losses_by_seed.values())
         return Sample(values) if values else None
 
+    @cached_property
+    def seed_values(self) -> dict[Any, float]:
+        """The value of each known seed (the mean of its replicate runs), for pairing."""
+        return {
+            seed: statistics.mean(losses) for seed, losses in self.best_losses_by_seed.items()
+            if not isinstance(seed, tuple)  # ("unknown seed", path): pairs with nothing
+        }
+
     @property
     def n_seeds(self) -> int:
         return self.sample.n if self.sample else 0
@@ -77,7 +101,11 @@ class Group:
 
 @dataclass
 class Comparison:
-    """A seed group against its baseline group: difference of mean best validation loss."""
+    """A seed group against its baseline group: difference of mean best validation loss
+    (``interval``: Welch or pooled), and on the seeds both ran, the mean of the per-seed
+    differences (``paired``: Student's t on them). ``verdict`` comes from the paired
+    interval when there is one (two or more shared seeds with spread), else from the
+    other; ``verdict_method`` says which ("paired", "welch", "pooled" or None)."""
 
     group: Group
     baseline: Group
@@ -86,6 +114,14 @@ class Comparison:
     interval: Optional[Interval]
     verdict: str
     notes: list[str] = field(default_factory=list)
+    paired_seeds: list[Any] = field(default_factory=list)
+    paired_differences: list[float] = field(default_factory=list)
+    paired_difference: Optional[float] = None
+    paired_difference_pct: Optional[float] = None
+    paired: Optional[Interval] = None
+    verdict_method: Optional[str] = None
+    unpaired_verdict: str = ""
+    still_improving: list[Run] = field(default_factory=list)
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
@@ -105,16 +141,21 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
 def compare_with_baselines(groups: Sequence[Group]) -> list[Comparison]:
     """Each non-baseline group against its baseline group.
 
-    Runs get their difference to the baseline group's mean too, incomplete runs as they
-    stand; a comparison needs complete runs on both sides.
+    Runs get their difference to the baseline group's mean too, and to the baseline's
+    run(s) of the same seed, incomplete runs as they stand; a comparison needs complete
+    runs on both sides.
     """
     comparisons = []
     for group, (baseline, others) in choose_baselines(groups).items():
         reference = baseline.sample.mean  # type: ignore[union-attr]
+        same_seed = baseline.seed_values
         for run in group.runs:
             if run.best_val_loss is not None:
                 run.diff_to_baseline = run.best_val_loss - reference
-                run.diff_to_baseline_pct = 100.0 * run.diff_to_baseline / reference if reference else None
+                run.diff_to_baseline_pct = _percent(run.diff_to_baseline, reference)
+                if run.seed is not None and run.seed in same_seed:
+                    run.paired_diff_to_baseline = run.best_val_loss - same_seed[run.seed]
+                    run.paired_diff_to_baseline_pct = _percent(run.paired_diff_to_baseline, same_seed[run.seed])
         if group.sample is not None:
             comparisons.append(_compare(group, baseline, others))
     return comparisons
@@ -139,11 +180,55 @@ def choose_baselines(groups: Sequence[Group]) -> dict[Group, tuple[Group, list[G
     return chosen
 
 
+def unready_baselines(groups: Sequence[Group]) -> dict[Group, list[Group]]:
+    """Non-baseline groups without a baseline to compare with, for which a baseline group
+    of the same model and data exists but has no complete run with a finite loss yet
+    (still running, failed, interrupted): the reason no difference is shown."""
+    chosen = choose_baselines(groups)
+    waiting = [g for g in groups if g.is_baseline and g.sample is None]
+    found = {}
+    for group in groups:
+        if group.is_baseline or group in chosen:
+            continue
+        matching = [b for b in waiting if b.context_key == group.context_key]
+        if matching:
+            found[group] = matching
+    return found
+
+
+def replicate_disagreements(groups: Sequence[Group]) -> list[str]:
+    """Warnings for replicates of one seed (same settings, same seed) whose best
+    validation losses differ far beyond float rounding: the runs should be the same
+    experiment, so something compare does not see differs (precision, device, code), or
+    the training is nondeterministic. They are averaged as one seed all the same."""
+    warnings = []
+    for group in groups:
+        for seed in group.seed_values:
+            runs = [run for run in group.runs if run.counts_in_statistics and run.seed == seed]
+            losses = [run.best_val_loss for run in runs]
+            if len(losses) < 2 or not all(math.isfinite(v) for v in losses):  # type: ignore[arg-type]
+                continue
+            low, high = min(losses), max(losses)  # type: ignore[type-var]
+            scale = max(abs(low), abs(high))  # type: ignore[arg-type]
+            apart = (high - low) / scale if scale else 0.0  # type: ignore[operator]
+            if apart > REPLICATE_TOLERANCE:
+                names = ", ".join(run.name for run in runs)
+                values = ", ".join(f"{value:.6g}" for value in losses)
+                warnings.append(
+                    f"{names}: replicates (same settings, seed {seed}; group {group.id}) whose best val_loss "
+                    f"disagree: {values}, {apart:.2%} apart, far beyond float noise ({REPLICATE_TOLERANCE:.1%}); "
+                    "averaged as one seed all the same. Something compare does not see differs (precision, "
+                    "device, code version) or training is nondeterministic"
+                )
+    return warnings
+
+
 def _compare(group: Group, baseline: Group, others: Sequence[Group]) -> Comparison:
     sample, reference = group.sample, baseline.sample
     assert sample is not None and reference is not None
     difference = sample.mean - reference.mean
     interval = difference_interval(sample, reference)
+    unpaired_verdict = verdict_for(interval, sample, reference)
     notes = []
     if interval is not None and interval.method == "pooled":
         single, spread = (group, baseline) if sample.n < 2 else (baseline, group)
@@ -151,15 +236,75 @@ def _compare(group: Group, baseline: Group, others: Sequence[Group]) -> Comparis
     if others:
         ids = ", ".join(b.id for b in sorted([baseline, *others], key=lambda b: int(b.id[1:])))
         notes.append(f"baseline groups {ids} match; chose {baseline.id}: closest training settings, then most seeds")
+
+    # Seeds both groups ran: the same data order and initialisation on both sides.
+    ours, theirs = group.seed_values, baseline.seed_values
+    seeds = sorted((seed for seed in ours if seed in theirs), key=lambda seed: (str(type(seed)), seed))
+    differences = [ours[seed] - theirs[seed] for seed in seeds]
+    paired_difference = paired_pct = None
+    if differences:
+        try:
+            paired_difference = statistics.mean(differences)
+            paired_pct = _percent(paired_difference, statistics.mean(theirs[seed] for seed in seeds))
+        except OverflowError:  # losses near 1e308
+            paired_difference = paired_pct = None
+    scale = max((abs(value) for seed in seeds for value in (ours[seed], theirs[seed])), default=0.0)
+    paired = paired_interval(differences, scale=scale)
+    if paired is not None:
+        verdict, method = interval_verdict(paired), "paired"
+    else:
+        verdict, method = unpaired_verdict, (interval.method if interval else None)
+        finite = all(math.isfinite(d) for d in differences)
+        if len(differences) >= 2 and finite and same_up_to_rounding(differences, scale) and interval is not None:
+            notes.append(
+                f"{group.id} and {baseline.id} differ by the same {differences[0]:+.4g} on each of seeds "
+                f"{_seed_list(seeds)}: no paired interval; the verdict is the {_METHOD_NAMES[interval.method]} interval's"
+            )
+
+    still_improving = [run for run in (*group.runs, *baseline.runs) if run.still_improving]
+    if still_improving:
+        notes.append(
+            f"still improving at the last evaluation, best not reached: {_names(still_improving)} (†); "
+            "the verdict is premature: train longer"
+        )
     return Comparison(
         group=group,
         baseline=baseline,
         difference=difference,
-        difference_pct=100.0 * difference / reference.mean if reference.mean else None,
+        difference_pct=_percent(difference, reference.mean),
         interval=interval,
-        verdict=verdict_for(interval, sample, reference),
+        verdict=verdict,
         notes=notes,
+        paired_seeds=seeds,
+        paired_differences=differences,
+        paired_difference=paired_difference,
+        paired_difference_pct=paired_pct,
+        paired=paired,
+        verdict_method=method,
+        unpaired_verdict=unpaired_verdict,
+        still_improving=still_improving,
     )
+
+
+_METHOD_NAMES = {"welch": "Welch", "pooled": "pooled", "paired": "paired"}
+
+
+def _percent(difference: float, reference: float) -> Optional[float]:
+    if not reference:
+        return None
+    try:
+        return 100.0 * difference / reference
+    except OverflowError:
+        return None
+
+
+def _seed_list(seeds: Sequence[Any]) -> str:
+    return ", ".join(str(seed) for seed in seeds[:6]) + (f" and {len(seeds) - 6} more" if len(seeds) > 6 else "")
+
+
+def _names(runs: Sequence[Run], shown: int = 4) -> str:
+    names = [run.name for run in runs]
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _training_distance(a: Group, b: Group) -> int:

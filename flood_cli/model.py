@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from flood_cli.config import ModelConfig
-from flood_cli.errors import FloodError
+from flood_cli.errors import FloodError, shown
 
 TINY_TOKENIZER = "tiny-tokenizer"
 # Any of these marks a folder as holding a tokenizer (fast, WordPiece, BPE, SentencePiece).
@@ -45,6 +46,109 @@ def _check_local(what: str, name: str, key: str) -> None:
             f"tokenizer folder {name} holds no tokenizer files (tokenizer.json, tokenizer_config.json or vocab.txt); "
             f"save the tokenizer there with save_pretrained, or set model.tokenizer"
         )
+
+
+def check_sources(cfg: ModelConfig) -> None:
+    """Before torch and transformers are imported: the local folders a config names hold
+    what they must, and its Hub names can be fetched or are cached (see `check_hub`).
+    The same checks, in the same order, as `load_tokenizer` and `build_model` make."""
+    if cfg.tokenizer is not None:
+        _check_local("tokenizer", cfg.tokenizer, "model.tokenizer")
+    if cfg.name_or_path is not None:
+        if cfg.tokenizer is None:
+            _check_local("model", cfg.name_or_path, "model.name_or_path")
+            _check_local("tokenizer", cfg.name_or_path, "model.name_or_path")
+        _check_local("model", cfg.name_or_path, "model.name_or_path")
+    check_hub(cfg)
+
+
+# ---------------------------------------------------------------------------
+# The Hub, when it cannot be reached: one quick look instead of minutes of retries
+
+HUB_TIMEOUT_S = 3.0
+_hub_answers: dict[str, Optional[str]] = {}  # endpoint -> None when it answered, else why not
+_cache_only: set[str] = set()  # Hub names to load from the local cache (the Hub is unreachable)
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def _offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set: the libraries never ask the Hub."""
+    return any(os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE") for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hub_unreachable(timeout: float = HUB_TIMEOUT_S) -> Optional[str]:
+    """None when the Hub's endpoint answers an HTTP request within ``timeout`` seconds
+    (any answer: it is there); otherwise why not, in a few words. Asked once per process."""
+    endpoint = hub_endpoint()
+    if endpoint not in _hub_answers:
+        _hub_answers[endpoint] = _ask(endpoint, timeout)
+    return _hub_answers[endpoint]
+
+
+def _ask(url: str, timeout: float) -> Optional[str]:
+    import threading
+    import urllib.error
+    import urllib.request
+
+    answer: list[Optional[str]] = [f"no answer within {timeout:g} s"]
+
+    def ask() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+            answer[0] = None
+        except urllib.error.HTTPError:  # an HTTP status, even an error: the Hub is there
+            answer[0] = None
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            answer[0] = shown(getattr(reason, "strerror", None) or str(reason) or type(reason).__name__)
+        except Exception as exc:  # a timeout, a reset connection, a TLS failure
+            answer[0] = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else shown(str(exc) or type(exc).__name__)
+
+    # In a thread, so that a name lookup that hangs (which the socket timeout does not
+    # cover) cannot hold the command past ``timeout`` either.
+    thread = threading.Thread(target=ask, name="flood-hub-check", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return answer[0]
+
+
+def _cached(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return any(isinstance(try_to_load_from_cache(name, file), str) for file in ("config.json", "tokenizer_config.json"))
+    except Exception:  # a name that is no repository id, an unreadable cache
+        return False
+
+
+def check_hub(cfg: ModelConfig) -> None:
+    """For a model or tokenizer given by its Hub name, unless HF_HUB_OFFLINE is set: ask
+    the Hub's endpoint once, with a short timeout. When it does not answer, a name in
+    the local cache is loaded from there (no retries), and any other is a FloodError at
+    once, instead of a minute of retry warnings before the same failure."""
+    if _offline():
+        return
+    for what, key, name in (("model", "model.name_or_path", cfg.name_or_path), ("tokenizer", "model.tokenizer", cfg.tokenizer)):
+        if name is None or _is_local(name) or name in _cache_only:
+            continue
+        reason = hub_unreachable()
+        if reason is None:
+            return
+        if _cached(name):
+            _cache_only.add(name)
+            continue
+        raise FloodError(
+            f"{what} '{name}' is not a local folder and not in the Hugging Face cache, and the Hub cannot be reached "
+            f"({hub_endpoint()}: {reason}); point {key} to a downloaded folder, or cache the {what} where the Hub "
+            "can be reached and run with HF_HUB_OFFLINE=1"
+        )
+
+
+def _hub_options(name: str) -> dict[str, Any]:
+    return {"local_files_only": True} if name in _cache_only else {}
 
 
 def _not_found(what: str, name: str, key: str, exc: Exception) -> FloodError:
@@ -91,8 +195,9 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
         # The model's folder is read first for its tokenizer: name the model in errors.
         _check_local("model", name, key)
     _check_local("tokenizer", name, key)
+    check_hub(cfg)
     try:
-        return AutoTokenizer.from_pretrained(name)
+        return AutoTokenizer.from_pretrained(name, **_hub_options(name))
     except Exception as exc:  # transformers raises OSError, ValueError, JSON and other errors
         raise _not_found("tokenizer" if cfg.tokenizer else "model", name, key, exc) from None
 
@@ -123,9 +228,11 @@ def build_model(cfg: ModelConfig, label_names: list[str], tokenizer: Any, max_le
     name = cfg.name_or_path
     assert name is not None, "validated by the config"
     _check_local("model", name, "model.name_or_path")
+    check_hub(cfg)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             name,
+            **_hub_options(name),
             # id2label sets num_labels too; passing num_labels as well makes transformers
             # warn that it disagrees with the checkpoint's own id2label.
             id2label=id2label,

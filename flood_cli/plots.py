@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
@@ -63,19 +64,45 @@ def _points(run: "Run", x_key: str, y_key: str) -> list[tuple[float, float]]:
     return [(row[x_key], row[y_key]) for row in run.rows if _plottable(row, x_key, y_key)]  # type: ignore[misc]
 
 
-def plot_runs(report: "Report", path: Path, x_axis: str = "epoch") -> Path:
-    """Validation loss (solid) and training loss (dashed) per run, and validation accuracy;
-    returns the file written (``path``, with ``.png`` added when it has no suffix).
+@dataclass
+class FigureNotes:
+    """What `build_figure` decided, for its caller and the tests."""
 
-    One colour per seed group; a circle marks each run's best validation loss (on both
-    panels), a star its best validation accuracy, which is often a different epoch.
-    """
+    zoom_range: Optional[tuple[float, float]] = None  # the zoomed panel's y limits
+    above_zoom: list[str] = field(default_factory=list)  # groups whose curves stay above it
+    banded: list[str] = field(default_factory=list)  # groups drawn as mean ± sd
+    flood_levels: dict[str, float] = field(default_factory=dict)  # group -> b drawn
+
+
+def plot_runs(report: "Report", path: Path, x_axis: str = "epoch", seeds_as: str = "band") -> Path:
+    """Write the curves of `build_figure` to ``path``; returns the file written (``path``,
+    with ``.png`` added when it has no suffix)."""
     path = image_path(path)
+    figure, _ = build_figure(report, x_axis=x_axis, seeds_as=seeds_as)
+    try:
+        figure.savefig(path, dpi=110)
+    except (OSError, ValueError) as exc:
+        raise FloodError(f"cannot write plot {path}: {exc}; pass a writable .png path to --plot") from None
+    return path
+
+
+def build_figure(report: "Report", x_axis: str = "epoch", seeds_as: str = "band") -> tuple[Any, FigureNotes]:
+    """Validation loss (solid) and training loss (dashed), the validation loss zoomed, and
+    validation accuracy (and ECE when runs log it).
+
+    One colour per seed group. With ``seeds_as="band"`` a group of two or more seeds is
+    drawn as its mean curve over seeds with a ±1 sd band, each seed a thin line; with
+    ``"lines"`` (and for one-seed groups) one line per run. A circle marks each run's best
+    validation loss, a star its best validation accuracy, shifted a little sideways per
+    group so that markers at one evaluation do not hide each other. Flooding and iflood
+    groups show their flood level b as a dashed horizontal line on the training-loss panel.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
+    notes = FigureNotes()
     groups: Sequence["Group"] = [group for group in report.groups if group.runs]
     colours = dict(zip((group.id for group in groups), group_colours(len(groups))))
     many = len(report.runs) > MANY_RUNS
@@ -89,19 +116,28 @@ def plot_runs(report: "Report", path: Path, x_axis: str = "epoch") -> Path:
     # differences between runs' validation curves; the middle panel zooms in on them.
     panels = figure.subplots(1, 4 if calibrated else 3)
     loss_axes, zoom_axes, accuracy_axes = panels[:3]
-    for group in groups:
-        _draw_group(group.runs, (loss_axes, zoom_axes, accuracy_axes), x_axis, colours[group.id], line_width, alpha)
-        if calibrated:
-            for run in group.runs:
-                points = _points(run, x_axis, "val_ece")
-                if points:
-                    panels[3].plot(*zip(*points), color=colours[group.id], linewidth=line_width, alpha=alpha)
+    ece_axes = panels[3] if calibrated else None
+    offsets = _marker_offsets(report.runs, x_axis, len(groups))
+    zoom_values: dict[str, list[float]] = {}
+    for index, group in enumerate(groups):
+        colour = colours[group.id]
+        banded = seeds_as == "band" and len(_seed_curves(group.runs, x_axis, "val_loss")) >= 2
+        if banded:
+            notes.banded.append(group.id)
+        zoom_values[group.id] = _draw_group(
+            group.runs, (loss_axes, zoom_axes, accuracy_axes, ece_axes), x_axis, colour, line_width, alpha,
+            banded=banded, x_offset=offsets[index],
+        )
+        b = group.runs[0].b
+        if group.mode in FLOOD_LEVEL_MODES and b is not None and math.isfinite(b) and abs(b) <= PLOTTABLE_UP_TO:
+            notes.flood_levels[group.id] = b
+    _draw_flood_levels(loss_axes, notes.flood_levels, colours)
     if calibrated:
         panels[3].set(xlabel="epoch" if x_axis == "epoch" else "optimizer step", ylabel="ECE", title="validation calibration error (15 bins)")
 
     x_label = "epoch" if x_axis == "epoch" else "optimizer step"
     loss_axes.set(xlabel=x_label, ylabel="loss", title="validation loss (solid), training loss (dashed)")
-    zoom_axes.set(xlabel=x_label, ylabel="validation loss", title="validation loss, zoomed")
+    zoom_axes.set(xlabel=x_label, ylabel="validation loss", title="validation loss, zoomed on the best runs")
     accuracy_axes.set(xlabel=x_label, ylabel="validation accuracy", title="validation accuracy")
     whole_epochs = x_axis == "epoch" and all(float(row["epoch"]).is_integer() for run in report.runs for row in run.rows)
     for axes in panels:
@@ -109,6 +145,16 @@ def plot_runs(report: "Report", path: Path, x_axis: str = "epoch") -> Path:
         axes.grid(True, alpha=0.3)
         if whole_epochs:  # no "1.5" ticks between evaluations that happen once per epoch
             axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    zoom = zoom_range(zoom_values)
+    if zoom is not None:
+        low, high, above = zoom
+        zoom_axes.set_ylim(low, high)
+        notes.zoom_range, notes.above_zoom = (low, high), above
+        for line, group_id in enumerate(above):
+            best = min(zoom_values[group_id])
+            zoom_axes.text(0.98, 0.97 - 0.065 * line, f"{group_id} above (best {best:.4g}) ↑", transform=zoom_axes.transAxes,
+                           ha="right", va="top", fontsize="small", color=colours[group_id],
+                           bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=1.5))
     figure.suptitle(f"flood compare: {len(report.runs)} runs in {len(groups)} seed groups")
 
     hidden_under = _hidden_under(groups)
@@ -122,6 +168,17 @@ def plot_runs(report: "Report", path: Path, x_axis: str = "epoch") -> Path:
     handles += [
         Line2D([], [], color="black", linestyle="-", label="validation loss"),
         Line2D([], [], color="black", linestyle="--", label="training loss"),
+    ]
+    if notes.banded:
+        from matplotlib.patches import Patch
+
+        handles += [
+            Patch(facecolor="0.5", alpha=0.3, edgecolor="none", label="mean over seeds ± sd"),
+            Line2D([], [], color="black", linewidth=0.6, alpha=0.5, label="one seed"),
+        ]
+    if notes.flood_levels:
+        handles.append(Line2D([], [], color="black", linestyle=FLOOD_DASHES, linewidth=1.2, label="flood level b (flooding, iflood)"))
+    handles += [
         Line2D([], [], color="black", marker="o", linestyle="none", label="best validation loss"),
         Line2D([], [], color="black", marker="*", markersize=11, linestyle="none", label="best validation accuracy"),
     ]
@@ -129,11 +186,80 @@ def plot_runs(report: "Report", path: Path, x_axis: str = "epoch") -> Path:
     # A tall legend gets a taller figure rather than being cut off at the bottom.
     legend_lines = sum(handle.get_label().count("\n") + 1 for handle in handles) + len(handles) // 2
     figure.set_figheight(max(5.5, 0.15 * legend_lines + 0.8))
-    try:
-        figure.savefig(path, dpi=110)
-    except (OSError, ValueError) as exc:
-        raise FloodError(f"cannot write plot {path}: {exc}; pass a writable .png path to --plot") from None
-    return path
+    return figure, notes
+
+
+# Modes with a flood level b on the training loss.
+FLOOD_LEVEL_MODES = ("flooding", "iflood")
+# Dash-dot, so that it does not read as a training-loss curve (dashed).
+FLOOD_DASHES = (0, (7, 2, 1.5, 2))
+# The zoomed panel leaves out groups whose best is further from the best of all than
+# this many times the typical group's distance (or than the best loss itself).
+ZOOM_OUTLIER_FACTOR = 3.0
+# ... and reaches up to this quantile of the curves it keeps.
+ZOOM_QUANTILE = 0.6
+
+
+def zoom_range(values: dict[str, list[float]]) -> Optional[tuple[float, float, list[str]]]:
+    """The zoomed panel's y limits, and the groups left above it.
+
+    ``values``: each group's plotted validation losses. The bottom is the lowest of all
+    (the best run's best); groups whose best lies far above the others' (a setting that
+    never learns, stuck at the majority class) are left above the panel, so that they
+    do not flatten the differences between the better ones: a group is kept when its
+    best is within max(best, 3 × (lower median of the groups' bests − best)) of the best.
+    The top is the higher of the kept groups' worst best (plus 15 % of their spread) and
+    the 60 % quantile of the kept curves, so that the panel shows the minima and how the
+    curves reach them. None when nothing is plotted.
+    """
+    bests = {group: min(points) for group, points in values.items() if points}
+    if not bests:
+        return None
+    low = min(bests.values())
+    ordered = sorted(bests.values())
+    typical = ordered[(len(ordered) - 1) // 2]  # the lower median: robust to one group stuck high
+    cutoff = low + max(abs(low), ZOOM_OUTLIER_FACTOR * (typical - low))
+    kept = [group for group, best in bests.items() if best <= cutoff]
+    above = sorted((group for group in bests if group not in kept), key=lambda g: int(g[1:]) if g[1:].isdigit() else 0)
+    points = sorted(value for group in kept for value in values[group])
+    top_best = max(bests[group] for group in kept)
+    quantile = points[min(len(points) - 1, int(ZOOM_QUANTILE * len(points)))]
+    high = min(max(top_best + 0.15 * (top_best - low), quantile), points[-1])
+    if high - low <= 1e-12 * max(1.0, abs(low)):
+        high = low + max(0.05 * abs(low), 1e-3)
+    pad = 0.06 * (high - low)
+    return low - pad, high + pad, above
+
+
+def _draw_flood_levels(axes: Any, levels: dict[str, float], colours: dict[str, Any]) -> None:
+    """b as a dashed horizontal line in the group's colour, labelled at the right; groups
+    with the same b get dashes out of phase, so that each colour shows."""
+    from matplotlib.transforms import blended_transform_factory
+
+    by_level: dict[float, list[str]] = {}
+    for group_id, level in levels.items():
+        by_level.setdefault(level, []).append(group_id)
+    transform = blended_transform_factory(axes.transAxes, axes.transData)
+    for level, group_ids in by_level.items():
+        period = sum(FLOOD_DASHES[1])
+        for index, group_id in enumerate(group_ids):
+            axes.axhline(level, color=colours[group_id], linewidth=1.2, alpha=0.9, zorder=2,
+                         linestyle=(index * period / len(group_ids) if len(group_ids) > 1 else 0, FLOOD_DASHES[1]))
+        axes.text(0.995, level, f"b={level:g}", transform=transform, ha="right", va="bottom", fontsize="x-small",
+                  color=colours[group_ids[0]])
+
+
+def _marker_offsets(runs: Sequence["Run"], x_axis: str, count: int) -> list[float]:
+    """Sideways shifts of each group's best-point markers: groups spread over a third of
+    the distance between evaluations, so that markers at one evaluation stay visible."""
+    if count < 2:
+        return [0.0] * count
+    xs = sorted({row[x_axis] for run in runs for row in run.rows if _plottable(row, x_axis, "val_loss")})
+    gaps = [b - a for a, b in zip(xs, xs[1:]) if b > a]
+    if not gaps:
+        return [0.0] * count
+    step = min(gaps) / 3.0 / (count - 1)
+    return [(index - (count - 1) / 2.0) * step for index in range(count)]
 
 
 def image_path(path: Path) -> Path:
@@ -190,36 +316,111 @@ def _curve_key(run: "Run") -> tuple:
     return tuple((row["epoch"], row["val_loss"]) for row in run.rows)
 
 
-def _draw_group(runs: Sequence["Run"], axes: tuple[Any, Any, Any], x_axis: str, colour: Any, line_width: float, alpha: float) -> None:
-    """All runs of one seed group: one line collection per panel and curve, and one
-    marker series per kind, so that hundreds of runs still draw in seconds."""
+def _draw_group(
+    runs: Sequence["Run"],
+    axes: tuple[Any, Any, Any, Any],
+    x_axis: str,
+    colour: Any,
+    line_width: float,
+    alpha: float,
+    banded: bool = False,
+    x_offset: float = 0.0,
+) -> list[float]:
+    """All runs of one seed group; returns the validation losses drawn on the zoomed panel.
+
+    As lines: one line collection per panel and curve, and one marker series per kind, so
+    that hundreds of runs still draw in seconds. As a band: per panel the mean over seeds
+    (replicates of a seed averaged first) and a ±1 sd band, each seed a thin line, and
+    incomplete runs (left out of the mean) dotted."""
     from matplotlib.collections import LineCollection
 
-    loss_axes, zoom_axes, accuracy_axes = axes
-    val_loss = [_points(run, x_axis, "val_loss") for run in runs]
-    train_loss = [_points(run, x_axis, "train_loss") for run in runs]
-    val_accuracy = [_points(run, x_axis, "val_accuracy") for run in runs]
-    for target, curves, style, opacity in (
-        (loss_axes, val_loss, "-", alpha),
-        (loss_axes, train_loss, "--", alpha * 0.8),
-        (zoom_axes, val_loss, "-", alpha),
-        (accuracy_axes, val_accuracy, "-", alpha),
-    ):
-        curves = [curve for curve in curves if curve]
-        if curves:
-            target.add_collection(LineCollection(curves, colors=[colour], linewidths=line_width, linestyles=style, alpha=opacity))
+    loss_axes, zoom_axes, accuracy_axes, ece_axes = axes
+    drawn: list[float] = []
+    if banded:
+        members = [run for run in runs if run.complete]
+        for target, key, style, opacity, thin in (
+            (loss_axes, "val_loss", "-", alpha, True),
+            (loss_axes, "train_loss", "--", alpha * 0.8, False),
+            (zoom_axes, "val_loss", "-", alpha, True),
+            (accuracy_axes, "val_accuracy", "-", alpha, True),
+            (ece_axes, "val_ece", "-", alpha, False),
+        ):
+            if target is None:
+                continue
+            seeds = _seed_curves(members, x_axis, key)
+            xs, means, sds = _mean_curve(seeds)
+            if not xs:
+                continue
+            if thin:
+                target.add_collection(LineCollection(seeds, colors=[colour], linewidths=0.6, linestyles=style, alpha=0.45))
+            target.plot(xs, means, color=colour, linewidth=line_width + 0.4, linestyle=style, alpha=opacity)
+            target.fill_between(xs, [m - d for m, d in zip(means, sds)], [m + d for m, d in zip(means, sds)],
+                                color=colour, alpha=0.18 if key != "train_loss" else 0.1, linewidth=0)
+            if target is zoom_axes:
+                drawn += [y for curve in seeds for _, y in curve] + means
+        rest = [run for run in runs if not run.complete]
+        for target, key, style in ((loss_axes, "val_loss", ":"), (zoom_axes, "val_loss", ":"), (accuracy_axes, "val_accuracy", ":")):
+            curves = [curve for curve in (_points(run, x_axis, key) for run in rest) if curve]
+            if curves:
+                target.add_collection(LineCollection(curves, colors=[colour], linewidths=1.0, linestyles=style, alpha=0.7))
+                if target is zoom_axes:
+                    drawn += [y for curve in curves for _, y in curve]
+    else:
+        val_loss = [_points(run, x_axis, "val_loss") for run in runs]
+        train_loss = [_points(run, x_axis, "train_loss") for run in runs]
+        val_accuracy = [_points(run, x_axis, "val_accuracy") for run in runs]
+        ece = [_points(run, x_axis, "val_ece") for run in runs] if ece_axes is not None else []
+        for target, curves, style, opacity in (
+            (loss_axes, val_loss, "-", alpha),
+            (loss_axes, train_loss, "--", alpha * 0.8),
+            (zoom_axes, val_loss, "-", alpha),
+            (accuracy_axes, val_accuracy, "-", alpha),
+            (ece_axes, ece, "-", alpha),
+        ):
+            curves = [curve for curve in curves if curve]
+            if curves and target is not None:
+                target.add_collection(LineCollection(curves, colors=[colour], linewidths=line_width, linestyles=style, alpha=opacity))
+        drawn += [y for curve in val_loss for _, y in curve]
 
-    marker_style = dict(color=colour, markeredgecolor="black", markeredgewidth=0.6, linestyle="none")
+    marker_style = dict(color=colour, markeredgecolor="black", markeredgewidth=0.7, linestyle="none")
     best_rows = [run.best_row for run in runs if _plottable(run.best_row, x_axis, "val_loss")]
     for target in (loss_axes, zoom_axes):
-        target.plot([row[x_axis] for row in best_rows], [row["val_loss"] for row in best_rows],  # type: ignore[index]
+        target.plot([row[x_axis] + x_offset for row in best_rows], [row["val_loss"] for row in best_rows],  # type: ignore[index]
                     marker="o", markersize=6, zorder=3, **marker_style)
     at_best_loss = [row for row in best_rows if _plottable(row, x_axis, "val_accuracy")]
-    accuracy_axes.plot([row[x_axis] for row in at_best_loss], [row["val_accuracy"] for row in at_best_loss],  # type: ignore[index]
+    accuracy_axes.plot([row[x_axis] + x_offset for row in at_best_loss], [row["val_accuracy"] for row in at_best_loss],  # type: ignore[index]
                        marker="o", markersize=6, zorder=3, **marker_style)
     best_accuracy = [run.best_accuracy_row for run in runs if _plottable(run.best_accuracy_row, x_axis, "val_accuracy")]
-    accuracy_axes.plot([row[x_axis] for row in best_accuracy], [row["val_accuracy"] for row in best_accuracy],
+    accuracy_axes.plot([row[x_axis] + x_offset for row in best_accuracy], [row["val_accuracy"] for row in best_accuracy],
                        marker="*", markersize=11, zorder=4, **marker_style)
+    return drawn
+
+
+def _seed_curves(runs: Sequence["Run"], x_axis: str, key: str) -> list[list[tuple[float, float]]]:
+    """One curve per seed of the complete runs: replicates of a seed averaged point by point."""
+    by_seed: dict[Any, dict[float, list[float]]] = {}
+    for run in runs:
+        if not run.complete:
+            continue
+        seed = run.seed if run.seed is not None else str(run.path)
+        for x, y in _points(run, x_axis, key):
+            by_seed.setdefault(seed, {}).setdefault(x, []).append(y)
+    return [sorted((x, sum(ys) / len(ys)) for x, ys in points.items()) for points in by_seed.values() if points]
+
+
+def _mean_curve(curves: Sequence[Sequence[tuple[float, float]]]) -> tuple[list[float], list[float], list[float]]:
+    """Mean and sample sd over the curves at each x (sd 0 where a single curve has it)."""
+    at: dict[float, list[float]] = {}
+    for curve in curves:
+        for x, y in curve:
+            at.setdefault(x, []).append(y)
+    xs = sorted(at)
+    means = [sum(at[x]) / len(at[x]) for x in xs]
+    sds = [
+        math.sqrt(sum((y - mean) ** 2 for y in at[x]) / (len(at[x]) - 1)) if len(at[x]) > 1 else 0.0
+        for x, mean in zip(xs, means)
+    ]
+    return xs, means, sds
 
 
 def _mean_and_half_width(values: Sequence[float]) -> tuple[float, float]:

@@ -69,8 +69,11 @@ class Run:
     loss_up_accuracy_up: list[Row] = field(default_factory=list)
     # Set by grouping.
     group: Optional["Group"] = None
-    diff_to_baseline: Optional[float] = None
+    diff_to_baseline: Optional[float] = None  # best val_loss − the baseline group's mean
     diff_to_baseline_pct: Optional[float] = None
+    # best val_loss − that of the baseline group's run(s) with the same seed (their mean)
+    paired_diff_to_baseline: Optional[float] = None
+    paired_diff_to_baseline_pct: Optional[float] = None
 
     @property
     def best_val_loss(self) -> Optional[float]:
@@ -83,6 +86,12 @@ class Run:
     @property
     def counts_in_statistics(self) -> bool:
         return self.complete and self.best_val_loss is not None
+
+    @property
+    def still_improving(self) -> bool:
+        """A complete run whose best validation loss is its last evaluation (of two or
+        more): it was still improving when it stopped, so its best is not reached."""
+        return self.complete and len(self.rows) >= 2 and self.best_row is not None and self.best_row is self.rows[-1]
 
 
 def load_run(path: Path, now: float) -> tuple[Optional[Run], Optional[str]]:

@@ -68,10 +68,15 @@ from flood_cli.runs import (
 class Reporter(Protocol):
     """What the loop tells the outside world (the CLI draws a progress bar from it)."""
 
+    # How often (in optimizer steps) `step` receives train_loss; reading it costs a host
+    # sync, so 0 (never) unless the reporter shows it.
     live_loss_every: int
 
     def start(self, total_steps: int, steps_per_epoch: int, epochs: int) -> None: ...
-    def step(self, step: int, epoch: float, loss: Optional[float]) -> None: ...
+    # After each optimizer step: ``step`` counts from 1, ``epoch`` is step / steps_per_epoch
+    # (as the CSV's epoch), ``train_loss`` the mean training loss over this process's
+    # examples since the last evaluation (as the CSV's train_loss), or None between reads.
+    def step(self, step: int, epoch: float, train_loss: Optional[float]) -> None: ...
     def evaluation(self, row: dict[str, Any]) -> None: ...
     def message(self, text: str) -> None: ...
     def warning(self, text: str) -> None: ...
@@ -549,9 +554,11 @@ class Progress:
     steps_in_epoch: int = 0
     rows_written: int = 0
     elapsed_before: float = 0.0
+    # The best-loss evaluation (and its accuracy), and the best-accuracy one: often another.
     best: dict[str, Any] = field(
         default_factory=lambda: {"val_loss": math.inf, "epoch": 0.0, "step": 0, "val_accuracy": math.nan}
     )
+    best_accuracy: dict[str, Any] = field(default_factory=lambda: {"val_accuracy": -math.inf, "epoch": 0.0, "step": 0})
 
 
 class Trainer:
@@ -621,11 +628,14 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(self.data.train) / (train.batch_size * train.grad_accum_steps * processes))
         self.total_steps = self.steps_per_epoch * train.epochs
         self.warmup_steps = int(train.warmup_ratio * self.total_steps)
-        self.eval_every = self.steps_per_epoch if train.eval_every == "epoch" else int(train.eval_every)
+        # Steps between evaluations, possibly fractional ("0.5 epoch" of 7 steps): the
+        # evaluations fall on the first step at or after each multiple of it.
+        self.eval_period = train.evaluation_period(self.steps_per_epoch)
         self.interval = _Interval(self.accelerator.device)
         self.progress = Progress()
         self.rows: list[dict[str, Any]] = []
         self.run: Optional[RunDir] = None
+        self.trackers: Any = None
         self.checkpoints = checkpoint.BackgroundWriter()
         self.started = time.time()
 
@@ -644,6 +654,8 @@ class Trainer:
             run.lock()
             experiment = cfg.experiment_dict()
             experiment["output"]["name"] = run.path.name
+            # Absolute, like the data paths: the saved config runs again from any folder.
+            experiment["output"]["dir"] = str(run.path.parent.resolve())
             run.write_config(experiment, self._meta())
             run.open_metrics(self.columns)
             run.write_summary(
@@ -666,12 +678,24 @@ class Trainer:
                 steps_completed=0,
                 started_at=now_iso(),
             )
+            self._start_trackers(run, experiment)
         except BaseException:
             # A folder that never became a run (a full disk, a signal) is not left
             # behind: it would only block a retry under the same --name.
             run.discard()
             raise
         self.run = run
+
+    def _start_trackers(self, run: RunDir, experiment: dict[str, Any]) -> None:
+        """TensorBoard and MLflow, when output.report_to names them (main process only)."""
+        if not self.cfg.output.report_to:
+            return
+        from flood_cli.tracking import Trackers
+
+        self.trackers = Trackers(list(self.cfg.output.report_to), run.path)
+        fields = self.trackers.start(experiment, run.summary)
+        if fields:
+            run.write_summary(**fields)
 
     def _meta(self) -> dict[str, Any]:
         return {
@@ -716,6 +740,7 @@ class Trainer:
             run.started -= float(run.summary.get("wall_time_s") or 0.0)  # wall time keeps counting
             resumes = run.summary.get("resumed", 0) + 1
             run.write_summary(status="running", error=None, resumed=resumes, resumed_at=now_iso())
+            self._start_trackers(run, self.cfg.experiment_dict())
             self.run = run
 
     def _stop_if_nonfinite(self, train_loss: float) -> None:
@@ -845,9 +870,12 @@ class Trainer:
         interval.examples += step_plan.local_examples
         interval.steps += 1
 
+        # The running mean since the last evaluation (the CSV's train_loss of the row to
+        # come), read with one host sync every `live_loss_every` steps, and only for a
+        # reporter that shows it.
         every = self.reporter.live_loss_every
-        live_loss = tools.first_loss.item() if every and (step + 1) % every == 0 else None
-        self.reporter.step(step + 1, (step + 1) / self.steps_per_epoch, live_loss)
+        train_loss = (interval.loss_sum / max(interval.examples, 1)).item() if every and (step + 1) % every == 0 else None
+        self.reporter.step(step + 1, (step + 1) / self.steps_per_epoch, train_loss)
 
     def _scale_gradients(self, sign: Any, optimizer: Any) -> None:
         max_norm = self.cfg.train.max_grad_norm
@@ -863,7 +891,7 @@ class Trainer:
     def after_step(self, stop: StopRequest) -> None:
         step, output = self.progress.step, self.cfg.output
         self.checkpoints.poll()
-        evaluated = step % self.eval_every == 0 or step == self.total_steps
+        evaluated = step == self.total_steps or step // self.eval_period > (step - 1) // self.eval_period
         if evaluated:
             self.evaluate_and_log()
         stop_signal = stop.agreed()
@@ -907,15 +935,22 @@ class Trainer:
             best.update(val_loss=row["val_loss"], epoch=row["epoch"], step=progress.step, val_accuracy=row["val_accuracy"])
             if self.cfg.output.save_best_model:
                 self._save_best()
+        if row["val_accuracy"] > progress.best_accuracy["val_accuracy"]:
+            progress.best_accuracy.update(val_accuracy=row["val_accuracy"], epoch=row["epoch"], step=progress.step)
         self.rows.append(row)
         progress.rows_written += 1
         if self.run is not None:
             self.run.append_metrics(row)
+            if self.trackers is not None:
+                self.trackers.log_row(row, progress.step)
             self.run.write_summary(
                 best_val_loss=best["val_loss"],
                 best_epoch=best["epoch"],
                 best_step=best["step"],
-                best_val_accuracy=best["val_accuracy"],
+                val_accuracy_at_best=best["val_accuracy"],
+                best_val_accuracy=progress.best_accuracy["val_accuracy"],
+                best_val_accuracy_epoch=progress.best_accuracy["epoch"],
+                best_val_accuracy_step=progress.best_accuracy["step"],
                 final_val_loss=row["val_loss"],
                 final_val_accuracy=row["val_accuracy"],
                 steps_completed=progress.step,
@@ -966,6 +1001,8 @@ def _fit_and_record(trainer: Trainer) -> RunResult:
     finally:
         trainer.checkpoints.settle_quietly()  # the run folder stays locked until it is written
         if trainer.run is not None:
+            if trainer.trackers is not None:
+                trainer.trackers.finish(trainer.run.summary)  # completed, failed or interrupted
             trainer.run.close()
 
 
@@ -973,6 +1010,10 @@ def run_training(cfg: Config, reporter: Optional[Reporter] = None) -> RunResult:
     """Train one run as configured and leave its folder behind; return the best figures."""
     # Before any expensive work (the folder itself is claimed atomically later).
     check_writable(Path(cfg.output.dir))
+    if cfg.output.report_to:
+        from flood_cli.tracking import check_available
+
+        check_available(list(cfg.output.report_to))
     if cfg.output.name is not None and (Path(cfg.output.dir) / cfg.output.name).exists():
         raise RunDir.name_taken(Path(cfg.output.dir) / cfg.output.name)
     reporter = reporter or NullReporter()
@@ -1014,7 +1055,7 @@ def resume_training(run_dir: Path, reporter: Optional[Reporter] = None) -> RunRe
         state = checkpoint.load(path)
     except checkpoint.UnreadableCheckpoint as exc:
         raise FloodError(f"{exc}; {_start_again(run_dir, rows)}") from None
-    cfg = load_config(config_path)
+    cfg = load_config(config_path, new_run=False)
     _check_same_experiment(run_dir, state["experiment"], cfg.experiment_dict())
     reporter = reporter or NullReporter()
     trainer = Trainer(cfg, reporter, _mode_levels(cfg, reporter))

@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -202,10 +204,12 @@ CASES: list[tuple[str, Callable[[Ctx], list[str]], str]] = [
     ("--seed -1", lambda c: c.train("--seed", "-1"), f"error: config error in {{tmp}}/cfg.yaml: train.seed: -1 {SEED_RULE}"),
     ("--seed 2**40", lambda c: c.train("--seed", "1099511627776"), f"error: config error in {{tmp}}/cfg.yaml: train.seed: 1099511627776 {SEED_RULE}"),
     ("data.split_seed -1", lambda c: c.train(data={"split_seed": -1}), f"error: config error in {{tmp}}/cfg.yaml: data.split_seed: -1 {SEED_RULE}"),
-    ("--set data.split_seed=2**32", lambda c: c.train("--set", "data.split_seed=4294967296"), f"error: config error in {{tmp}}/cfg.yaml: data.split_seed: 4294967296 {SEED_RULE}"),
+    ("--set data.split_seed=2**32", lambda c: c.train("--set", "data.split_seed=4294967296"), f"error: --set data.split_seed=4294967296: data.split_seed: 4294967296 {SEED_RULE}"),
+    ("--set an unknown key", lambda c: c.train("--set", "train.lrr=1"), "error: --set train.lrr=1: unknown key 'train.lrr'; did you mean 'lr'?"),
     ("--out is a file", lambda c: c.train("--out", _not_a_folder(c)), "cannot create output folder"),
     ("--resume with --lr", lambda c: ["train", "--resume", str(c.fake_run("stopped", "running")), "--lr", "1e-3"], "--resume continues the saved experiment, so --lr cannot be changed"),
     ("--resume not a run", lambda c: ["train", "--resume", str(c.tmp)], "is not a run folder (no config.yaml)"),
+    ("--resume a folder that does not exist", lambda c: ["train", "--resume", str(c.tmp / "runs" / "does-not-exist")], "error: run folder {tmp}/runs/does-not-exist does not exist; pass the folder that flood train printed (run folder: …)"),
     ("--resume a completed run", lambda c: ["train", "--resume", str(c.fake_run("done", "completed"))], "already completed; nothing to resume"),
     ("--resume without checkpoint", lambda c: ["train", "--resume", str(c.fake_run("early", "running"))], "has no checkpoint although metrics.csv has rows (writing it failed); metrics.csv keeps its 1 row(s) (to step 6)"),
     ("existing --name", lambda c: _existing_name(c), "runs/kept already exists; pass another --name"),
@@ -301,7 +305,7 @@ HOSTILE_CASES: list[tuple[str, Callable[[Ctx], list[str]], str]] = [
     ("--resume: a truncated checkpoint", _truncated_checkpoint, "last.pt is damaged ("),
     ("--resume: a checkpoint of another format", lambda c: _resume_with_checkpoint(c, _saved_bytes({"format": 1, "model": {}})), "last.pt has format '1', not 2 (written by another version of flood, or not by flood)"),
     ("train file is a named pipe", _fifo, "train.csv is not a regular file (a named pipe); save the data to a file"),
-    ("train file links to /etc/passwd", _link_to_passwd, "train.csv (a link to /etc/passwd): line "),
+    ("train file links to /etc/passwd", _link_to_passwd, "train.csv, a link to /etc/passwd) has no column 'text' (columns: "),
     ("JSONL label is a list", lambda c: c.data({"train.jsonl": '{"text": "a", "label": ["ham", "spam"]}\n{"text": "b", "label": ["spam"]}\n'}, train_file="train.jsonl"), "train data: the label in data row 1 is a list (['ham', 'spam']), not one value"),
     ("text column is the label column", lambda c: c.data({"train.csv": GOOD}, text_column="label"), "data.text_column and data.label_column are both 'label': the model would read the answer"),
     ("header echoed short and printable", lambda c: c.data({"train.csv": "x" * 500 + ",\x1b[31mred\n1,2\n3,4\n"}), "(columns: " + "x" * 20 + "…" + "x" * 9 + ", \\x1b[31mred)"),
@@ -372,11 +376,11 @@ def test_bad_input_gives_one_line_and_exit_1(tmp_path, saved_model, capfd, caplo
     # and no library (datasets, transformers) wrote or logged its own report around it
     assert capfd.readouterr().err == ""
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
-    # Nothing left behind: no run folder, no partial files; what existed is unchanged.
-    # (The output folder itself may be created: it is checked for writability first.)
+    # Nothing left behind: no run folder, no partial files, not even the output folder
+    # (made to check it is writable, and removed again); what existed is unchanged.
     after = snapshot(tmp_path)
     added = set(after) - set(before)
-    assert added <= {"runs"} and after.get("runs", None) is None, sorted(added)
+    assert not added, sorted(added)
     assert {k: after.get(k, "gone") for k in before} == before, "an existing file or folder changed"
 
 
@@ -419,3 +423,52 @@ def test_click_usage_errors_are_one_line_too(args, expected):
     result = subprocess.run([sys.executable, "-m", "flood_cli", *args], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == expected
+
+
+HUB_UNREACHABLE = re.compile(
+    r"error: model 'bert-base-uncased' is not a local folder and not in the Hugging Face cache, and the Hub cannot be "
+    r"reached \(https://huggingface\.co: [^()]+\); point model\.name_or_path to a downloaded folder, or cache the model "
+    r"where the Hub can be reached and run with HF_HUB_OFFLINE=1"
+)
+
+
+def _hub_answers() -> bool:
+    import threading
+    import urllib.error
+    import urllib.request
+
+    answered = []
+
+    def ask() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request("https://huggingface.co", method="HEAD"), timeout=5).close()
+            answered.append(True)
+        except urllib.error.HTTPError:
+            answered.append(True)
+        except Exception:
+            pass
+
+    thread = threading.Thread(target=ask, daemon=True)
+    thread.start()
+    thread.join(5)
+    return bool(answered)
+
+
+def test_a_hub_name_without_the_network_fails_at_once_in_one_line(tmp_path):
+    """HF_HUB_OFFLINE unset (for this one command), no network, nothing cached: one
+    line within seconds (it was 20 lines of retry warnings over about 50 s)."""
+    if _hub_answers():
+        pytest.skip("the Hugging Face Hub answers here: the command would download bert-base-uncased")
+    config = small_config(output={"dir": str(tmp_path / "runs")})
+    config["model"] = {"name_or_path": "bert-base-uncased"}
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT")}
+    env["HF_HOME"] = str(tmp_path / "hf-home")  # an empty cache
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "flood_cli", "train", "-c", str(write_config(tmp_path, config)), "-q"],
+        capture_output=True, text=True, env=env, timeout=15,
+    )
+    assert time.monotonic() - started < 15
+    assert result.returncode == 1
+    assert HUB_UNREACHABLE.fullmatch(result.stderr.rstrip("\n")), result.stderr
+    assert not (tmp_path / "runs").exists()

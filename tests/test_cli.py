@@ -1,9 +1,12 @@
 """The `flood` command line: flags, overrides, exact error lines, exit codes, start-up cost."""
 
+import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 from typer.testing import CliRunner
@@ -95,9 +98,9 @@ BAD_INPUTS = [
         "error: config error in {cfg}: train: mode alternate needs train.ascent_lr (or --ascent-lr), smaller than lr",
     ),
     (["--mode", "flooding"], "error: config error in {cfg}: train: mode flooding needs a flood level: set train.b (or pass --b)"),
-    (["--set", "train.lrr=1"], "error: config error in {cfg}: unknown key 'train.lrr'; did you mean 'lr'?"),
+    (["--set", "train.lrr=1"], "error: --set train.lrr=1: unknown key 'train.lrr'; did you mean 'lr'?"),
     (["--set", "epochs"], "error: --set 'epochs': expected section.key=value, e.g. --set train.epochs=5"),
-    (["--set", "train.batch_size=many"], "error: config error in {cfg}: train.batch_size: input should be a valid integer, unable to parse string as an integer (got 'many')"),
+    (["--set", "train.batch_size=many"], "error: --set train.batch_size=many: train.batch_size: input should be a valid integer, unable to parse string as an integer (got 'many')"),
     (["--name", "a/b"], "error: config error in {cfg}: output.name: 'a/b' is not a plain folder name; use 1 to 200 letters, digits and . _ - + = @ , (not . or ..)"),
 ]
 
@@ -154,3 +157,205 @@ def test_unwritable_output_is_reported_before_training(config_file, tmp_path):
     result = invoke("train", "-c", config_file, "-q", "--out", blocker / "runs")
     assert result.exit_code == 1
     assert result.stderr.startswith(f"error: cannot create output folder {blocker / 'runs'}: ")
+
+
+
+# -- what a researcher sees: the progress bar, help pages, --version, errors -----------
+
+
+def _flood(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flood_cli", *map(str, args)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "100", **env},
+    )
+
+
+def _bar(width: int, evaluated: bool) -> str:
+    """The training bar of a BERT-base-sized run (2,105 steps an epoch, 0.5 s a step) at
+    the end of its first epoch, drawn on a console ``width`` columns wide."""
+    from rich.console import Console
+
+    from flood_cli.progress import RichReporter
+
+    now = [0.0]
+    console = Console(file=io.StringIO(), width=width, color_system=None, legacy_windows=False)
+    reporter = RichReporter(console=console, get_time=lambda: now[0])
+    reporter.start(6315, 2105, 3)
+    for step in range(1, 2106):
+        now[0] = step * 0.5
+        reporter.step(step, step / 2105, 0.4321 if step % 20 == 0 else None)
+    if evaluated:
+        reporter.evaluation({"train_loss": 0.41234, "val_loss": 0.30456, "val_accuracy": 0.9, "best_val_loss": 0.30456})
+    console.print(reporter.progress.make_tasks_table(reporter.progress.tasks))
+    return console.file.getvalue()
+
+
+@pytest.mark.parametrize(
+    "width, evaluated, expected",
+    [
+        (120, True, "epoch 1.00/3 ━━━━━           2105/6315 train_loss 0.4123 val_loss 0.3046 (best 0.3046) elapsed 0:17:32 remaining 0:35:05"),
+        (100, False, "epoch 1.00/3 ━━━━━━━━                  2105/6315 train_loss 0.4321 elapsed 0:17:32 remaining 0:35:05"),
+        (100, True, "epoch 1.00/3 ━━━━━           2105/6315 loss 0.4123 val_loss 0.3046 elapsed 0:17:32 remaining 0:35:05"),
+        (80, False, "epoch 1.00/3 ━━━╸        2105/6315 loss 0.4321 elapsed 0:17:32 remaining 0:35:05"),
+        (80, True, "epoch 1.00/3 ━━━╸        2105/6315 loss 0.4123 elapsed 0:17:32 remaining 0:35:05"),
+        (60, True, "2105/6315 loss 0.4123 elapsed 0:17:32 remaining 0:35:05"),
+    ],
+)
+def test_progress_bar_fits_the_terminal_keeping_counter_and_times(width, evaluated, expected):
+    """Narrower terminals lose the last evaluation, then the bar and the epoch, never the
+    step counter or the labelled times (rich squeezed them to `21… 0:1… 0:3…`). After an
+    evaluation the loss is the row's train_loss (0.4123), not the last step's (0.4321)."""
+    line = _bar(width, evaluated)
+    assert line == expected + "\n"
+    assert len(expected) <= width
+
+
+class _Recorder:
+    """A reporter that asks for the training loss every 5 steps and keeps what it gets."""
+
+    live_loss_every = 5
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, float, Optional[float]]] = []
+        self.steps_per_epoch = 0
+
+    def start(self, total_steps: int, steps_per_epoch: int, epochs: int) -> None:
+        self.steps_per_epoch = steps_per_epoch
+
+    def step(self, step: int, epoch: float, train_loss: Optional[float]) -> None:
+        self.steps.append((step, epoch, train_loss))
+
+    def evaluation(self, row: dict) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+    warning = notice = message
+
+
+def test_the_bars_loss_is_the_csvs_train_loss(tmp_path):
+    """The loss the bar gets is the mean since the last evaluation, read every
+    live_loss_every steps: at an evaluation's step it equals the CSV's train_loss; the
+    epoch is step / steps_per_epoch, as the CSV's."""
+    from flood_cli.config import load_config
+    from flood_cli.runs import read_metrics
+    from flood_cli.train import run_training
+
+    # 10 steps an epoch, an evaluation every 5 steps: the loss is read at each evaluation.
+    config = small_config(output={"dir": str(tmp_path / "runs"), "name": "bar"})
+    config["data"].update(max_train_examples=160)
+    config["train"].update(eval_every=5)
+    recorder = _Recorder()
+    run_training(load_config(write_config(tmp_path, config)), reporter=recorder)
+    rows = read_metrics(tmp_path / "runs" / "bar" / "metrics.csv")
+
+    assert recorder.steps_per_epoch == 10 and [step for step, _, _ in recorder.steps] == list(range(1, 21))
+    assert [step for step, _, loss in recorder.steps if loss is not None] == [5, 10, 15, 20]
+    assert [int(row["step"]) for row in rows] == [5, 10, 15, 20]
+    reported = {step: (epoch, loss) for step, epoch, loss in recorder.steps}
+    for row in rows:
+        epoch, loss = reported[int(row["step"])]
+        assert loss == pytest.approx(float(row["train_loss"]), rel=1e-7, abs=0)  # the CSV keeps 8 digits
+        assert round(epoch, 4) == float(row["epoch"])
+
+
+def test_flood_alone_prints_the_help_once():
+    result = _flood()
+    assert result.returncode == 2
+    assert result.stdout.count("Usage: flood [OPTIONS] COMMAND [ARGS]...") == 1
+    assert result.stderr == ""
+
+
+def test_version_names_flood_torch_transformers_and_cuda():
+    import torch
+    import transformers
+
+    from flood_cli import __version__
+
+    result = _flood("--version")
+    assert result.returncode == 0, result.stderr
+    cuda = f"CUDA {torch.version.cuda}" if torch.cuda.is_available() else "CUDA: not available"
+    lines = result.stdout.splitlines()
+    assert lines[:3] == [f"flood {__version__}", f"torch {torch.__version__}", f"transformers {transformers.__version__}"]
+    assert lines[3].startswith(cuda) and len(lines) == 4
+
+
+def test_help_imports_no_torch_but_version_does():
+    """`-X importtime` lists every module a command imports, on stderr."""
+    imported = lambda result: {line.split("|")[-1].strip() for line in result.stderr.splitlines()}  # noqa: E731
+    assert "torch" not in imported(subprocess.run([sys.executable, "-X", "importtime", "-m", "flood_cli", "--help"], capture_output=True, text=True))
+    assert "torch" in imported(subprocess.run([sys.executable, "-X", "importtime", "-m", "flood_cli", "--version"], capture_output=True, text=True))
+
+
+def test_debug_works_before_and_after_the_command(tmp_path):
+    missing = tmp_path / "missing.yaml"
+    for args in (["--debug", "train", "-c", missing], ["train", "--debug", "-c", missing], ["train", "-c", missing, "--debug"]):
+        result = _flood(*args)
+        assert result.returncode != 0
+        assert "Traceback" in result.stderr and "FloodError" in result.stderr, (args, result.stderr)
+    result = _flood("compare", "--debug", tmp_path / "gone")
+    assert "Traceback" in result.stderr and "FloodError" in result.stderr, result.stderr
+    assert "--debug" in _flood("train", "--help").stdout
+
+
+def test_help_pages_show_no_bool_type_and_an_upper_case_argument():
+    train = _flood("train", "--help").stdout
+    assert [line.split("│")[1].split() for line in train.splitlines() if "--quiet" in line] == [["--quiet", "-q", "no", "progress", "bar"]]
+    assert "<bool>" not in train + _flood("--help").stdout + _flood("compare", "--help").stdout
+    assert "<float>" in train  # options with values keep their type
+    usage = [line.strip() for line in _flood("compare", "--help").stdout.splitlines() if "Usage:" in line]
+    assert usage == ["Usage: flood compare [OPTIONS] PATHS..."]
+
+
+def test_resume_of_a_folder_that_does_not_exist(tmp_path):
+    result = invoke("train", "--resume", tmp_path / "runs" / "does-not-exist")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"error: run folder {tmp_path / 'runs' / 'does-not-exist'} does not exist; pass the folder that flood train printed (run folder: …)"
+    )
+
+
+def test_a_failed_run_removes_the_output_folders_it_created(tmp_path):
+    """fp16 on the CPU fails after the output folder was made (and checked writable)."""
+    config = write_config(tmp_path, small_config(runtime={"device": "cpu", "precision": "fp16"}))
+    result = invoke("train", "-c", config, "-q", "--out", tmp_path / "new" / "runs")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: precision fp16 needs a CUDA GPU")
+    assert not (tmp_path / "new").exists()
+    # A folder that was there before is kept, empty or not.
+    (tmp_path / "kept").mkdir()
+    assert invoke("train", "-c", config, "-q", "--out", tmp_path / "kept" / "runs").exit_code == 1
+    assert list((tmp_path / "kept").iterdir()) == []
+    (tmp_path / "kept" / "runs").mkdir()
+    assert invoke("train", "-c", config, "-q", "--out", tmp_path / "kept" / "runs").exit_code == 1
+    assert (tmp_path / "kept" / "runs").is_dir()
+
+
+MISSING_COLUMN = "error: train data has no column 'body' (columns: text, label, group); set data.text_column"
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        ({"text_column": "body"}, MISSING_COLUMN),
+        ({"train_file": "nope.csv"}, "error: train file {tmp}/nope.csv not found; fix data.train_file"),
+        ({"label_column": "text"}, "error: data.text_column and data.label_column are both 'text': the model would read the answer; point data.text_column to the text"),
+    ],
+)
+def test_data_errors_come_before_torch_is_imported(tmp_path, data, expected):
+    """Checked before the imports of torch, transformers and datasets (seconds; 17-20 s
+    on a busy machine) and before the model loads."""
+    config = write_config(tmp_path, small_config(output={"dir": str(tmp_path / "runs")}, data=data))
+    code = (
+        "import sys\n"
+        "from flood_cli.cli import main\n"
+        f"sys.argv = ['flood', 'train', '-c', {str(config)!r}, '-q']\n"
+        "try:\n    main()\n"
+        "except SystemExit as exc:\n"
+        "    print(exc.code, sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.stderr.strip() == expected.format(tmp=tmp_path)
+    assert result.stdout.split() == ["1", "[]"]
+    assert not (tmp_path / "runs").exists()

@@ -6,7 +6,9 @@ Every run folder here is hand-made by tests/run_factory.py; nothing is trained.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import subprocess
 import sys
 import time
@@ -19,10 +21,10 @@ from typer.testing import CliRunner
 from flood_cli.cli import app
 from flood_cli.compare import build_report, compare_command
 from flood_cli.errors import FloodError
-from flood_cli.report_format import CSV_COLUMNS
+from flood_cli.report_format import CSV_COLUMNS, DIFF_SEED
 from flood_cli.run_reader import parse_metrics
 from flood_cli.runs import METRICS_COLUMNS, METRICS_FILE, SUMMARY_FILE
-from flood_cli.stats import NO_SPREAD, ONE_SEED, OUT_OF_RANGE
+from flood_cli.stats import NO_SPREAD, ONE_SEED, OUT_OF_RANGE, student_t_quantile
 from tests.run_factory import make_rows, metrics_csv, write_run
 
 NOW = datetime(2025, 1, 1, 0, 20, tzinfo=timezone.utc).timestamp()  # 10 min after the factory's updated_at
@@ -391,11 +393,12 @@ def test_comparison_notes_are_numbered_footnotes_printed_once(tmp_path):
     write_seed_group(tmp_path, "flood", [0.79], mode="flooding", b=0.5)
     write_seed_group(tmp_path, "flood-b0.7", [0.795, 0.80], mode="flooding", b=0.7)
     lines = compare([tmp_path]).text.splitlines()
-    start = lines.index("Against the baseline: mean best validation loss, group − baseline, 95% interval")
+    start = lines.index("Against the baseline: best validation loss, group − baseline (95% intervals)")
     table = lines[start:lines.index("", start + 5)]
-    assert table[2].split() == ["group", "baseline", "seeds", "difference", "95%", "interval", "method", "verdict", "notes"]
-    assert [line.split()[-2:] for line in table[4:]] == [["[1]", "[2]"], ["noise", "[2]"]]
-    footnotes = lines[len(table) + start + 1:len(table) + start + 3]
+    assert table[2].split() == ["group", "baseline", "seeds", "Δ", "of", "means", "95%", "interval", "method", "paired", "Δ",
+                                "paired", "seeds", "95%", "paired", "interval", "verdict", "notes"]
+    assert [line.split()[-3:] for line in table[4:]] == [["(pooled)", "[1]", "[2]"], ["noise", "(paired)", "[2]"]]
+    footnotes = [line for line in lines[start + len(table):] if line.startswith("[")][:2]
     assert footnotes == [
         "[1] one seed in g1: the interval borrows g4's seed spread (assumes equal spread)",
         "[2] baseline groups g3, g4 match; chose g4: closest training settings, then most seeds",
@@ -404,7 +407,7 @@ def test_comparison_notes_are_numbered_footnotes_printed_once(tmp_path):
 
 def test_without_notes_there_is_no_notes_column(tmp_path):
     write_seed_group(tmp_path, "baseline", [0.81, 0.82])
-    write_seed_group(tmp_path, "flood", [0.79, 0.80], mode="flooding", b=0.5)
+    write_seed_group(tmp_path, "flood", [0.79, 0.805], mode="flooding", b=0.5)
     text = compare([tmp_path]).text
     assert " Welch, df " in text and "notes" not in text
 
@@ -480,6 +483,7 @@ def test_json_has_stable_keys(tmp_path):
         "best_val_accuracy", "best_val_accuracy_epoch", "best_val_accuracy_step", "final_val_loss",
         "final_val_accuracy", "diff_to_baseline", "diff_to_baseline_pct", "loss_up_accuracy_up",
         "best_val_ece", "best_val_confidence", "best_val_confident_wrong",
+        "paired_diff_to_baseline", "paired_diff_to_baseline_pct", "still_improving",
     ]
     assert list(document["groups"][0]) == [
         "id", "label", "mode", "baseline", "runs", "n", "n_runs", "n_left_out", "best_val_loss_mean", "best_val_loss_sd",
@@ -488,6 +492,8 @@ def test_json_has_stable_keys(tmp_path):
     assert list(document["comparisons"][0]) == [
         "group", "baseline", "n", "n_baseline", "mean", "baseline_mean", "difference", "difference_pct",
         "ci_level", "ci_low", "ci_high", "method", "df", "verdict", "note",
+        "verdict_method", "unpaired_verdict", "paired_seeds", "n_paired", "paired_differences", "paired_difference",
+        "paired_difference_pct", "paired_ci_low", "paired_ci_high", "paired_df", "still_improving",
     ]
     assert document["runs"][0]["loss_up_accuracy_up"][0].keys() == {
         "epoch", "step", "val_loss", "val_accuracy", "val_loss_top10_share", "val_ece", "val_confident_wrong"
@@ -705,10 +711,12 @@ def test_losses_near_the_float_limit_are_compared_not_a_crash(tmp_path):
     huge = next(group for group in report.groups if group.label.startswith("flooding b=0.5"))
     assert huge.sample.mean == 1.35e308
     text = compare([tmp_path]).text
-    assert " huge-s2   g3     flooding  0.5  2e-05                2       3    1.7000e+308  +1.7000e+308 (+inf%)     1.7000e+308  completed" in text
+    assert (" huge-s2   g3     flooding  0.5  2e-05                2       3    1.7000e+308  +1.7000e+308 (+inf%)"
+            "     +1.7000e+308 (+inf%)     1.7000e+308  completed") in text
     assert " g1     flooding b=0.7 lr=2e-05     2      2               0.0000 ± inf  -1.7000e+308  1.7000e+308" in text
     assert " g3     flooding b=0.5 lr=2e-05     2      2  1.3500e+308 ± 4.9497e+307   1.0000e+308  1.7000e+308" in text
-    assert " g3     g2 (2 seeds)      2  +1.3500e+308 (+inf%)  losses beyond float range: no interval" in text
+    assert (" g3     g2 (2 seeds)      2  +1.3500e+308 (+inf%)  +1.3500e+308 (+inf%)             2  "
+            "losses beyond float range: no interval") in text
     assert max(len(line) for line in text.splitlines()) < 200  # no 309-digit figures
     document = json.loads(compare([tmp_path], as_json=True).text)  # strict JSON: no inf
     assert {c["verdict"] for c in document["comparisons"]} == {OUT_OF_RANGE}
@@ -771,3 +779,251 @@ def test_calibration_at_the_best_evaluation_is_shown_when_runs_log_it(tmp_path):
     by_name = {run["name"]: run for run in document["runs"]}
     assert (by_name["calibrated"]["best_val_ece"], by_name["calibrated"]["best_val_confident_wrong"]) == (0.031, 2)
     assert by_name["older"]["best_val_ece"] is None
+
+
+# ---------------------------------------------------------------------------
+# Paired differences: same seed, same data order and initialisation
+
+
+# The README's seed example (embedded default, --seed 1/2/3, with and without --b 0.1).
+README_BASELINE = {1: 0.1665, 2: 0.1268, 3: 0.2261}
+README_FLOODING = {1: 0.1970, 2: 0.1632, 3: 0.2021}
+
+
+def write_readme_seeds(root, baseline=README_BASELINE, flooding=README_FLOODING):
+    for seed, best in baseline.items():
+        write_run(root, f"base-s{seed}", val_losses=(best + 0.05, best, best + 0.02), seed=seed)
+    for seed, best in flooding.items():
+        write_run(root, f"flood-s{seed}", val_losses=(best + 0.05, best, best + 0.02), seed=seed, mode="flooding", b=0.1)
+
+
+@pytest.fixture(autouse=True)
+def no_terminal_width(monkeypatch):
+    """Tables are fitted to COLUMNS when it is set: the tests choose it themselves."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
+def test_runs_show_the_difference_to_the_baseline_of_the_same_seed(tmp_path):
+    write_readme_seeds(tmp_path)
+    report = report_of([tmp_path])
+    paired = {run.seed: run.paired_diff_to_baseline_pct for run in report.runs if run.mode == "flooding"}
+    # The README's sentence: same-seed pairs range from -10.6 % to +28.7 %.
+    assert paired == pytest.approx({1: 100 * 0.0305 / 0.1665, 2: 100 * 0.0364 / 0.1268, 3: -100 * 0.0240 / 0.2261})
+    assert (round(min(paired.values()), 1), round(max(paired.values()), 1)) == (-10.6, 28.7)
+    lines = compare([tmp_path]).text.splitlines()
+    assert lines[2:6] == [
+        " run       group  mode        b     lr  ascent_lr  seed  epochs  best val_loss  Δ vs baseline mean"
+        "  Δ vs same-seed baseline  final val_loss  status",
+        " " + "─" * 149,
+        " base-s2   g1     baseline       2e-05                2       3         0.1268"
+        "                                                       0.1468  completed",
+        " flood-s2  g2     flooding  0.1  2e-05                2       3         0.1632    -0.0099 (-5.74%)"
+        "        +0.0364 (+28.71%)          0.1832  completed",
+    ]
+    compare([tmp_path / "base-s2", tmp_path / "flood-s2"], csv_path=tmp_path / "table.csv")
+    with open(tmp_path / "table.csv", newline="") as handle:
+        rows = {row["name"]: row for row in csv.DictReader(handle)}
+    assert float(rows["flood-s2"]["paired_diff_to_baseline"]) == pytest.approx(0.0364)
+    assert (rows["base-s2"]["paired_diff_to_baseline"], rows["flood-s2"]["still_improving"]) == ("", "False")
+    prose = " ".join(compare([tmp_path]).text.split())
+    assert "Δ vs baseline mean: best val_loss − the baseline group's mean over its seeds (and in % of that mean)." in prose
+    assert ("Δ vs same-seed baseline: best val_loss − that of the baseline run with the same seed, same data order "
+            "and initialisation (and in %): the paired difference") in prose
+
+
+def test_the_comparison_has_a_paired_interval_and_its_verdict(tmp_path):
+    write_readme_seeds(tmp_path)
+    (comparison,) = report_of([tmp_path]).comparisons
+    differences = [0.0305, 0.0364, -0.0240]
+    mean, sd = sum(differences) / 3, math.sqrt(sum((d - sum(differences) / 3) ** 2 for d in differences) / 2)
+    half = student_t_quantile(0.975, 2) * sd / math.sqrt(3)
+    assert comparison.paired_seeds == [1, 2, 3]
+    assert comparison.paired_differences == pytest.approx(differences)
+    assert (comparison.paired.low, comparison.paired.high) == pytest.approx((mean - half, mean + half))
+    assert (comparison.paired.method, comparison.paired.df) == ("paired", 2.0)
+    assert (comparison.verdict, comparison.verdict_method, comparison.unpaired_verdict) == (
+        "within seed noise", "paired", "within seed noise")
+    text = compare([tmp_path]).text
+    assert (" g2     g1 (3 seeds)      3  +0.0143 (+8.26%)  [-0.0922, +0.1208]  Welch, df 2.7  +0.0143 (+8.26%)"
+            "             3  [-0.0684, +0.0970]   within seed noise (paired)") in text
+    document = json.loads(compare([tmp_path], as_json=True).text)["comparisons"][0]
+    assert {key: document[key] for key in ("verdict", "verdict_method", "paired_seeds", "n_paired", "paired_df")} == {
+        "verdict": "within seed noise", "verdict_method": "paired", "paired_seeds": [1, 2, 3], "n_paired": 3, "paired_df": 2.0,
+    }
+    assert (document["paired_ci_low"], document["paired_ci_high"]) == pytest.approx((mean - half, mean + half))
+    assert (document["ci_low"], document["method"]) == (pytest.approx(comparison.interval.low), "welch")  # kept
+
+
+def test_a_consistent_paired_gain_is_seen_where_welch_sees_noise(tmp_path):
+    """Seeds differ a lot from one another, but flooding is 0.010-0.015 lower on every seed."""
+    write_readme_seeds(tmp_path, baseline={1: 0.80, 2: 0.90, 3: 1.00}, flooding={1: 0.79, 2: 0.888, 3: 0.985})
+    (comparison,) = report_of([tmp_path]).comparisons
+    assert comparison.unpaired_verdict == "within seed noise"
+    assert (comparison.verdict, comparison.verdict_method) == ("lower (better)", "paired")
+    assert comparison.paired.high < 0 < comparison.interval.high
+    assert "lower (better) (paired)" in compare([tmp_path]).text
+
+
+def test_one_shared_seed_gives_a_paired_difference_but_the_welch_verdict(tmp_path):
+    write_readme_seeds(tmp_path, baseline={3: 0.80, 4: 0.82, 5: 0.81}, flooding={1: 0.79, 2: 0.80, 3: 0.785})
+    (comparison,) = report_of([tmp_path]).comparisons
+    assert comparison.paired_seeds == [3] and comparison.paired is None
+    assert comparison.paired_difference == pytest.approx(-0.015)
+    assert (comparison.verdict_method, comparison.verdict) == ("welch", comparison.unpaired_verdict)
+    lines = compare([tmp_path]).text.splitlines()
+    header = next(line for line in lines if line.startswith(" group  baseline"))
+    assert "paired Δ" in header and "paired interval" not in header
+    runs = {run.name: run.paired_diff_to_baseline for run in report_of([tmp_path]).runs}
+    assert runs["flood-s3"] == pytest.approx(-0.015) and runs["flood-s1"] is None and runs["flood-s2"] is None
+
+
+def test_the_same_difference_on_every_seed_says_why_there_is_no_paired_interval(tmp_path):
+    write_readme_seeds(tmp_path, baseline={1: 0.80, 2: 0.82}, flooding={1: 0.79, 2: 0.81})
+    (comparison,) = report_of([tmp_path]).comparisons
+    assert comparison.paired is None and comparison.verdict_method == "welch"
+    assert comparison.notes[0].startswith("g1 and g2 differ by the same -0.01 on each of seeds 1, 2: no paired interval;")
+
+
+def test_no_shared_seed_no_paired_columns(tmp_path):
+    write_readme_seeds(tmp_path, baseline={1: 0.80, 2: 0.82}, flooding={3: 0.79, 4: 0.80})
+    text = compare([tmp_path]).text
+    assert "paired" not in text.split("Where each run")[0].replace("paired difference", "")
+    assert DIFF_SEED not in text
+    (comparison,) = json.loads(compare([tmp_path], as_json=True).text)["comparisons"]
+    assert (comparison["n_paired"], comparison["paired_ci_low"], comparison["verdict_method"]) == (0, None, "welch")
+
+
+# ---------------------------------------------------------------------------
+# Tables that fit the terminal
+
+
+def write_wide_runs(root):
+    """Runs named as flood train names them, with every column filled."""
+    for seed, best in ((1, 0.1665), (2, 0.1268), (3, 0.2261)):
+        write_run(root, f"baseline-lr0.001-s{seed}-20261126-13123{seed}", val_losses=(best + 0.05, best, best + 0.02),
+                  seed=seed, lr=1e-3)
+        write_run(root, f"alternate-lr0.001-alr0.0001-s{seed}-20261126-14000{seed}",
+                  val_losses=(best + 0.06, best + 0.01 * seed, best + 0.03), seed=seed, lr=1e-3, mode="alternate",
+                  ascent_lr=1e-4, train={"ascent_optimizer": "separate", "warmup_schedule": "a-long-setting-value"})
+        write_run(root, f"flooding-b0.05-lr0.001-s{seed}-20261126-15000{seed}",  # still improving at epoch 3
+                  val_losses=(best + 0.05, best, best - 0.004 * seed), seed=seed, lr=1e-3, mode="flooding", b=0.05)
+
+
+@pytest.mark.parametrize("columns", [100, 80])
+def test_tables_fit_the_terminal(tmp_path, columns):
+    write_wide_runs(tmp_path / "runs")
+    wide = runner.invoke(app, ["compare", str(tmp_path / "runs"), "--wide"], env={"COLUMNS": str(columns)})
+    assert max(len(line) for line in wide.stdout.splitlines()) > 140  # what wrapped in a 100-column terminal
+    result = runner.invoke(app, ["compare", str(tmp_path / "runs")], env={"COLUMNS": str(columns)})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= columns
+    assert sum(line.startswith("Left out to fit") for line in lines) >= 2
+    # The figures the verdicts rest on are all still there.
+    for text in ("0.1268", "within seed noise (paired)", "completed †", "g3"):
+        assert text in result.stdout
+    # Markdown, CSV and JSON stay complete however narrow the terminal.
+    markdown = runner.invoke(app, ["compare", str(tmp_path / "runs"), "--markdown"], env={"COLUMNS": str(columns)})
+    assert "| final val_loss |" in markdown.stdout and "Left out" not in markdown.stdout
+    assert markdown.stdout.count("95% interval") >= 1
+
+
+def test_the_left_out_columns_are_named(tmp_path):
+    write_readme_seeds(tmp_path)
+    lines = compare([tmp_path], width=80).text.splitlines()
+    assert lines[2:6] == [
+        " run       group  seed    best             Δ mean        Δ same seed  status",
+        " " + "─" * 78,
+        " base-s2   g1        2  0.1268                                        completed",
+        " flood-s2  g2        2  0.1632   -0.0099 (-5.74%)  +0.0364 (+28.71%)  completed",
+    ]
+    assert ("Left out to fit 80 columns: ascent_lr, epochs, final val_loss, lr, b, mode; --wide shows every column.")\
+        in " ".join(" ".join(lines).split())
+    comparison = lines[lines.index("Against the baseline: best validation loss, group − baseline (95% intervals)") + 2:][:3]
+    assert comparison == [
+        " group          paired Δ  paired 95% CI       verdict",
+        " " + "─" * 71,
+        " g2     +0.0143 (+8.26%)  [-0.0684, +0.0970]  within seed noise (paired)",
+    ]
+    assert compare([tmp_path], width=80, wide=True).text == compare([tmp_path]).text  # --wide: everything
+
+
+def test_long_names_are_cut_in_the_middle(tmp_path):
+    name = "flooding-b0.05-lr0.001-warmup0.1-batch32-s42-20261126-131239"
+    write_run(tmp_path, name, seed=42, mode="flooding", b=0.05)
+    text = compare([tmp_path], width=60).text
+    assert name not in text
+    cut = next(line.split()[0] for line in text.splitlines() if line.startswith(" flooding-"))
+    assert "…" in cut and name.startswith(cut.split("…")[0]) and name.endswith(cut.split("…")[1])
+
+
+def test_terminal_width_comes_from_columns_or_the_terminal(monkeypatch):
+    from flood_cli.report_format import terminal_width
+
+    monkeypatch.setenv("COLUMNS", "93")
+    assert terminal_width() == 93
+    monkeypatch.setenv("COLUMNS", "wide")
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    assert terminal_width() is None  # not a number, and stdout is no terminal: no limit, as in a pipe
+
+
+# ---------------------------------------------------------------------------
+# What compare flags: still improving, replicates that disagree, an unfinished baseline
+
+
+def test_a_run_still_improving_at_its_last_evaluation_is_flagged(tmp_path):
+    write_readme_seeds(tmp_path)
+    write_run(tmp_path, "flood-s4", val_losses=(0.30, 0.25, 0.20), seed=4, mode="flooding", b=0.1)
+    write_run(tmp_path, "base-s4", val_losses=(0.30, 0.25, 0.26), seed=4)
+    text = compare([tmp_path]).text
+    assert " flood-s4  g1     flooding  0.1  2e-05                4       3         0.2000" in text
+    runs_line = next(line for line in text.splitlines() if line.startswith(" flood-s4"))
+    assert runs_line.endswith("  completed †")
+    where_line = [line for line in text.splitlines() if line.startswith(" flood-s4")][1]
+    assert where_line.startswith(" flood-s4  3 (300): 0.2000 †")
+    prose = " ".join(text.split())
+    assert ("† best val_loss at the last evaluation: the run was still improving when it stopped, its best is not "
+            "reached; a verdict on it is premature (train longer).") in prose
+    assert ("[1] still improving at the last evaluation, best not reached: flood-s4 (†); the verdict is premature: "
+            "train longer") in prose
+    document = json.loads(compare([tmp_path], as_json=True).text)
+    assert [run["name"] for run in document["runs"] if run["still_improving"]] == ["flood-s4"]
+    assert document["comparisons"][0]["still_improving"] == ["flood-s4"]
+    assert "flood-s3" not in document["comparisons"][0]["note"]
+
+
+def test_a_run_with_one_evaluation_or_a_later_tie_is_not_still_improving(tmp_path):
+    write_run(tmp_path, "one", val_losses=(0.5,), epochs=1, seed=1)
+    write_run(tmp_path, "tie", val_losses=(0.6, 0.5, 0.5), seed=2)
+    assert [run.still_improving for run in report_of([tmp_path]).runs] == [False, False]
+    assert "†" not in compare([tmp_path]).text
+
+
+def test_replicates_of_one_seed_that_disagree_are_warned_about(tmp_path):
+    write_run(tmp_path, "base-s1", val_losses=(0.85, 0.80), seed=1)
+    write_run(tmp_path, "base-s1-again", val_losses=(0.85, 0.82), seed=1)  # 2.4 % apart
+    write_run(tmp_path, "base-s2", val_losses=(0.85, 0.90), seed=2)
+    write_run(tmp_path, "base-s2-again", val_losses=(0.85, 0.9000001), seed=2)  # float noise
+    output = compare([tmp_path])
+    assert output.warnings == [
+        "base-s1, base-s1-again: replicates (same settings, seed 1; group g1) whose best val_loss disagree: "
+        "0.8, 0.82, 2.44% apart, far beyond float noise (0.1%); averaged as one seed all the same. Something compare "
+        "does not see differs (precision, device, code version) or training is nondeterministic"
+    ]
+    assert json.loads(compare([tmp_path], as_json=True).text)["warnings"] == output.warnings
+
+
+def test_an_unfinished_baseline_is_named_instead_of_no_baseline(tmp_path):
+    fresh = datetime.fromtimestamp(NOW - 60, timezone.utc).isoformat()
+    write_run(tmp_path, "base-s1", val_losses=(0.85,), status="running", seed=1, summary_fields={"updated_at": fresh})
+    write_run(tmp_path, "base-s2", val_losses=(0.85, 0.83), status="failed", seed=2)
+    write_seed_group(tmp_path, "flood", [0.79, 0.80], mode="flooding", b=0.5)
+    text = compare([tmp_path]).text
+    prose = " ".join(text.split())
+    assert "No baseline of the same model and data" not in text
+    assert ("The baseline of the same model and data as g1 is g2 (baseline lr=2e-05: 1 failed, 1 running), with no "
+            "complete run yet: no differences shown until one completes.") in prose
+    # Without any baseline of that model and data the old sentence stays.
+    write_run(tmp_path / "other", "base", model={"name_or_path": "bert-base-uncased", "tiny": None, "tokenizer": None})
+    write_run(tmp_path / "other", "flood", mode="flooding", b=0.5)
+    assert "No baseline of the same model and data among these runs" in compare([tmp_path / "other"]).text

@@ -257,9 +257,11 @@ VALUE_CASES = [
     ("batch_size 0", _set("train.batch_size", 0), "train.batch_size: input should be greater than or equal to 1 (got 0)"),
     ("validation_fraction 1.5", _set("data.validation_fraction", 1.5), "data.validation_fraction: input should be less than 1 (got 1.5)"),
     ("max_length 2", _set("data.max_length", 2), "data.max_length: input should be greater than or equal to 8 (got 2)"),
-    ("eval_every 0", _set("train.eval_every", 0), "train.eval_every: must be 'epoch' or a positive number of optimizer steps (got 0)"),
-    ("eval_every foo", _set("train.eval_every", "foo"), "train.eval_every: must be 'epoch' or a positive number of optimizer steps (got 'foo')"),
-    ("eval_every 1.5", _set("train.eval_every", 1.5), "train.eval_every: must be 'epoch' or a positive number of optimizer steps (got 1.5)"),
+    ("eval_every 1.5 epoch", _set("train.eval_every", "1.5 epoch"), "train.eval_every: must be 'epoch', a fraction of an epoch such as '0.5 epoch', or a positive number of optimizer steps (got '1.5 epoch'); a fraction of an epoch lies in (0, 1]"),
+    ("eval_every x epoch", _set("train.eval_every", "half epoch"), "train.eval_every: must be 'epoch', a fraction of an epoch such as '0.5 epoch', or a positive number of optimizer steps (got 'half epoch')"),
+    ("eval_every 0", _set("train.eval_every", 0), "train.eval_every: must be 'epoch', a fraction of an epoch such as '0.5 epoch', or a positive number of optimizer steps (got 0)"),
+    ("eval_every foo", _set("train.eval_every", "foo"), "train.eval_every: must be 'epoch', a fraction of an epoch such as '0.5 epoch', or a positive number of optimizer steps (got 'foo')"),
+    ("eval_every 1.5", _set("train.eval_every", 1.5), "train.eval_every: must be 'epoch', a fraction of an epoch such as '0.5 epoch', or a positive number of optimizer steps (got 1.5)"),
     (
         "tiny heads do not divide hidden",
         _set("model.tiny.hidden_size", 63),
@@ -507,3 +509,44 @@ def test_resolved_config_loads_again_as_is(tmp_path, config_file):
     again = load_config(write_config(saved_in, config.experiment_dict()))
     assert again.experiment_dict() == config.experiment_dict()
     assert (again.train.mode, again.train.b, again.train.lr) == ("flooding", 0.25, 1e-4)
+
+
+@pytest.mark.parametrize(
+    "given, stored, period_of_7",
+    [("epoch", "epoch", 7), ("1 epoch", "epoch", 7), ("0.5 epoch", "0.5 epoch", 3.5), ("1/3 epochs", "1/3 epoch", 7 / 3), (5, 5, 5), ("5", 5, 5)],
+)
+def test_eval_every_takes_fractions_of_an_epoch(given, stored, period_of_7):
+    from flood_cli.config import TrainConfig
+
+    train = TrainConfig(eval_every=given)
+    assert train.eval_every == stored
+    assert float(train.evaluation_period(7)) == pytest.approx(period_of_7)
+
+
+SET_ORIGIN_CASES = [
+    # (case, train section of the file, --set items, the whole message; {path} is the config file)
+    ("unknown key", {}, ["train.lrr=3"], "--set train.lrr=3: unknown key 'train.lrr'; did you mean 'lr'?"),
+    ("unknown section", {}, ["trian.lr=3"], "--set trian.lr=3: unknown key 'trian'; did you mean 'train'?"),
+    ("bad value", {}, ["train.epochs=0"], "--set train.epochs=0: train.epochs: input should be greater than or equal to 1 (got 0)"),
+    ("inside a section given whole", {}, ["train.adaflood={gamma: 2}", "train.mode=adaflood"], "--set train.adaflood={gamma: 2}: train.adaflood.gamma: input should be less than or equal to 1 (got 2)"),
+    ("the file's own unknown key", {"lrr": 3}, ["train.epochs=2"], "config error in {path}: unknown key 'train.lrr'; did you mean 'lr'?"),
+    ("the file's unknown key next to a --set", {"lrr": 3}, ["train.lrr=4"], "--set train.lrr=4: unknown key 'train.lrr'; did you mean 'lr'?"),
+]
+
+
+@pytest.mark.parametrize("case, train, sets, expected", SET_ORIGIN_CASES, ids=[c[0] for c in SET_ORIGIN_CASES])
+def test_an_error_in_a_set_names_the_set(tmp_path, case, train, sets, expected):
+    """A key or value given with --set is blamed on that --set, not on the config file."""
+    path = write_config(tmp_path, small_config(train=train))
+    with pytest.raises(FloodError) as excinfo:
+        load_config(path, sets=sets)
+    assert str(excinfo.value) == expected.replace("{path}", str(path))
+
+
+def test_an_unknown_section_of_the_file_is_the_files_even_with_a_set_below_it(tmp_path):
+    config = small_config()
+    config["trian"] = {"lr": 1}
+    path = write_config(tmp_path, config)
+    with pytest.raises(FloodError) as excinfo:
+        load_config(path, sets=["trian.epochs=3"])
+    assert str(excinfo.value) == f"config error in {path}: unknown key 'trian'; did you mean 'train'?"

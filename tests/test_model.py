@@ -3,7 +3,11 @@ and one clear line for every model that cannot be loaded (offline: no Hub downlo
 
 from __future__ import annotations
 
+import os
 import re
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -215,3 +219,81 @@ def test_only_bert_with_sdpa_under_transformers_5_gets_the_sdpa_mask_format():
     assert attention_format(eager) == "2d"
     distil = DistilBertForSequenceClassification(DistilBertConfig(dim=32, n_layers=1, n_heads=2, hidden_dim=64, vocab_size=100))
     assert attention_format(distil) == "2d"
+
+
+# -- the Hub, unreachable (HF_HUB_OFFLINE unset) ------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _unreachable_message(name: str, endpoint: str, reason: str) -> str:
+    return (
+        f"model '{name}' is not a local folder and not in the Hugging Face cache, and the Hub cannot be reached "
+        f"({endpoint}: {reason}); point model.name_or_path to a downloaded folder, or cache the model where the Hub "
+        "can be reached and run with HF_HUB_OFFLINE=1"
+    )
+
+
+@pytest.fixture
+def online(monkeypatch):
+    """HF_HUB_OFFLINE unset for the test; returns a function that points HF_ENDPOINT somewhere."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+
+    def endpoint(url: str) -> str:
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        return url
+
+    return endpoint
+
+
+def test_a_refused_hub_is_one_line_at_once(online):
+    endpoint = online(f"http://127.0.0.1:{_closed_port()}")
+    started = time.perf_counter()
+    with pytest.raises(FloodError) as excinfo:
+        load_tokenizer(ModelConfig(name_or_path="flood-tests/not-cached"))
+    assert str(excinfo.value) == _unreachable_message("flood-tests/not-cached", endpoint, "Connection refused")
+    assert time.perf_counter() - started < 2
+
+
+def test_a_hub_that_never_answers_is_given_up_after_3_s(online):
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        endpoint = online(f"http://127.0.0.1:{silent.getsockname()[1]}")
+        started = time.perf_counter()
+        with pytest.raises(FloodError) as excinfo:
+            build_model(ModelConfig(name_or_path="flood-tests/not-cached"), ["a", "b"], None, max_length=64)
+        took = time.perf_counter() - started
+    assert str(excinfo.value) == _unreachable_message("flood-tests/not-cached", endpoint, "no answer within 3 s")
+    assert 2.5 < took < 6
+
+
+def test_a_cached_hub_model_loads_from_the_cache_at_once_when_the_hub_is_unreachable(tmp_path, saved_model):
+    """In a fresh process with HF_HUB_OFFLINE unset: the cache is used without retries
+    (huggingface_hub retried for about 50 s before falling back to it)."""
+    repo = tmp_path / "hf-home" / "hub" / "models--flood-tests--tiny"
+    revision = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    for file in saved_model.iterdir():
+        (snapshot / file.name).write_bytes(file.read_bytes())
+    code = (
+        "from flood_cli.config import ModelConfig\n"
+        "from flood_cli.model import build_model, load_tokenizer\n"
+        "cfg = ModelConfig(name_or_path='flood-tests/tiny')\n"
+        "model = build_model(cfg, ['ham', 'spam'], load_tokenizer(cfg), max_length=64)\n"
+        "print(model.config.hidden_size, model.config.num_labels)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_HOME=str(tmp_path / "hf-home"), HF_ENDPOINT=f"http://127.0.0.1:{_closed_port()}")
+    env.pop("HF_HUB_CACHE", None)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=15)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["32", "2"]

@@ -132,7 +132,10 @@ def test_every_evaluation_row_scores_every_example_once(tmp_path, ragged_files, 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert_matches(summary["best_val_loss"], truths[best_index].loss, "summary best_val_loss")
     assert summary["best_step"] == int(logged[best_index]["step"])
-    assert summary["best_val_accuracy"] == pytest.approx(truths[best_index].accuracy, abs=1e-12)
+    assert summary["val_accuracy_at_best"] == pytest.approx(truths[best_index].accuracy, abs=1e-12)
+    best_accuracy = max(range(len(truths)), key=lambda i: (truths[i].correct, -i))  # the first of the most accurate
+    assert summary["best_val_accuracy"] == pytest.approx(truths[best_accuracy].accuracy, abs=1e-12)
+    assert summary["best_val_accuracy_step"] == int(logged[best_accuracy]["step"])
     assert summary["final_val_loss"] == pytest.approx(truths[-1].loss, rel=1e-4)
 
 

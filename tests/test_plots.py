@@ -103,3 +103,111 @@ def test_losses_beyond_any_axis_are_left_out_of_the_curves(tmp_path):
     output = compare_command([tmp_path / "runs"], plot=tmp_path / "curves.png")
     assert output.text.endswith(f"wrote {tmp_path / 'curves.png'}")
     assert image_size(tmp_path / "curves.png")[0] > 1500
+
+
+# ---------------------------------------------------------------------------
+# Seed groups as bands, a zoom that zooms, flood levels, markers that stay visible
+
+
+def write_seed_groups(root: Path, stuck_high: bool = False) -> None:
+    """Baseline, flooding b = 0.1 and iflood b = 0.05, three seeds each (best at epoch 4),
+    and with ``stuck_high`` a flooding b = 0.3 group that never learns."""
+    for seed in (1, 2, 3):
+        for name, extra, config in (
+            ("base", 0.0, {}),
+            ("flood", 0.02, {"mode": "flooding", "b": 0.1}),
+            ("iflood", 0.01, {"mode": "iflood", "b": 0.05}),
+        ):
+            best = 0.17 + extra + 0.02 * seed
+            write_run(root, f"{name}-s{seed}", val_losses=(0.62, 0.45, best + 0.08, best, best + 0.05), seed=seed, epochs=5,
+                      train_losses=(0.6, 0.4, 0.2, 0.1, 0.05), **config)
+        if stuck_high:
+            write_run(root, f"stuck-s{seed}", val_losses=(0.66, 0.64, 0.62, 0.60 + 0.005 * seed, 0.61), seed=seed, epochs=5,
+                      mode="flooding", b=0.3)
+
+
+def figure_of(root: Path, **options):
+    from flood_cli.plots import build_figure
+
+    report = build_report([root])
+    figure, notes = build_figure(report, **options)
+    return report, figure, notes
+
+
+def group_id(report, label_start: str) -> str:
+    return next(group.id for group in report.groups if group.label.startswith(label_start))
+
+
+def test_seed_groups_are_drawn_as_a_mean_and_a_band_by_default(tmp_path):
+    from matplotlib.collections import LineCollection, PolyCollection
+
+    write_seed_groups(tmp_path)
+    write_run(tmp_path, "alone", val_losses=(0.6, 0.5, 0.4, 0.35, 0.3), seed=1, epochs=5, lr=1e-5)  # one seed: a line
+    report, figure, notes = figure_of(tmp_path)
+    zoom = figure.axes[1]
+    assert sorted(notes.banded) == sorted(group_id(report, label) for label in ("baseline lr=2e-05", "flooding", "iflood"))
+    assert sum(isinstance(c, PolyCollection) for c in zoom.collections) == 3  # one ±sd band per group of seeds
+    mean_lines = [line for line in zoom.get_lines() if line.get_linestyle() == "-"]
+    assert len(mean_lines) == 3  # the means; each seed is a thin line in a collection
+    baseline_mean = next(line for line in mean_lines if list(line.get_ydata())[3] == pytest.approx(0.21))
+    assert list(baseline_mean.get_ydata())[3] == pytest.approx((0.19 + 0.21 + 0.23) / 3)
+    _, figure, notes = figure_of(tmp_path, seeds_as="lines")
+    assert notes.banded == [] and not any(isinstance(c, PolyCollection) for c in figure.axes[1].collections)
+    assert sum(len(c.get_segments()) for c in figure.axes[1].collections if isinstance(c, LineCollection)) == 10
+
+
+def test_the_zoomed_panel_leaves_a_group_that_stays_high_above_it(tmp_path):
+    write_seed_groups(tmp_path, stuck_high=True)
+    report, figure, notes = figure_of(tmp_path)
+    stuck = group_id(report, "flooding b=0.3")
+    low, high = figure.axes[1].get_ylim()
+    assert notes.above_zoom == [stuck] and (low, high) == notes.zoom_range
+    assert low < 0.19 and 0.25 < high < 0.605  # the better groups' minima (0.19-0.25) fill the panel
+    assert [text.get_text() for text in figure.axes[1].texts] == [f"{stuck} above (best 0.605) ↑"]
+    assert figure.axes[0].get_ylim()[1] > 0.66  # the full panel still shows everything
+
+
+def test_zoom_range():
+    from flood_cli.plots import zoom_range
+
+    low, high, above = zoom_range({"g1": [0.6, 0.3, 0.17, 0.2], "g2": [0.62, 0.61, 0.6]})
+    assert above == ["g2"] and low < 0.17 < high < 0.6
+    low, high, above = zoom_range({"g1": [0.9, 0.8142, 0.83], "g2": [0.9, 0.8098, 0.82], "g3": [0.9, 0.7834, 0.80]})
+    assert above == [] and low < 0.7834 and 0.8142 < high < 0.9
+    low, high, above = zoom_range({"g1": [0.5, 0.5]})  # flat: still a range
+    assert low < 0.5 < high and above == []
+    assert zoom_range({"g1": []}) is None
+
+
+def test_flood_levels_are_horizontal_lines_in_the_group_colour(tmp_path):
+    write_seed_groups(tmp_path)
+    write_run(tmp_path, "alt", seed=1, mode="alternate", lr=1e-3, ascent_lr=1e-4)
+    report, figure, notes = figure_of(tmp_path)
+    flood, iflood = group_id(report, "flooding"), group_id(report, "iflood")
+    assert notes.flood_levels == {flood: 0.1, iflood: 0.05}
+    loss_axes = figure.axes[0]
+    colours = {group.id: colour for group, colour in zip(report.groups, group_colours(len(report.groups)))}
+    levels = {
+        line.get_ydata()[0]: line.get_color() for line in loss_axes.get_lines()
+        if list(line.get_xdata()) == [0, 1] and len(set(line.get_ydata())) == 1  # axhline: across the panel
+    }
+    assert levels == {0.1: colours[flood], 0.05: colours[iflood]}
+    assert sorted(text.get_text() for text in loss_axes.texts) == ["b=0.05", "b=0.1"]
+
+
+def test_best_markers_at_one_evaluation_do_not_hide_each_other(tmp_path):
+    write_seed_groups(tmp_path)
+    _, figure, _ = figure_of(tmp_path)
+    markers = [line for line in figure.axes[1].get_lines() if line.get_marker() == "o"]
+    assert len(markers) == 3 and all(line.get_markeredgecolor() == "black" for line in markers)
+    xs = [set(line.get_xdata()) for line in markers]  # every run is best at epoch 4
+    assert all(len(x) == 1 for x in xs) and len({x.pop() for x in xs}) == 3
+    assert all(abs(x - 4) < 0.2 for line in markers for x in line.get_xdata())
+
+
+def test_seeds_as_must_be_band_or_lines(tmp_path):
+    write_runs(tmp_path / "runs", 2, 1)
+    with pytest.raises(FloodError, match=r"^--seeds-as 'dots' is not a choice; use band"):
+        compare_command([tmp_path / "runs"], plot=tmp_path / "c.png", seeds_as="dots")
+    output = compare_command([tmp_path / "runs"], plot=tmp_path / "c.png", seeds_as="lines")
+    assert output.text.endswith(f"wrote {tmp_path / 'c.png'}")

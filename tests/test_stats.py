@@ -15,6 +15,8 @@ from flood_cli.stats import (
     Interval,
     Sample,
     difference_interval,
+    interval_verdict,
+    paired_interval,
     regularized_incomplete_beta,
     student_t_quantile,
     verdict_for,
@@ -140,3 +142,37 @@ def test_no_interval_without_a_noise_estimate(group, baseline, verdict):
 def test_verdicts(interval, verdict):
     two = Sample((0.8, 0.9))
     assert verdict_for(Interval(*interval, "welch", 3.0), two, two) == verdict
+
+
+def test_paired_interval_by_hand():
+    """The README's seeds: flooding b = 0.1 − baseline at seeds 1, 2, 3."""
+    differences = (0.1970 - 0.1665, 0.1632 - 0.1268, 0.2021 - 0.2261)
+    interval = paired_interval(differences)
+    mean = sum(differences) / 3
+    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / 2)
+    half = 0.95 / math.sqrt(2 * 0.975 * 0.025) * sd / math.sqrt(3)  # t quantile for df 2: (2p − 1) / sqrt(2p(1 − p))
+    assert (interval.method, interval.df) == ("paired", 2.0)
+    assert (interval.low, interval.high) == pytest.approx((mean - half, mean + half), rel=1e-9)
+    assert (round(interval.low, 4), round(interval.high, 4)) == (-0.0684, 0.0970)
+    assert interval_verdict(interval) == WITHIN_NOISE
+
+
+@pytest.mark.parametrize(
+    ("differences", "scale"),
+    [
+        ((0.01,), 0.8),  # one shared seed
+        ((-0.02, -0.02), 0.8),  # the same difference on every seed
+        ((0.79 - 0.80, 0.81 - 0.82), 0.82),  # the same but for float rounding (17th digit)
+        ((math.inf, 0.1), 1.0),
+        ((1e308, -1.7e308, 1e308), 1.7e308),
+    ],
+)
+def test_no_paired_interval_without_spread_or_beyond_a_float(differences, scale):
+    assert paired_interval(differences, scale=scale) is None
+
+
+def test_a_consistent_paired_difference_is_lower_where_welch_sees_noise():
+    group, baseline = Sample((0.79, 0.888, 0.985)), Sample((0.80, 0.90, 1.00))
+    assert verdict_for(difference_interval(group, baseline), group, baseline) == WITHIN_NOISE
+    paired = paired_interval([g - b for g, b in zip(group.values, baseline.values)], scale=1.0)
+    assert paired.high < 0 and interval_verdict(paired) == LOWER

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import json
+import re
 import os
 import shutil
 import signal
@@ -21,6 +22,8 @@ from flood_cli.errors import FloodError
 from tests.conftest import ROOT, small_config, write_config
 
 pytestmark = pytest.mark.distributed
+
+PROGRESS_LINE = re.compile(r"\[\d+/\d+\] ")  # "[3/6] flooding-b0.3-s1: best val_loss …"
 
 
 def tiny_config(tmp_path: Path, **train) -> Path:
@@ -88,7 +91,7 @@ def test_a_2x2_grid_makes_six_runs_a_table_and_a_b_curve(tmp_path):
     assert lines[0] == (
         f"sweep grid: 3 setting(s) (baseline; flooding b=0.3; flooding b=0.6) × 2 seed(s) = 6 runs, 1 worker(s) → {folder}"
     )
-    assert sorted(line.split("] ")[1].split(":")[0] for line in lines if line.startswith("[")) == run_names(folder)
+    assert sorted(line.split("] ")[1].split(":")[0] for line in lines if PROGRESS_LINE.match(line)) == run_names(folder)
     assert run_names(folder) == ["baseline-s1", "baseline-s2", "flooding-b0.3-s1", "flooding-b0.3-s2", "flooding-b0.6-s1", "flooding-b0.6-s2"]
     for run in (folder / "runs").iterdir():
         summary = json.loads((run / "summary.json").read_text())
@@ -167,7 +170,7 @@ def test_a_sweep_killed_with_sigkill_resumes_without_repeating_a_finished_run(tm
     states = sorted(t.state.name for t in trials_of(sweeps.read_spec(folder)))
     assert states.count("COMPLETE") == 4 and states.count("FAIL") == 1  # the dead worker's, queued again
     result = flood("sweep", "--resume", str(folder))  # nothing left: nothing runs
-    assert result.returncode == 0 and not [line for line in result.stdout.splitlines() if line.startswith("[")]
+    assert result.returncode == 0 and not [line for line in result.stdout.splitlines() if PROGRESS_LINE.match(line)]
 
 
 # ---------------------------------------------------------------------------

@@ -113,6 +113,19 @@ def test_flooding_under_gradient_accumulation_matches_the_large_batch(tmp_path):
             assert float(a[column]) == pytest.approx(float(b[column]), rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.parametrize(
+    "eval_every, steps",
+    [("0.5 epoch", [6, 12, 18, 24]), ("1/3 epoch", [4, 8, 12, 16, 20, 24]), ("0.4 epoch", [5, 10, 15, 20, 24])],
+)
+def test_eval_every_a_fraction_of_an_epoch(tmp_path, eval_every, steps):
+    """12 steps per epoch, 2 epochs: half an epoch is every 6 steps; 0.4 epoch is 4.8
+    steps, so the evaluations fall on the first step at or after 4.8, 9.6, 14.4, 19.2
+    and 24 (a fraction that does not divide 1 does not meet every epoch's end)."""
+    _, rows, _ = train(tmp_path, "fraction", train={"eval_every": eval_every})
+    assert [int(r["step"]) for r in rows] == steps
+    assert [float(r["epoch"]) for r in rows] == [round(s / 12, 4) for s in steps]
+
+
 def test_eval_every_n_steps_and_a_test_split(tmp_path):
     data = small_config()["data"]
     test_file = tmp_path / "test.csv"
@@ -238,3 +251,26 @@ def test_keep_checkpoint_keeps_a_completed_runs_checkpoint_with_the_usual_permis
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE((run_dir / "checkpoints" / "last.pt").stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_run_folders_config_runs_the_same_experiment_again_under_a_fresh_name(tmp_path, monkeypatch):
+    """The README's promise: `flood train --config runs/X/config.yaml` from any folder
+    trains the same settings again, next to the first run, without refusing the taken name."""
+    import yaml
+
+    from flood_cli.config import load_config
+
+    first_dir, _, _ = train(tmp_path, "first", train={"epochs": 1})
+    saved = yaml.safe_load((first_dir / "config.yaml").read_text())
+    assert saved["output"]["dir"] == str(first_dir.parent) and saved["output"]["name"] == "first"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    again = load_config(first_dir / "config.yaml")
+    assert again.output.name is None and again.output.dir == str(first_dir.parent)
+    assert again.model_dump(exclude={"output"}) == load_config(first_dir / "config.yaml", new_run=False).model_dump(exclude={"output"})
+    result = run_training(again)
+    assert result.run_dir.parent == first_dir.parent and result.run_dir != first_dir
+    from tests.conftest import csv_bytes_without_time
+
+    assert csv_bytes_without_time(result.run_dir) == csv_bytes_without_time(first_dir)  # same settings: same numbers

@@ -1,0 +1,109 @@
+"""TensorBoard and MLflow get every evaluation row, read back through their own readers
+(offline: event files, and MLflow's client on a local SQLite store)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+import flood_cli.train as train_module
+from flood_cli.config import load_config
+from flood_cli.errors import FloodError
+from flood_cli.train import resume_training, run_training
+from tests.conftest import small_config, write_config
+
+FLOODING = {"mode": "flooding", "b": 0.66, "epochs": 2, "eval_every": 6}
+
+
+def config(tmp_path: Path, name: str, report_to: list[str], **output) -> Path:
+    raw = small_config(train=FLOODING, output={"dir": str(tmp_path / "runs"), "name": name, "report_to": report_to, **output})
+    return write_config(tmp_path, raw, f"{name}.yaml")
+
+
+def csv_column(run_dir: Path, column: str) -> list[tuple[int, float]]:
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return [(int(row["step"]), float(row[column])) for row in csv.DictReader(handle)]
+
+
+@pytest.fixture(autouse=True)
+def no_tracking_server(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def test_tensorboard_gets_the_raw_loss_and_the_flooded_objective_apart(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = run_training(load_config(config(tmp_path, "tb", ["tensorboard"])))
+    events = EventAccumulator(str(result.run_dir / "tensorboard"))
+    events.Reload()
+    for column, name in (("train_loss", "train/loss"), ("train_objective", "train/objective"), ("val_loss", "val/loss"), ("val_ece", "val/ece")):
+        logged = [(event.step, event.value) for event in events.Scalars(name)]
+        expected = csv_column(result.run_dir, column)
+        assert [step for step, _ in logged] == [step for step, _ in expected]
+        for (_, got), (_, want) in zip(logged, expected):
+            assert got == pytest.approx(want, rel=1e-6), column
+    raw, flooded = events.Scalars("train/loss"), events.Scalars("train/objective")
+    assert any(abs(a.value - b.value) > 1e-3 for a, b in zip(raw, flooded)), "b should flood some steps: the two must differ"
+    assert "config" in events.Tags()["tensors"] or "config/text_summary" in events.Tags()["tensors"]
+
+
+def test_mlflow_gets_params_every_row_and_the_status_and_a_resume_continues_its_run(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    real = train_module.step_loss_sum
+    calls = {"n": 0}
+
+    def crash_at_step_15(logits, labels):
+        calls["n"] += 1
+        if calls["n"] == 15:
+            raise RuntimeError("injected crash")
+        return real(logits, labels)
+
+    monkeypatch.setattr(train_module, "step_loss_sum", crash_at_step_15)
+    with pytest.raises(RuntimeError):
+        run_training(load_config(config(tmp_path, "ml", ["mlflow"], checkpoint_every=3)))
+    monkeypatch.undo()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run_dir = tmp_path / "runs" / "ml"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    client = MlflowClient(summary["mlflow_tracking_uri"])
+    assert summary["mlflow_tracking_uri"] == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    assert client.get_run(summary["mlflow_run_id"]).info.status == "FAILED"
+
+    resume_training(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    run = client.get_run(summary["mlflow_run_id"])  # the same MLflow run, continued
+    assert run.info.status == "FINISHED" and run.data.tags["flood.status"] == "completed"
+    assert run.data.params["train.b"] == "0.66" and run.data.params["train.mode"] == "flooding"
+    for column in ("train_loss", "train_objective", "val_accuracy"):
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, column))
+        # Rows written before the crash were logged once; the resumed rows once more each.
+        assert [step for step, _ in history] == [step for step, _ in csv_column(run_dir, column)]
+        for (_, got), (_, want) in zip(history, csv_column(run_dir, column)):
+            assert got == pytest.approx(want, rel=1e-6), column
+    assert len(client.search_runs([client.get_experiment_by_name("flood").experiment_id])) == 1
+
+
+def test_a_tracker_that_is_not_installed_is_one_line_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed
+    with pytest.raises(FloodError) as caught:
+        run_training(load_config(config(tmp_path, "missing", ["tensorboard", "mlflow"])))
+    assert str(caught.value) == (
+        "output.report_to lists mlflow, but the mlflow package is not installed; "
+        "pip install 'flood-cli[mlflow]', or drop mlflow from --report-to"
+    )
+    assert not (tmp_path / "runs" / "missing").exists()
+
+
+def test_report_to_takes_a_comma_list_and_refuses_unknown_trackers_in_one_line(tmp_path):
+    from flood_cli.config import OutputConfig
+
+    assert OutputConfig(report_to="tensorboard, mlflow").report_to == ["tensorboard", "mlflow"]
+    path = config(tmp_path, "wandb", ["tensorboard"])
+    with pytest.raises(FloodError) as caught:
+        load_config(path, sets=["output.report_to=wandb"])
+    assert str(caught.value).endswith("output.report_to.0: input should be 'tensorboard' or 'mlflow' (got 'wandb')")
