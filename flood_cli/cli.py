@@ -315,6 +315,10 @@ def sweep(
     set_: Annotated[
         Optional[list[str]], typer.Option("--set", help="sweep any key: --set train.weight_decay=0,0.01 (repeatable; one value: fixed)")
     ] = None,
+    settings: Annotated[
+        Optional[Path],
+        typer.Option(help="a YAML list of settings of any modes, e.g. - {train.mode: iflood, train.b: 0.05} (a baseline is added)"),
+    ] = None,
     seeds: Annotated[str, typer.Option(help="seeds per setting: a count (5 = seeds 1..5) or a list (1,2,7)")] = "3",
     search: Annotated[
         Optional[list[str]],
@@ -365,7 +369,7 @@ def sweep(
         typer.echo(f"worker done: {done} trial(s)")
         return
     if resume is not None:
-        flags = {"--config": config, "--b": b, "--lr": lr, "--ascent-lr": ascent_lr, "--set": set_, "--search": search, "--name": name}
+        flags = {"--config": config, "--b": b, "--lr": lr, "--ascent-lr": ascent_lr, "--set": set_, "--search": search, "--name": name, "--settings": settings}
         given = [flag for flag, value in flags.items() if value]
         if given:
             raise FloodError(f"--resume continues the saved sweep, so {given[0]} cannot be given; drop it")
@@ -378,6 +382,7 @@ def sweep(
         spec = sweeps.create_sweep(
             config, mode, _sweep_axes(b, lr, ascent_lr, set_ or []), sweeps.parse_seeds(seeds),
             [sweeps.parse_search(item) for item in search or []], trials, out, name, storage, study, prune,
+            sweeps.read_settings(settings) if settings is not None else None,
         )
         typer.echo(f"sweep {spec.name}: {spec.describe()}, {workers} worker(s) → {spec.folder}")
         if storage:

@@ -109,11 +109,15 @@ class DataConfig(_Section):
     max_length: int = Field(128, ge=8)
     max_train_examples: Optional[int] = Field(None, ge=1)
     max_val_examples: Optional[int] = Field(None, ge=1)
+    label_noise: float = Field(
+        0.0, ge=0.0, lt=1.0, description="flip this seeded fraction of the training labels (validation and test never)"
+    )
+    label_noise_seed: int = Field(0, description=f"which labels are flipped: 0 to {SEED_MAX}")
     holdout: Optional["HoldoutConfig"] = Field(
         None, description="train on every fold of the training split but one (AdaFlood's auxiliary runs write this)"
     )
 
-    _split_seed_in_range = field_validator("split_seed")(_seed_in_range)
+    _split_seed_in_range = field_validator("split_seed", "label_noise_seed")(_seed_in_range)
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":

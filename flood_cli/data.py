@@ -418,9 +418,15 @@ def prepare_data(cfg: DataConfig, tokenizer: Any) -> PreparedData:
         train = train.shuffle(seed=cfg.split_seed).select(range(cfg.max_train_examples))
     if cfg.max_val_examples is not None and cfg.max_val_examples < len(validation):
         validation = validation.shuffle(seed=cfg.split_seed).select(range(cfg.max_val_examples))
+    # Training labels: noise first, on the whole training split, so that AdaFlood's
+    # auxiliary runs (a holdout of it) see exactly the main run's noisy labels.
+    train_labels = encode_labels(train, cfg, label_names, "train")
+    if cfg.label_noise:
+        train_labels, _ = flip_labels(train_labels, len(label_names), cfg.label_noise, cfg.label_noise_seed)
     if cfg.holdout is not None:
         held_out = set(fold_members(len(train), cfg.holdout.folds, cfg.holdout.seed)[cfg.holdout.fold])
-        train = train.select([i for i in range(len(train)) if i not in held_out])
+        kept = [i for i in range(len(train)) if i not in held_out]
+        train, train_labels = train.select(kept), [train_labels[i] for i in kept]
 
     pairs = cfg.text_pair_column is not None
     splits: dict[str, Optional[TokenizedSplit]] = {}
@@ -428,7 +434,7 @@ def prepare_data(cfg: DataConfig, tokenizer: Any) -> PreparedData:
         if split is None:
             splits[role] = None
             continue
-        labels = encode_labels(split, cfg, label_names, role)
+        labels = train_labels if role == "train" else encode_labels(split, cfg, label_names, role)
         splits[role] = _to_split(_tokenize(split, tokenizer, cfg, role), labels, pairs)
     counts = {role: len(s) for role, s in splits.items() if s is not None}
     return PreparedData(
@@ -686,6 +692,21 @@ def length_sorted_batches(split: TokenizedSplit, batch_size: int) -> list[list[i
     """Evaluation batches of similar lengths: less padding, same per-example losses."""
     order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def flip_labels(labels: list[int], classes: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Label noise: exactly ``round(fraction × n)`` seeded examples get another label,
+    drawn uniformly among the other classes. Returns the labels and the flipped indices."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    count = round(fraction * len(labels))
+    chosen = sorted(torch.randperm(len(labels), generator=generator)[:count].tolist())
+    noisy = list(labels)
+    for index in chosen:
+        shift = int(torch.randint(1, classes, (1,), generator=generator))  # never 0: another class
+        noisy[index] = (labels[index] + shift) % classes
+    return noisy, chosen
 
 
 def fold_members(size: int, folds: int, seed: int) -> list[list[int]]:

@@ -180,6 +180,30 @@ def _safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._+=@,-" else "_" for c in name)[:200]
 
 
+def read_settings(path: Path) -> list[dict[str, Any]]:
+    """A --settings file: a YAML list of settings, each a mapping of dotted config keys
+    (train.mode first) to one value, e.g. ``- {train.mode: flooding, train.b: 0.05}``."""
+    try:
+        data = safe_yaml.load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise FloodError(f"cannot read --settings file {path}: {exc.strerror or exc}; pass an existing YAML file") from None
+    except (safe_yaml.RefusedYaml, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise FloodError(f"--settings file {path} is not readable YAML ({_first_line(exc)}); fix the file") from None
+    if not isinstance(data, list) or not data:
+        raise FloodError(f"--settings file {path} must be a list of settings, e.g. - {{train.mode: flooding, train.b: 0.05}}")
+    settings = []
+    for number, item in enumerate(data, start=1):
+        if not isinstance(item, dict) or "train.mode" not in item:
+            raise FloodError(f"--settings file {path}: setting {number} must be a mapping with train.mode, e.g. {{train.mode: iflood, train.b: 0.05}}")
+        if any(not isinstance(key, str) or "." not in key or isinstance(value, (dict, list)) for key, value in item.items()):
+            raise FloodError(f"--settings file {path}: setting {number} needs dotted keys with one value each (train.b: 0.05)")
+        settings.append({"train.mode": item["train.mode"], **{k: v for k, v in item.items() if k != "train.mode"}})
+    labels = [Setting(s).label() for s in settings]
+    if len(set(labels)) != len(labels):
+        raise FloodError(f"--settings file {path} lists a setting twice ({next(l for l in labels if labels.count(l) > 1)}); keep one")
+    return settings
+
+
 def grid_settings(mode: str, axes: dict[str, list[Any]]) -> list[Setting]:
     """The grid's settings, baseline first: every combination of the axes in ``mode``,
     and a baseline for every combination of the axes that a baseline has too."""
@@ -422,15 +446,35 @@ def create_sweep(
     storage_url: Optional[str],
     study_name: Optional[str],
     prune: bool = False,
+    listed: Optional[list[dict[str, Any]]] = None,
 ) -> SweepSpec:
     """Validate every run's config, claim the sweep folder, create the study and
-    enqueue the grid. Nothing is created when a setting is invalid."""
+    enqueue the grid. Nothing is created when a setting is invalid.
+
+    ``listed`` settings (from --settings FILE) are taken as they are, each with its own
+    mode (a study of several methods), next to a baseline."""
     from datetime import datetime
 
     from flood_cli.config import load_config
     from flood_cli.runs import check_writable
 
     base = load_config(config_path)
+    if listed is not None:
+        # One-valued --set flags are fixed for every setting (a model path, say); more
+        # values would make it a grid, which the file lists itself.
+        if search or any(len(values) > 1 for values in axes.values()):
+            raise FloodError("--settings lists the settings itself; drop --search and --set with several values")
+        if axes:
+            from flood_cli.config import apply_override, validate
+
+            raw = base.experiment_dict()
+            for key, values in axes.items():
+                apply_override(raw, key, values[0])
+            base = validate(raw, f"config error in {config_path} with --set")
+        if not any(setting["train.mode"] == "baseline" for setting in listed):
+            listed = [{"train.mode": "baseline"}, *listed]
+        axes = {}
+        mode = mode or "study"
     searched = {r.key for r in search}
     if mode is None:  # as `flood train --b X` switches to flooding, so do flood levels here
         owners = [owner for owner in map(_mode_key, (*axes, *searched)) if owner is not None]
@@ -439,7 +483,7 @@ def create_sweep(
         else:
             mode = base.train.mode
     for key in (*axes, *searched):
-        if _mode_key(key) is not None and _mode_key(key) not in MODE_KEYS_OF.get(mode, ()):
+        if listed is None and _mode_key(key) is not None and _mode_key(key) not in MODE_KEYS_OF.get(mode, ()):
             raise FloodError(f"{key} does not apply to mode {mode}; drop it, or pass --mode {_mode_of(key)}")
     if search and not trials:
         raise FloodError("--search needs --trials N, the number of settings TPE may try")
@@ -447,13 +491,18 @@ def create_sweep(
         raise FloodError("--trials applies to --search; for a grid give the values (--b 0,0.1) instead")
     if prune and not search:
         raise FloodError("--prune applies to --search (a grid runs every setting to the end)")
-    if not axes and not search:
-        raise FloodError("nothing to sweep; give values (--b 0,0.05,0.1, --ascent-lr, --lr, --set key=v1,v2) or --search")
+    if not axes and not search and listed is None:
+        raise FloodError(
+            "nothing to sweep; give values (--b 0,0.05,0.1, --ascent-lr, --lr, --set key=v1,v2), --search or --settings FILE"
+        )
     if mode == "flooding" and "train.b" not in axes and base.train.b is None and not any(r.key == "train.b" for r in search):
         raise FloodError("mode flooding needs flood levels: --b 0,0.05,0.1 or --search b=0:0.6")
-    settings = grid_settings(mode, axes) if axes else [Setting({"train.mode": "baseline"})]
-    if not axes and mode != "baseline" and not search:
-        settings.append(Setting({"train.mode": mode}))
+    if listed is not None:
+        settings = [Setting(overrides) for overrides in listed]
+    else:
+        settings = grid_settings(mode, axes) if axes else [Setting({"train.mode": "baseline"})]
+        if not axes and mode != "baseline" and not search:
+            settings.append(Setting({"train.mode": mode}))
     check_writable(out)
     folder_name = name or f"sweep-{mode}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     folder = (out / folder_name).resolve()

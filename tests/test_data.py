@@ -526,3 +526,32 @@ def test_a_missing_hub_split_names_the_split_and_what_to_check(tmp_path, tokeniz
     cfg = DataConfig(dataset=str(repo), train_split="train", validation_split="dev", text_column="sentence")
     with raises_one_line(f"cannot load validation split 'dev' of dataset '{repo}' ("):
         prepare_data(cfg, tokenizer)
+
+
+def test_label_noise_flips_a_seeded_fifth_of_the_training_labels_and_nothing_else(tmp_path, tokenizer):
+    """data.label_noise: 0.2 flips exactly 20 % of the training labels (chosen by
+    label_noise_seed, to another class); validation labels are read as written; the
+    same seed flips the same examples, another seed others; 3 classes flip to both others."""
+    import csv as csv_module
+
+    rows = [(f"message {i} about topic {i % 3}", ("ham", "spam", "eggs")[i % 3]) for i in range(150)]
+    train_file, val_file = tmp_path / "train.csv", tmp_path / "val.csv"
+    with open(train_file, "w", newline="") as handle:
+        csv_module.writer(handle).writerows([("text", "label"), *rows])
+    with open(val_file, "w", newline="") as handle:
+        csv_module.writer(handle).writerows([("text", "label"), *rows[:30]])
+
+    def prepared(**data):
+        return prepare_data(DataConfig(train_file=str(train_file), validation_file=str(val_file), max_length=16, **data), tokenizer)
+
+    clean = prepared()
+    noisy = prepared(label_noise=0.2, label_noise_seed=7)
+    flipped = [i for i, (a, b) in enumerate(zip(clean.train.labels, noisy.train.labels)) if a != b]
+    assert len(flipped) == 30  # exactly a fifth of 150
+    assert noisy.validation.labels == clean.validation.labels
+    assert noisy.train.input_ids == clean.train.input_ids  # texts untouched
+    assert prepared(label_noise=0.2, label_noise_seed=7).train.labels == noisy.train.labels
+    other = prepared(label_noise=0.2, label_noise_seed=8)
+    assert [i for i, (a, b) in enumerate(zip(clean.train.labels, other.train.labels)) if a != b] != flipped
+    moves = {(clean.train.labels[i], noisy.train.labels[i]) for i in flipped}
+    assert all(a != b for a, b in moves) and len(moves) == 6  # every class to both others

@@ -416,3 +416,29 @@ def test_every_mode_of_the_family_sweeps_its_own_knobs_next_to_a_baseline(tmp_pa
         for part in key.split("."):
             node = node[part]
         assert cfg.train.mode == mode and node == value
+
+
+def test_a_settings_file_sweeps_several_methods_next_to_a_baseline(tmp_path):
+    """--settings: a study of several modes in one sweep; a baseline is added, each
+    setting keeps its own mode and knobs, and a bad file is one line."""
+    listed = tmp_path / "methods.yaml"
+    listed.write_text(
+        "- {train.mode: flooding, train.b: 0.05}\n"
+        "- {train.mode: iflood, train.b: 0.05}\n"
+        "- {train.mode: adaflood, train.adaflood.gamma: 0.5}\n"
+        "- {train.mode: alternate, train.ascent_lr: 1.0e-4}\n"
+        "- {train.mode: backstitch, train.lr: 0.05}\n"
+    )
+    spec = sweeps.create_sweep(tiny_config(tmp_path), None, {}, [1, 2], [], 0, tmp_path / "sweeps", "methods", None, None, False, sweeps.read_settings(listed))
+    names = [sweeps.Setting(s).run_name(1) for s in spec.settings]
+    assert names == ["baseline-s1", "flooding-b0.05-s1", "iflood-b0.05-s1", "adaflood-gamma=0.5-s1", "alternate-alr0.0001-s1", "backstitch-lr0.05-s1"]
+    assert spec.expected_runs == 12
+    modes = [sweeps.config_for(spec, s, 1, "x").train.mode for s in spec.settings]
+    assert modes == ["baseline", "flooding", "iflood", "adaflood", "alternate", "backstitch"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- {train.b: 0.05}\n")
+    with pytest.raises(FloodError, match=r"setting 1 must be a mapping with train.mode"):
+        sweeps.read_settings(bad)
+    bad.write_text("- {train.mode: iflood, train.b: 0.05}\n- {train.mode: iflood, train.b: 0.05}\n")
+    with pytest.raises(FloodError, match=r"lists a setting twice \(iflood b=0.05\); keep one"):
+        sweeps.read_settings(bad)
