@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # makes a Hub name that is not cached fail at once instead of after network retries.
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test study clean
 
 $(BIN)/flood: pyproject.toml scripts/setup.sh
 	VENV=$(VENV) ./scripts/setup.sh
@@ -20,6 +20,10 @@ demo: setup
 test: setup
 	./scripts/test_services.sh
 	$(BIN)/python -m pytest -q
+
+# The study of docs/study.md: hours on a 2-core CPU (FULL=1 on a GPU for the full size).
+study: setup
+	./studies/run.sh
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
