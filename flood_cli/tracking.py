@@ -23,7 +23,6 @@ from typing import Any, Optional
 
 from flood_cli.errors import FloodError
 
-TRACKERS = ("tensorboard", "mlflow")
 TENSORBOARD_DIR = "tensorboard"
 MLFLOW_EXPERIMENT = "flood"
 # CSV column -> scalar name (train/ and val/ prefixes group them in both UIs).

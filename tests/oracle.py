@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 TINY_TOKENIZER = Path(__file__).resolve().parents[1] / "flood_cli" / "assets" / "tiny-tokenizer"
 
