@@ -232,3 +232,36 @@ def student_t_quantile(p: float, df: float) -> float:
             return candidate
         t = candidate
     return t
+
+
+# ---------------------------------------------------------------------------
+# Many settings against one baseline
+
+
+def paired_p_value(differences: Sequence[float]) -> Optional[float]:
+    """Two-sided p of the paired t test that the mean per-seed difference is 0.
+
+    None with fewer than two differences or none of them spread (no test is possible).
+    """
+    sample = Sample(tuple(differences))
+    if sample.n < 2 or not all(math.isfinite(d) for d in sample.values):
+        return None
+    sd = sample.sd
+    if not sd:
+        return None
+    t = sample.mean / (sd / math.sqrt(sample.n))
+    return min(1.0, 2.0 * student_t_cdf(-abs(t), sample.n - 1))
+
+
+def holm_adjust(p_values: Sequence[Optional[float]]) -> list[Optional[float]]:
+    """Holm–Bonferroni adjusted p-values, in the given order (None stays None and is not
+    counted). Comparing k settings with one baseline at 5 % each finds a "difference"
+    somewhere far more often than 5 % of the time; an adjusted p below 0.05 keeps the
+    chance of any false "difference" in the family at 5 %."""
+    present = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    adjusted: list[Optional[float]] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, index) in enumerate(present):
+        running = max(running, min(1.0, (len(present) - rank) * p))
+        adjusted[index] = running
+    return adjusted

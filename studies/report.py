@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from flood_cli.compare import compare_command
+from flood_cli.stats import holm_adjust, paired_p_value
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "docs" / "img"
@@ -29,26 +30,87 @@ def rows_of(run: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
 
 
-def diagnostics(folder: Path) -> str:
-    """Per setting: at each run's best-loss evaluation, ECE, confidently wrong count,
-    the epoch; and how many runs had evaluations where loss and accuracy rose together."""
-    by_setting: dict[str, list[Path]] = {}
+def completed_runs(folder: Path) -> dict[str, dict[int, Path]]:
+    """setting -> seed -> run folder, completed runs only, the baseline first."""
+    by_setting: dict[str, dict[int, Path]] = {}
     for run in sorted((folder / "runs").iterdir()):
         if run.name.startswith(".") or not (run / "summary.json").exists():
             continue
-        if json.loads((run / "summary.json").read_text()).get("status") != "completed":
+        summary = json.loads((run / "summary.json").read_text())
+        if summary.get("status") != "completed":
             continue
-        by_setting.setdefault(run.name.rsplit("-s", 1)[0], []).append(run)
-    lines = [
-        "| setting | runs | best epoch (mean) | ECE at best | confidently wrong at best (of the validation set) | runs with loss ↑ and accuracy ↑ | last-epoch val loss − best |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        setting = run.name.rsplit("-s", 1)[0]
+        by_setting.setdefault(setting, {})[int(summary["seed"])] = run
+    return dict(sorted(by_setting.items(), key=lambda item: item[0] != "baseline"))
+
+
+def mean_sd(values: list[float], digits: int = 4) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.{digits}f}" if values else ""
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def p_text(p: float | None) -> str:
+    if p is None:
+        return ""
+    return f"{p:.1e}" if p < 0.001 else f"{p:.3f}"
+
+
+def settings_table(folder: Path) -> str:
+    """Per setting against the baseline: best val loss, its paired same-seed difference
+    with the two-sided paired t-test p and the Holm-adjusted p over all the settings of
+    the study, and the accuracies (at the best-loss evaluation, and the best reached)."""
+    runs = completed_runs(folder)
+    baseline = {seed: rows_of(run) for seed, run in runs.get("baseline", {}).items()}
+    base_best = {seed: min(row["val_loss"] for row in rows) for seed, rows in baseline.items()}
+    lines, p_values = [], []
+    for setting, seeds in runs.items():
+        rows = {seed: rows_of(run) for seed, run in seeds.items()}
+        best = {seed: min(r, key=lambda row: row["val_loss"]) for seed, r in rows.items()}
+        losses = [b["val_loss"] for b in best.values()]
+        shared = sorted(set(best) & set(base_best)) if setting != "baseline" else []
+        differences = [best[seed]["val_loss"] - base_best[seed] for seed in shared]
+        p = paired_p_value(differences) if setting != "baseline" else None
+        p_values.append(p)
+        lines.append([
+            setting, str(len(seeds)), mean_sd(losses),
+            f"{statistics.mean(differences):+.4f}" if differences else "",
+            p,
+            mean_sd([b["val_accuracy"] for b in best.values()], 3),
+            mean_sd([max(row["val_accuracy"] for row in r) for r in rows.values()], 3),
+            mean_sd([r[-1]["val_loss"] for r in rows.values()]),
+            f"{statistics.mean(json.loads((run / 'summary.json').read_text())['wall_time_s'] for run in seeds.values()):.0f} s",
+        ])
+    adjusted = holm_adjust(p_values)
+    header = [
+        "| setting | seeds | best val loss (mean ± sd) | paired Δ vs baseline | paired p | Holm p "
+        "| val accuracy at best loss | best val accuracy | last-epoch val loss | time per run |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for setting, runs in by_setting.items():
-        bests, eces, wrongs, rising, gaps = [], [], [], 0, []
-        for run in runs:
+    body = []
+    for line, holm in zip(lines, adjusted):
+        p = line[4]
+        line[4] = p_text(p)
+        line.insert(5, p_text(holm))
+        body.append("| " + " | ".join(line) + " |")
+    return "\n".join(header + body)
+
+
+def diagnostics(folder: Path) -> str:
+    """Per setting: at each run's best-loss evaluation, ECE, confidently wrong count,
+    the epoch, the training loss; and how many runs had evaluations where loss and
+    accuracy rose together."""
+    lines = [
+        "| setting | runs | best epoch (mean) | train loss at best | ECE at best | confidently wrong at best (of the validation set) | runs with loss ↑ and accuracy ↑ | last-epoch val loss − best |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for setting, seeds in completed_runs(folder).items():
+        bests, trains, eces, wrongs, rising, gaps = [], [], [], [], 0, []
+        for run in seeds.values():
             rows = rows_of(run)
             best = min(rows, key=lambda row: row["val_loss"])
             bests.append(best["epoch"])
+            trains.append(best["train_loss"])
             eces.append(best.get("val_ece", float("nan")))
             wrongs.append(best.get("val_confident_wrong", float("nan")))
             gaps.append(rows[-1]["val_loss"] - best["val_loss"])
@@ -56,8 +118,9 @@ def diagnostics(folder: Path) -> str:
                 b["val_loss"] > a["val_loss"] and b["val_accuracy"] > a["val_accuracy"] for a, b in zip(rows, rows[1:])
             )
         lines.append(
-            f"| {setting} | {len(runs)} | {statistics.mean(bests):.1f} | {statistics.mean(eces):.4f} | "
-            f"{statistics.mean(wrongs):.1f} | {rising} of {len(runs)} | {statistics.mean(gaps):+.4f} |"
+            f"| {setting} | {len(seeds)} | {statistics.mean(bests):.1f} | {statistics.mean(trains):.3f} | "
+            f"{statistics.mean(eces):.4f} | {statistics.mean(wrongs):.1f} | {rising} of {len(seeds)} | "
+            f"{statistics.mean(gaps):+.4f} |"
         )
     return "\n".join(lines)
 
@@ -77,7 +140,7 @@ def main(folders: list[str]) -> None:
         output = compare_command([folder / "runs"], markdown=True, plot=curves)
         for curve in folder.glob("*-curve.png"):
             shutil.copy(curve, IMAGES / f"study-{label}-{curve.name}")
-        print(f"## {label}\n\n{wall_time(folder)}\n\n{output.text}\n\n### Calibration at the best evaluation\n\n{diagnostics(folder)}\n")
+        print(f"## {label}\n\n{wall_time(folder)}\n\n### Every setting against the baseline\n\n{settings_table(folder)}\n\n{output.text}\n\n### Calibration at the best evaluation\n\n{diagnostics(folder)}\n")
 
 
 if __name__ == "__main__":

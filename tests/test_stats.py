@@ -15,8 +15,10 @@ from flood_cli.stats import (
     Interval,
     Sample,
     difference_interval,
+    holm_adjust,
     interval_verdict,
     paired_interval,
+    paired_p_value,
     regularized_incomplete_beta,
     student_t_quantile,
     verdict_for,
@@ -176,3 +178,29 @@ def test_a_consistent_paired_difference_is_lower_where_welch_sees_noise():
     assert verdict_for(difference_interval(group, baseline), group, baseline) == WITHIN_NOISE
     paired = paired_interval([g - b for g, b in zip(group.values, baseline.values)], scale=1.0)
     assert paired.high < 0 and interval_verdict(paired) == LOWER
+
+
+def test_paired_p_value_against_closed_forms():
+    # df = 1: t is Cauchy, two-sided p = 1 − 2·atan|t|/π. Differences 1, 3: t = 2 / (√2/√2) = 2.
+    assert paired_p_value([1.0, 3.0]) == pytest.approx(1 - 2 * math.atan(2.0) / math.pi, rel=1e-9)
+    # df = 2: P(T ≤ t) = 1/2 + t / (2√(2 + t²)), so p = 1 − |t| / √(2 + t²).
+    t = 3.0 / math.sqrt(7.0 / 3.0)  # differences 1, 2, 6: mean 3, sd √7
+    assert paired_p_value([1.0, 2.0, 6.0]) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)
+    assert paired_p_value([-1.0, -2.0, -6.0]) == paired_p_value([1.0, 2.0, 6.0])
+    # df = 4 at the table's 2.776 (two-sided 5 %): differences with mean/se = 2.776445.
+    d = [1.0, 2.0, 3.0, 4.0, 5.0]
+    shift = 2.776445 * math.sqrt(2.5) / math.sqrt(5) - 3.0
+    assert paired_p_value([x + shift for x in d]) == pytest.approx(0.05, abs=1e-6)
+
+
+@pytest.mark.parametrize("differences", [[], [0.1], [0.2, 0.2, 0.2], [0.1, float("nan")]])
+def test_no_paired_p_value_without_spread(differences):
+    assert paired_p_value(differences) is None
+
+
+def test_holm_adjust_by_hand():
+    # Sorted: 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 → kept monotone: 0.06.
+    assert holm_adjust([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm_adjust([None, 0.5, 0.2]) == [None, pytest.approx(0.5), pytest.approx(0.4)]
+    assert holm_adjust([0.6, 0.7]) == [1.0, 1.0]
+    assert holm_adjust([]) == []
