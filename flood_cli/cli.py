@@ -317,7 +317,10 @@ def sweep(
     ] = None,
     settings: Annotated[
         Optional[Path],
-        typer.Option(help="a YAML list of settings of any modes, e.g. - {train.mode: iflood, train.b: 0.05} (a baseline is added)"),
+        typer.Option(
+            help="a YAML list of settings of any modes, e.g. - {train.mode: iflood, train.b: 0.05} (a baseline is added); "
+            "with --resume: the ones the sweep lacks are added"
+        ),
     ] = None,
     seeds: Annotated[str, typer.Option(help="seeds per setting: a count (5 = seeds 1..5) or a list (1,2,7)")] = "3",
     search: Annotated[
@@ -369,13 +372,21 @@ def sweep(
         typer.echo(f"worker done: {done} trial(s)")
         return
     if resume is not None:
-        flags = {"--config": config, "--b": b, "--lr": lr, "--ascent-lr": ascent_lr, "--set": set_, "--search": search, "--name": name, "--settings": settings}
+        flags = {"--config": config, "--b": b, "--lr": lr, "--ascent-lr": ascent_lr, "--set": set_, "--search": search, "--name": name}
         given = [flag for flag, value in flags.items() if value]
         if given:
-            raise FloodError(f"--resume continues the saved sweep, so {given[0]} cannot be given; drop it")
+            raise FloodError(
+                f"--resume continues the saved sweep, so {given[0]} cannot be given; drop it "
+                "(--settings FILE adds the settings it lists that the sweep lacks)"
+            )
         spec = sweeps.read_spec(resume)
+        added = sweeps.add_settings(spec, sweeps.read_settings(settings)) if settings is not None else []
         retried = sweeps.requeue_failed(spec)
-        typer.echo(f"sweep {spec.name}: resuming {spec.describe()}" + (f"; {retried} failed trial(s) queued again" if retried else ""))
+        typer.echo(
+            f"sweep {spec.name}: resuming {spec.describe()}"
+            + (f"; added {len(added)} setting(s): {'; '.join(added)}" if added else "")
+            + (f"; {retried} failed trial(s) queued again" if retried else "")
+        )
     else:
         if config is None:
             raise FloodError("flood sweep needs --config FILE (the base config), --resume FOLDER or --report FOLDER")

@@ -182,6 +182,11 @@ class TrainConfig(_Section):
         description="mode alternate: ascent steps through a second AdamW with moments of their own (separate), "
         "or with the negated gradient through the descent AdamW (shared)",
     )
+    optimizer: Optional[Literal["adamw", "sgd"]] = Field(
+        None,
+        description="the descent optimizer: adamw (the default) or sgd (plain, no momentum; weight decay as L2), "
+        "e.g. a baseline to set beside backstitch, which is always SGD",
+    )
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(128, ge=1)
@@ -270,7 +275,16 @@ class TrainConfig(_Section):
                 )
         elif self.ascent_lr is not None:
             raise ValueError(f"ascent_lr applies only to mode alternate, but mode is {self.mode}; drop ascent_lr")
+        if self.mode == "alternate" and self.optimizer == "sgd":
+            raise ValueError("mode alternate steps through AdamW (its ascent steps too); drop optimizer: sgd")
+        if self.mode == "backstitch" and self.optimizer == "adamw":
+            raise ValueError("mode backstitch is plain SGD, as Kaldi requires; drop optimizer: adamw")
         return self
+
+    @property
+    def descent_optimizer(self) -> str:
+        """The optimizer that mode-agnostic descent steps use: adamw unless set to sgd."""
+        return self.optimizer or "adamw"
 
 
 class RuntimeConfig(_Section):

@@ -309,9 +309,18 @@ def _names(runs: Sequence[Run], shown: int = 4) -> str:
 
 def _training_distance(a: Group, b: Group) -> int:
     """How many training settings (other than the mode's own) two groups disagree on."""
-    mode_keys = {"train.mode", "train.b", "train.ascent_lr"}
+    mode_keys = {"train.mode", "train.b", "train.ascent_lr", "train.optimizer"}
     keys = {k for k in (*a.settings, *b.settings) if k.startswith("train.")} - mode_keys
-    return sum(a.settings.get(key) != b.settings.get(key) for key in keys)
+    return sum(a.settings.get(key) != b.settings.get(key) for key in keys) + (_optimizer(a) != _optimizer(b))
+
+
+def _optimizer(group: Group) -> str:
+    """The optimizer a group's runs stepped with: train.optimizer, else the mode's own
+    (plain SGD for backstitch, AdamW for the rest); so backstitch pairs with an SGD baseline."""
+    chosen = group.settings.get("train.optimizer")
+    if chosen is not None:
+        return str(chosen)
+    return "sgd" if group.settings.get("train.mode") == "backstitch" else "adamw"
 
 
 def _group_labels(groups: Sequence[Group]) -> list[str]:

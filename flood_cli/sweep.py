@@ -471,7 +471,9 @@ def create_sweep(
             for key, values in axes.items():
                 apply_override(raw, key, values[0])
             base = validate(raw, f"config error in {config_path} with --set")
-        if not any(setting["train.mode"] == "baseline" for setting in listed):
+        # The base config's own baseline, unless listed (a baseline of other settings,
+        # such as an SGD one beside backstitch, does not stand in for it).
+        if {"train.mode": "baseline"} not in listed:
             listed = [{"train.mode": "baseline"}, *listed]
         axes = {}
         mode = mode or "study"
@@ -557,6 +559,43 @@ def _create_studies(spec: SweepSpec) -> None:
             grid.enqueue_trial(
                 {}, user_attrs={"run": setting.run_name(seed), "setting": setting.label(), "overrides": overrides, "seed": seed}
             )
+
+
+def add_settings(spec: SweepSpec, listed: list[dict[str, Any]]) -> list[str]:
+    """Settings of ``listed`` that the sweep lacks, added to it: validated, saved in
+    sweep.yaml and the study, and queued for every seed of the sweep. Settings it has
+    already are left as they are (their runs are never redone), and none is removed.
+    Returns the labels of the settings added."""
+    if spec.search:
+        raise FloodError(f"sweep {spec.name} is a --search; settings can be added to a grid sweep only: start a new sweep")
+    known = {Setting(overrides).label() for overrides in spec.settings}
+    new = [Setting(overrides) for overrides in listed if Setting(overrides).label() not in known]
+    taken = {Setting(overrides).run_name(seed) for overrides in spec.settings for seed in spec.seeds}
+    for setting in new:  # every config must be valid before anything changes
+        config_for(spec, setting.overrides, spec.seeds[0], setting.run_name(spec.seeds[0]))
+        clash = next((setting.run_name(seed) for seed in spec.seeds if setting.run_name(seed) in taken), None)
+        if clash:
+            raise FloodError(f"setting {setting.label()} would name its runs {clash}, as the sweep does already; drop it")
+    spec.settings = [*spec.settings, *(setting.overrides for setting in new)]
+    folder = Path(spec.folder)
+    if new and (folder / SPEC_FILE).is_file():
+        staged = folder / f".{SPEC_FILE}.tmp"
+        staged.write_text(yaml.safe_dump(asdict(spec), sort_keys=False))
+        os.replace(staged, folder / SPEC_FILE)
+    storage = open_storage(spec.storage_url)
+    grid = load_study(storage, spec.grid_study)
+    if new:
+        grid.set_user_attr("flood_sweep", asdict(spec))
+    # Queued by run name, so an addition cut short is completed by running it again.
+    queued = {trial.user_attrs.get("run") for trial in grid.get_trials(deepcopy=False)}
+    for setting in map(Setting, listed):
+        for seed in spec.seeds:
+            if setting.run_name(seed) not in queued:
+                grid.enqueue_trial(
+                    {},
+                    user_attrs={"run": setting.run_name(seed), "setting": setting.label(), "overrides": setting.overrides, "seed": seed},
+                )
+    return [setting.label() for setting in new]
 
 
 def read_spec(folder: Path) -> SweepSpec:

@@ -588,7 +588,10 @@ class Trainer:
                 f"mode {cfg.train.mode} makes two passes per step, which fp16's loss scaling does not support; "
                 "use precision bf16 or fp32"
             )
-        optimizers = [make_optimizer(model, cfg.train, self.accelerator.device, kind) for kind in self.mode.optimizers]
+        optimizers = [
+            make_optimizer(model, cfg.train, self.accelerator.device, cfg.train.descent_optimizer if kind == "adamw" else kind)
+            for kind in self.mode.optimizers
+        ]
 
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         multiple = cfg.runtime.pad_to_multiple_of

@@ -2,7 +2,8 @@
 # The study (docs/study.md): every method on all-MiniLM-L6-v2 against seed noise, twice:
 # on the shipped SpamAssassin e-mails as they are, and with 20 % of the training labels
 # flipped. One `flood sweep` per study, 5 seeds per setting, two runs at once (one CPU
-# core each; one GPU each on a GPU machine). Re-running it resumes what is unfinished.
+# core each; one GPU each on a GPU machine). Re-running it resumes what is unfinished,
+# and adds settings listed in a methods file since.
 #
 #   make study            # the CPU size (a few hours on 2 cores)
 #   FULL=1 make study     # full size on a GPU: all 900 training e-mails, 128 tokens
@@ -24,7 +25,8 @@ fi
 for study in clean noisy; do
     folder="$OUT/spam-$study${FULL:+-full}"
     if [ -d "$folder" ]; then
-        "$PY" -m flood_cli sweep --resume "$folder" --workers "$WORKERS"
+        # Settings added to the methods file since are added to the sweep (and run).
+        "$PY" -m flood_cli sweep --resume "$folder" --settings "studies/methods-$study.yaml" --workers "$WORKERS"
     else
         "$PY" -m flood_cli sweep -c "studies/spam-$study.yaml" --settings "studies/methods-$study.yaml" \
             --seeds "$SEEDS" --workers "$WORKERS" --set model.name_or_path="$MODEL" "${SIZE[@]}" \

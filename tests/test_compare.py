@@ -423,6 +423,20 @@ def test_the_closest_of_several_baselines_is_chosen_and_named(tmp_path):
     ]
 
 
+def test_backstitch_is_set_beside_an_sgd_baseline_and_the_rest_beside_adamw(tmp_path):
+    """Backstitch is plain SGD: its baseline is the SGD one at its lr, not AdamW's (which
+    would mix the optimizer's effect into backstitch's); AdamW modes keep AdamW's."""
+    write_seed_group(tmp_path, "baseline", [0.20, 0.21, 0.22], lr=5e-5)  # more seeds: wins a tie
+    write_seed_group(tmp_path, "baseline-sgd", [0.18, 0.19], lr=0.2, train={"optimizer": "sgd"})
+    write_seed_group(tmp_path, "backstitch", [0.17, 0.18], mode="backstitch", lr=0.2, train={"backstitch": {"scale": 0.3, "interval": 1}})
+    write_seed_group(tmp_path, "flood", [0.19, 0.20], mode="flooding", b=0.1, lr=5e-5)
+    chosen = {c.group.label: c.baseline.label for c in report_of([tmp_path]).comparisons}
+    assert chosen == {
+        "backstitch lr=0.2 interval=1 scale=0.3": "baseline lr=0.2 optimizer=sgd",
+        "flooding b=0.1 lr=5e-05": "baseline lr=5e-05",
+    }
+
+
 def test_no_baseline_of_other_data_or_model(tmp_path):
     write_run(tmp_path, "base", model={"name_or_path": "bert-base-uncased", "tiny": None, "tokenizer": None})
     write_run(tmp_path, "flood", mode="flooding", b=0.5)

@@ -259,3 +259,53 @@ def test_adaflood_levels_are_the_held_out_losses_of_its_auxiliary_runs(tmp_path,
     cfg.output.name = "again"
     run_training(cfg, QuietReporter())
     assert capsys.readouterr().err.splitlines() == [f"adaflood: reusing the held-out losses of 3 auxiliary runs in {folder}"]
+
+
+# ---------------------------------------------------------------------------
+# train.optimizer: sgd (the control beside backstitch)
+
+
+@pytest.mark.parametrize("mode, extra", [("baseline", {}), ("flooding", {"b": 10.0})])
+def test_optimizer_sgd_takes_a_plain_sgd_step(tmp_path, mode, extra):
+    """θ₁ = θ − η·∇L(θ) by hand; flooding with b above every loss ascends: θ + η·∇L."""
+    lr = 0.05
+    trainer = trainer_for(tmp_path, mode=mode, lr=lr, optimizer="sgd", **extra)
+    batch, got, reference, _ = one_step(trainer)
+    reference.train()
+    reference.zero_grad()
+    losses_of(reference, batch).mean().backward()
+    sign = -1.0 if mode == "flooding" else 1.0
+    with torch.no_grad():
+        for param in reference.parameters():
+            param -= sign * lr * param.grad
+    assert_same_weights(got, reference, atol=1e-6)
+    assert all(type(getattr(opt, "optimizer", opt)).__name__ == "SGD" for opt in trainer.optimizers)
+
+
+def test_optimizer_sgd_with_weight_decay_is_sgd_with_l2_and_leaves_biases_alone(tmp_path):
+    lr, decay = 0.05, 0.1
+    trainer = trainer_for(tmp_path, lr=lr, optimizer="sgd", weight_decay=decay)
+    batch, got, reference, _ = one_step(trainer)
+    reference.train()
+    reference.zero_grad()
+    losses_of(reference, batch).mean().backward()
+    with torch.no_grad():
+        for param in reference.parameters():
+            l2 = decay * param if param.ndim >= 2 else 0.0
+            param -= lr * (param.grad + l2)
+    assert_same_weights(got, reference, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "train, message",
+    [
+        ({"mode": "alternate", "ascent_lr": 1e-4, "optimizer": "sgd"}, "mode alternate steps through AdamW (its ascent steps too); drop optimizer: sgd"),
+        ({"mode": "backstitch", "optimizer": "adamw"}, "mode backstitch is plain SGD, as Kaldi requires; drop optimizer: adamw"),
+        ({"optimizer": "lion"}, "optimizer"),
+    ],
+)
+def test_optimizer_refusals(tmp_path, train, message):
+    from flood_cli.errors import FloodError
+
+    with pytest.raises(FloodError, match=__import__("re").escape(message)):
+        trainer_for(tmp_path, **train)
