@@ -452,15 +452,8 @@ def plot_sweep_curve(report: "Report", key: str, path: Path) -> Optional[Path]:
     from matplotlib.figure import Figure
 
     name = key.split(".")[-1]
-    curves: dict[str, list[tuple[float, "Group"]]] = {}
+    curves = sweep_curves(report, key)
     baselines = [g for g in report.groups if g.is_baseline and g.n_seeds]
-    for group in report.groups:
-        value = group.settings.get(key)
-        if group.is_baseline or not isinstance(value, (int, float)) or not group.n_seeds:
-            continue
-        others = {k: v for k, v in group.settings.items() if k != key and k != "train.seed"}
-        label = _differing_label(others, [g.settings for g in report.groups], key)
-        curves.setdefault(label, []).append((float(value), group))
     if not curves:
         return None
     figure = Figure(figsize=(7.5, 7.0), layout="constrained")
@@ -509,6 +502,26 @@ def plot_sweep_curve(report: "Report", key: str, path: Path) -> Optional[Path]:
     except (OSError, ValueError) as exc:
         raise FloodError(f"cannot write the plot {target}: {exc}; check the folder and the file suffix") from None
     return target
+
+
+def sweep_curves(report: "Report", key: str) -> dict[str, list[tuple[float, "Group"]]]:
+    """The groups that set ``key`` (baselines aside), as curves: one per mode and per
+    combination of the other settings that differ between groups (flooding and iFlood at
+    the same b are two curves, never one line through both)."""
+    candidates = [
+        g for g in report.groups
+        if not g.is_baseline and isinstance(g.settings.get(key), (int, float)) and not isinstance(g.settings.get(key), bool)
+        and g.n_seeds
+    ]
+    several_modes = len({g.settings.get("train.mode") for g in candidates}) > 1
+    curves: dict[str, list[tuple[float, "Group"]]] = {}
+    for group in candidates:
+        others = {k: v for k, v in group.settings.items() if k != key and k != "train.seed"}
+        label = _differing_label(others, [g.settings for g in report.groups], key)
+        if several_modes:
+            label = ", ".join(filter(None, (str(group.settings.get("train.mode")), label)))
+        curves.setdefault(label, []).append((float(group.settings[key]), group))
+    return curves
 
 
 def _differing_label(settings: dict[str, Any], everyone: Sequence[dict[str, Any]], key: str) -> str:

@@ -211,3 +211,19 @@ def test_seeds_as_must_be_band_or_lines(tmp_path):
         compare_command([tmp_path / "runs"], plot=tmp_path / "c.png", seeds_as="dots")
     output = compare_command([tmp_path / "runs"], plot=tmp_path / "c.png", seeds_as="lines")
     assert output.text.endswith(f"wrote {tmp_path / 'c.png'}")
+
+
+def test_a_b_curve_draws_each_mode_apart_and_plots_it(tmp_path):
+    """Flooding and iFlood at the same b are two curves, not one line through both."""
+    from flood_cli.plots import plot_sweep_curve, sweep_curves
+
+    for seed in (1, 2):
+        write_run(tmp_path, f"base-s{seed}", val_losses=(0.80, 0.85), seed=seed)
+        for b in (0.1, 0.2):
+            write_run(tmp_path, f"flood-b{b}-s{seed}", val_losses=(0.70 + b, 0.9), seed=seed, mode="flooding", b=b)
+        write_run(tmp_path, f"iflood-s{seed}", val_losses=(0.75, 0.9), seed=seed, mode="iflood", b=0.1)
+    report = build_report([tmp_path])
+    curves = sweep_curves(report, "train.b")
+    assert {label: sorted(x for x, _ in points) for label, points in curves.items()} == {"flooding": [0.1, 0.2], "iflood": [0.1]}
+    assert {g.settings["train.mode"] for _, g in curves["iflood"]} == {"iflood"}
+    assert image_size(plot_sweep_curve(report, "train.b", tmp_path / "b.png"))[0] > 500
