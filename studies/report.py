@@ -56,24 +56,39 @@ def p_text(p: float | None) -> str:
     return f"{p:.1e}" if p < 0.001 else f"{p:.3f}"
 
 
+def reference_of(setting: str, settings: list[str]) -> str | None:
+    """The baseline a setting is judged against: the one of its optimizer (backstitch is
+    plain SGD: its SGD control at the same lr), else the AdamW baseline."""
+    if setting == "baseline":
+        return None
+    if setting.startswith("backstitch"):
+        lr = setting.rsplit("-lr", 1)[-1]
+        control = f"baseline-optimizer=sgd-lr{lr}"
+        if control in settings:
+            return control
+    return "baseline"
+
+
 def settings_table(folder: Path) -> str:
-    """Per setting against the baseline: best val loss, its paired same-seed difference
+    """Per setting against its baseline: best val loss, its paired same-seed difference
     with the two-sided paired t-test p and the Holm-adjusted p over all the settings of
     the study, and the accuracies (at the best-loss evaluation, and the best reached)."""
     runs = completed_runs(folder)
-    baseline = {seed: rows_of(run) for seed, run in runs.get("baseline", {}).items()}
-    base_best = {seed: min(row["val_loss"] for row in rows) for seed, rows in baseline.items()}
+    rows_by = {setting: {seed: rows_of(run) for seed, run in seeds.items()} for setting, seeds in runs.items()}
+    best_by = {
+        setting: {seed: min(r, key=lambda row: row["val_loss"]) for seed, r in rows.items()} for setting, rows in rows_by.items()
+    }
     lines, p_values = [], []
     for setting, seeds in runs.items():
-        rows = {seed: rows_of(run) for seed, run in seeds.items()}
-        best = {seed: min(r, key=lambda row: row["val_loss"]) for seed, r in rows.items()}
-        losses = [b["val_loss"] for b in best.values()]
-        shared = sorted(set(best) & set(base_best)) if setting != "baseline" else []
-        differences = [best[seed]["val_loss"] - base_best[seed] for seed in shared]
-        p = paired_p_value(differences) if setting != "baseline" else None
+        rows, best = rows_by[setting], best_by[setting]
+        reference = reference_of(setting, list(runs))
+        base = best_by.get(reference, {}) if reference else {}
+        shared = sorted(set(best) & set(base))
+        differences = [best[seed]["val_loss"] - base[seed]["val_loss"] for seed in shared]
+        p = paired_p_value(differences) if reference else None
         p_values.append(p)
         lines.append([
-            setting, str(len(seeds)), mean_sd(losses),
+            setting, str(len(seeds)), mean_sd([b["val_loss"] for b in best.values()]), reference or "",
             f"{statistics.mean(differences):+.4f}" if differences else "",
             p,
             mean_sd([b["val_accuracy"] for b in best.values()], 3),
@@ -83,15 +98,15 @@ def settings_table(folder: Path) -> str:
         ])
     adjusted = holm_adjust(p_values)
     header = [
-        "| setting | seeds | best val loss (mean ± sd) | paired Δ vs baseline | paired p | Holm p "
+        "| setting | seeds | best val loss (mean ± sd) | against | paired Δ | paired p | Holm p "
         "| val accuracy at best loss | best val accuracy | last-epoch val loss | time per run |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     body = []
     for line, holm in zip(lines, adjusted):
-        p = line[4]
-        line[4] = p_text(p)
-        line.insert(5, p_text(holm))
+        p = line[5]
+        line[5] = p_text(p)
+        line.insert(6, p_text(holm))
         body.append("| " + " | ".join(line) + " |")
     return "\n".join(header + body)
 
@@ -125,6 +140,13 @@ def diagnostics(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def focus_settings(folder: Path) -> set[str]:
+    """The baselines, the flooding level nearest the baseline (the lowest b), AdaFlood and backstitch."""
+    names = set(completed_runs(folder))
+    floods = sorted((float(n.split("-b", 1)[1]), n) for n in names if n.startswith("flooding-b"))
+    return {n for n in names if n.startswith(("baseline", "adaflood", "backstitch"))} | ({floods[0][1]} if floods else set())
+
+
 def wall_time(folder: Path) -> str:
     summaries = [json.loads(p.read_text()) for p in (folder / "runs").glob("*/summary.json")]
     total = sum(float(s.get("wall_time_s") or 0) for s in summaries)
@@ -138,9 +160,15 @@ def main(folders: list[str]) -> None:
         label = folder.name
         curves = IMAGES / f"study-{label}-curves.png"
         output = compare_command([folder / "runs"], markdown=True, plot=curves)
+        # The same figure for the few settings the conclusions turn on, readable at a glance.
+        focus = [run for run in sorted((folder / "runs").iterdir()) if run.name.rsplit("-s", 1)[0] in focus_settings(folder)]
+        compare_command(focus, plot=IMAGES / f"study-{label}-focus.png")
+        text = output.text
+        if "**Runs, sorted" in text and "**Seed groups" in text:  # the 50-row table of runs stays in results.md
+            text = text[: text.index("**Runs, sorted")] + text[text.index("**Seed groups") :]
         for curve in folder.glob("*-curve.png"):
             shutil.copy(curve, IMAGES / f"study-{label}-{curve.name}")
-        print(f"## {label}\n\n{wall_time(folder)}\n\n### Every setting against the baseline\n\n{settings_table(folder)}\n\n{output.text}\n\n### Calibration at the best evaluation\n\n{diagnostics(folder)}\n")
+        print(f"## {label}\n\n{wall_time(folder)}\n\n### Every setting against the baseline\n\n{settings_table(folder)}\n\n{text}\n\n### Calibration at the best evaluation\n\n{diagnostics(folder)}\n")
 
 
 if __name__ == "__main__":
