@@ -453,7 +453,11 @@ def plot_sweep_curve(report: "Report", key: str, path: Path) -> Optional[Path]:
 
     name = key.split(".")[-1]
     curves = sweep_curves(report, key)
-    baselines = [g for g in report.groups if g.is_baseline and g.n_seeds]
+    # The baselines the curves' groups are compared with (not an SGD baseline beside
+    # AdamW flood levels, say); all of them when none is chosen.
+    on_curves = {id(group) for points in curves.values() for _, group in points}
+    chosen = {id(c.baseline) for c in report.comparisons if id(c.group) in on_curves}
+    baselines = [g for g in report.groups if g.is_baseline and g.n_seeds and (not chosen or id(g) in chosen)]
     if not curves:
         return None
     figure = Figure(figsize=(7.5, 7.0), layout="constrained")

@@ -166,6 +166,8 @@ def main(folders: list[str]) -> None:
         text = output.text
         if "**Runs, sorted" in text and "**Seed groups" in text:  # the 50-row table of runs stays in results.md
             text = text[: text.index("**Runs, sorted")] + text[text.index("**Seed groups") :]
+        if "**Where each run was best" in text:  # per run too: in results.md
+            text = text[: text.index("**Where each run was best")].rstrip()
         for curve in folder.glob("*-curve.png"):
             shutil.copy(curve, IMAGES / f"study-{label}-{curve.name}")
         print(f"## {label}\n\n{wall_time(folder)}\n\n### Every setting against the baseline\n\n{settings_table(folder)}\n\n{text}\n\n### Calibration at the best evaluation\n\n{diagnostics(folder)}\n")

@@ -227,3 +227,20 @@ def test_a_b_curve_draws_each_mode_apart_and_plots_it(tmp_path):
     assert {label: sorted(x for x, _ in points) for label, points in curves.items()} == {"flooding": [0.1, 0.2], "iflood": [0.1]}
     assert {g.settings["train.mode"] for _, g in curves["iflood"]} == {"iflood"}
     assert image_size(plot_sweep_curve(report, "train.b", tmp_path / "b.png"))[0] > 500
+
+
+def test_a_b_curve_draws_the_baseline_its_groups_are_compared_with(tmp_path, monkeypatch):
+    """An SGD baseline in the same sweep (backstitch's control) is not drawn beside AdamW floods."""
+    from matplotlib.axes import Axes
+
+    from flood_cli.plots import plot_sweep_curve
+
+    for seed in (1, 2):
+        write_run(tmp_path, f"base-s{seed}", val_losses=(0.80, 0.85), seed=seed)
+        write_run(tmp_path, f"sgd-s{seed}", val_losses=(0.60, 0.65), seed=seed, lr=0.2, train={"optimizer": "sgd"})
+        write_run(tmp_path, f"flood-s{seed}", val_losses=(0.70, 0.9), seed=seed, mode="flooding", b=0.1)
+    drawn = []
+    original = Axes.axhline
+    monkeypatch.setattr(Axes, "axhline", lambda self, y=0, *a, **k: drawn.append((round(y, 4), k.get("label"))) or original(self, y, *a, **k))
+    plot_sweep_curve(build_report([tmp_path]), "train.b", tmp_path / "b.png")
+    assert [label for _, label in drawn] == ["baseline, 2 seeds"] * 2 and drawn[0][0] == 0.8  # loss, accuracy panels
