@@ -147,6 +147,26 @@ def focus_settings(folder: Path) -> set[str]:
     return {n for n in names if n.startswith(("baseline", "adaflood", "backstitch"))} | ({floods[0][1]} if floods else set())
 
 
+def regime(folder: Path) -> str:
+    """The check the study rests on: flooding acts once training loss falls well below
+    validation loss, after the baseline's validation loss has bottomed out. So the
+    baseline's best evaluation must not be its last."""
+    runs = completed_runs(folder).get("baseline", {})
+    if not runs:
+        return "Regime check: no completed baseline run."
+    last, rises = 0, []
+    for run in runs.values():
+        rows = rows_of(run)
+        best = min(range(len(rows)), key=lambda i: rows[i]["val_loss"])
+        last += best == len(rows) - 1
+        rises.append(rows[-1]["val_loss"] - rows[best]["val_loss"])
+    verdict = "reached" if last == 0 else "NOT reached in every run: train longer"
+    return (
+        f"Regime check: the baseline's best evaluation is its last in {last} of {len(runs)} runs; "
+        f"its last evaluation is {statistics.mean(rises):+.4f} above its best on average ({verdict})."
+    )
+
+
 def wall_time(folder: Path) -> str:
     summaries = [json.loads(p.read_text()) for p in (folder / "runs").glob("*/summary.json")]
     total = sum(float(s.get("wall_time_s") or 0) for s in summaries)
@@ -170,7 +190,7 @@ def main(folders: list[str]) -> None:
             text = text[: text.index("**Where each run was best")].rstrip()
         for curve in folder.glob("*-curve.png"):
             shutil.copy(curve, IMAGES / f"study-{label}-{curve.name}")
-        print(f"## {label}\n\n{wall_time(folder)}\n\n### Every setting against the baseline\n\n{settings_table(folder)}\n\n{text}\n\n### Calibration at the best evaluation\n\n{diagnostics(folder)}\n")
+        print(f"## {label}\n\n{wall_time(folder)}\n\n{regime(folder)}\n\n### Every setting against the baseline\n\n{settings_table(folder)}\n\n{text}\n\n### Calibration at the best evaluation\n\n{diagnostics(folder)}\n")
 
 
 if __name__ == "__main__":
