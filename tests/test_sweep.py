@@ -469,6 +469,9 @@ def test_a_settings_file_sweeps_several_methods_next_to_a_baseline(tmp_path):
     listed.write_text("- {train.mode: baseline}\n- {train.mode: iflood, train.b: 0.05}\n")
     spec = sweeps.create_sweep(tiny_config(tmp_path), None, {}, [1], [], 0, tmp_path / "sweeps", "listed", None, None, False, sweeps.read_settings(listed))
     assert [sweeps.Setting(s).run_name(1) for s in spec.settings] == ["baseline-s1", "iflood-b0.05-s1"]
+    search = sweeps.create_sweep(tiny_config(tmp_path), None, {}, [1], [sweeps.parse_search("b=0:0.6")], 2, tmp_path / "sweeps", "search", None, None, False)
+    with pytest.raises(FloodError, match=r"sweep search is a --search; settings can be added to a grid sweep only"):
+        sweeps.add_settings(search, [{"train.mode": "iflood", "train.b": 0.05}])
     bad = tmp_path / "bad.yaml"
     bad.write_text("- {train.b: 0.05}\n")
     with pytest.raises(FloodError, match=r"setting 1 must be a mapping with train.mode"):
