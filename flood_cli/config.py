@@ -281,11 +281,6 @@ class TrainConfig(_Section):
             raise ValueError("mode backstitch is plain SGD, as Kaldi requires; drop optimizer: adamw")
         return self
 
-    @property
-    def descent_optimizer(self) -> str:
-        """The optimizer that mode-agnostic descent steps use: adamw unless set to sgd."""
-        return self.optimizer or "adamw"
-
 
 class RuntimeConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -164,43 +164,42 @@ class Flooding:
         return StepFigures(flood(done.loss, self.flood_level), is_ascent(sign))
 
 
-@dataclass(frozen=True)
-class IFlood:
-    """Minimise ``mean_i(|ℓ_i − b| + b)`` (Xie et al., ICLR 2022): each example ascends
-    once its own loss is under ``b``."""
+class _PerExampleFlood:
+    """One pass of a per-example objective (``per_example``), one descent step."""
 
     lr: float
-    flood_level: float
     optimizers = ("adamw",)
     two_pass = False
 
-    def per_example(self, losses: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return flood_per_example(losses, self.flood_level)
-
     def step(self, tools: StepTools) -> StepFigures:
-        done = tools.forward_backward(self.per_example)
+        done = tools.forward_backward(self.per_example)  # type: ignore[attr-defined]
         tools.update(0, self.lr * tools.scale)
         return StepFigures(done.objective, done.ascent)
 
 
 @dataclass(frozen=True)
-class AdaFlood:
+class IFlood(_PerExampleFlood):
+    """Minimise ``mean_i(|ℓ_i − b| + b)`` (Xie et al., ICLR 2022): each example ascends
+    once its own loss is under ``b``."""
+
+    lr: float
+    flood_level: float
+
+    def per_example(self, losses: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return flood_per_example(losses, self.flood_level)
+
+
+@dataclass(frozen=True)
+class AdaFlood(_PerExampleFlood):
     """Minimise ``mean_i(|ℓ_i − θ_i| + θ_i)`` with each example's own flood level
     ``θ_i`` from its loss under auxiliary models that never saw it (Bae et al., 2024).
     ``levels`` holds θ for every training example, on the training device."""
 
     lr: float
     levels: torch.Tensor
-    optimizers = ("adamw",)
-    two_pass = False
 
     def per_example(self, losses: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return flood_per_example(losses, self.levels[index])
-
-    def step(self, tools: StepTools) -> StepFigures:
-        done = tools.forward_backward(self.per_example)
-        tools.update(0, self.lr * tools.scale)
-        return StepFigures(done.objective, done.ascent)
 
 
 @dataclass(frozen=True)

@@ -533,7 +533,7 @@ def create_sweep(
     try:
         (folder / RUNS_DIR).mkdir()
         (folder / WORKERS_DIR).mkdir()
-        (folder / SPEC_FILE).write_text(yaml.safe_dump(asdict(spec), sort_keys=False))
+        _write_spec(spec)
         _create_studies(spec)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
@@ -554,11 +554,23 @@ def _create_studies(spec: SweepSpec) -> None:
         study.set_user_attr("flood_sweep", asdict(spec))
     grid = optuna.load_study(study_name=spec.grid_study, storage=storage)
     for overrides in spec.settings:
-        setting = Setting(overrides)
         for seed in spec.seeds:
-            grid.enqueue_trial(
-                {}, user_attrs={"run": setting.run_name(seed), "setting": setting.label(), "overrides": overrides, "seed": seed}
-            )
+            _enqueue(grid, Setting(overrides), seed)
+
+
+def _enqueue(grid: Any, setting: Setting, seed: int) -> None:
+    """Queue one run of the grid: a trial with no parameters, the run named in its attrs."""
+    grid.enqueue_trial(
+        {}, user_attrs={"run": setting.run_name(seed), "setting": setting.label(), "overrides": setting.overrides, "seed": seed}
+    )
+
+
+def _write_spec(spec: SweepSpec) -> None:
+    """sweep.yaml, replaced in one rename (a reader never sees half of it)."""
+    folder = Path(spec.folder)
+    staged = folder / f".{SPEC_FILE}.tmp"
+    staged.write_text(yaml.safe_dump(asdict(spec), sort_keys=False))
+    os.replace(staged, folder / SPEC_FILE)
 
 
 def add_settings(spec: SweepSpec, listed: list[dict[str, Any]]) -> list[str]:
@@ -577,11 +589,8 @@ def add_settings(spec: SweepSpec, listed: list[dict[str, Any]]) -> list[str]:
         if clash:
             raise FloodError(f"setting {setting.label()} would name its runs {clash}, as the sweep does already; drop it")
     spec.settings = [*spec.settings, *(setting.overrides for setting in new)]
-    folder = Path(spec.folder)
-    if new and (folder / SPEC_FILE).is_file():
-        staged = folder / f".{SPEC_FILE}.tmp"
-        staged.write_text(yaml.safe_dump(asdict(spec), sort_keys=False))
-        os.replace(staged, folder / SPEC_FILE)
+    if new and (Path(spec.folder) / SPEC_FILE).is_file():
+        _write_spec(spec)
     storage = open_storage(spec.storage_url)
     grid = load_study(storage, spec.grid_study)
     if new:
@@ -591,10 +600,7 @@ def add_settings(spec: SweepSpec, listed: list[dict[str, Any]]) -> list[str]:
     for setting in map(Setting, listed):
         for seed in spec.seeds:
             if setting.run_name(seed) not in queued:
-                grid.enqueue_trial(
-                    {},
-                    user_attrs={"run": setting.run_name(seed), "setting": setting.label(), "overrides": setting.overrides, "seed": seed},
-                )
+                _enqueue(grid, setting, seed)
     return [setting.label() for setting in new]
 
 

@@ -165,10 +165,13 @@ def make_optimizer(
     """An optimizer of the kind a mode asks for, without weight decay on biases and
     LayerNorm weights (BERT's recipe).
 
-    * ``adamw``: AdamW (fused on CUDA).
+    * ``adamw``: a mode's descent optimizer: AdamW (fused on CUDA), or plain SGD where
+      ``train.optimizer`` is sgd.
     * ``adamw_ascent``: the ascent optimizer of mode alternate: it maximizes the loss,
       keeps moments of its own, and leaves weight decay to the descent optimizer.
     * ``sgd``: plain SGD without momentum (backstitch, as Kaldi requires)."""
+    if kind == "adamw" and train.optimizer == "sgd":
+        kind = "sgd"
     ascent = kind == "adamw_ascent"
     decay, no_decay = [], []
     for param in model.parameters():
@@ -588,10 +591,7 @@ class Trainer:
                 f"mode {cfg.train.mode} makes two passes per step, which fp16's loss scaling does not support; "
                 "use precision bf16 or fp32"
             )
-        optimizers = [
-            make_optimizer(model, cfg.train, self.accelerator.device, cfg.train.descent_optimizer if kind == "adamw" else kind)
-            for kind in self.mode.optimizers
-        ]
+        optimizers = [make_optimizer(model, cfg.train, self.accelerator.device, kind) for kind in self.mode.optimizers]
 
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         multiple = cfg.runtime.pad_to_multiple_of

@@ -68,3 +68,18 @@ def test_each_setting_is_paired_with_its_baseline_and_its_p_adjusted(tmp_path):
         "Regime check: the baseline's best evaluation is its last in 0 of 3 runs; "
         "its last evaluation is +0.0200 above its best on average (reached)."
     )
+
+
+def test_the_diagnostics_read_each_runs_best_evaluation(tmp_path):
+    """Best epoch, training loss there, runs where loss and accuracy rose together, and
+    the last evaluation above the best: on two hand-made curves, worked out by hand."""
+    runs = tmp_path / "sweep" / "runs"
+    write_run(runs, "baseline-s1", seed=1, val_losses=(0.5, 0.4, 0.45, 0.47), val_accuracies=(0.80, 0.82, 0.85, 0.84),
+              train_losses=(0.6, 0.3, 0.2, 0.1))  # best at epoch 2; 2 → 3: loss ↑ and accuracy ↑
+    write_run(runs, "baseline-s2", seed=2, val_losses=(0.5, 0.45, 0.40, 0.42), val_accuracies=(0.80, 0.81, 0.83, 0.82),
+              train_losses=(0.6, 0.4, 0.25, 0.2))  # best at epoch 3; 3 → 4: loss ↑, accuracy ↓
+    (row,) = report.diagnostics(tmp_path / "sweep").splitlines()[2:]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[:4] == ["baseline", "2", "2.5", f"{(0.3 + 0.25) / 2:.3f}"]
+    assert cells[6:] == ["1 of 2", f"{((0.47 - 0.40) + (0.42 - 0.40)) / 2:+.4f}"]
+    assert cells[4] == "nan"  # no val_ece column in these runs: shown as missing, not as 0
