@@ -244,8 +244,9 @@ main()
 def test_a_nonfinite_loss_on_one_process_is_skipped_by_every_process(tmp_path, ragged):
     config = config_for(tmp_path, ragged, "skip", 8, train={"on_nonfinite": "skip", "epochs": 2})
     marker = tmp_path / "weights"
-    run_ranks(["-c", str(config), str(marker)], python_code=NAN_ON_RANK_1)
+    results = run_ranks(["-c", str(config), str(marker)], python_code=NAN_ON_RANK_1)
     logged = rows(tmp_path / "runs" / "skip")
-    assert sum(int(r["skipped_steps"]) for r in logged) == 3
+    print("\n".join(err[-2000:] for _, _, err in results))  # shown by pytest if an assertion below fails
+    assert sum(int(r["skipped_steps"]) for r in logged) == 3, logged
     checksums = [(tmp_path / f"weights.rank{rank}").read_text() for rank in (0, 1)]
-    assert checksums[0] == checksums[1], "the processes' models drifted apart"
+    assert checksums[0] == checksums[1], f"the processes' models drifted apart: {checksums}"
