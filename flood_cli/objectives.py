@@ -8,17 +8,21 @@ The mode decides how the step's gradient is made, with what the loop offers
   step's micro-batches (every process). The gradient is that of the step's mean loss,
   or, with ``per_example(losses, index) -> (objective, ascending)``, of the mean of a
   per-example objective (weights or signs per example). It returns the step's mean
-  loss, objective and ascending share over every process, as device tensors.
+  loss and objective over every process, and how many of its examples ascended, as
+  device tensors.
   ``same_masks`` replays the first pass's dropout masks.
-* ``tools.update(optimizer, lr, sign=None)``: clip, flip the gradient by ``sign`` (a
-  float or a device tensor), step that optimizer at that rate, clear the gradients.
+* ``tools.update(optimizer, lr, sign=None, decay=1.0)``: clip, flip the gradient by
+  ``sign`` (a float or a device tensor), step that optimizer at that rate with
+  ``decay`` times its weight decay (the decay is never flipped), clear the gradients.
 * ``tools.take_grads()``, ``tools.grads()``, ``tools.shift_params(direction, factor)``
   and ``tools.restore_params(saved)``: for modes that make two passes (the
   gradient-norm penalty evaluates the gradient at a perturbed point).
 * ``tools.step`` (0-based) and ``tools.scale`` (the schedule's factor).
 
-``step`` returns what to log: the objective the optimizer saw and the share of the
-step that ascended. Nothing here reads a tensor on the host, so no mode adds a
+``step`` returns what to log: the objective the optimizer saw, and what ascended out of
+what: a whole-step mode says 1 (or 0) of 1 step, a per-example mode the number of the
+step's examples that ascended out of the step's examples, so that ``flood_active`` is
+the share of steps, or of examples, since the last row, however ragged the steps. Nothing here reads a tensor on the host, so no mode adds a
 host-device sync.
 
 Working on the gradient keeps flooding exact under gradient accumulation and data
@@ -42,19 +46,24 @@ PerExample = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Te
 
 @dataclass
 class Pass:
-    """One forward/backward pass over the step, as means over every process."""
+    """One forward/backward pass over the step: its mean loss and objective over every
+    process, how many of its examples ascended (per-example objectives; 0 otherwise),
+    and its example count over every process."""
 
     loss: torch.Tensor
     objective: torch.Tensor
-    ascent: Union[float, torch.Tensor]
+    ascending: Union[float, torch.Tensor]
+    examples: int
 
 
 @dataclass
 class StepFigures:
-    """What the CSV logs of a step: the objective the optimizer followed, the share that ascended."""
+    """What the CSV logs of a step: the objective the optimizer followed, and ``ascent``
+    of ``ascent_of`` ascended (1 of 1 step for a flipped step; k of n examples)."""
 
     objective: torch.Tensor
     ascent: Union[float, torch.Tensor]
+    ascent_of: float = 1.0
 
 
 class StepTools(Protocol):
@@ -62,7 +71,7 @@ class StepTools(Protocol):
     scale: float
 
     def forward_backward(self, per_example: Optional[PerExample] = None, same_masks: bool = False) -> Pass: ...
-    def update(self, optimizer: int, lr: float, sign: Optional[Sign] = None) -> None: ...
+    def update(self, optimizer: int, lr: float, sign: Optional[Sign] = None, decay: float = 1.0) -> None: ...
     def take_grads(self) -> list[torch.Tensor]: ...
     def grads(self) -> list[torch.Tensor]: ...
     def shift_params(self, direction: list[torch.Tensor], factor: Sign) -> list[torch.Tensor]: ...
@@ -174,7 +183,7 @@ class _PerExampleFlood:
     def step(self, tools: StepTools) -> StepFigures:
         done = tools.forward_backward(self.per_example)  # type: ignore[attr-defined]
         tools.update(0, self.lr * tools.scale)
-        return StepFigures(done.objective, done.ascent)
+        return StepFigures(done.objective, done.ascending, done.examples)
 
 
 @dataclass(frozen=True)
@@ -261,7 +270,9 @@ class Backstitch:
     every ``interval``-th mini-batch, a step of ``−α·η`` (up the loss), then, on the
     *same* mini-batch with the same dropout masks, a recomputed gradient and a step of
     ``(1 + α)·η``; other mini-batches take one plain step. Plain SGD without momentum,
-    as Kaldi asserts. Two passes on its steps."""
+    as Kaldi asserts. Weight decay (L2) is applied in the second half only, at
+    ``wd / (1 + α)``, so a backstitch step decays the weights by ``η·wd`` like a plain
+    step (Kaldi's nnet3 handles its L2 so). Two passes on its steps."""
 
     lr: float
     scale_alpha: float = 0.3
@@ -275,9 +286,12 @@ class Backstitch:
         if tools.step % self.interval:
             tools.update(0, rate)
             return StepFigures(first.loss, 0.0)
-        tools.update(0, self.scale_alpha * rate, sign=-1.0)  # the backward half: up the loss
+        # The backward half, up the loss, carries no L2; the forward half carries all of
+        # it, scaled by 1 / (1 + α) as Kaldi does: the net decay of the pair is η·wd, as
+        # one plain SGD step of the control (not (1 + 2α)·η·wd, L2 in both halves).
+        tools.update(0, self.scale_alpha * rate, sign=-1.0, decay=0.0)
         tools.forward_backward(same_masks=True)
-        tools.update(0, (1.0 + self.scale_alpha) * rate)
+        tools.update(0, (1.0 + self.scale_alpha) * rate, decay=1.0 / (1.0 + self.scale_alpha))
         return StepFigures(first.loss, 1.0)
 
 

@@ -418,11 +418,12 @@ class _StepTools:
                     objectives, ascends = per_example(losses, example_index)
                     micro_objective = objectives.sum()
                     micro_loss = losses.detach().sum()
-                    ascending += ascends.sum()
                 if plan.placeholder:  # joins the gradient all-reduce, contributing zero
                     micro_objective = micro_objective * 0.0
                 accelerator.backward(micro_objective / divisor)
-            if not plan.placeholder:
+            if not plan.placeholder:  # its example is another process's: counted there
+                if per_example is not None:
+                    ascending += ascends.sum()
                 loss_sum += micro_loss.detach()
                 objective_sum += micro_objective.detach()
                 correct += (logits.detach().argmax(dim=-1) == labels).sum()
@@ -434,28 +435,31 @@ class _StepTools:
             # decision are then the same on all of them (a small all-reduce, no host sync).
             total = accelerator.reduce(loss_sum, reduction="sum") if accelerator.num_processes > 1 else loss_sum
             step_loss = total / plan.examples
-            result = Pass(step_loss, step_loss, 0.0)
+            result = Pass(step_loss, step_loss, 0.0, plan.examples)
         else:
             sums = torch.stack([loss_sum, objective_sum, ascending])
             if accelerator.num_processes > 1:
                 sums = accelerator.reduce(sums, reduction="sum")
-            means = sums / plan.examples
-            result = Pass(means[0], means[1], means[2])
+            result = Pass(sums[0] / plan.examples, sums[1] / plan.examples, sums[2], plan.examples)
         if self.first_loss is None:
             self.first_loss = result.loss
         return result
 
-    def update(self, optimizer: int, lr: float, sign: Any = None) -> None:
-        """Clip (and flip by ``sign``), step one optimizer at ``lr``, clear the gradients.
-        With on_nonfinite: skip, a step whose loss is nan/inf is dropped (one sync per step)."""
+    def update(self, optimizer: int, lr: float, sign: Any = None, decay: float = 1.0) -> None:
+        """Clip (and flip by ``sign``), step one optimizer at ``lr`` with ``decay`` times
+        its weight decay, clear the gradients. With on_nonfinite: skip, a step whose loss
+        is nan/inf is dropped (one sync per step)."""
         trainer = self.trainer
         chosen = trainer.optimizers[optimizer]
         if not self._finite():
             chosen.zero_grad(set_to_none=True)
             return
-        # The learning rate is set on the param groups each step (the mode may switch it).
-        for group in chosen.param_groups:
+        # The learning rate and weight decay are set on the param groups each step (the
+        # mode may switch them); the decay from the optimizer's own settings, never from
+        # what a checkpoint saved of the last update.
+        for group, base_decay in zip(chosen.param_groups, trainer.weight_decays[optimizer], strict=True):
             group["lr"] = lr
+            group["weight_decay"] = base_decay * decay
         trainer._scale_gradients(sign, chosen)
         chosen.step()
         chosen.zero_grad(set_to_none=True)
@@ -508,7 +512,7 @@ class _StepTools:
 class _Interval:
     """Figures of the optimizer steps since the last evaluation, kept on the device."""
 
-    FIELDS = ("loss_sum", "objective_sum", "correct", "ascent_steps")
+    FIELDS = ("loss_sum", "objective_sum", "correct", "ascent")
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -520,6 +524,7 @@ class _Interval:
         self.examples = 0
         self.steps = 0
         self.skipped = 0
+        self.ascent_of = 0.0  # flood_active = ascent / ascent_of: steps, or examples (per-example modes)
 
     def read(self, accelerator: Any) -> dict[str, float]:
         """The interval's means over every process's examples (one sync per evaluation)."""
@@ -532,20 +537,24 @@ class _Interval:
             "train_loss": loss_sum / examples,
             "train_objective": objective_sum / examples,
             "train_accuracy": correct / examples,
-            # Every process flips the same steps (the sign comes from the reduced loss).
-            "flood_active": self.ascent_steps.item() / max(self.steps, 1),
+            # The same on every process: the sign comes from the reduced loss, and a
+            # per-example mode's ascending count is reduced over processes in its pass.
+            "flood_active": self.ascent.item() / self.ascent_of if self.ascent_of else 0.0,
             "skipped_steps": self.skipped,
         }
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {name: getattr(self, name).cpu() for name in self.FIELDS}
-        state.update(examples=self.examples, steps=self.steps, skipped=self.skipped)
+        state.update(examples=self.examples, steps=self.steps, skipped=self.skipped, ascent_of=self.ascent_of)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "ascent" not in state:  # a checkpoint from before flood_active counted examples
+            state = {**state, "ascent": state["ascent_steps"], "ascent_of": float(state["steps"])}
         for name in self.FIELDS:
             setattr(self, name, state[name].to(self.device))
         self.examples, self.steps, self.skipped = state["examples"], state["steps"], state["skipped"]
+        self.ascent_of = state["ascent_of"]
 
 
 @dataclass
@@ -626,6 +635,7 @@ class Trainer:
         # autocast as training is.
         self.eval_model = self.accelerator.unwrap_model(self.model, keep_torch_compile=True)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.weight_decays = [[group["weight_decay"] for group in optimizer.param_groups] for optimizer in self.optimizers]
 
         train = cfg.train
         self.steps_per_epoch = math.ceil(len(self.data.train) / (train.batch_size * train.grad_accum_steps * processes))
@@ -869,7 +879,8 @@ class Trainer:
         interval.loss_sum += tools.first_loss_sum
         interval.correct += tools.first_correct
         interval.objective_sum += figures.objective.detach() * step_plan.local_examples
-        interval.ascent_steps += figures.ascent
+        interval.ascent += figures.ascent
+        interval.ascent_of += figures.ascent_of
         interval.examples += step_plan.local_examples
         interval.steps += 1
 

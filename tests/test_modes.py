@@ -135,24 +135,65 @@ def test_adaflood_with_gamma_one_is_the_baseline(tmp_path):
 # Two passes per step
 
 
+def clipped(grads: list[torch.Tensor], max_norm: float | None) -> list[torch.Tensor]:
+    """torch's clip_grad_norm_ by hand: scaled by min(1, max_norm / (‖g‖ + 1e-6))."""
+    if max_norm is None:
+        return grads
+    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+    return [g * torch.clamp(max_norm / (norm + 1e-6), max=1.0) for g in grads]
+
+
+# The shipped configs train with weight decay and clipping on: the two-pass modes are
+# checked with both (a clip of 0.2 is active on this model's first step: asserted).
+KNOBS = {"plain": (0.0, None), "decay and clipping": (0.1, 0.2)}
+
+
+@pytest.mark.parametrize("knobs", list(KNOBS))
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
-def test_one_backstitch_step_is_two_sgd_steps_on_the_same_batch_and_masks(tmp_path, dropout):
-    """θ₁ = θ + α·η·∇L(θ), then θ₂ = θ₁ − (1 + α)·η·∇L(θ₁), on the same batch; with
-    dropout, both passes draw the masks of the step's first pass."""
+def test_one_backstitch_step_is_two_sgd_steps_on_the_same_batch_and_masks(tmp_path, dropout, knobs):
+    """θ₁ = θ + α·η·clip(∇L(θ)), then θ₂ = θ₁ − (1 + α)·η·(clip(∇L(θ₁)) + wd/(1 + α)·θ₁),
+    on the same batch; with dropout, both passes draw the masks of the step's first pass.
+    L2 only in the second half, scaled by 1/(1 + α), as Kaldi's nnet3 does: the pair
+    decays the weights by η·wd, like one step of the plain SGD control (not biases and
+    LayerNorm weights)."""
     alpha, lr = 0.3, 0.05
-    trainer = trainer_for(tmp_path, dropout=dropout, mode="backstitch", lr=lr, backstitch={"scale": alpha})
+    decay, max_norm = KNOBS[knobs]
+    trainer = trainer_for(
+        tmp_path, dropout=dropout, mode="backstitch", lr=lr, backstitch={"scale": alpha}, weight_decay=decay, max_grad_norm=max_norm
+    )
     batch, got, reference, rng = one_step(trainer)
     reference.train()
-    for rate in (-alpha * lr, (1 + alpha) * lr):
+    for rate, l2 in ((-alpha * lr, 0.0), ((1 + alpha) * lr, decay / (1 + alpha))):
         torch.set_rng_state(rng)  # the same dropout masks in both passes
         reference.zero_grad()
         losses_of(reference, batch).mean().backward()
+        params = list(reference.parameters())
+        grads = clipped([p.grad for p in params], max_norm)
+        if max_norm is not None:
+            assert torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])) > max_norm, "the clip must act"
         with torch.no_grad():
-            for param in reference.parameters():
-                param -= rate * param.grad
+            for param, grad in zip(params, grads):
+                param -= rate * (grad + (l2 * param if param.ndim >= 2 else 0.0))
     assert_same_weights(got, reference, atol=1e-6)
     figures = trainer.interval.read(trainer.accelerator)
     assert figures["flood_active"] == 1.0
+
+
+def test_a_backstitch_step_decays_the_weights_as_much_as_a_plain_sgd_step(tmp_path):
+    """With a zero data gradient (lr-scaled decay only), the pair of halves shrinks each
+    decayed weight by exactly η·wd, as the SGD control does: θ₂ = θ·(1 − η·wd)."""
+    lr, decay = 0.05, 0.1
+    trainer = trainer_for(tmp_path, mode="backstitch", lr=lr, backstitch={"scale": 0.3}, weight_decay=decay)
+    plan, micro_batches = next(trainer.epoch_steps(0))
+    before = {n: p.detach().clone() for n, p in trainer.raw_model.named_parameters()}
+    tools = __import__("flood_cli.train", fromlist=["_StepTools"])._StepTools(trainer, plan, micro_batches, 0, 1.0)
+    for rate, share, sign in ((0.3 * lr, 0.0, -1.0), (1.3 * lr, 1 / 1.3, None)):  # what Backstitch.step asks
+        for param in trainer.params:
+            param.grad = torch.zeros_like(param)
+        tools.update(0, rate, sign=sign, decay=share)
+    for name, param in trainer.raw_model.named_parameters():
+        expected = before[name] * (1 - lr * decay) if param.ndim >= 2 else before[name]
+        torch.testing.assert_close(param.detach(), expected, rtol=0, atol=1e-7)
 
 
 def test_backstitch_every_second_batch_takes_plain_steps_in_between(tmp_path):
@@ -179,12 +220,18 @@ def gradient_at(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list[
     return [p.grad.detach().clone() for p in model.parameters()]
 
 
+@pytest.mark.parametrize("knobs", list(KNOBS))
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
-def test_gradnorm_follows_the_papers_finite_difference(tmp_path, dropout):
-    """g = (1 − α)·∇L(θ) + α·∇L(θ + r·∇L/‖∇L‖) (Zhao et al. 2022, Alg. 1), then AdamW.
-    An unofficial port swaps α and 1 − α; that form must not match."""
+def test_gradnorm_follows_the_papers_finite_difference(tmp_path, dropout, knobs):
+    """g = (1 − α)·∇L(θ) + α·∇L(θ + r·∇L/‖∇L‖) (Zhao et al. 2022, Alg. 1), clipped as a
+    whole, then one AdamW step with its decoupled decay (not on biases and LayerNorm
+    weights). The perturbation uses the unclipped ∇L. An unofficial port swaps α and
+    1 − α; that form must not match."""
     r, alpha = 0.05, 0.8
-    trainer = trainer_for(tmp_path, dropout=dropout, mode="gradnorm", lr=LR, gradnorm={"r": r, "alpha": alpha})
+    decay, max_norm = KNOBS[knobs]
+    trainer = trainer_for(
+        tmp_path, dropout=dropout, mode="gradnorm", lr=LR, gradnorm={"r": r, "alpha": alpha}, weight_decay=decay, max_grad_norm=max_norm
+    )
     batch, got, start, rng = one_step(trainer)
 
     def reference(weight_first: float) -> torch.nn.Module:
@@ -198,9 +245,15 @@ def test_gradnorm_follows_the_papers_finite_difference(tmp_path, dropout):
         torch.set_rng_state(rng)
         second = gradient_at(model, batch)
         restored = copy.deepcopy(start).train()
-        optimizer = torch.optim.AdamW(restored.parameters(), lr=LR, weight_decay=0.0)
-        for param, g1, g2 in zip(restored.parameters(), first, second):
-            param.grad = weight_first * g1 + (1 - weight_first) * g2
+        params = list(restored.parameters())
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=LR)
+        combined = clipped([weight_first * g1 + (1 - weight_first) * g2 for g1, g2 in zip(first, second)], max_norm)
+        for param, grad in zip(params, combined):
+            param.grad = grad
         optimizer.step()
         return restored
 

@@ -54,7 +54,7 @@ class SnapshotReporter(NullReporter):
         self.snapshots.append((dict(row), copy.deepcopy(self.trainer.raw_model.state_dict())))
 
 
-def train_with_snapshots(tmp_path: Path, files: dict[str, Path], name: str, **sections: Any) -> tuple[Trainer, SnapshotReporter]:
+def train_with_snapshots(tmp_path: Path, files: dict[str, Path], name: str, levels: Any = None, **sections: Any) -> tuple[Trainer, SnapshotReporter]:
     config = small_config(**sections)
     config["data"].update(
         train_file=str(files["train"]),
@@ -65,9 +65,9 @@ def train_with_snapshots(tmp_path: Path, files: dict[str, Path], name: str, **se
         max_length=MAX_LENGTH,
     )
     config["output"].update(dir=str(tmp_path / "runs"), name=name)
-    (tmp_path / "runs").mkdir(exist_ok=True)
+    (tmp_path / "runs").mkdir(parents=True, exist_ok=True)
     reporter = SnapshotReporter()
-    trainer = Trainer(load_config(write_config(tmp_path, config, f"{name}.yaml")), reporter)
+    trainer = Trainer(load_config(write_config(tmp_path, config, f"{name}.yaml")), reporter, levels)
     reporter.trainer = trainer
     trainer.open_new_run()
     _fit_and_record(trainer)
@@ -196,6 +196,36 @@ def test_training_figures_equal_the_mean_over_every_training_example(tmp_path, r
         total = 2 * steps_per_epoch
         assert written["lr"] == pytest.approx(train.get("lr", FROZEN["lr"]) * (1 - (written["step"] - 1) / total), rel=1e-6)
         assert written["skipped_steps"] == 0
+
+
+@pytest.mark.parametrize("mode", ["iflood", "adaflood"])
+def test_flood_active_of_a_per_example_mode_is_the_share_of_examples_that_ascended(tmp_path, ragged_files, mode):
+    """iFlood and AdaFlood's flood_active is ascending examples over examples, not a mean
+    of per-step shares: with frozen weights, b between two of the oracle's per-example
+    losses, and 100 examples in steps of 16 (the last holds 4), each epoch's flood_active
+    is the oracle's count of losses under b, out of 100. (A mean of the 7 step shares
+    weighs the 4-example step like a 16-example one.)"""
+    import torch
+
+    probe, _ = train_with_snapshots(tmp_path / "probe", ragged_files, "probe", model=NO_DROPOUT, train={**FROZEN, "epochs": 1})
+    model = oracle.load_model(copy.deepcopy(probe.raw_model.state_dict()), config=probe.raw_model.config)
+    losses, _ = oracle.per_example_losses(model, oracle.load_tokenizer(), oracle.read_examples(ragged_files["train"]), MAX_LENGTH)
+    ordered = sorted(losses)
+    b = (ordered[29] + ordered[30]) / 2  # 30 of the 100 examples lie under b, each well clear of it
+    assert ordered[30] - ordered[29] > 1e-6
+    if mode == "iflood":
+        train, levels = {"mode": "iflood", "b": b}, None
+    else:  # every example at the same level: AdaFlood's per-example path with iFlood's answer
+        train, levels = {"mode": "adaflood"}, torch.full((100,), b)
+    trainer, _ = train_with_snapshots(
+        tmp_path, ragged_files, mode, model=NO_DROPOUT, train={**FROZEN, "epochs": 2, "batch_size": 16, **train}, levels=levels
+    )
+    logged = csv_rows(trainer.run.path)
+    assert len(logged) == 2
+    for written in logged:
+        assert written["flood_active"] == pytest.approx(sum(loss < b for loss in losses) / 100, abs=1e-8)
+        expected_objective = sum(abs(loss - b) + b for loss in losses) / 100
+        assert_matches(written["train_objective"], expected_objective, "train_objective")
 
 
 def test_calibration_figures_of_a_confident_model_equal_the_oracles(tmp_path, ragged_files):
