@@ -20,6 +20,7 @@ import math
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
@@ -45,6 +46,19 @@ class TokenizedSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def fingerprint(self) -> str:
+        """A hash of what training reads of this split: every example's token ids (and
+        token types) and label, in order. It changes with the file's content, the
+        tokenizer, the label encoding or label noise, whatever the file's size and time."""
+        import numpy as np
+
+        digest = hashlib.blake2b(digest_size=12)
+        for column in (self.input_ids, self.token_type_ids or []):
+            digest.update(np.fromiter((len(ids) for ids in column), dtype=np.int64, count=len(column)).tobytes())
+            digest.update(np.fromiter(chain.from_iterable(column), dtype=np.int64).tobytes())
+        digest.update(np.asarray(self.labels, dtype=np.int64).tobytes())
+        return digest.hexdigest()
+
 
 @dataclass
 class PreparedData:
@@ -55,6 +69,15 @@ class PreparedData:
     description: str = ""
     counts: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # said to the user, not fatal
+    _fingerprints: Optional[dict[str, str]] = field(default=None, repr=False)
+
+    def fingerprints(self) -> dict[str, str]:
+        """Each split's fingerprint (computed once: a checkpoint stores them, and a resume
+        refuses data that differs)."""
+        if self._fingerprints is None:
+            splits = (("train", self.train), ("validation", self.validation), ("test", self.test))
+            self._fingerprints = {role: split.fingerprint() for role, split in splits if split is not None}
+        return self._fingerprints
 
 
 # ---------------------------------------------------------------------------

@@ -733,6 +733,7 @@ class Trainer:
                 f"checkpoint of {run_dir} expects {state['total_steps']} steps but the data now gives {self.total_steps}; "
                 "the data files changed since the run started, start a new run"
             )
+        _check_same_data(run_dir, self.cfg, state.get("data"), self.data.fingerprints())
         self.raw_model.load_state_dict(state["model"])
         for optimizer, optimizer_state in zip(self.optimizers, state["optimizers"], strict=True):
             optimizer.load_state_dict(optimizer_state)
@@ -785,6 +786,7 @@ class Trainer:
                 "progress": vars(self.progress),
                 "total_steps": self.total_steps,
                 "experiment": self.cfg.experiment_dict(),
+                "data": self.data.fingerprints(),
             }
         )
         run, step = self.run, self.progress.step
@@ -1122,6 +1124,33 @@ def _check_same_experiment(run_dir: Path, saved: dict[str, Any], now: dict[str, 
             f"{run_dir / CONFIG_FILE} was edited since the checkpoint: {shown}{more}; the rows so far were trained "
             "with the checkpoint's values: put them back to resume, or start a new run with the new ones"
         )
+
+
+def _check_same_data(run_dir: Path, cfg: Config, saved: Optional[dict[str, str]], now: dict[str, str]) -> None:
+    """Refuse a resume whose data changed since the checkpoint (a file rewritten, even at
+    the same size and time, another tokenizer): the later rows would be trained on
+    other examples than the earlier ones. Checkpoints from before 2026-12-03 hold no
+    fingerprint and are not checked."""
+    if saved is None:
+        return
+    changed = [role for role in ("train", "validation", "test") if saved.get(role) != now.get(role)]
+    if not changed:
+        return
+    data = cfg.data
+
+    def source(role: str) -> str:
+        path = {"train": data.train_file, "validation": data.validation_file, "test": data.test_file}[role]
+        if path is not None:
+            return f"{role} data ({path})"
+        if role == "validation" and data.validation_file is None:
+            return f"validation data (split off {data.train_file or data.dataset})"
+        return f"{role} data ({data.dataset})"
+
+    raise FloodError(
+        f"the {', '.join(source(role) for role in changed)} of run {run_dir} changed since its checkpoint "
+        "(other token ids or labels); the rows so far were trained on the old data: put it back to resume, "
+        f"or start a new run on the new data: flood train --config {run_dir / CONFIG_FILE} --name NEW"
+    )
 
 
 def _short(value: Any) -> str:

@@ -346,6 +346,43 @@ def test_resume_refuses_a_config_edited_since_the_checkpoint_and_names_the_keys(
     assert resume_training(run_dir).status == "completed"
 
 
+def test_resume_refuses_data_rewritten_at_the_same_size_and_time(tmp_path, monkeypatch):
+    """The audit's case: a run stopped after its first evaluation, its data file
+    rewritten at the same size (every e -> q in the texts) and touched back to its old time. The
+    resume is refused in one line naming the file, the run folder is left as it was,
+    and with the old data back the resume completes."""
+    import os
+
+    from tests.conftest import SHIPPED_DATA
+
+    data = tmp_path / "mail.csv"
+    shutil.copy(SHIPPED_DATA, data)
+    crash_at_step(monkeypatch, 15)
+    with pytest.raises(Crash):
+        run_training(load_config(config_for(tmp_path, "data", MODES["baseline"], data={"train_file": str(data)})))
+    monkeypatch.undo()
+    run_dir = tmp_path / "runs" / "data"
+    assert len(metrics(run_dir)) == 1
+    original, stat = data.read_bytes(), data.stat()
+    header, body = original.split(b"\n", 1)
+    data.write_bytes(header + b"\n" + body.replace(b"e", b"q"))  # the texts, not the column names
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert data.stat().st_size == stat.st_size and data.stat().st_mtime_ns == stat.st_mtime_ns
+    before = {name: (run_dir / name).read_bytes() for name in ("metrics.csv", "summary.json", "checkpoints/last.pt")}
+
+    result = subprocess.run(_train_command("--resume", str(run_dir)), capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: the train data ({data}), validation data (split off {data}) of run {run_dir} changed since its "
+        "checkpoint (other token ids or labels); the rows so far were trained on the old data: put it back to resume, "
+        f"or start a new run on the new data: flood train --config {run_dir / 'config.yaml'} --name NEW"
+    )
+    assert {name: (run_dir / name).read_bytes() for name in before} == before
+
+    data.write_bytes(original)
+    assert resume_training(run_dir).status == "completed"
+
+
 def test_a_full_disk_during_a_checkpoint_write_names_the_real_cause(tmp_path):
     """A real write error, not a mock: a file-size limit (RLIMIT_FSIZE) lower than the
     checkpoint makes torch.save fail as a full disk does, with "unexpected pos"; the
