@@ -11,7 +11,8 @@ The auxiliary runs live in ``<output.dir>/.adaflood/<key>/fold-<k>/`` with the h
 losses in ``held_out_losses.pt``; ``key`` hashes everything they depend on (model,
 data and its files' contents, training settings, K), so runs that share them (the
 seeds and γ values of a sweep) train them once. They are resumable like any run, and a
-lock lets concurrent workers wait for one another instead of training them twice.
+lock lets concurrent workers wait for one another instead of training them twice. A
+launch of several processes trains them together, as data parallelism.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import copy
 import fcntl
 import hashlib
 import json
-from contextlib import contextmanager
+import os
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -71,23 +73,64 @@ def _locked(folder: Path) -> Iterator[None]:
 
 
 def held_out_losses(cfg: Config, reporter: Any) -> torch.Tensor:
-    """``ℓ_aux,i`` for every training example, in the order of the prepared training split."""
+    """``ℓ_aux,i`` for every training example, in the order of the prepared training split.
+
+    With several processes (torchrun, accelerate launch) every process trains each
+    auxiliary run together, as data parallelism, exactly as one process would with the
+    combined batch: the main process holds the lock and decides for each fold whether
+    to reuse, continue or train it, and tells the others; it scores the folds and hands
+    every process the losses. (Each process taking the lock itself deadlocked: the
+    one holding it waited in its first run for the others, who waited on the lock.)"""
     folds = cfg.train.adaflood.folds
     folder = Path(cfg.output.dir) / CACHE_DIR / cache_key(cfg)
-    with _locked(folder):
+    group = _Processes(cfg)
+    with _locked(folder) if group.main else nullcontext():
         losses_path = folder / LOSSES_FILE
-        if losses_path.is_file():
-            reporter.notice(f"adaflood: reusing the held-out losses of {folds} auxiliary runs in {folder}")
-            return torch.load(losses_path, weights_only=True)
-        scored = [_score_fold(cfg, _aux_run(cfg, folder, fold, folds, reporter), fold, folds) for fold in range(folds)]
-        losses = torch.full((sum(len(members) for _, members in scored),), float("nan"), dtype=torch.float64)
-        for fold_losses, members in scored:
-            losses[torch.tensor(members)] = fold_losses.double()
-        assert not torch.isnan(losses).any(), "every example lies in exactly one fold"
-        from flood_cli.runs import atomic_write
+        cached = group.share(losses_path.is_file() if group.main else None)
+        if cached:
+            if group.main:
+                reporter.notice(f"adaflood: reusing the held-out losses of {folds} auxiliary runs in {folder}")
+            return group.share(torch.load(losses_path, weights_only=True) if group.main else None)
+        run_dirs = [_aux_run(cfg, folder, fold, folds, reporter, group) for fold in range(folds)]
+        losses = None
+        if group.main:
+            scored = [_score_fold(cfg, run_dir, fold, folds) for fold, run_dir in enumerate(run_dirs)]
+            losses = torch.full((sum(len(members) for _, members in scored),), float("nan"), dtype=torch.float64)
+            for fold_losses, members in scored:
+                losses[torch.tensor(members)] = fold_losses.double()
+            assert not torch.isnan(losses).any(), "every example lies in exactly one fold"
+            from flood_cli.runs import atomic_write
 
-        atomic_write(losses_path, lambda handle: torch.save(losses, handle), binary=True)
-        return losses
+            atomic_write(losses_path, lambda handle: torch.save(losses, handle), binary=True)
+        return group.share(losses)
+
+
+class _Processes:
+    """The processes of a launch, before any run exists: one process needs no talk; with
+    several, the main one's values are broadcast (gloo or NCCL, whatever Accelerate set up)."""
+
+    def __init__(self, cfg: Config):
+        self.count = int(os.environ.get("WORLD_SIZE", "1"))
+        self.main = True
+        if self.count > 1:
+            from flood_cli.train import make_accelerator
+
+            state = make_accelerator(cfg.runtime).state  # joins the process group, as the runs will
+            self.count, self.main = state.num_processes, state.is_main_process
+
+    def share(self, value: Any) -> Any:
+        """The main process's ``value``, on every process."""
+        if self.count == 1:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value], from_process=0)[0]
+
+    def wait(self) -> None:
+        if self.count > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
 
 
 def _aux_config(cfg: Config, folder: Path, fold: int, folds: int) -> Config:
@@ -97,27 +140,34 @@ def _aux_config(cfg: Config, folder: Path, fold: int, folds: int) -> Config:
     return validate(raw, f"adaflood auxiliary run fold-{fold}")
 
 
-def _aux_run(cfg: Config, folder: Path, fold: int, folds: int, reporter: Any) -> Path:
-    """Train (or continue, or reuse) the auxiliary run that holds out ``fold``."""
+def _aux_run(cfg: Config, folder: Path, fold: int, folds: int, reporter: Any, group: _Processes) -> Path:
+    """Train (or continue, or reuse) the auxiliary run that holds out ``fold``; the main
+    process decides, every process acts."""
     from flood_cli.checkpoint import last_checkpoint
     from flood_cli.runs import RunDir
     from flood_cli.train import NullReporter, resume_training, run_training
 
     run_dir = folder / f"fold-{fold}"
-    status = RunDir(run_dir).load_summary().get("status") if run_dir.exists() else None
-    if status == "completed" and (run_dir / "best_model").exists():
-        reporter.notice(f"adaflood: reusing auxiliary run {run_dir}")
-        return run_dir
-    if status is not None and last_checkpoint(run_dir).exists():
-        reporter.notice(f"adaflood: continuing auxiliary run {fold + 1} of {folds} ({run_dir})")
-        resume_training(run_dir, NullReporter())
-        return run_dir
-    if run_dir.exists():  # stopped before its first checkpoint: nothing to keep
-        import shutil
+    action = None
+    if group.main:
+        status = RunDir(run_dir).load_summary().get("status") if run_dir.exists() else None
+        if status == "completed" and (run_dir / "best_model").exists():
+            action, said = "reuse", f"adaflood: reusing auxiliary run {run_dir}"
+        elif status is not None and last_checkpoint(run_dir).exists():
+            action, said = "continue", f"adaflood: continuing auxiliary run {fold + 1} of {folds} ({run_dir})"
+        else:
+            action, said = "train", f"adaflood: training auxiliary run {fold + 1} of {folds}, without fold {fold} ({run_dir})"
+            if run_dir.exists():  # stopped before its first checkpoint: nothing to keep
+                import shutil
 
-        shutil.rmtree(run_dir)
-    reporter.notice(f"adaflood: training auxiliary run {fold + 1} of {folds}, without fold {fold} ({run_dir})")
-    run_training(_aux_config(cfg, folder, fold, folds), NullReporter())
+                shutil.rmtree(run_dir)
+        reporter.notice(said)
+    action = group.share(action)
+    group.wait()  # a stale folder is gone before any process looks for it
+    if action == "continue":
+        resume_training(run_dir, NullReporter())
+    elif action == "train":
+        run_training(_aux_config(cfg, folder, fold, folds), NullReporter())
     return run_dir
 
 
