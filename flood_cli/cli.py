@@ -293,12 +293,15 @@ def compare(
     x: Annotated[str, typer.Option(help="x axis of the plot: epoch | step")] = "epoch",
     wide: Annotated[bool, typer.Option("--wide", help="print every table column, however narrow the terminal")] = False,
     seeds_as: Annotated[str, typer.Option("--seeds-as", help="seed groups in the plot: band (mean ± sd) | lines (one per run)")] = "band",
+    raw_verdicts: Annotated[bool, typer.Option(
+        "--raw-verdicts",
+        help="judge each comparison alone (p < 0.05) instead of Holm-adjusting the p values of all the comparisons shown")] = False,
 ) -> None:
     """Put runs side by side: best validation loss, seed noise, loss-up-accuracy-up evaluations."""
     from flood_cli.compare import compare_command
 
     output = compare_command(paths, plot=plot, csv_path=csv, markdown=markdown, as_json=json_, x_axis=x,
-                             wide=wide, seeds_as=seeds_as)
+                             wide=wide, seeds_as=seeds_as, raw_verdicts=raw_verdicts)
     for warning in output.warnings:  # a path may hold a line break: one line each all the same
         typer.echo(f"warning: {escaped(warning)}", err=True)
     typer.echo(output.text)

@@ -25,6 +25,8 @@ from typing import Optional, Sequence
 from flood_cli.discovery import discover_runs
 from flood_cli.errors import FloodError, escaped
 from flood_cli.grouping import (
+    HOLM,
+    RAW,
     Comparison,
     Group,
     compare_with_baselines,
@@ -80,12 +82,15 @@ def compare_command(
     wide: bool = False,
     width: Optional[int] = None,
     seeds_as: str = "band",
+    raw_verdicts: bool = False,
 ) -> CompareOutput:
     """Compare run folders; what `flood compare` prints, plus files for --plot / --csv.
 
     The text tables fit ``width`` columns (default: ``COLUMNS``, or the terminal's width
     when stdout is one; no limit in a pipe) by leaving out and abbreviating the least
     useful columns; ``wide`` prints every column. Markdown, JSON and CSV are complete.
+    The verdicts are Holm-adjusted over the comparisons of the report; ``raw_verdicts``
+    judges each comparison alone.
     """
     if x_axis not in X_AXES:
         raise FloodError(f"--x {x_axis!r} is not an axis; use epoch or step")
@@ -93,7 +98,7 @@ def compare_command(
         raise FloodError(f"--seeds-as {seeds_as!r} is not a choice; use band (mean ± sd of a seed group) or lines (one per run)")
     if markdown and as_json:
         raise FloodError("--markdown and --json print different formats; pick one")
-    report = build_report(paths, now=now)
+    report = build_report(paths, now=now, rule=RAW if raw_verdicts else HOLM)
     written = []
     if csv_path is not None:
         write_csv(report, csv_path)
@@ -112,8 +117,9 @@ def compare_command(
     return CompareOutput(text="\n\n".join([text, *written]) if written else text, warnings=list(report.warnings))
 
 
-def build_report(paths: Sequence[Path], now: Optional[float] = None) -> Report:
-    """Discover, load, group and compare. Raises FloodError when no run is usable."""
+def build_report(paths: Sequence[Path], now: Optional[float] = None, rule: str = HOLM) -> Report:
+    """Discover, load, group and compare (verdicts by ``rule``: Holm-adjusted or raw).
+    Raises FloodError when no run is usable."""
     now = time.time() if now is None else now
     discovery = discover_runs(paths)
     if not discovery.run_dirs:
@@ -135,7 +141,7 @@ def build_report(paths: Sequence[Path], now: Optional[float] = None) -> Report:
         raise FloodError(f"no usable runs in {shown}: {skipped[0]}{more}")
     _disambiguate_names(runs)
     groups = group_runs(runs)
-    comparisons = compare_with_baselines(groups)
+    comparisons = compare_with_baselines(groups, rule)
     warnings.extend(replicate_disagreements(groups))
     runs.sort(key=_by_best_loss)
     return Report(runs=runs, groups=groups, comparisons=comparisons, warnings=warnings,

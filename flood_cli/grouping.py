@@ -19,10 +19,13 @@ from typing import Any, Optional, Sequence
 
 from flood_cli.run_reader import Run, canonical
 from flood_cli.stats import (
+    ALPHA,
+    WITHIN_NOISE,
     Interval,
     Sample,
     difference_interval,
-    interval_verdict,
+    holm_adjust,
+    p_verdict,
     paired_interval,
     same_up_to_rounding,
     verdict_for,
@@ -103,9 +106,13 @@ class Group:
 class Comparison:
     """A seed group against its baseline group: difference of mean best validation loss
     (``interval``: Welch or pooled), and on the seeds both ran, the mean of the per-seed
-    differences (``paired``: Student's t on them). ``verdict`` comes from the paired
-    interval when there is one (two or more shared seeds with spread), else from the
-    other; ``verdict_method`` says which ("paired", "welch", "pooled" or None)."""
+    differences (``paired``: Student's t on them). The verdict rests on the paired t test
+    when there is a paired interval (two or more shared seeds with spread), else on
+    Welch's; ``verdict_method`` says which ("paired", "welch" or None: a pooled interval,
+    one side with a single seed, gives no verdict). ``p_value`` is that test's two-sided
+    p; ``p_holm`` the same adjusted by Holm's method over all the comparisons made
+    together (``family``: how many have a p). ``verdict`` follows ``p_holm`` by default,
+    ``p_value`` with ``verdict_rule`` "raw"."""
 
     group: Group
     baseline: Group
@@ -122,6 +129,19 @@ class Comparison:
     verdict_method: Optional[str] = None
     unpaired_verdict: str = ""
     still_improving: list[Run] = field(default_factory=list)
+    p_value: Optional[float] = None
+    p_holm: Optional[float] = None
+    verdict_rule: str = "holm"  # "holm" or "raw"
+    family: int = 0
+
+    @property
+    def tested_difference(self) -> Optional[float]:
+        """The difference the verdict's test is about: the paired mean, or Δ of means."""
+        return self.paired_difference if self.verdict_method == "paired" else self.difference
+
+
+# Verdict rules: Holm-adjusted p over the comparisons made together, or each p alone.
+HOLM, RAW = "holm", "raw"
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
@@ -138,12 +158,13 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
     return groups
 
 
-def compare_with_baselines(groups: Sequence[Group]) -> list[Comparison]:
+def compare_with_baselines(groups: Sequence[Group], rule: str = HOLM) -> list[Comparison]:
     """Each non-baseline group against its baseline group.
 
     Runs get their difference to the baseline group's mean too, and to the baseline's
     run(s) of the same seed, incomplete runs as they stand; a comparison needs complete
-    runs on both sides.
+    runs on both sides. The verdicts are adjusted for the number of comparisons (Holm)
+    unless ``rule`` is RAW: see `apply_verdict_rule`.
     """
     comparisons = []
     for group, (baseline, others) in choose_baselines(groups).items():
@@ -158,7 +179,42 @@ def compare_with_baselines(groups: Sequence[Group]) -> list[Comparison]:
                     run.paired_diff_to_baseline_pct = _percent(run.paired_diff_to_baseline, same_seed[run.seed])
         if group.sample is not None:
             comparisons.append(_compare(group, baseline, others))
+    apply_verdict_rule(comparisons, rule)
     return comparisons
+
+
+def apply_verdict_rule(comparisons: Sequence[Comparison], rule: str = HOLM) -> None:
+    """The verdicts of comparisons read together, as one family.
+
+    Each comparison with a test (paired, else Welch) has a two-sided p. Judged alone at
+    5 % each, k comparisons in which nothing differs show some "difference" with chance
+    1 − 0.95^k (37 % for 9). Holm's adjustment over the k p values keeps that chance at
+    5 %: the verdict is lower or higher only when the adjusted p is below 0.05. With
+    ``rule`` RAW the verdict follows each raw p (its 95 % interval leaving out 0). The
+    intervals are the same either way; a comparison whose interval leaves out 0 but whose
+    adjusted p does not pass gets a note that says so.
+    """
+    if rule not in (HOLM, RAW):
+        raise ValueError(f"verdict rule {rule!r}: use {HOLM!r} or {RAW!r}")
+    adjusted = holm_adjust([c.p_value for c in comparisons])
+    family = sum(c.p_value is not None for c in comparisons)
+    for comparison, p_holm in zip(comparisons, adjusted):
+        comparison.p_holm, comparison.verdict_rule, comparison.family = p_holm, rule, family
+        if comparison.p_value is None or p_holm is None:
+            continue
+        difference = comparison.tested_difference or 0.0
+        comparison.verdict = p_verdict(p_holm if rule == HOLM else comparison.p_value, difference)
+        if rule == HOLM and comparison.verdict == WITHIN_NOISE and comparison.p_value < ALPHA:
+            comparison.notes.append(
+                f"{comparison.group.id}: its {_METHOD_NAMES[comparison.verdict_method or 'welch']} 95% interval leaves out 0 "
+                f"(p {format_p(comparison.p_value)}), but not after Holm's adjustment for the {family} comparisons "
+                f"made together (p {format_p(p_holm)}): within seed noise"
+            )
+
+
+def format_p(p: float) -> str:
+    """A p value in few characters: 0.013, 1.3e-05."""
+    return f"{p:.1e}" if p < 0.001 else f"{p:.3f}"
 
 
 def choose_baselines(groups: Sequence[Group]) -> dict[Group, tuple[Group, list[Group]]]:
@@ -232,7 +288,10 @@ def _compare(group: Group, baseline: Group, others: Sequence[Group]) -> Comparis
     notes = []
     if interval is not None and interval.method == "pooled":
         single, spread = (group, baseline) if sample.n < 2 else (baseline, group)
-        notes.append(f"one seed in {single.id}: the interval borrows {spread.id}'s seed spread (assumes equal spread)")
+        notes.append(
+            f"one seed in {single.id}: it has no seed noise of its own to judge by, so no verdict; the interval "
+            f"borrows {spread.id}'s seed spread (assumes equal spread) and is shown for scale only: run more seeds"
+        )
     if others:
         ids = ", ".join(b.id for b in sorted([baseline, *others], key=lambda b: int(b.id[1:])))
         notes.append(f"baseline groups {ids} match; chose {baseline.id}: closest training settings, then most seeds")
@@ -250,10 +309,17 @@ def _compare(group: Group, baseline: Group, others: Sequence[Group]) -> Comparis
             paired_difference = paired_pct = None
     scale = max((abs(value) for seed in seeds for value in (ours[seed], theirs[seed])), default=0.0)
     paired = paired_interval(differences, scale=scale)
+    # The verdict's test: paired t, else Welch's t; a pooled interval gives none. The
+    # verdict here is the raw one; apply_verdict_rule adjusts it for the family.
     if paired is not None:
-        verdict, method = interval_verdict(paired), "paired"
+        method, p_value = "paired", paired.p
+        verdict = p_verdict(p_value, paired_difference or 0.0)  # type: ignore[arg-type]
+    elif interval is not None and interval.method == "welch":
+        method, p_value = "welch", interval.p
+        verdict = p_verdict(p_value, difference)  # type: ignore[arg-type]
     else:
-        verdict, method = unpaired_verdict, (interval.method if interval else None)
+        verdict, method, p_value = unpaired_verdict, None, None
+    if paired is None:
         finite = all(math.isfinite(d) for d in differences)
         if len(differences) >= 2 and finite and same_up_to_rounding(differences, scale) and interval is not None:
             notes.append(
@@ -283,6 +349,7 @@ def _compare(group: Group, baseline: Group, others: Sequence[Group]) -> Comparis
         verdict_method=method,
         unpaired_verdict=unpaired_verdict,
         still_improving=still_improving,
+        p_value=p_value,
     )
 
 

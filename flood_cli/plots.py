@@ -444,11 +444,36 @@ def _per_seed(group: "Group", value: Any) -> list[float]:
     return [sum(v) / len(v) for v in by_seed.values()]
 
 
+# A point of the b-curve with fewer seeds than this has a band (95 % t interval) too wide
+# to read: with 2 seeds t has 1 df and the half width is 12.7 sd/√2, about 9 sd.
+READABLE_BAND_SEEDS = 3
+# Accuracy is a share: its axis and bands stay within [0, 1]; loss is never below 0.
+ACCURACY_RANGE = (0.0, 1.0)
+
+
 def plot_sweep_curve(report: "Report", key: str, path: Path) -> Optional[Path]:
+    """Write the figure of `build_sweep_curve` to ``path``; None when no group varies ``key``."""
+    built = build_sweep_curve(report, key)
+    if built is None:
+        return None
+    figure, _ = built
+    target = image_path(path)
+    try:
+        figure.savefig(target, dpi=120)
+    except (OSError, ValueError) as exc:
+        raise FloodError(f"cannot write the plot {target}: {exc}; check the folder and the file suffix") from None
+    return target
+
+
+def build_sweep_curve(report: "Report", key: str) -> Optional[tuple[Any, list[str]]]:
     """Best validation loss and best validation accuracy against a swept value (``key``,
     e.g. ``train.b``): per value, the mean over seeds with its 95 % interval as a band
     and each seed as a dot; the baseline group as a horizontal line and band. Settings
-    swept besides ``key`` get a curve each. None when no group varies ``key``."""
+    swept besides ``key`` get a curve each. Accuracy bands and axis are clipped to
+    [0, 1], loss bands and axis to 0 and above. Points (and baselines) with fewer than 3
+    seeds are named in a note on the figure: their band is too wide to read (or, with
+    one seed, there is none). Returns the figure and those points; None when no group
+    varies ``key``."""
     from matplotlib.figure import Figure
 
     name = key.split(".")[-1]
@@ -463,21 +488,30 @@ def plot_sweep_curve(report: "Report", key: str, path: Path) -> Optional[Path]:
     figure = Figure(figsize=(7.5, 7.0), layout="constrained")
     loss_axes, accuracy_axes = figure.subplots(2, 1, sharex=True)
     panels = (
-        (loss_axes, "best validation loss", lambda run: run.best_val_loss),
-        (accuracy_axes, "best validation accuracy", lambda run: run.best_accuracy_row["val_accuracy"] if run.best_accuracy_row else None),
+        (loss_axes, "best validation loss", lambda run: run.best_val_loss, (0.0, math.inf)),
+        (accuracy_axes, "best validation accuracy",
+         lambda run: run.best_accuracy_row["val_accuracy"] if run.best_accuracy_row else None, ACCURACY_RANGE),
     )
     xs_all = [x for points in curves.values() for x, _ in points]
     colours = group_colours(len(curves) + len(baselines))
-    for axes, ylabel, figure_of in panels:
+    few_seeds: dict[str, int] = {}  # "b = 0.3" or "baseline" -> seeds, for points under READABLE_BAND_SEEDS
+
+    def clip(value: float, bounds: tuple[float, float]) -> float:
+        return min(max(value, bounds[0]), bounds[1])
+
+    for axes, ylabel, figure_of, bounds in panels:
         for index, baseline in enumerate(baselines):
             values = _per_seed(baseline, figure_of)
             if not values:
                 continue
             mean, half = _mean_and_half_width(values)
             colour = colours[len(curves) + index]
-            label = "baseline" + (f" ({_differing_label(baseline.settings, [g.settings for g in baselines], key)})" if len(baselines) > 1 else "") + f", {len(values)} seeds"
+            differing = _differing_label(baseline.settings, [g.settings for g in baselines], key) if len(baselines) > 1 else ""
+            label = "baseline" + (f" ({differing})" if differing else "") + f", {len(values)} seeds"
+            if len(values) < READABLE_BAND_SEEDS:
+                few_seeds["baseline" + (f" ({differing})" if differing else "")] = len(values)
             axes.axhline(mean, color=colour, linestyle="--", linewidth=1.2, label=label)
-            axes.axhspan(mean - half, mean + half, color=colour, alpha=0.12, linewidth=0)
+            axes.axhspan(clip(mean - half, bounds), clip(mean + half, bounds), color=colour, alpha=0.12, linewidth=0)
         for colour, (label, points) in zip(colours, sorted(curves.items())):
             points.sort(key=lambda item: item[0])
             xs, means, halves = [], [], []
@@ -488,24 +522,43 @@ def plot_sweep_curve(report: "Report", key: str, path: Path) -> Optional[Path]:
                 mean, half = _mean_and_half_width(values)
                 xs.append(x), means.append(mean), halves.append(half)
                 axes.scatter([x] * len(values), values, color=colour, s=9, alpha=0.45, linewidths=0)
+                if len(values) < READABLE_BAND_SEEDS:
+                    few_seeds[f"{label + ' ' if label else ''}{name} = {x:g}"] = len(values)
             if not xs:
                 continue
-            seeds = len(_per_seed(points[0][1], figure_of))
+            counts = sorted({len(_per_seed(group, figure_of)) for _, group in points} - {0})
+            seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
             axes.plot(xs, means, color=colour, marker="o", linewidth=1.6, label=f"{label or name}, mean of {seeds} seeds")
-            axes.fill_between(xs, [m - h for m, h in zip(means, halves)], [m + h for m, h in zip(means, halves)], color=colour, alpha=0.2, linewidth=0)
+            axes.fill_between(xs, [clip(m - h, bounds) for m, h in zip(means, halves)],
+                              [clip(m + h, bounds) for m, h in zip(means, halves)], color=colour, alpha=0.2, linewidth=0)
         axes.set_ylabel(ylabel)
         axes.grid(True, alpha=0.3)
+        axes.autoscale_view()
+        low, high = axes.get_ylim()
+        if max(low, bounds[0]) < min(high, bounds[1]):
+            axes.set_ylim(max(low, bounds[0]), min(high, bounds[1]))
     if name == "ascent_lr" or (min(xs_all) > 0 and max(xs_all) / min(xs_all) > 50):
         accuracy_axes.set_xscale("log")
     accuracy_axes.set_xlabel(name)
     loss_axes.set_title(f"best validation loss and accuracy against {name} (bands: 95 % interval of the mean over seeds)", fontsize=9)
     loss_axes.legend(fontsize=8, loc="best")
-    target = image_path(path)
-    try:
-        figure.savefig(target, dpi=120)
-    except (OSError, ValueError) as exc:
-        raise FloodError(f"cannot write the plot {target}: {exc}; check the folder and the file suffix") from None
-    return target
+    if few_seeds:
+        two = [point for point, n in few_seeds.items() if n >= 2]
+        one = [point for point, n in few_seeds.items() if n < 2]
+        parts = []
+        if two:
+            parts.append(f"{', '.join(two)}: fewer than {READABLE_BAND_SEEDS} seeds, band too wide to read "
+                         f"(95 % t interval with 1 df: ± {student_t_quantile_975(1):.1f} sd/√2); clipped to the axes")
+        if one:
+            parts.append(f"{', '.join(one)}: one seed, no band")
+        figure.supxlabel("\n".join(textwrap.wrap("; ".join(parts) + ". Run more seeds.", 95)), fontsize=8)
+    return figure, list(few_seeds)
+
+
+def student_t_quantile_975(df: float) -> float:
+    from flood_cli.stats import student_t_quantile
+
+    return student_t_quantile(0.975, df)
 
 
 def sweep_curves(report: "Report", key: str) -> dict[str, list[tuple[float, "Group"]]]:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from flood_cli.errors import FloodError, escaped
 from flood_cli.run_reader import Row, Run, format_epoch
-from flood_cli.stats import CI_LEVEL
+from flood_cli.stats import ALPHA, CI_LEVEL
 
 if TYPE_CHECKING:
     from flood_cli.compare import Report
@@ -35,6 +35,8 @@ CSV_COLUMNS = (
     "diff_to_baseline_pct", "loss_up_accuracy_up_epochs", "status", "complete", "path",
     # added later, after the first columns so that reading by position still works
     "paired_diff_to_baseline", "paired_diff_to_baseline_pct", "still_improving",
+    # the run's group against its baseline (blank for baselines and groups without one)
+    "verdict", "verdict_method", "p_value", "p_value_holm",
 )
 COLUMN_GAP = "  "
 # Footnotes are prose: wrapped to this width in the terminal (Markdown reflows by itself).
@@ -222,7 +224,13 @@ PAIRED_INTERVAL = f"{CI_LEVEL:.0%} paired interval"
 METHOD_NAMES = {"welch": "Welch", "pooled": "pooled", "paired": "paired"}
 
 
+P_RAW = "p"
+P_HOLM = "Holm p"
+
+
 def comparisons_table(comparisons: Sequence["Comparison"]) -> Table:
+    from flood_cli.grouping import HOLM, format_p
+
     footnotes: list[str] = []
     rows = []
     for comparison in comparisons:
@@ -245,11 +253,13 @@ def comparisons_table(comparisons: Sequence["Comparison"]) -> Table:
             _difference_cell(comparison.paired_difference, comparison.paired_difference_pct),
             str(len(comparison.paired_seeds)) if comparison.paired_seeds else "",
             _interval_cell(paired),
+            format_p(comparison.p_value) if comparison.p_value is not None else "",
+            format_p(comparison.p_holm) if comparison.p_holm is not None else "",
             verdict,
             " ".join(markers),
         ])
     columns = ["group", "baseline", "seeds", "Δ of means", INTERVAL, "method", "paired Δ", "paired seeds",
-               PAIRED_INTERVAL, "verdict", "notes"]
+               PAIRED_INTERVAL, P_RAW, P_HOLM, "verdict", "notes"]
     if all(comparison.interval is None for comparison in comparisons):  # the verdicts say why
         _drop_column(columns, rows, INTERVAL)
         _drop_column(columns, rows, "method")
@@ -258,31 +268,69 @@ def comparisons_table(comparisons: Sequence["Comparison"]) -> Table:
     if not any(comparison.paired_seeds for comparison in comparisons):
         _drop_column(columns, rows, "paired Δ")
         _drop_column(columns, rows, "paired seeds")
+    tested = [comparison for comparison in comparisons if comparison.p_value is not None]
+    if not tested:
+        _drop_column(columns, rows, P_RAW)
+        _drop_column(columns, rows, P_HOLM)
+    elif len(tested) == 1:  # Holm's adjustment of a single p is that p
+        _drop_column(columns, rows, P_HOLM)
     if not footnotes:
         _drop_column(columns, rows, "notes")
-    # In a narrow terminal the difference the verdicts do not rest on goes first.
+    holm = all(comparison.verdict_rule == HOLM for comparison in comparisons)
+    # In a narrow terminal the difference the verdicts do not rest on goes first, and the
+    # p they do not follow; the p they follow stays beside them.
     mostly_paired = 2 * sum(c.verdict_method == "paired" for c in comparisons) >= len(comparisons)
     secondary = (INTERVAL, "Δ of means") if mostly_paired else (PAIRED_INTERVAL, "paired Δ")
+    primary = "paired Δ" if mostly_paired else "Δ of means"  # its interval, kept, is centred on it
+    unused_p = P_RAW if holm and P_HOLM in columns else P_HOLM
+    rule = [verdict_rule_note(len(tested), holm)] if tested else []
     return Table(
         title=f"Against the baseline: best validation loss, group − baseline ({CI_LEVEL:.0%} intervals)",
         columns=columns,
         rows=rows,
-        right_aligned=frozenset({"seeds", "Δ of means", "paired Δ", "paired seeds"}),
-        footnotes=[f"[{number}] {note}" for number, note in enumerate(footnotes, start=1)],
+        right_aligned=frozenset({"seeds", "Δ of means", "paired Δ", "paired seeds", P_RAW, P_HOLM}),
+        footnotes=rule + [f"[{number}] {note}" for number, note in enumerate(footnotes, start=1)],
         legend=[
             ("Δ of means", "the group's mean − the baseline group's mean, each over its own seeds; "
-                           f"{INTERVAL}: Welch's t (pooled when one side has a single seed), method beside it."),
+                           f"{INTERVAL}: Welch's t (pooled when one side has a single seed: shown for scale, no "
+                           "verdict rests on it), method beside it."),
             ("paired Δ", "the mean, over the seeds both groups ran (paired seeds), of group − baseline at the same "
                          f"seed (same data order and initialisation); {PAIRED_INTERVAL}: Student's t on those "
                          "per-seed differences, df = paired seeds − 1."),
-            ("verdict", (f"from the paired interval when two or more seeds are shared, else from the {INTERVAL} "
-                         "(method in brackets). Lower loss is better.") if "paired Δ" in columns else
-                        "from the interval (method in brackets). Lower loss is better."),
+            (P_RAW, "two-sided p of the t test named in the verdict's brackets (paired, else Welch)."
+                    if "paired Δ" in columns else "two-sided p of Welch's t test."),
+            (P_HOLM, f"p adjusted by Holm's method over the {len(tested)} comparisons that have one."),
+            ("verdict", (f"from the paired test when two or more seeds are shared, else from Welch's (the {INTERVAL}); "
+                         "method in brackets. Lower loss is better.") if "paired Δ" in columns else
+                        "from Welch's test (method in brackets). Lower loss is better."),
         ],
         short={"baseline": "base", "Δ of means": "Δ means", INTERVAL: f"{CI_LEVEL:.0%} CI",
                "paired seeds": "pairs", PAIRED_INTERVAL: f"paired {CI_LEVEL:.0%} CI"},
-        drop_order=("method", "paired seeds", "seeds", "baseline", *secondary),
+        drop_order=("method", "paired seeds", "seeds", unused_p, "baseline", *secondary, primary),
         elastic={"verdict": 26},  # "within seed noise (paired)" whole
+    )
+
+
+def verdict_rule_note(family: int, holm: bool) -> str:
+    """What the verdicts mean, given how many comparisons are read together."""
+    chance = 1.0 - (1.0 - ALPHA) ** family
+    if holm and family == 1:
+        return (
+            f"Verdicts: lower or higher when p is below {ALPHA:g} (its {INTERVAL} leaves out 0), else within seed "
+            "noise. With several comparisons in one table their p values are adjusted by Holm's method."
+        )
+    if holm:
+        return (
+            f"Verdicts: lower or higher when the Holm-adjusted p ({P_HOLM}) over the {family} comparisons in this "
+            f"table is below {ALPHA:g}, else within seed noise; this keeps the chance of any false difference among "
+            f"them at {ALPHA:.0%} (judged alone at {ALPHA:g} each: {chance:.0%}). The intervals are not adjusted: "
+            "one may leave out 0 while its verdict is within seed noise. --raw-verdicts judges each comparison alone."
+        )
+    return (
+        f"Verdicts (--raw-verdicts): each comparison judged alone, lower or higher when its p is below {ALPHA:g} "
+        f"(its {INTERVAL} leaves out 0), not adjusted for the {family} comparison{'s' if family != 1 else ''} "
+        f"made: if nothing differed, some false difference would show with chance {chance:.0%}. "
+        f"Without --raw-verdicts the verdicts follow the Holm-adjusted p ({P_HOLM})."
     )
 
 
@@ -673,6 +721,12 @@ def comparison_record(comparison: "Comparison") -> dict[str, Any]:
         "paired_ci_high": comparison.paired.high if comparison.paired else None,
         "paired_df": comparison.paired.df if comparison.paired else None,
         "still_improving": [run.name for run in comparison.still_improving],
+        "ci_p_value": _json_number(interval.p) if interval and interval.p is not None else None,
+        "paired_p_value": _json_number(comparison.paired.p) if comparison.paired and comparison.paired.p is not None else None,
+        "p_value": _json_number(comparison.p_value) if comparison.p_value is not None else None,
+        "p_value_holm": _json_number(comparison.p_holm) if comparison.p_holm is not None else None,
+        "verdict_rule": comparison.verdict_rule,
+        "holm_family": comparison.family,
     }
 
 
@@ -681,8 +735,13 @@ def write_csv(report: "Report", path: Path) -> None:
         with open(path, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
             writer.writeheader()
+            by_group = {id(comparison.group): comparison for comparison in report.comparisons}
             for run in report.runs:
                 record = run_record(run)
+                comparison = by_group.get(id(run.group))
+                if comparison is not None:
+                    record.update(verdict=comparison.verdict, verdict_method=comparison.verdict_method,
+                                  p_value=comparison.p_value, p_value_holm=comparison.p_holm)
                 record["group_label"] = run.group.label if run.group else ""
                 record["loss_up_accuracy_up_epochs"] = ";".join(format_epoch(r["epoch"]) for r in run.loss_up_accuracy_up)
                 writer.writerow({k: ("" if v is None else v) for k, v in record.items()})

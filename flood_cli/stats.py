@@ -18,12 +18,19 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 CI_LEVEL = 0.95
+# A difference is a verdict ("lower", "higher") when the p of its test is below this:
+# the same as its 95 % interval leaving out 0, before any adjustment for many comparisons.
+ALPHA = 0.05
 
 # The verdicts, in words a reader can act on. Lower loss is better.
 LOWER = "lower (better)"
 HIGHER = "higher (worse)"
 WITHIN_NOISE = "within seed noise"
 ONE_SEED = "one seed per group: no noise estimate"
+# One side has a single seed: an interval can borrow the other side's spread, but that
+# side's own noise is unmeasured, so no better/worse rests on it.
+ONE_SEED_GROUP = "one seed: no noise estimate of its own"
+ONE_SEED_BASELINE = "one baseline seed: no noise estimate of its own"
 NO_SPREAD = "no seed spread to estimate noise"
 OUT_OF_RANGE = "losses beyond float range: no interval"
 
@@ -62,6 +69,14 @@ class Interval:
     high: float
     method: str  # "welch", "pooled" or "paired"
     df: float
+    # Two-sided p of the t test that the difference is 0 (same t, same df as the
+    # interval): below ALPHA exactly when the 95 % interval leaves out 0.
+    p: Optional[float] = None
+
+
+def two_sided_p(t: float, df: float) -> float:
+    """P(|T| ≥ |t|) for Student's t with ``df`` degrees of freedom (any real df > 0)."""
+    return min(1.0, 2.0 * student_t_cdf(-abs(t), df))
 
 
 def difference_interval(group: Sample, baseline: Sample, level: float = CI_LEVEL) -> Optional[Interval]:
@@ -98,7 +113,7 @@ def difference_interval(group: Sample, baseline: Sample, level: float = CI_LEVEL
     low, high = difference - half_width, difference + half_width
     if not (math.isfinite(low) and math.isfinite(high)):
         return None
-    return Interval(low, high, method, df)
+    return Interval(low, high, method, df, two_sided_p(difference / standard_error, df))
 
 
 # Differences of losses that agree to this fraction of the losses' size are equal up to
@@ -130,11 +145,12 @@ def paired_interval(differences: Sequence[float], level: float = CI_LEVEL, scale
         return None
     if sd is None or sd == 0.0 or not (math.isfinite(sd) and math.isfinite(mean)):
         return None
-    half_width = student_t_quantile(0.5 + level / 2.0, sample.n - 1) * sd / math.sqrt(sample.n)
+    standard_error = sd / math.sqrt(sample.n)
+    half_width = student_t_quantile(0.5 + level / 2.0, sample.n - 1) * standard_error
     low, high = mean - half_width, mean + half_width
     if not (math.isfinite(low) and math.isfinite(high)):
         return None
-    return Interval(low, high, "paired", float(sample.n - 1))
+    return Interval(low, high, "paired", float(sample.n - 1), two_sided_p(mean / standard_error, sample.n - 1))
 
 
 def interval_verdict(interval: Interval) -> str:
@@ -144,14 +160,28 @@ def interval_verdict(interval: Interval) -> str:
     return LOWER if interval.high < 0.0 else HIGHER
 
 
+def p_verdict(p: float, difference: float) -> str:
+    """Lower or higher when ``p`` (raw or adjusted) is below ALPHA, which way by the sign
+    of the difference tested; else within seed noise."""
+    if p < ALPHA and difference != 0.0:
+        return LOWER if difference < 0.0 else HIGHER
+    return WITHIN_NOISE
+
+
 def verdict_for(interval: Optional[Interval], group: Sample, baseline: Sample) -> str:
-    """What the interval says; without one, why there is none."""
+    """What the interval says; without one, why there is none. A pooled interval (one
+    side with a single seed) gives no verdict: that side's noise is not measured, and the
+    interval only borrows the other side's spread."""
     if interval is None:
         if group.n < 2 and baseline.n < 2:
             return ONE_SEED
         if all(sample.sd == 0.0 for sample in (group, baseline) if sample.sd is not None):
             return NO_SPREAD
         return OUT_OF_RANGE
+    if group.n < 2:
+        return ONE_SEED_GROUP
+    if baseline.n < 2:
+        return ONE_SEED_BASELINE
     return interval_verdict(interval)
 
 

@@ -3,7 +3,8 @@
     .venv/bin/python studies/report.py runs/studies/spam-clean runs/studies/spam-noisy
 
 For each sweep: the grouped table (flood compare --markdown: mean ± sd over seeds, each
-setting against the baseline with Welch and paired 95 % intervals), the b-curve, the
+setting against the baseline with Welch and paired 95 % intervals, its verdicts
+Holm-adjusted over the comparisons of its table), the b-curve, the
 curves figure with seed bands, and the calibration diagnostics at each run's best
 evaluation. Writes docs/img/study-<name>-*.png and prints Markdown to paste into
 docs/study.md (the conclusions are written by hand from these numbers).
@@ -18,7 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from flood_cli.compare import compare_command
+from flood_cli.compare import build_report, compare_command
 from flood_cli.stats import holm_adjust, paired_p_value
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,13 +185,22 @@ def main(folders: list[str]) -> None:
         focus = [run for run in sorted((folder / "runs").iterdir()) if run.name.rsplit("-s", 1)[0] in focus_settings(folder)]
         compare_command(focus, plot=IMAGES / f"study-{label}-focus.png")
         text = output.text
+        family = max((c.family for c in build_report([folder / "runs"]).comparisons), default=0)
+        table = settings_table(folder)
+        adjusted = sum(bool(line.split("|")[7].strip()) for line in table.splitlines()[2:])
         if "**Runs, sorted" in text and "**Seed groups" in text:  # the 50-row table of runs stays in results.md
             text = text[: text.index("**Runs, sorted")] + text[text.index("**Seed groups") :]
         if "**Where each run was best" in text:  # per run too: in results.md
             text = text[: text.index("**Where each run was best")].rstrip()
         for curve in folder.glob("*-curve.png"):
             shutil.copy(curve, IMAGES / f"study-{label}-{curve.name}")
-        print(f"## {label}\n\n{wall_time(folder)}\n\n{regime(folder)}\n\n### Every setting against the baseline\n\n{settings_table(folder)}\n\n{text}\n\n### Calibration at the best evaluation\n\n{diagnostics(folder)}\n")
+        print(
+            f"## {label}\n\n{wall_time(folder)}\n\n{regime(folder)}\n\n### Every setting against the baseline\n\n"
+            f"Holm over the {adjusted} settings with a p (the baselines against each other included).\n\n{table}\n\n"
+            f"### As `flood compare --markdown` prints it\n\nIts verdicts are Holm-adjusted over the {family} "
+            f"comparisons of its table (baselines are not compared with each other there).\n\n{text}\n\n"
+            f"### Calibration at the best evaluation\n\n{diagnostics(folder)}\n"
+        )
 
 
 if __name__ == "__main__":

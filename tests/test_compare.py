@@ -34,8 +34,8 @@ def compare(paths, **options):
     return compare_command([Path(p) for p in paths], now=NOW, **options)
 
 
-def report_of(paths):
-    return build_report([Path(p) for p in paths], now=NOW)
+def report_of(paths, **options):
+    return build_report([Path(p) for p in paths], now=NOW, **options)
 
 
 def write_seed_group(root, prefix, best_losses, **config):
@@ -319,7 +319,7 @@ def test_groups_against_the_baseline_with_interval_and_verdict(tmp_path):
     write_seed_group(tmp_path, "baseline", [0.8100, 0.8142, 0.8200])
     write_seed_group(tmp_path, "flood-b0.5", [0.7968, 0.7990], mode="flooding", b=0.5)
     write_seed_group(tmp_path, "flood-b0.7", [0.8090, 0.8180, 0.8120], mode="flooding", b=0.7)
-    report = report_of([tmp_path])
+    report = report_of([tmp_path], rule="raw")  # each alone; Holm's adjustment: see test_holm_*
     verdicts = {c.group.label: (c.baseline.label, c.verdict) for c in report.comparisons}
     assert verdicts == {
         "flooding b=0.5 lr=2e-05": ("baseline lr=2e-05", "lower (better)"),
@@ -396,11 +396,12 @@ def test_comparison_notes_are_numbered_footnotes_printed_once(tmp_path):
     start = lines.index("Against the baseline: best validation loss, group − baseline (95% intervals)")
     table = lines[start:lines.index("", start + 5)]
     assert table[2].split() == ["group", "baseline", "seeds", "Δ", "of", "means", "95%", "interval", "method", "paired", "Δ",
-                                "paired", "seeds", "95%", "paired", "interval", "verdict", "notes"]
-    assert [line.split()[-3:] for line in table[4:]] == [["(pooled)", "[1]", "[2]"], ["noise", "(paired)", "[2]"]]
+                                "paired", "seeds", "95%", "paired", "interval", "p", "verdict", "notes"]
+    assert table[4].endswith("one seed: no noise estimate of its own  [1] [2]")
+    assert table[5].split()[-5:] == ["within", "seed", "noise", "(paired)", "[2]"]
     footnotes = [line for line in lines[start + len(table):] if line.startswith("[")][:2]
     assert footnotes == [
-        "[1] one seed in g1: the interval borrows g4's seed spread (assumes equal spread)",
+        "[1] one seed in g1: it has no seed noise of its own to judge by, so no verdict; the interval borrows",
         "[2] baseline groups g3, g4 match; chose g4: closest training settings, then most seeds",
     ]
 
@@ -508,6 +509,7 @@ def test_json_has_stable_keys(tmp_path):
         "ci_level", "ci_low", "ci_high", "method", "df", "verdict", "note",
         "verdict_method", "unpaired_verdict", "paired_seeds", "n_paired", "paired_differences", "paired_difference",
         "paired_difference_pct", "paired_ci_low", "paired_ci_high", "paired_df", "still_improving",
+        "ci_p_value", "paired_p_value", "p_value", "p_value_holm", "verdict_rule", "holm_family",
     ]
     assert document["runs"][0]["loss_up_accuracy_up"][0].keys() == {
         "epoch", "step", "val_loss", "val_accuracy", "val_loss_top10_share", "val_ece", "val_confident_wrong"
@@ -859,7 +861,7 @@ def test_the_comparison_has_a_paired_interval_and_its_verdict(tmp_path):
         "within seed noise", "paired", "within seed noise")
     text = compare([tmp_path]).text
     assert (" g2     g1 (3 seeds)      3  +0.0143 (+8.26%)  [-0.0922, +0.1208]  Welch, df 2.7  +0.0143 (+8.26%)"
-            "             3  [-0.0684, +0.0970]   within seed noise (paired)") in text
+            "             3  [-0.0684, +0.0970]   0.535  within seed noise (paired)") in text
     document = json.loads(compare([tmp_path], as_json=True).text)["comparisons"][0]
     assert {key: document[key] for key in ("verdict", "verdict_method", "paired_seeds", "n_paired", "paired_df")} == {
         "verdict": "within seed noise", "verdict_method": "paired", "paired_seeds": [1, 2, 3], "n_paired": 3, "paired_df": 2.0,
@@ -955,9 +957,9 @@ def test_the_left_out_columns_are_named(tmp_path):
         in " ".join(" ".join(lines).split())
     comparison = lines[lines.index("Against the baseline: best validation loss, group − baseline (95% intervals)") + 2:][:3]
     assert comparison == [
-        " group          paired Δ  paired 95% CI       verdict",
-        " " + "─" * 71,
-        " g2     +0.0143 (+8.26%)  [-0.0684, +0.0970]  within seed noise (paired)",
+        " group          paired Δ  paired 95% CI           p  verdict",
+        " " + "─" * 78,
+        " g2     +0.0143 (+8.26%)  [-0.0684, +0.0970]  0.535  within seed noise (paired)",
     ]
     assert compare([tmp_path], width=80, wide=True).text == compare([tmp_path]).text  # --wide: everything
 
@@ -1041,3 +1043,153 @@ def test_an_unfinished_baseline_is_named_instead_of_no_baseline(tmp_path):
     write_run(tmp_path / "other", "base", model={"name_or_path": "bert-base-uncased", "tiny": None, "tokenizer": None})
     write_run(tmp_path / "other", "flood", mode="flooding", b=0.5)
     assert "No baseline of the same model and data among these runs" in compare([tmp_path / "other"]).text
+
+
+# ---------------------------------------------------------------------------
+# One-seed groups, and many comparisons at once (Holm)
+
+
+def test_a_one_seed_group_gets_no_better_or_worse_verdict(tmp_path):
+    """A 3-seed baseline and flooding group from a sweep, and one run at b = 0.3: that run
+    has no seed noise of its own. Its pooled interval leaves out 0 (borrowing the
+    baseline's spread), yet no verdict rests on it, at 120 columns or in JSON."""
+    write_seed_group(tmp_path, "baseline", [0.80, 0.82, 0.81])
+    write_seed_group(tmp_path, "flooding-b0.1", [0.795, 0.815, 0.80], mode="flooding", b=0.1)
+    write_seed_group(tmp_path, "flooding-b0.3", [0.70], mode="flooding", b=0.3)
+    result = runner.invoke(app, ["compare", str(tmp_path)], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if line.startswith(" g1 ") and "Δ" not in line and "(-" in line)
+    assert "(better)" not in row and "(pooled)" not in row
+    assert "one seed: no noise estimate of its own" in row
+    prose = " ".join(result.stdout.split())
+    assert "one seed in g1: it has no seed noise of its own to judge by, so no verdict" in prose
+    document = json.loads(compare([tmp_path], as_json=True).text)
+    one = next(c for c in document["comparisons"] if c["group"] == "g1")
+    # The interval is kept as it was: pooled, s of the baseline, df 2, and it leaves out 0.
+    half = student_t_quantile(0.975, 2) * 0.01 * math.sqrt(1 + 1 / 3)
+    assert (one["ci_low"], one["ci_high"]) == pytest.approx((-0.11 - half, -0.11 + half))
+    assert one["ci_high"] < 0 and one["method"] == "pooled"
+    assert (one["verdict"], one["verdict_method"], one["p_value"], one["p_value_holm"]) == (
+        "one seed: no noise estimate of its own", None, None, None)
+    assert document["comparisons"][1]["holm_family"] == 1  # the one-seed group is not in the family
+
+
+def write_holm_settings(root):
+    """A baseline and three settings over seeds 1–3, with per-seed differences chosen so
+    that the paired p are about 0.003, 0.035 and 0.8."""
+    baseline = {1: 0.80, 2: 0.90, 3: 1.00}
+    differences = {"b0.1": (-0.010, -0.011, -0.012), "b0.2": (-0.010, -0.015, -0.020), "b0.3": (0.010, -0.010, 0.005)}
+    for seed, best in baseline.items():
+        write_run(root, f"base-s{seed}", val_losses=(best + 0.05, best, best + 0.02), seed=seed)
+    for name, diffs in differences.items():
+        for (seed, best), d in zip(baseline.items(), diffs):
+            write_run(root, f"flood-{name}-s{seed}", val_losses=(best + d + 0.05, best + d, best + d + 0.02), seed=seed,
+                      mode="flooding", b=float(name[1:]))
+    return differences
+
+
+def p_df2(differences):
+    """Paired t test on 3 differences (df 2): two-sided p = 1 − |t| / √(2 + t²)."""
+    mean = sum(differences) / 3
+    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / 2)
+    t = mean / (sd / math.sqrt(3))
+    return 1 - abs(t) / math.sqrt(2 + t * t)
+
+
+def test_verdicts_are_holm_adjusted_over_the_comparisons_unless_raw(tmp_path):
+    differences = write_holm_settings(tmp_path)
+    p = {f"flooding b={name[1:]} lr=2e-05": p_df2(d) for name, d in differences.items()}
+    ordered = sorted(p, key=p.get)  # Holm by hand: k·p, (k − 1)·p, …, kept non-decreasing
+    holm, running = {}, 0.0
+    for rank, label in enumerate(ordered):
+        running = max(running, min(1.0, (len(ordered) - rank) * p[label]))
+        holm[label] = running
+    b1, b2, b3 = (f"flooding b={b} lr=2e-05" for b in ("0.1", "0.2", "0.3"))
+    assert p[b1] < 0.05 / 3 and 0.025 < p[b2] < 0.05 and holm[b2] == pytest.approx(2 * p[b2]) and holm[b2] > 0.05
+
+    document = json.loads(compare([tmp_path], as_json=True).text)
+    labels = {g["id"]: g["label"] for g in document["groups"]}
+    found = {labels[c["group"]]: c for c in document["comparisons"]}
+    for label in p:
+        assert found[label]["p_value"] == pytest.approx(p[label], rel=1e-9)
+        assert found[label]["paired_p_value"] == pytest.approx(p[label], rel=1e-9)
+        assert found[label]["p_value_holm"] == pytest.approx(holm[label], rel=1e-9)
+        assert (found[label]["verdict_rule"], found[label]["holm_family"]) == ("holm", 3)
+    assert {label: c["verdict"] for label, c in found.items()} == {
+        b1: "lower (better)", b2: "within seed noise", b3: "within seed noise"}
+    assert found[b2]["paired_ci_high"] < 0  # its interval leaves out 0: kept as it is
+
+    raw = json.loads(compare([tmp_path], as_json=True, raw_verdicts=True).text)
+    assert {labels[c["group"]]: c["verdict"] for c in raw["comparisons"]} == {
+        b1: "lower (better)", b2: "lower (better)", b3: "within seed noise"}
+    assert {labels[c["group"]]: c["p_value_holm"] for c in raw["comparisons"]} == pytest.approx(holm)
+
+    text = compare([tmp_path]).text
+    prose = " ".join(text.split())
+    g2 = next(g for g, label in labels.items() if label == b2)
+    assert (f"Verdicts: lower or higher when the Holm-adjusted p (Holm p) over the 3 comparisons in this table is below "
+            f"0.05, else within seed noise; this keeps the chance of any false difference among them at 5% (judged "
+            f"alone at 0.05 each: {1 - 0.95 ** 3:.0%}).") in prose
+    assert (f"{g2}: its paired 95% interval leaves out 0 (p {p[b2]:.3f}), but not after Holm's adjustment for the 3 "
+            f"comparisons made together (p {holm[b2]:.3f}): within seed noise") in prose
+    row = next(line for line in text.splitlines() if line.startswith(f" {g2} ") and "(paired)" in line)
+    assert f"  {p[b2]:.3f}   {holm[b2]:.3f}  within seed noise (paired)" in row
+    raw_text = " ".join(compare([tmp_path], raw_verdicts=True).text.split())
+    assert (f"not adjusted for the 3 comparisons made: if nothing differed, some false difference would show with "
+            f"chance {1 - 0.95 ** 3:.0%}.") in raw_text
+
+    # The CLI flag, and the p values in the CSV (each run carries its group's comparison).
+    result = runner.invoke(app, ["compare", str(tmp_path), "--raw-verdicts", "--csv", str(tmp_path / "t.csv")])
+    assert result.exit_code == 0, result.output
+    assert "Verdicts (--raw-verdicts)" in " ".join(result.stdout.split())
+    with open(tmp_path / "t.csv", newline="") as handle:
+        rows = {row["name"]: row for row in csv.DictReader(handle)}
+    assert float(rows["flood-b0.2-s1"]["p_value"]) == pytest.approx(p[b2], rel=1e-9)
+    assert float(rows["flood-b0.2-s3"]["p_value_holm"]) == pytest.approx(holm[b2], rel=1e-9)
+    assert (rows["flood-b0.2-s1"]["verdict"], rows["flood-b0.2-s1"]["verdict_method"]) == ("lower (better)", "paired")
+    assert (rows["base-s1"]["p_value"], rows["base-s1"]["verdict"]) == ("", "")
+
+
+def test_welch_verdicts_are_holm_adjusted_too(tmp_path):
+    """No shared seeds: Welch's p, from Student's t at Welch's df. Equal n = 3 and equal
+    sd give df 4, where p = 1 − x(3 − x²)/2, x = |t|/√(4 + t²)."""
+    write_seed_group(tmp_path, "baseline", [0.80, 0.83, 0.86])
+    for seed, best in zip((11, 12, 13), (0.74, 0.77, 0.80)):  # −0.06 below the baseline's mean; −0.08 below
+        write_run(tmp_path, f"a-s{seed}", val_losses=(best + 0.02, best, best + 0.01), seed=seed, mode="flooding", b=0.1)
+    for seed, best in zip((11, 12, 13), (0.72, 0.75, 0.78)):
+        write_run(tmp_path, f"b-s{seed}", val_losses=(best + 0.02, best, best + 0.01), seed=seed, mode="flooding", b=0.2)
+
+    def welch_p(d):
+        t = d / math.sqrt(2 * 0.03**2 / 3)
+        x = abs(t) / math.sqrt(4 + t * t)
+        return 1 - x * (3 - x * x) / 2
+
+    p = {0.1: welch_p(-0.06), 0.2: welch_p(-0.08)}
+    holm = {0.2: 2 * p[0.2], 0.1: max(2 * p[0.2], p[0.1])}
+    document = json.loads(compare([tmp_path], as_json=True).text)
+    b = {g["id"]: g["settings"].get("train.b") for g in document["groups"]}
+    for c in document["comparisons"]:
+        assert c["verdict_method"] == "welch" and c["df"] == pytest.approx(4.0)
+        assert (c["p_value"], c["ci_p_value"], c["p_value_holm"]) == pytest.approx((p[b[c["group"]]], p[b[c["group"]]], holm[b[c["group"]]]), rel=1e-9)
+        expected = "lower (better)" if holm[b[c["group"]]] < 0.05 else "within seed noise"
+        assert c["verdict"] == expected
+        raw = "lower (better)" if p[b[c["group"]]] < 0.05 else "within seed noise"
+        assert c["unpaired_verdict"] == raw  # the interval's own verdict, not adjusted
+    assert p[0.2] < 0.05 < holm[0.2]  # b = 0.2 (p 0.031) is lower alone, within noise after Holm (0.062)
+    assert sorted((c["verdict"], c["unpaired_verdict"]) for c in document["comparisons"]) == [
+        ("within seed noise", "lower (better)"), ("within seed noise", "within seed noise")]
+
+
+def test_a_sweeps_results_md_holds_holm_verdicts_and_says_so(tmp_path):
+    from flood_cli import sweep
+
+    folder = tmp_path / "sweep"
+    write_holm_settings(folder / "runs")
+    spec = sweep.SweepSpec(name="holm", folder=str(folder), base={}, mode="flooding",
+                           settings=[{"train.mode": "baseline"}, *({"train.mode": "flooding", "train.b": b} for b in (0.1, 0.2, 0.3))],
+                           seeds=[1, 2, 3])
+    sweep.write_results(spec)
+    results = " ".join((folder / "results.md").read_text().split())
+    assert "Verdicts: lower or higher when the Holm-adjusted p (Holm p) over the 3 comparisons in this table" in results
+    assert "| within seed noise (paired) | [1] |" in results  # b = 0.2: better alone, not after Holm
+    assert results.count("| lower (better) (paired) |") == 1

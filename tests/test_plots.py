@@ -244,3 +244,48 @@ def test_a_b_curve_draws_the_baseline_its_groups_are_compared_with(tmp_path, mon
     monkeypatch.setattr(Axes, "axhline", lambda self, y=0, *a, **k: drawn.append((round(y, 4), k.get("label"))) or original(self, y, *a, **k))
     plot_sweep_curve(build_report([tmp_path]), "train.b", tmp_path / "b.png")
     assert [label for _, label in drawn] == ["baseline, 2 seeds"] * 2 and drawn[0][0] == 0.8  # loss, accuracy panels
+
+
+def test_b_curve_accuracy_stays_within_0_and_1_and_thin_points_are_named(tmp_path):
+    """Two seeds per flood level: the 95 % band is mean ± 12.7 sd/√2, past 1 for accuracy.
+    The axis and the bands stop at 1 (and at 0); the figure says which points have too few
+    seeds for a band worth reading."""
+    import math
+
+    from matplotlib.collections import PolyCollection
+
+    from flood_cli.plots import build_sweep_curve
+
+    for seed, accuracy in ((1, 0.90), (2, 0.99), (3, 0.95)):
+        write_run(tmp_path, f"base-s{seed}", val_losses=(0.80, 0.70, 0.75), val_accuracies=(0.5, accuracy, 0.6), seed=seed)
+    for seed, accuracy in ((1, 0.90), (2, 0.99)):
+        write_run(tmp_path, f"flood-b0.3-s{seed}", val_losses=(0.80, 0.72, 0.75), val_accuracies=(0.5, accuracy, 0.6),
+                  seed=seed, mode="flooding", b=0.3)
+    write_run(tmp_path, "flood-b0.5-s1", val_losses=(0.80, 0.74, 0.75), val_accuracies=(0.5, 0.97, 0.6), seed=1,
+              mode="flooding", b=0.5)
+    for seed, accuracy in ((1, 0.93), (2, 0.94), (3, 0.95)):
+        write_run(tmp_path, f"flood-b0.1-s{seed}", val_losses=(0.80, 0.71, 0.75), val_accuracies=(0.5, accuracy, 0.6),
+                  seed=seed, mode="flooding", b=0.1)
+    # By hand: b = 0.3's band reaches 0.945 + 12.706 · sd(0.90, 0.99)/√2 = 1.52, far past 1.
+    sd = math.sqrt(((0.90 - 0.945) ** 2 + (0.99 - 0.945) ** 2) / 1)
+    assert 0.945 + 12.706 * sd / math.sqrt(2) > 1.5
+    figure, few = build_sweep_curve(build_report([tmp_path]), "train.b")
+    loss_axes, accuracy_axes = figure.axes
+    low, high = accuracy_axes.get_ylim()
+    assert 0.0 <= low < 0.90 and high == 1.0  # the axis stops at 1 (it ran to 1.1 and beyond)
+    bands = [c for c in accuracy_axes.collections if isinstance(c, PolyCollection)]
+    ys = [y for band in bands for path in band.get_paths() for _, y in path.vertices]
+    assert bands and max(ys) <= 1.0 and min(ys) >= 0.0
+    assert max(ys) == 1.0  # b = 0.3's band, clipped
+    # The baseline's band: 3 seeds, 0.9467 + 4.303 · 0.0451/√3 = 1.059, clipped to 1 too.
+    (span,) = accuracy_axes.patches
+    assert (span.get_y(), span.get_y() + span.get_height()) == pytest.approx(
+        (0.9467 - 4.303 * 0.04509 / math.sqrt(3), 1.0), abs=1e-3)
+    assert loss_axes.get_ylim()[0] >= 0.0
+    assert few == ["b = 0.3", "b = 0.5"]  # b = 0.1 and the baseline have 3 seeds
+    note = " ".join(figure.get_supxlabel().split())
+    assert note == ("b = 0.3: fewer than 3 seeds, band too wide to read (95 % t interval with 1 df: ± 12.7 sd/√2); "
+                    "clipped to the axes; b = 0.5: one seed, no band. Run more seeds.")
+    assert image_size(__import__("flood_cli.plots", fromlist=["plot_sweep_curve"]).plot_sweep_curve(
+        build_report([tmp_path]), "train.b", tmp_path / "b.png"))[0] > 500
+    assert [text.get_text() for text in loss_axes.get_legend().get_texts()] == ["baseline, 3 seeds", "b, mean of 1–3 seeds"]

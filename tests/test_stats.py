@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 
@@ -11,6 +12,8 @@ from flood_cli.stats import (
     LOWER,
     NO_SPREAD,
     ONE_SEED,
+    ONE_SEED_BASELINE,
+    ONE_SEED_GROUP,
     WITHIN_NOISE,
     Interval,
     Sample,
@@ -18,9 +21,11 @@ from flood_cli.stats import (
     holm_adjust,
     interval_verdict,
     paired_interval,
+    p_verdict,
     paired_p_value,
     regularized_incomplete_beta,
     student_t_quantile,
+    two_sided_p,
     verdict_for,
 )
 
@@ -204,3 +209,47 @@ def test_holm_adjust_by_hand():
     assert holm_adjust([None, 0.5, 0.2]) == [None, pytest.approx(0.5), pytest.approx(0.4)]
     assert holm_adjust([0.6, 0.7]) == [1.0, 1.0]
     assert holm_adjust([]) == []
+
+
+def test_welch_p_value_against_closed_forms():
+    """Welch's p: two-sided, from the same t and df as its interval. Equal n and equal sd
+    make Welch's df an integer, 2(n − 1), where Student's t has a closed form."""
+    # n = 2 each, variance 0.0002 each: d = −0.05, se = √(0.0002/2 + 0.0002/2), df 2.
+    group, baseline = Sample((0.70, 0.72)), Sample((0.75, 0.77))
+    interval = difference_interval(group, baseline)
+    se = math.sqrt(0.0002 / 2 + 0.0002 / 2)
+    t = -0.05 / se
+    assert interval.df == pytest.approx(2.0)
+    assert interval.p == pytest.approx(1 - abs(t) / math.sqrt(2 + t * t), rel=1e-9)  # df 2: p = 1 − |t|/√(2 + t²)
+    # n = 3 each, the same sd: df 4, where p = 1 − x(3 − x²)/2 with x = |t|/√(4 + t²).
+    group, baseline = Sample((0.70, 0.73, 0.76)), Sample((0.74, 0.77, 0.80))
+    interval = difference_interval(group, baseline)
+    t = -0.04 / math.sqrt(2 * 0.03**2 / 3)
+    x = abs(t) / math.sqrt(4 + t * t)
+    assert interval.df == pytest.approx(4.0)
+    assert interval.p == pytest.approx(1 - x * (3 - x * x) / 2, rel=1e-9)
+    # The table: t = 2.776 with df 4 is the two-sided 5 % point; the interval's edge touches 0 there.
+    assert two_sided_p(2.776445, 4) == pytest.approx(0.05, abs=1e-6)
+
+
+def test_p_below_005_exactly_when_the_interval_leaves_out_0():
+    for group, baseline in [((0.70, 0.72), (0.75, 0.77)), ((0.70, 0.73, 0.76), (0.74, 0.77, 0.80)),
+                            ((0.7968, 0.7990), (0.8100, 0.8142, 0.8200)), ((0.80, 0.82), (0.81, 0.80, 0.83))]:
+        interval = difference_interval(Sample(group), Sample(baseline))
+        assert (interval.p < 0.05) == (not interval.low <= 0 <= interval.high), (group, baseline)
+        assert p_verdict(interval.p, statistics.mean(group) - statistics.mean(baseline)) == interval_verdict(interval)
+    paired = paired_interval((0.1970 - 0.1665, 0.1632 - 0.1268, 0.2021 - 0.2261))
+    assert paired.p == pytest.approx(paired_p_value((0.1970 - 0.1665, 0.1632 - 0.1268, 0.2021 - 0.2261)), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("group", "baseline", "verdict"),
+    [((0.70,), (0.80, 0.81, 0.82), ONE_SEED_GROUP), ((0.70, 0.71, 0.72), (0.80,), ONE_SEED_BASELINE)],
+)
+def test_a_pooled_interval_gives_no_verdict(group, baseline, verdict):
+    """One seed on one side: the interval borrows the other side's spread and leaves out
+    0 here, but that seed's own noise is unmeasured: no better/worse rests on it."""
+    group, baseline = Sample(group), Sample(baseline)
+    interval = difference_interval(group, baseline)
+    assert interval.method == "pooled" and interval.high < 0
+    assert verdict_for(interval, group, baseline) == verdict

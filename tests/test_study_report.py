@@ -83,3 +83,28 @@ def test_the_diagnostics_read_each_runs_best_evaluation(tmp_path):
     assert cells[:4] == ["baseline", "2", "2.5", f"{(0.3 + 0.25) / 2:.3f}"]
     assert cells[6:] == ["1 of 2", f"{((0.47 - 0.40) + (0.42 - 0.40)) / 2:+.4f}"]
     assert cells[4] == "nan"  # no val_ece column in these runs: shown as missing, not as 0
+
+
+def test_the_compare_table_of_the_report_has_holm_verdicts(tmp_path, monkeypatch, capsys):
+    """backstitch against its SGD control: paired p 0.035 alone (lower), but with the
+    flooding comparison beside it Holm makes it 2 × 0.035 = 0.070: within seed noise, as
+    the study's own Holm column says. The compare table printed in the report agrees."""
+    runs = tmp_path / "spam" / "runs"
+    for name, (bests, config) in SETTINGS.items():
+        for seed, best in bests.items():
+            write_run(runs, f"{name}-s{seed}", val_losses=(best + 0.05, best, best + 0.02), seed=seed, **config)
+    monkeypatch.setattr(report, "IMAGES", tmp_path / "img")
+    report.main([str(tmp_path / "spam")])
+    printed = capsys.readouterr().out
+    backstitch = [SETTINGS["backstitch-lr0.2"][0][s] - SETTINGS["baseline-optimizer=sgd-lr0.2"][0][s] for s in (1, 2, 3)]
+    flooding = [SETTINGS["flooding-b0.1"][0][s] - BASELINE[s] for s in (1, 2, 3)]
+    p_back, p_flood = p_two_sided_df2(backstitch), p_two_sided_df2(flooding)
+    assert p_back < 0.05 < 2 * p_back and p_flood > 2 * p_back  # Holm over the 2 comparisons of compare's table
+    tables = printed[printed.index("**Seed groups"):printed.index("### Calibration")]
+    assert "lower (better)" not in tables and tables.count("| within seed noise (paired) |") == 2
+    compare_part = printed[printed.index("### As `flood compare --markdown` prints it"):]
+    assert "Its verdicts are Holm-adjusted over the 2 comparisons of its table" in compare_part
+    (row,) = [line for line in compare_part.splitlines() if line.startswith("| g")
+              and "(paired)" in line and f"| {p_back:.3f} |" in line]
+    assert f"| {p_back:.3f} | {2 * p_back:.3f} | within seed noise (paired) |" in row
+    assert "Holm over the 3 settings with a p" in printed
