@@ -192,7 +192,8 @@ def train_losses(trainer: Trainer, steps: int, device: str) -> tuple[list[float]
 # Stages
 
 
-def stage_precision(folder: Path, settings: dict[str, Any], device: str, compiled: bool) -> dict[str, Any]:
+def stage_precision(folder: Path, settings: dict[str, Any], device: str, compiled: bool, deadline: float) -> dict[str, Any]:
+    """Past ``deadline`` the compiled runs of the remaining modes are skipped (and said so)."""
     tol = settings["tolerance"]
     files = split_files(folder, settings["steps"], settings["batch"])["precision"]
     # Dropout off: bf16 and fp32 kernels draw their dropout masks differently (SDPA's
@@ -215,6 +216,9 @@ def stage_precision(folder: Path, settings: dict[str, Any], device: str, compile
         entry: dict[str, Any] = {"fp32": {"losses": fp32, "val_loss": fp32_val, "ms_per_step": round(fp32_ms, 2)}}
         for precision, compile_model in variants:
             key = f"{precision}_compiled" if compile_model else precision
+            if compile_model and time.perf_counter() > deadline:
+                entry[key] = {"skipped": "time budget"}
+                continue
             trainer = make_trainer(folder, f"{mode}-{key}", settings, device, precision, compile_model, train, files, 0.0, pad_to)
             losses, ms = train_losses(trainer, settings["steps"], device)
             val = trainer.evaluate("val")["loss"]
@@ -313,9 +317,11 @@ def stage_bench(device: str, settings: dict[str, Any], deadline: float) -> dict[
             bench_train.WORKLOADS[name] = {**CPU_WORKLOAD, "data": bench_train.WORKLOADS[name]["data"]}
     plan = [(name, compiled) for name, compiled in BENCH_PLAN if settings["compile"] or not compiled]
     summaries, skipped = [], []
-    estimate = 60.0 if device == "cuda" else 5.0
+    # Seconds a workload is expected to take, eager and compiled (compiling costs more).
+    estimates = {False: 60.0, True: 180.0} if device == "cuda" else {False: 5.0, True: 30.0}
     for name, compiled in plan:
         left = deadline - time.perf_counter()
+        estimate = estimates[compiled]
         if left < estimate:
             skipped.append({"workload": name, "compile": compiled, "reason": f"time budget: {left:.0f} s left, about {estimate:.0f} s needed"})
             continue
@@ -324,7 +330,9 @@ def stage_bench(device: str, settings: dict[str, Any], deadline: float) -> dict[
                                            mode_rounds=settings["mode_rounds"], mode_block=bench_train.WORKLOADS[name]["block"])
         summary["seconds"] = round(time.perf_counter() - start, 1)
         summaries.append(summary)
-        estimate = 1.2 * summary["seconds"]
+        estimates[compiled] = 1.2 * summary["seconds"]
+        if not compiled:
+            estimates[True] = max(estimates[True], 3 * summary["seconds"])
     return {"workloads": summaries, "skipped": skipped, "targets": bench_train.target_rows(summaries),
             "note": "tiny shape, a few steps: a smoke test, not a timing" if device == "cpu" else "one repeat each"}
 
@@ -367,6 +375,8 @@ def table(report: dict[str, Any]) -> str:
                 if isinstance(value, dict) and "max_rel_diff" in value:
                     rows.append((f"{mode} {key} vs fp32, {precision['steps']} steps", f"{value['max_rel_diff']:.2e}",
                                  f"<= {precision['tolerance']:.3f}", "ok" if value["ok"] else "FAILED"))
+                elif isinstance(value, dict) and "skipped" in value:
+                    rows.append((f"{mode} {key} vs fp32", "skipped", "", value["skipped"]))
     elif precision:
         rows.append(("precision", precision.get("error", "")[:40], "", "FAILED"))
     check = report.get("oracle")
@@ -441,7 +451,8 @@ def main() -> int:
             print(f"stage {stage} ...", file=sys.stderr)
             try:
                 if stage == "precision":
-                    report[stage] = stage_precision(folder, settings, device, settings["compile"])
+                    # At most half the budget: the compiled runs stop there.
+                    report[stage] = stage_precision(folder, settings, device, settings["compile"], began + budget / 2)
                 elif stage == "oracle":
                     report[stage] = stage_oracle(folder, settings, device, settings["compile"])
                 elif stage == "pytest":
