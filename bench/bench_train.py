@@ -59,6 +59,12 @@ WORKLOADS: dict[str, dict[str, Any]] = {
     "base-b32-short": {"model": "base", "data": ("short", 40), "batch": 32, "steps": 400, "warmup": 20, "block": 20},
 }
 BASE = dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072)
+# The GPU targets of the speed issue, each read off flood's baseline in one workload.
+TARGETS = [
+    {"target": "flood >= 1.6x HF Trainer, batch 32 x 128 tokens", "workload": "base-b32-len128", "metric": "ratio_to_trainer", "min": 1.6},
+    {"target": "flood >= 35 % MFU, batch 128 x 128 tokens", "workload": "base-b128-len128", "metric": "mfu", "min": 0.35},
+    {"target": "flood >= 2x HF Trainer on short texts", "workload": "base-b32-short", "metric": "ratio_to_trainer", "min": 2.0},
+]
 MODES = {
     "baseline": {"mode": "baseline"},
     "flooding": {"mode": "flooding", "b": 0.5},
@@ -373,6 +379,34 @@ def run_workload(name: str, device: str, repeats: int, compile_model: bool, mode
     return summary
 
 
+def target_rows(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each GPU target against every run of its workload (eager and compiled): measured
+    is flood baseline's figure (None where not given, e.g. MFU off CUDA), met is None
+    where nothing was measured."""
+    rows = []
+    for target in TARGETS:
+        for summary in summaries:
+            if summary["workload"] != target["workload"]:
+                continue
+            measured = summary["results"]["flood_baseline"][target["metric"]]
+            rows.append({
+                **target,
+                "compile": summary["compile"],
+                "measured": measured,
+                "met": None if measured is None else measured >= target["min"],
+            })
+    return rows
+
+
+def format_targets(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'target':<50} {'compile':<8} {'measured':>9}  met"]
+    for row in rows:
+        measured = "n/a" if row["measured"] is None else f"{row['measured']:.3f}"
+        met = "n/a" if row["met"] is None else ("yes" if row["met"] else "NO")
+        lines.append(f"{row['target']:<50} {str(row['compile']).lower():<8} {measured:>9}  {met}")
+    return "\n".join(lines)
+
+
 def time_command(args: list[str], repeats: int = 5) -> float:
     times = []
     for _ in range(repeats):
@@ -426,6 +460,9 @@ def main() -> None:
             run_workload(name, options.device, options.repeats, options.compile, options.mode_rounds, block)
         )
     report["cli_startup_s"] = cli_startup()
+    report["targets"] = target_rows(report["workloads"])
+    if report["targets"]:
+        print(format_targets(report["targets"]), file=sys.stderr)
     text = json.dumps(report, indent=2)
     if options.out:
         options.out.parent.mkdir(parents=True, exist_ok=True)

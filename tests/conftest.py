@@ -57,3 +57,17 @@ def csv_bytes_without_time(run_dir: Path) -> list[bytes]:
     lines = content.split(b"\n")
     drop = lines[0].split(b",").index(TIME_COLUMNS[0].encode())
     return [b",".join(f for i, f in enumerate(line.split(b",")) if i != drop) for line in lines]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu are skipped where no CUDA GPU is visible (CI, this machine)."""
+    marked = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (make gpu-check on a GPU machine)")
+    for item in marked:
+        item.add_marker(skip)
