@@ -94,7 +94,7 @@ def test_same_seed_gives_the_same_csv_and_another_seed_does_not(tmp_path):
 
 def test_flood_level_above_the_initial_loss_makes_every_step_ascent(tmp_path):
     _, rows, _ = train(tmp_path, "high", overrides={"train.b": 10.0})
-    assert all(float(r["flood_active"]) == 1.0 for r in rows)
+    assert len(rows) == 2 and all(float(r["flood_active"]) == 1.0 for r in rows)
     for row in rows:
         # What the optimizer saw is the mirrored loss 2b - L.
         assert float(row["train_objective"]) == pytest.approx(20.0 - float(row["train_loss"]), rel=1e-5)
@@ -107,7 +107,8 @@ def test_flooding_under_gradient_accumulation_matches_the_large_batch(tmp_path):
     _, large, _ = train(tmp_path, "large", model=no_dropout, train=flooding)
     _, accumulated, _ = train(tmp_path, "accum", model=no_dropout, train={**flooding, "batch_size": 8, "grad_accum_steps": 2})
     assert 0.0 < float(large[0]["flood_active"]) < 1.0, "b should make some steps ascend and some descend"
-    for a, b in zip(without_time(large), without_time(accumulated)):
+    assert len(accumulated) == len(large) == 2
+    for a, b in zip(without_time(large), without_time(accumulated), strict=True):
         assert a["flood_active"] == b["flood_active"]
         for column in ("train_loss", "val_loss", "val_accuracy"):
             assert float(a[column]) == pytest.approx(float(b[column]), rel=1e-4, abs=1e-6)
