@@ -5,7 +5,8 @@
       metrics.csv    one row per evaluation, flushed as it is written
       summary.json   status (running|completed|failed|interrupted), best/final figures
       best_model     optional, Hugging Face save_pretrained format: a link to the
-                     hidden folder of the latest best model, swapped atomically
+                     hidden folder of the latest best model, swapped atomically; the
+                     folder before it stays (.best_model.previous) until the next swap
 
 This module must stay free of torch: `flood compare` reads the same files.
 """
@@ -53,6 +54,9 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 BEST_MODEL_DIR = "best_model"
+# The best model before the current one, kept until the next swap for readers still inside it.
+PREVIOUS_BEST_LINK = ".best_model.previous"
+STAGING_LINK = ".best_model.link.tmp"
 
 
 def _read_umask() -> int:
@@ -181,6 +185,8 @@ class RunDir:
             os.close(fd)
             raise FloodError(f"run {self.path} is being trained by another flood process; wait for it to stop") from None
         self._lock_fd = fd
+        # Locked: no other flood process writes here. What a killed one left half done goes.
+        self.tidy_best_models()
 
     def discard(self) -> None:
         """Remove a folder this process created but could not set up as a run."""
@@ -248,19 +254,43 @@ class RunDir:
         ``best_model`` is a relative symbolic link to a hidden folder beside it. A new best
         is written to a fresh folder, then a new link is renamed over the old one: a
         reader (or a process killed at any moment) always finds a whole model under
-        ``best_model``, the old one or the new one. Folders no link points to are removed."""
+        ``best_model``, the old one or the new one.
+
+        The folder the link pointed to until now is kept until the next swap (the hidden
+        link ``.best_model.previous`` names it), so a reader already inside it, one that
+        resolved the link before this swap, can still read every file of it. Any other
+        hidden ``.best_model-*`` folder is removed: at most two exist after a swap."""
         fresh = Path(tempfile.mkdtemp(prefix=f".{BEST_MODEL_DIR}-", dir=self.path))
         os.chmod(fresh, 0o777 & ~_UMASK)
         write(fresh)
         link = self.path / BEST_MODEL_DIR
-        if link.is_dir() and not link.is_symlink():  # a real folder (written by hand): moved aside
-            link.rename(self.path / f".{BEST_MODEL_DIR}-replaced-{time.time_ns()}")
-        staging = self.path / f".{BEST_MODEL_DIR}.link.tmp"
+        previous: Optional[str] = None
+        if link.is_symlink():
+            previous = os.readlink(link)
+        elif link.is_dir():  # a real folder (written by hand): moved aside, kept as the previous one
+            previous = f".{BEST_MODEL_DIR}-replaced-{time.time_ns()}"
+            link.rename(self.path / previous)
+        if previous is not None and (self.path / previous).is_dir():
+            # First, so that a kill between the two renames keeps the folder readers may be in.
+            self._point(self.path / PREVIOUS_BEST_LINK, previous)
+        self._point(link, fresh.name)
+        self.tidy_best_models()
+
+    def _point(self, link: Path, target: str) -> None:
+        """Make ``link`` a relative link to ``target``, atomically (a new link renamed over it)."""
+        staging = self.path / STAGING_LINK
         staging.unlink(missing_ok=True)
-        os.symlink(fresh.name, staging)
+        os.symlink(target, staging)
         os.replace(staging, link)
+
+    def tidy_best_models(self) -> None:
+        """Remove the hidden best-model folders neither ``best_model`` nor
+        ``.best_model.previous`` points to (left by an earlier swap, or half written by a
+        process killed while writing one) and a staging link left by a kill."""
+        kept = {os.readlink(link) for link in (self.path / BEST_MODEL_DIR, self.path / PREVIOUS_BEST_LINK) if link.is_symlink()}
+        (self.path / STAGING_LINK).unlink(missing_ok=True)
         for old in self.path.glob(f".{BEST_MODEL_DIR}-*"):
-            if old.name != fresh.name:
+            if old.name not in kept:
                 shutil.rmtree(old, ignore_errors=True)
 
     def close(self) -> None:

@@ -7,7 +7,9 @@ each example once. Stopping (SIGKILL of both, SIGTERM of one) and skipping non-f
 steps must keep the processes in step.
 
 The processes are started by hand (the environment torchrun sets), so that a test can
-signal one of them and read each one's exit code; one test goes through torchrun.
+signal one of them and read each one's exit code; one test goes through torchrun
+(--standalone). They meet at a TCPStore the test process hosts on a port it holds
+from before they start (see start_ranks), and a failure or hang shows every rank's stderr.
 """
 
 from __future__ import annotations
@@ -59,48 +61,97 @@ def config_for(tmp_path: Path, files: dict[str, Path], name: str, batch_size: in
     return write_config(tmp_path, config, f"{name}.yaml")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def rendezvous_store():
+    """A TCPStore this test process hosts for the ranks to meet at: bound to a port the
+    OS picks (port 0) at once and held until the store is dropped, so no other program
+    can take the port between choosing it and using it (picking a free port, releasing
+    it and having rank 0 bind it seconds later lost the port on a loaded machine)."""
+    from torch.distributed import TCPStore
+
+    return TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
 
 
 def start_ranks(args: list[str], world: int = 2, python_code: str | None = None) -> list[subprocess.Popen]:
-    """`flood train ARGS` in ``world`` processes, with the variables torchrun sets."""
-    port = free_port()
+    """`flood train ARGS` in ``world`` processes, with the variables torchrun sets.
+
+    They meet at a store this process hosts (``rendezvous_store``; each process keeps a
+    reference to it as ``.rendezvous_store``): TORCHELASTIC_USE_AGENT_STORE=True makes
+    torch's env:// rendezvous (``_create_c10d_store``) connect every rank, rank 0 too, as
+    a client to MASTER_ADDR:MASTER_PORT instead of having rank 0 bind it, as under
+    torchrun, whose agent hosts the store. Accelerate reads neither variable; torch
+    puts the process group's keys under the prefix "default_pg/", and each call has a
+    store of its own, so runs never share keys."""
+    store = rendezvous_store()
     processes = []
     for rank in range(world):
         env = {
             **os.environ,
-            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "RANK": str(rank), "WORLD_SIZE": str(world),
             "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world), "PYTHONPATH": str(ROOT),
+            "TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_RESTART_COUNT": "0",
             "OMP_NUM_THREADS": "1",
         }
         entry = ["-c", python_code] if python_code else ["-m", "flood_cli"]
-        processes.append(
-            subprocess.Popen([sys.executable, *entry, "train", "-q", *args], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [sys.executable, *entry, "train", "-q", *args], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
+        process.rendezvous_store = store  # held as long as the processes are
+        processes.append(process)
     return processes
 
 
-def finish(processes: list[subprocess.Popen], timeout: float = 240) -> list[tuple[int, str, str]]:
-    results = []
-    deadline = time.time() + timeout
-    for process in processes:
-        try:
-            out, err = process.communicate(timeout=max(1.0, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            for other in processes:
-                other.kill()
-            raise AssertionError("the processes did not finish in time (a hang between ranks?)")
-        results.append((process.returncode, out, err))
+def stderr_tails(results: list[tuple[int | None, str, str]], chars: int = 3000) -> str:
+    """Every rank's exit code and the end of its stderr, for an assertion message."""
+    return "\n".join(f"--- rank {rank} (exit code {code}) stderr:\n{(err or '')[-chars:]}" for rank, (code, _, err) in enumerate(results))
+
+
+def _collect(processes: list[subprocess.Popen], deadline: float, grace: float) -> tuple[list[tuple[int | None, str, str]], str]:
+    """Wait for every process, reading their pipes meanwhile. Once one has failed, the
+    others get ``grace`` seconds (they may be waiting for it forever), then are killed;
+    at ``deadline`` all are. Returns each (code, stdout, stderr) and why any were killed."""
+    import threading
+
+    outputs: list[tuple[str, str]] = [("", "")] * len(processes)
+
+    def read(index: int) -> None:
+        outputs[index] = processes[index].communicate()
+
+    readers = [threading.Thread(target=read, args=(index,), daemon=True) for index in range(len(processes))]
+    for reader in readers:
+        reader.start()
+    killed, failed_at = "", None
+    while any(reader.is_alive() for reader in readers):
+        now = time.time()
+        codes = [process.poll() for process in processes]
+        if failed_at is None and any(code not in (None, 0) for code in codes):
+            failed_at = now
+        if now >= deadline:
+            killed = "the processes did not finish in time (a hang between ranks?); killed"
+        elif failed_at is not None and now - failed_at >= grace:
+            killed = f"a rank failed and the others were still running {grace:g} s later (waiting for it?); killed"
+        if killed:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+            break
+        time.sleep(0.05)
+    for reader in readers:
+        reader.join()
+    return [(process.returncode, *outputs[index]) for index, process in enumerate(processes)], killed
+
+
+def finish(processes: list[subprocess.Popen], timeout: float = 240, grace: float = 60) -> list[tuple[int, str, str]]:
+    """Each process's (exit code, stdout, stderr). A hang (past ``timeout``, or ``grace``
+    seconds after another rank failed) kills them all and fails with every rank's stderr."""
+    results, killed = _collect(processes, time.time() + timeout, grace)
+    if killed:
+        raise AssertionError(f"{killed}\n{stderr_tails(results)}")
     return results
 
 
 def run_ranks(args: list[str], **kwargs) -> list[tuple[int, str, str]]:
     results = finish(start_ranks(args, **kwargs))
-    for code, _, err in results:
-        assert code == 0, err[-3000:]
+    assert all(code == 0 for code, _, _ in results), f"a rank failed\n{stderr_tails(results)}"
     return results
 
 
@@ -116,14 +167,96 @@ def summary(run_dir: Path) -> dict:
 def wait_for_step(run_dir: Path, processes: list[subprocess.Popen], at_least: int, timeout: float = 180) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        assert all(p.poll() is None for p in processes), "a process ended before it could be stopped"
+        if any(p.poll() is not None for p in processes):
+            results, _ = _collect(processes, time.time() + 30, grace=5)
+            raise AssertionError(f"a process ended before it could be stopped\n{stderr_tails(results)}")
         try:
             if summary(run_dir).get("steps_completed", 0) >= at_least:
                 return
         except (OSError, ValueError):
             pass
         time.sleep(0.005)
-    raise AssertionError("the run did not get far enough in time")
+    results, _ = _collect(processes, time.time(), grace=0)  # kills them
+    raise AssertionError(f"the run did not get to step {at_least} in {timeout:g} s\n{stderr_tails(results)}")
+
+
+RENDEZVOUS_CHECK = """
+import os, sys
+import torch, torch.distributed as dist
+dist.init_process_group("gloo")
+total = torch.tensor([dist.get_rank() + 1.0])
+dist.all_reduce(total)
+print(os.environ["MASTER_PORT"], float(total))
+dist.destroy_process_group()
+"""
+
+
+def listening_ports() -> set[int]:
+    import psutil
+
+    return {c.laddr.port for c in psutil.Process().net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+
+
+@pytest.mark.timeout(200)
+def test_the_ranks_meet_at_a_port_this_process_holds_before_they_start_and_after():
+    """The rendezvous port cannot be stolen: the test process is listening on it when the
+    ranks start (it is never released for rank 0 to bind), and the ranks meet through it."""
+    before = listening_ports()
+    processes = start_ranks([], python_code=RENDEZVOUS_CHECK)
+    held = listening_ports() - before
+    assert len(held) == 1, f"the test process should hold the rendezvous port before the ranks start; it listens on {held}"
+    results = finish(processes, timeout=150)
+    assert [code for code, _, _ in results] == [0, 0], stderr_tails(results)
+    port = held.pop()
+    assert [out.split() for _, out, _ in results] == [[str(port), "3.0"]] * 2  # all_reduce of 1 + 2
+    assert port in listening_ports()  # still held by this process, not by a rank
+
+
+STUCK_OR_FAILING = """
+import os, sys, time
+rank = os.environ["RANK"]
+print(f"rank {rank} started, pid {os.getpid()}", file=sys.stderr, flush=True)
+if rank == sys.argv[-1]:
+    sys.exit(f"rank {rank} fails here")
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize(
+    "failing, limits, why",
+    [
+        ("1", {"timeout": 15}, "did not finish in time"),
+        ("1", {"timeout": 120, "grace": 2}, "a rank failed and the others were still running 2 s later"),
+        ("none", {"timeout": 8}, "did not finish in time"),
+    ],
+    ids=["a rank fails, the other waits for it: time-out", "the same: grace after a failure", "both hang"],
+)
+def test_a_failing_or_hanging_rank_is_reported_with_every_ranks_stderr(failing, limits, why):
+    """One rank exits non-zero while the other waits for it forever, or both hang: the
+    harness kills them (time-out, or grace after a failure) and its message holds both
+    ranks' stderr."""
+    processes = start_ranks([failing], python_code=STUCK_OR_FAILING)
+    started = time.time()
+    with pytest.raises(AssertionError) as caught:
+        finish(processes, **limits)
+    assert time.time() - started < 60
+    message = str(caught.value)
+    assert all(process.poll() is not None for process in processes)  # none left running
+    assert why in message
+    assert f"rank 0 started, pid {processes[0].pid}" in message and f"rank 1 started, pid {processes[1].pid}" in message
+    if failing == "1":
+        assert "rank 1 fails here" in message and "rank 1 (exit code 1)" in message
+
+
+def test_a_rank_exiting_non_zero_fails_run_ranks_with_every_ranks_stderr():
+    """Rank 1 exits 1, rank 0 exits 0: the message shows rank 0's stderr as well (what
+    it was doing when its partner failed may be the clue)."""
+    quick = STUCK_OR_FAILING.replace("time.sleep(600)", 'print(f"rank {rank} done", file=sys.stderr)')
+    with pytest.raises(AssertionError) as caught:
+        run_ranks(["1"], python_code=quick)
+    message = str(caught.value)
+    assert "rank 0 (exit code 0)" in message and "rank 0 done" in message
+    assert "rank 1 (exit code 1)" in message and "rank 1 fails here" in message
 
 
 @pytest.mark.timeout(400)
@@ -155,9 +288,28 @@ def test_two_processes_train_like_one_with_the_combined_batch_on_ragged_sizes(tm
 @pytest.mark.timeout(400)
 def test_torchrun_launches_a_run_reported_once(tmp_path, ragged):
     config = config_for(tmp_path, ragged, "torchrun", 8, train={"epochs": 1})
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "flood_cli", "train", "-c", str(config), "-q"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
+    taken = socket.socket()  # torchrun's default port, taken (if no other program has it already)
+    try:
+        taken.bind(("", 29500))
+        taken.listen()
+    except OSError:
+        pass
+    # --standalone: the agent hosts the rendezvous store on a port it binds at once
+    # (localhost:0, torch/distributed/run.py) and the workers connect to it. torch 2.13
+    # does so on one node without the flag too, unless --master-port is given; older
+    # versions bound the fixed port 29500, which another run may hold (taken above).
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "flood_cli", "train", "-c", str(config), "-q",
+    ]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    except subprocess.TimeoutExpired as exc:
+        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        raise AssertionError(f"torchrun did not finish in 300 s (a hang between ranks?); both ranks' stderr:\n{err[-6000:]}") from None
+    finally:
+        taken.close()
+    assert result.returncode == 0, result.stderr[-6000:]  # torchrun passes on both ranks' stderr
     run_dir = tmp_path / "runs" / "torchrun"
     assert result.stdout.splitlines()[0] == f"run folder: {run_dir}"  # by the main process only
     assert summary(run_dir)["status"] == "completed"

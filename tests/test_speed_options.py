@@ -53,7 +53,8 @@ def test_padding_multiple_is_neutral_up_to_rounding_without_dropout(tmp_path):
     no_dropout = {"tiny": {"num_layers": 2, "hidden_size": 64, "num_heads": 2, "intermediate_size": 128, "dropout": 0.0}}
     plain = rows_of(tmp_path, "pad8", model=no_dropout)
     padded = rows_of(tmp_path, "pad64", model=no_dropout, runtime={**CPU, "pad_to_multiple_of": 64})
-    for a, b in zip(plain, padded):
+    assert len(padded) == len(plain) > 0
+    for a, b in zip(plain, padded, strict=True):
         for column in ("train_loss", "val_loss", "val_accuracy"):
             assert a[column] == pytest.approx(b[column], rel=1e-5, abs=1e-7)
 

@@ -94,7 +94,7 @@ def test_same_seed_gives_the_same_csv_and_another_seed_does_not(tmp_path):
 
 def test_flood_level_above_the_initial_loss_makes_every_step_ascent(tmp_path):
     _, rows, _ = train(tmp_path, "high", overrides={"train.b": 10.0})
-    assert all(float(r["flood_active"]) == 1.0 for r in rows)
+    assert len(rows) == 2 and all(float(r["flood_active"]) == 1.0 for r in rows)
     for row in rows:
         # What the optimizer saw is the mirrored loss 2b - L.
         assert float(row["train_objective"]) == pytest.approx(20.0 - float(row["train_loss"]), rel=1e-5)
@@ -107,7 +107,8 @@ def test_flooding_under_gradient_accumulation_matches_the_large_batch(tmp_path):
     _, large, _ = train(tmp_path, "large", model=no_dropout, train=flooding)
     _, accumulated, _ = train(tmp_path, "accum", model=no_dropout, train={**flooding, "batch_size": 8, "grad_accum_steps": 2})
     assert 0.0 < float(large[0]["flood_active"]) < 1.0, "b should make some steps ascend and some descend"
-    for a, b in zip(without_time(large), without_time(accumulated)):
+    assert len(accumulated) == len(large) == 2
+    for a, b in zip(without_time(large), without_time(accumulated), strict=True):
         assert a["flood_active"] == b["flood_active"]
         for column in ("train_loss", "val_loss", "val_accuracy"):
             assert float(a[column]) == pytest.approx(float(b[column]), rel=1e-4, abs=1e-6)
@@ -145,57 +146,160 @@ def test_eval_every_n_steps_and_a_test_split(tmp_path):
 def test_save_best_model_writes_a_loadable_folder(tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    run_dir, _, _ = train(tmp_path, "saved", output={"save_best_model": True})
+    run_dir, rows, _ = train(tmp_path, "saved", output={"save_best_model": True}, train={"eval_every": 3})
     model = AutoModelForSequenceClassification.from_pretrained(run_dir / "best_model")
     assert model.config.id2label == {0: "ham", 1: "spam"}
     assert AutoTokenizer.from_pretrained(run_dir / "best_model")("hello")["input_ids"][0] == 2
-    # best_model is a relative link to the one hidden folder that holds the latest best:
-    # nothing else is left behind (no staging folder, no earlier best, no temporary link).
-    link = run_dir / "best_model"
+    # best_model is a relative link to the hidden folder that holds the latest best, and
+    # .best_model.previous to the one before it (the run improves several times): nothing
+    # else is left behind (no staging link, no older best).
+    link, previous = run_dir / "best_model", run_dir / ".best_model.previous"
     assert link.is_symlink() and not Path(os.readlink(link)).is_absolute()
-    assert [p.name for p in run_dir.iterdir() if p.name.startswith(".")] == [os.readlink(link)]
+    losses = [float(r["val_loss"]) for r in rows]
+    assert sum(loss < min(losses[:i], default=math.inf) for i, loss in enumerate(losses)) >= 2  # two bests or more
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == sorted(
+        [os.readlink(link), os.readlink(previous), previous.name]
+    )
+    assert os.readlink(link) != os.readlink(previous)
 
 
-def test_replacing_the_best_model_never_leaves_best_model_missing_or_half_written(tmp_path):
-    """A reader polling best_model/ while it is replaced 30 times never finds it missing
-    or a file in it half-written: the new folder is complete before one rename swaps
-    the link. (Before, best_model was renamed away and then replaced.)"""
+@pytest.fixture
+def cpu_load():
+    """Two CPU-bound processes beside the test, as on a loaded machine (killed after)."""
+    import subprocess
+    import sys
+
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    yield
+    for spinner in spinners:
+        spinner.kill()
+        spinner.wait()
+
+
+def fill_best_model(files: list[str], version: int):
+    def fill(folder: Path) -> None:
+        for name in files:
+            (folder / name).write_text(str(version) * 20_000)
+    return fill
+
+
+def test_a_reader_inside_best_model_can_read_it_whole_after_it_is_replaced(tmp_path, cpu_load):
+    """A reader that entered best_model/ (like `cd best_model`, or a tool holding the
+    folder open) before a swap, and reads its files after it, finds them all, whole and
+    from the one model it entered. (Before, the old folder was deleted at the swap.)
+    Then, a swap later, that folder goes: at most two hidden folders are ever kept."""
     import threading
 
     from flood_cli.runs import RunDir
 
     run = RunDir(tmp_path)
     files = [f"part{i}.bin" for i in range(5)]
+    run.replace_best_model(fill_best_model(files, 0))
+    entered, swapped, texts = threading.Event(), threading.Event(), {}
 
-    def write(version):
-        def fill(folder):
+    def reader():
+        folder = os.open(tmp_path / "best_model", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            entered.set()
+            swapped.wait(timeout=60)  # sleeps past the swap
             for name in files:
-                (folder / name).write_text(str(version) * 20_000)
-        return fill
+                try:
+                    with open(name, encoding="utf-8", opener=lambda path, flags: os.open(path, flags, dir_fd=folder)) as handle:
+                        texts[name] = handle.read()
+                except FileNotFoundError:
+                    texts[name] = "missing"
+        finally:
+            os.close(folder)
 
-    run.replace_best_model(write(0))
-    seen, stop = [], threading.Event()
+    thread = threading.Thread(target=reader)
+    thread.start()
+    assert entered.wait(timeout=60)
+    run.replace_best_model(fill_best_model(files, 1))
+    swapped.set()
+    thread.join(timeout=60)
+    assert texts == {name: "0" * 20_000 for name in files}, "a reader inside best_model/ saw its files vanish"
+    assert (tmp_path / "best_model" / "part0.bin").read_text() == "1" * 20_000
+
+    hidden = lambda: sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".best_model-"))  # noqa: E731
+    first, second = os.readlink(tmp_path / ".best_model.previous"), os.readlink(tmp_path / "best_model")
+    assert hidden() == sorted([first, second])
+    run.replace_best_model(fill_best_model(files, 2))
+    assert hidden() == sorted([second, os.readlink(tmp_path / "best_model")])  # the first one is gone
+    assert os.readlink(tmp_path / ".best_model.previous") == second
+
+
+def test_replacing_the_best_model_never_leaves_best_model_missing_or_half_written(tmp_path, cpu_load):
+    """A reader polling best_model/ while it is replaced 30 times, beside two CPU-bound
+    processes, never finds it missing or a file in it half-written: the new folder is
+    complete before one rename swaps the link, and the folder it replaces stays until
+    the next swap. Each swap waits until the reader has read a whole pass begun after
+    the swap before it, as evaluations are far apart in a run: the reader is then
+    never in a folder older than the previous one. (Before, best_model was renamed away
+    and then replaced; later, the previous folder was deleted at once.)"""
+    import threading
+
+    from flood_cli.runs import RunDir
+
+    run = RunDir(tmp_path)
+    files = [f"part{i}.bin" for i in range(5)]
+    run.replace_best_model(fill_best_model(files, 0))
+    seen, stop, passes = [], threading.Event(), {"started": 0, "done": 0}
+    progress = threading.Condition()
 
     def reader():
         while not stop.is_set():
+            with progress:
+                passes["started"] += 1
             for name in files:
                 try:
                     text = (tmp_path / "best_model" / name).read_text()
                 except FileNotFoundError:
                     text = "missing"
                 seen.append(text)
+            with progress:
+                passes["done"] += 1
+                progress.notify_all()
 
     thread = threading.Thread(target=reader)
     thread.start()
-    for version in range(1, 31):
-        run.replace_best_model(write(version))
-    stop.set()
-    thread.join()
-    assert len(seen) > 30
+    try:
+        for version in range(1, 31):
+            with progress:
+                begun = passes["started"]
+                assert progress.wait_for(lambda: passes["done"] > begun, timeout=60), "the reader stalled"
+            run.replace_best_model(fill_best_model(files, version))
+    finally:
+        stop.set()
+        thread.join()
+    assert len(seen) >= 30 * len(files)
     whole = {str(version) * 20_000 for version in range(31)}
     assert all(text in whole for text in seen), "a reader found best_model missing or a file half-written"
     assert (tmp_path / "best_model" / "part0.bin").read_text() == "30" * 20_000
-    assert len([p for p in tmp_path.iterdir() if p.name.startswith(".best_model")]) == 1
+    # The latest and the one before it; nothing else (no staging link either).
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".best_model.previous", "best_model", os.readlink(tmp_path / "best_model"), os.readlink(tmp_path / ".best_model.previous")]
+    )
+
+
+def test_a_resumed_run_tidies_what_a_killed_swap_left_and_keeps_both_models(tmp_path):
+    """A process killed while writing a new best leaves a half-written hidden folder (and
+    maybe a staging link): taking the run's lock, as a resume does, removes them and
+    keeps the current and previous models."""
+    from flood_cli.runs import RunDir
+
+    run = RunDir(tmp_path)
+    files = ["part0.bin"]
+    for version in range(3):
+        run.replace_best_model(fill_best_model(files, version))
+    kept = {os.readlink(tmp_path / "best_model"), os.readlink(tmp_path / ".best_model.previous")}
+    (tmp_path / ".best_model-killedwhilewriting").mkdir()
+    (tmp_path / ".best_model-killedwhilewriting" / "part0.bin").write_text("3" * 10)
+    os.symlink(".best_model-killedwhilewriting", tmp_path / ".best_model.link.tmp")
+    resumed = RunDir(tmp_path)
+    resumed.lock()
+    resumed.close()
+    assert {p.name for p in tmp_path.iterdir() if p.name.startswith(".best_model")} == kept | {".best_model.previous"}
+    assert (tmp_path / "best_model" / "part0.bin").read_text() == "2" * 20_000
 
 
 def test_an_existing_run_is_never_overwritten(tmp_path):
