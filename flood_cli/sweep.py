@@ -216,11 +216,24 @@ def _key_order() -> tuple[dict[str, tuple[int, ...]], frozenset[str]]:
     return places, frozenset(last for last in lasts if lasts.count(last) > 1)
 
 
+LAST_KEYS = tuple(FLAG_KEYS.values())  # train.b, train.lr, train.ascent_lr
+
+
 def _ordered(overrides: dict[str, Any]) -> list[tuple[str, Any]]:
-    """The overrides in one order whatever order they were given in: train.mode, then
-    the config's own order of keys."""
+    """The overrides in one order whatever order they were given in: train.mode, the
+    other keys in the config's own order, then the flags' keys b, lr, ascent_lr
+    (baseline-optimizer=sgd-lr0.2, flooding-b0.1-lr0.001, alternate-lr2e-05-alr1e-06)."""
     places, _ = _key_order()
-    return sorted(overrides.items(), key=lambda item: (item[0] != "train.mode", places.get(item[0], (1 << 30,)), item[0]))
+
+    def place(item: tuple[str, Any]) -> tuple:
+        key = item[0]
+        if key == "train.mode":
+            return (0,)
+        if key in LAST_KEYS:
+            return (2, LAST_KEYS.index(key))
+        return (1, places.get(key, (1 << 30,)), key)
+
+    return sorted(overrides.items(), key=place)
 
 
 @dataclass(frozen=True)

@@ -113,18 +113,18 @@ def test_a_2x2_grid_makes_six_runs_a_table_and_a_b_curve(tmp_path):
     result = flood("sweep", "--resume", str(folder), "--settings", str(extra))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines()[0] == (
-        "sweep grid: resuming 4 setting(s) (baseline; flooding b=0.3; flooding b=0.6; baseline lr=0.05 optimizer=sgd) "
-        "× 2 seed(s) = 8 runs; added 1 setting(s): baseline lr=0.05 optimizer=sgd"
+        "sweep grid: resuming 4 setting(s) (baseline; flooding b=0.3; flooding b=0.6; baseline optimizer=sgd lr=0.05) "
+        "× 2 seed(s) = 8 runs; added 1 setting(s): baseline optimizer=sgd lr=0.05"
     )
     assert sorted(line.split("] ")[1].split(":")[0] for line in result.stdout.splitlines() if PROGRESS_LINE.match(line)) == [
-        "baseline-lr0.05-optimizer=sgd-s1", "baseline-lr0.05-optimizer=sgd-s2"
+        "baseline-optimizer=sgd-lr0.05-s1", "baseline-optimizer=sgd-lr0.05-s2"
     ]
     assert {p: p.read_bytes() for p in before} == before
     spec = sweeps.read_spec(folder)
     assert [t.state.name for t in trials_of(spec)] == ["COMPLETE"] * 8 and spec.expected_runs == 8
     runs = folder / "runs"
     assert sweeps.config_for(spec, spec.settings[-1], 1, "x").train.optimizer == "sgd"
-    assert json.loads((runs / "baseline-lr0.05-optimizer=sgd-s1" / "summary.json").read_text())["status"] == "completed"
+    assert json.loads((runs / "baseline-optimizer=sgd-lr0.05-s1" / "summary.json").read_text())["status"] == "completed"
     again = flood("sweep", "--resume", str(folder), "--settings", str(extra))
     assert again.returncode == 0 and "added" not in again.stdout.splitlines()[0]
     assert not any(PROGRESS_LINE.match(line) for line in again.stdout.splitlines())
@@ -465,7 +465,7 @@ def test_a_settings_file_sweeps_several_methods_next_to_a_baseline(tmp_path):
     # A baseline of other settings (SGD beside backstitch) does not stand in for the plain one.
     listed.write_text("- {train.mode: baseline, train.optimizer: sgd, train.lr: 0.05}\n- {train.mode: backstitch, train.lr: 0.05}\n")
     spec = sweeps.create_sweep(tiny_config(tmp_path), None, {}, [1], [], 0, tmp_path / "sweeps", "sgd", None, None, False, sweeps.read_settings(listed))
-    assert [sweeps.Setting(s).run_name(1) for s in spec.settings] == ["baseline-s1", "baseline-lr0.05-optimizer=sgd-s1", "backstitch-lr0.05-s1"]
+    assert [sweeps.Setting(s).run_name(1) for s in spec.settings] == ["baseline-s1", "baseline-optimizer=sgd-lr0.05-s1", "backstitch-lr0.05-s1"]
     listed.write_text("- {train.mode: baseline}\n- {train.mode: iflood, train.b: 0.05}\n")
     spec = sweeps.create_sweep(tiny_config(tmp_path), None, {}, [1], [], 0, tmp_path / "sweeps", "listed", None, None, False, sweeps.read_settings(listed))
     assert [sweeps.Setting(s).run_name(1) for s in spec.settings] == ["baseline-s1", "iflood-b0.05-s1"]

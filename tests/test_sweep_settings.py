@@ -98,9 +98,11 @@ def test_close_values_get_their_own_runs_and_equal_ones_are_refused(tmp_path):
 
 def test_values_are_kept_as_the_validated_config_holds_them(tmp_path):
     spec = grid(tmp_path, {"train.b": [1], "train.epochs": [2.0]})
-    assert spec.settings == [{"train.mode": "baseline", "train.epochs": 2}, {"train.mode": "flooding", "train.b": 1.0, "train.epochs": 2}]
-    assert [type(v) for v in spec.settings[1].values()] == [str, float, int]
-    assert queued_runs(spec) == ["baseline-epochs=2-s1", "flooding-b1-epochs=2-s1"]
+    assert spec.settings == [{"train.mode": "baseline", "train.epochs": 2}, {"train.mode": "flooding", "train.epochs": 2, "train.b": 1.0}]
+    assert [type(v) for v in spec.settings[1].values()] == [str, int, float]
+    # Keys in the config's order, the flags' keys (b, lr, ascent_lr) last.
+    assert queued_runs(spec) == ["baseline-epochs=2-s1", "flooding-epochs=2-b1-s1"]
+    assert sweeps.Setting({"train.lr": 0.2, "train.optimizer": "sgd", "train.mode": "baseline"}).run_name(1) == "baseline-optimizer=sgd-lr0.2-s1"
 
 
 def test_a_long_or_unsafe_value_never_cuts_off_the_seed_nor_merges_two_settings():
