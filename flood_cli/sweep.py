@@ -692,11 +692,16 @@ def create_sweep(
         )
     if mode == "flooding" and "train.b" not in axes and base.train.b is None and not any(r.key == "train.b" for r in search):
         raise FloodError("mode flooding needs flood levels: --b 0,0.05,0.1 or --search b=0:0.6")
-    grid_size = len(listed) + 1 if listed is not None else math.prod(len(values) for values in axes.values()) * 2
-    if (grid_size + trials) * len(seeds) > MAX_RUNS:  # before a grid of them is built
+    if listed is not None:
+        grid_size = len(listed) + 1
+    else:  # as grid_settings makes them, counted before a grid of them is built
+        shared = math.prod(len(values) for key, values in axes.items() if _mode_key(key) is None)
+        own = math.prod(len(values) for values in axes.values()) if axes else int(not search)
+        grid_size = shared + (own if mode != "baseline" else 0)
+    if (grid_size + trials) * len(seeds) > MAX_RUNS:
         raise FloodError(
-            f"this sweep would make more than {MAX_RUNS} runs ({grid_size + trials} setting(s) or trial(s) × {len(seeds)} seed(s)); "
-            "give fewer values, settings, trials or seeds, or split it into several sweeps"
+            f"this sweep would make {(grid_size + trials) * len(seeds)} runs ({grid_size + trials} setting(s) or trial(s) × "
+            f"{len(seeds)} seed(s)), more than {MAX_RUNS}; give fewer values, settings, trials or seeds, or split it into several sweeps"
         )
     if listed is not None:
         settings = [Setting(overrides) for overrides in listed]
@@ -797,7 +802,7 @@ def add_settings(spec: SweepSpec, listed: list[dict[str, Any]]) -> list[str]:
         raise FloodError(
             f"the sweep would make more than {MAX_RUNS} runs with these settings; split them into a new sweep"
         )
-    known = distinct_settings(spec, [Setting(overrides) for overrides in spec.settings], f"sweep {spec.name}")
+    known = [canonical(spec, overrides) for overrides in spec.settings]
     have = {key for setting, experiment in known for key in (setting.identity(), experiment)}
     wanted = distinct_settings(spec, [Setting(overrides) for overrides in listed], "--settings")
     new = [setting for setting, experiment in wanted if setting.identity() not in have and experiment not in have]

@@ -163,6 +163,12 @@ def test_resume_refuses_every_flag_it_would_ignore(tmp_path, flags):
     assert (Path(spec.folder) / "sweep.yaml").read_text() == saved and queued_runs(spec) == ["baseline-s1", "flooding-b0.1-s1"]
 
 
+def test_a_worker_refuses_the_flags_it_would_ignore(tmp_path):
+    result = CliRunner().invoke(app, ["sweep", "--worker", "--resume", str(tmp_path), "--seeds", "5", "--workers", "2", "--study", "x"])
+    assert result.exit_code == 1
+    assert result.stderr == "error: --worker runs the trials of a sweep made already, so --seeds, --workers, --study cannot be given; drop them\n"
+
+
 def test_resume_names_every_ignored_flag_in_one_line(tmp_path):
     result = refused("--resume", str(tmp_path / "any"), "--seeds", "5", "--mode", "iflood", "--out", "x", "--prune")
     assert result.stderr == "error: --resume continues the saved sweep, so --mode, --seeds, --prune, --out cannot be given; " \
@@ -226,8 +232,9 @@ def test_bad_counts_are_refused_at_once(tmp_path):
         with pytest.raises(FloodError, match=message):
             sweeps.parse_seeds(text)
     assert sweeps.parse_seeds(" 2 ") == [1, 2] and sweeps.parse_seeds("0,7") == [0, 7]
-    with pytest.raises(FloodError, match=rf"more than {sweeps.MAX_RUNS} runs"):
-        grid(tmp_path, {"train.b": [i / 1000 for i in range(1, 101)], "train.lr": [i / 1e5 for i in range(1, 11)]}, seeds=(1, 2, 3))
+    # 20 baselines (one per lr) + 100 × 20 flooding settings, × 3 seeds: 6060 runs.
+    with pytest.raises(FloodError, match=rf"this sweep would make 6060 runs \(2020 setting\(s\) or trial\(s\) × 3 seed\(s\)\), more than {sweeps.MAX_RUNS}"):
+        grid(tmp_path, {"train.b": [i / 1000 for i in range(1, 101)], "train.lr": [i / 1e5 for i in range(1, 21)]}, seeds=(1, 2, 3))
     assert not (tmp_path / "sweeps" / "grid").exists()
 
 
