@@ -310,6 +310,7 @@ def compare(
 @app.command()
 @user_errors
 def sweep(
+    ctx: typer.Context,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="base YAML config of every run")] = None,
     mode: Annotated[Optional[str], typer.Option(help="any mode of flood train [default: the config's]")] = None,
     b: Annotated[Optional[str], typer.Option("--b", help="flood levels to try: 0,0.05,0.1 (a baseline group is always added)")] = None,
@@ -362,6 +363,10 @@ def sweep(
         _print_results(spec, sweeps.write_results(spec))
         return
     if worker:
+        _refuse_given(
+            ctx, "--worker runs the trials of a sweep made already", WHAT_A_SWEEP_IS, "--report", "--workers",
+            *(("--out", "--storage", "--study") if resume is not None else ()),
+        )
         if resume is not None:
             spec = sweeps.read_spec(resume)
         elif storage and study:
@@ -375,13 +380,11 @@ def sweep(
         typer.echo(f"worker done: {done} trial(s)")
         return
     if resume is not None:
-        flags = {"--config": config, "--b": b, "--lr": lr, "--ascent-lr": ascent_lr, "--set": set_, "--search": search, "--name": name}
-        given = [flag for flag, value in flags.items() if value]
-        if given:
-            raise FloodError(
-                f"--resume continues the saved sweep, so {given[0]} cannot be given; drop it "
-                "(--settings FILE adds the settings it lists that the sweep lacks)"
-            )
+        _refuse_given(
+            ctx, "--resume continues the saved sweep", tuple(flag for flag in WHAT_A_SWEEP_IS if flag != "--settings"),
+            "--storage", "--study", "--out", "--report",
+            fix=" (--settings FILE adds the settings it lists that the sweep lacks)",
+        )
         spec = sweeps.read_spec(resume)
         added = sweeps.add_settings(spec, sweeps.read_settings(settings)) if settings is not None else []
         retried = sweeps.requeue_failed(spec)
@@ -416,6 +419,24 @@ def sweep(
             f"{len(outcome.failed)} trial(s) failed (see the lines above and {spec.folder}/workers/); "
             f"fix the cause and run flood sweep --resume {spec.folder}"
         )
+
+
+# The flags that say what a new sweep is: a saved one has them in its sweep.yaml.
+WHAT_A_SWEEP_IS = ("--config", "--mode", "--b", "--lr", "--ascent-lr", "--set", "--settings", "--seeds", "--search", "--trials", "--prune", "--name")
+
+
+def _refuse_given(ctx: typer.Context, why: str, flags: tuple[str, ...], *more: str, fix: str = "") -> None:
+    """One line naming every flag of ``flags`` given on the command line (a flag left at
+    its default is not given), which the sweep would otherwise ignore."""
+    given = []
+    for param in ctx.command.params:
+        if any(opt in (*flags, *more) for opt in param.opts) and param.name is not None:
+            source = ctx.get_parameter_source(param.name)  # an enum of the click that Typer runs on
+            if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+                given.append(next(opt for opt in param.opts if opt.startswith("--")))
+    if given:
+        them = "it" if len(given) == 1 else "them"
+        raise FloodError(f"{why}, so {', '.join(given)} cannot be given; drop {them}{fix}")
 
 
 def _sweep_axes(b: Optional[str], lr: Optional[str], ascent_lr: Optional[str], sets: list[str]) -> dict[str, list[Any]]:

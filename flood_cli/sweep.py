@@ -27,10 +27,13 @@ never run again.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import itertools
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -40,7 +43,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, get_args
 
 import yaml
 
@@ -69,6 +72,12 @@ MODE_KEYS = tuple(dict.fromkeys(key for keys in MODE_KEYS_OF.values() for key in
 # What a run of one mode must not carry from a base config of another (reset to defaults).
 CLEARED = {"train.b": None, "train.ascent_lr": None, "train.adaflood": None, "train.backstitch": None, "train.gradnorm": None}
 CURVE_KEYS = ("train.b", "train.ascent_lr")
+
+# Bounds on what one sweep enqueues (each run is one Optuna trial, a few ms to enqueue).
+MAX_SEEDS = 1000
+MAX_SETTINGS = 1000
+MAX_SETTINGS_BYTES = 512_000
+MAX_RUNS = 5000
 
 HEARTBEAT_S = 10.0
 GRACE_S = 60.0
@@ -104,20 +113,29 @@ def parse_values(text: str, what: str) -> list[Any]:
     return values
 
 
+_WHOLE_NUMBER = re.compile(r"[0-9]+")
+
+
 def parse_seeds(text: str) -> list[int]:
-    """``5`` -> seeds 1..5; ``1,2,7`` -> those seeds."""
-    try:
-        if "," not in text:
-            count = int(text)
-            if count < 1:
-                raise ValueError
-            return list(range(1, count + 1))
-        seeds = [int(item) for item in text.split(",")]
-    except ValueError:
-        raise FloodError(f"--seeds {text!r}: give a number of seeds (5 means seeds 1..5) or a list (1,2,7)") from None
-    if len(set(seeds)) != len(seeds) or any(seed < 0 for seed in seeds):
-        raise FloodError(f"--seeds {text!r}: seeds must be distinct and not negative")
-    return seeds
+    """``5`` -> seeds 1..5; ``1,2,7`` -> those seeds. Plain digits only (Python's int()
+    would take ``1_0`` as 10), at most MAX_SEEDS seeds, each a valid train.seed."""
+    from flood_cli.config import SEED_MAX
+
+    items = [item.strip() for item in text.split(",")]
+    if not all(_WHOLE_NUMBER.fullmatch(item) for item in items):
+        raise FloodError(f"--seeds {text!r}: give a number of seeds (5 means seeds 1..5) or a list (1,2,7), in plain digits")
+    numbers = [int(item) for item in items]
+    if len(numbers) == 1:
+        if numbers[0] > MAX_SEEDS:
+            raise FloodError(f"--seeds {text!r}: at most {MAX_SEEDS} seeds per setting; give fewer (e.g. --seeds 5)")
+        if numbers[0] < 1:
+            raise FloodError(f"--seeds {text!r}: give a number of seeds (5 means seeds 1..5) or a list (1,2,7)")
+        return list(range(1, numbers[0] + 1))
+    if len(numbers) > MAX_SEEDS:
+        raise FloodError(f"--seeds {text!r}: at most {MAX_SEEDS} seeds per setting; give fewer")
+    if len(set(numbers)) != len(numbers) or any(seed > SEED_MAX for seed in numbers):
+        raise FloodError(f"--seeds {text!r}: seeds must be distinct, from 0 to {SEED_MAX}")
+    return numbers
 
 
 @dataclass(frozen=True)
@@ -126,10 +144,13 @@ class Range:
     low: float
     high: float
     log: bool = False
+    integer: bool = False  # a whole-number key (train.batch_size): TPE suggests integers
 
 
 def parse_search(text: str) -> Range:
-    """``b=0:0.6`` or ``ascent_lr=1e-6:1e-4:log`` (a key of a section, or b, lr, ascent_lr)."""
+    """``b=0:0.6`` or ``ascent_lr=1e-6:1e-4:log`` (a key of a section, or b, lr, ascent_lr).
+    A key the config holds as a whole number (train.batch_size=8:32) is searched over
+    integers, and its bounds must be whole; a key that is no number is refused."""
     name, sep, bounds = text.partition("=")
     parts = bounds.split(":")
     try:
@@ -139,17 +160,90 @@ def parse_search(text: str) -> Range:
     except ValueError:
         raise FloodError(f"--search {text!r}: expected KEY=LOW:HIGH or KEY=LOW:HIGH:log, e.g. --search b=0:0.6") from None
     log = len(parts) == 3
-    if not low < high or (log and low <= 0):
+    if not (math.isfinite(low) and math.isfinite(high)) or not low < high or (log and low <= 0):
         raise FloodError(f"--search {text!r}: LOW must be below HIGH (and above 0 on a log scale)")
     key = FLAG_KEYS.get(name.strip(), name.strip())
     if "." not in key:
         raise FloodError(f"--search {text!r}: {name!r} is not b, lr, ascent_lr or a section.key")
+    kinds = _number_kinds(key)
+    if kinds == {int}:
+        if not (low.is_integer() and high.is_integer()):
+            raise FloodError(f"--search {text!r}: {key} is a whole number; give whole bounds, e.g. --search {key}=8:32")
+        return Range(key, int(low), int(high), log, integer=True)
+    if kinds is not None and not kinds:
+        raise FloodError(f"--search {text!r}: {key} is not a number; search a number key, or list its values with --set {key}=A,B")
     return Range(key, low, high, log)
+
+
+def _number_kinds(key: str) -> Optional[set]:
+    """{int}, {float} or set() (no number) for a key of the config; None for a key it
+    does not have (validation says so)."""
+    from pydantic import BaseModel
+
+    from flood_cli.config import Config
+
+    model: Any = Config
+    annotation: Any = None
+    for part in key.split("."):
+        if model is None or part not in model.model_fields:
+            return None
+        annotation = model.model_fields[part].annotation
+        model = next((a for a in (annotation, *get_args(annotation)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    args = set(get_args(annotation) or (annotation,))
+    return {float} if float in args else {int} if int in args else set()
+
+
+@functools.lru_cache(maxsize=1)
+def _key_order() -> tuple[dict[str, tuple[int, ...]], frozenset[str]]:
+    """Each key of the config with its place in the config (sections and keys in the
+    order the config declares them), and the last parts that more than one key ends
+    with (folds: train.adaflood.folds, data.holdout.folds)."""
+    from pydantic import BaseModel
+
+    from flood_cli.config import Config
+
+    places: dict[str, tuple[int, ...]] = {}
+
+    def walk(model: Any, prefix: str, place: tuple[int, ...]) -> None:
+        for index, (name, info) in enumerate(model.model_fields.items()):
+            places[prefix + name] = (*place, index)
+            for arg in (info.annotation, *get_args(info.annotation)):
+                if isinstance(arg, type) and issubclass(arg, BaseModel):
+                    walk(arg, f"{prefix}{name}.", (*place, index))
+
+    walk(Config, "", ())
+    lasts = [key.rsplit(".", 1)[-1] for key in places]
+    return places, frozenset(last for last in lasts if lasts.count(last) > 1)
+
+
+LAST_KEYS = tuple(FLAG_KEYS.values())  # train.b, train.lr, train.ascent_lr
+
+
+def _ordered(overrides: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The overrides in one order whatever order they were given in: train.mode, the
+    other keys in the config's own order, then the flags' keys b, lr, ascent_lr
+    (baseline-optimizer=sgd-lr0.2, flooding-b0.1-lr0.001, alternate-lr2e-05-alr1e-06)."""
+    places, _ = _key_order()
+
+    def place(item: tuple[str, Any]) -> tuple:
+        key = item[0]
+        if key == "train.mode":
+            return (0,)
+        if key in LAST_KEYS:
+            return (2, LAST_KEYS.index(key))
+        return (1, places.get(key, (1 << 30,)), key)
+
+    return sorted(overrides.items(), key=place)
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One point of the sweep: config overrides (dotted keys), the same for every seed."""
+    """One point of the sweep: config overrides (dotted keys), the same for every seed.
+
+    Key order never matters: the label, the identity and the run name follow the
+    config's order of keys. Values are compared as they are given; a setting made by
+    :func:`canonical` holds each value as the validated config does (1e-3 and 0.001 are
+    one float, 1 and 1.0 one int of an int key)."""
 
     overrides: dict[str, Any]
 
@@ -157,33 +251,89 @@ class Setting:
     def mode(self) -> str:
         return str(self.overrides.get("train.mode", "baseline"))
 
+    def _shown(self) -> list[tuple[str, Any]]:
+        return [(key, value) for key, value in _ordered(self.overrides) if key != "train.mode"]
+
     def label(self) -> str:
-        shown = [f"{key.split('.')[-1]}={_value(value)}" for key, value in self.overrides.items() if key != "train.mode"]
+        shown = [f"{key.split('.')[-1]}={_value(value)}" for key, value in self._shown()]
         return " ".join([self.mode, *shown])
 
+    def identity(self) -> str:
+        """The setting as text: equal for equal settings, whatever their key order."""
+        return json.dumps(_ordered(self.overrides), sort_keys=True, default=str)
+
     def run_name(self, seed: int) -> str:
-        parts = [self.mode]
-        for key, value in self.overrides.items():
-            if key == "train.mode":
-                continue
-            short = SHORT_NAMES.get(key, key.split(".")[-1] + "=")
+        """``flooding-b0.1-s3``: readable where the text tells the setting exactly;
+        otherwise (a value that needs characters a run name cannot hold, or a name past
+        NAME_MAX) the readable part cut short and a hash of the whole setting, so that
+        two settings never share a run and the seed is never cut off."""
+        from flood_cli.config import NAME_MAX
+
+        _, shared_lasts = _key_order()
+        parts, exact = [self.mode], True
+        for key, value in self._shown():
+            last = key.split(".")[-1]
+            short = SHORT_NAMES.get(key, last + "=")
             parts.append(f"{short}{_value(value)}")
-        parts.append(f"s{seed}")
-        return _safe_name("-".join(parts))
+            exact = exact and _exact(value) and (key in SHORT_NAMES or last not in shared_lasts)
+        readable, seed_part = "-".join(parts), f"-s{seed}"
+        if exact and _safe_name(readable) == readable and len(readable) + len(seed_part) <= NAME_MAX:
+            return readable + seed_part
+        tag = "-h" + hashlib.sha256(self.identity().encode()).hexdigest()[:12]
+        return _safe_name(readable)[: NAME_MAX - len(tag) - len(seed_part)] + tag + seed_part
 
 
 def _value(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
+    """A value as a run name shows it: a float as %.6g where that reads back as the same
+    float (0.1, 2e-05), else in full (0.1000001)."""
+    if isinstance(value, float):
+        short = f"{value:.6g}"
+        return short if float(short) == value else repr(value)
+    return str(value)
+
+
+_PLAIN_TEXT = re.compile(r"[A-Za-z0-9_.+@,=]+")
+
+
+def _exact(value: Any) -> bool:
+    """Whether _value(value) tells the value apart from every other value of its key
+    (a text with '-' could read as two parts of a name; 'None' as null)."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return True
+    return isinstance(value, str) and bool(_PLAIN_TEXT.fullmatch(value)) and value not in ("None", "True", "False")
 
 
 def _safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._+=@,-" else "_" for c in name)[:200]
 
 
+# Keys a sweep sets itself for every run: swept or fixed, they would be overwritten.
+OWN_KEYS = {
+    "train.seed": "each run's seed comes from --seeds; drop {key} and give --seeds (e.g. --seeds 1,2,7)",
+    "output.name": "the sweep names each run itself; drop {key}",
+    "output.dir": "the sweep keeps its runs in its own runs/ folder (choose where with --out); drop {key}",
+}
+
+
+def refuse_own_keys(keys: Any, where: str) -> None:
+    """One line for a key the sweep sets itself (train.seed, output.name, output.dir)."""
+    for key in keys:
+        if key in OWN_KEYS:
+            raise FloodError(f"{where} sets {key}, which a sweep sets itself: " + OWN_KEYS[key].format(key=key))
+
+
 def read_settings(path: Path) -> list[dict[str, Any]]:
     """A --settings file: a YAML list of settings, each a mapping of dotted config keys
-    (train.mode first) to one value, e.g. ``- {train.mode: flooding, train.b: 0.05}``."""
+    (train.mode first) to one value, e.g. ``- {train.mode: flooding, train.b: 0.05}``.
+    At most MAX_SETTINGS settings (and MAX_SETTINGS_BYTES of text, checked before it
+    is read)."""
     try:
+        size = path.stat().st_size
+        if size > MAX_SETTINGS_BYTES:
+            raise FloodError(
+                f"--settings file {path} is {human_bytes(size)}; a sweep takes at most {MAX_SETTINGS} settings "
+                f"({human_bytes(MAX_SETTINGS_BYTES)}): split it into several sweeps"
+            )
         data = safe_yaml.load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise FloodError(f"cannot read --settings file {path}: {exc.strerror or exc}; pass an existing YAML file") from None
@@ -191,17 +341,58 @@ def read_settings(path: Path) -> list[dict[str, Any]]:
         raise FloodError(f"--settings file {path} is not readable YAML ({_first_line(exc)}); fix the file") from None
     if not isinstance(data, list) or not data:
         raise FloodError(f"--settings file {path} must be a list of settings, e.g. - {{train.mode: flooding, train.b: 0.05}}")
+    if len(data) > MAX_SETTINGS:
+        raise FloodError(f"--settings file {path} lists {len(data)} settings; a sweep takes at most {MAX_SETTINGS}: split it into several sweeps")
     settings = []
     for number, item in enumerate(data, start=1):
         if not isinstance(item, dict) or "train.mode" not in item:
             raise FloodError(f"--settings file {path}: setting {number} must be a mapping with train.mode, e.g. {{train.mode: iflood, train.b: 0.05}}")
         if any(not isinstance(key, str) or "." not in key or isinstance(value, (dict, list)) for key, value in item.items()):
             raise FloodError(f"--settings file {path}: setting {number} needs dotted keys with one value each (train.b: 0.05)")
+        refuse_own_keys(item, f"--settings file {path}: setting {number}")
         settings.append({"train.mode": item["train.mode"], **{k: v for k, v in item.items() if k != "train.mode"}})
-    labels = [Setting(s).label() for s in settings]
-    if len(set(labels)) != len(labels):
-        raise FloodError(f"--settings file {path} lists a setting twice ({next(l for l in labels if labels.count(l) > 1)}); keep one")
     return settings
+
+
+def canonical(spec: "SweepSpec", overrides: dict[str, Any]) -> tuple[Setting, str]:
+    """The setting with each value as the validated config holds it (1e-3 -> 0.001,
+    1.0 -> 1 for an int key, 0 -> 0.0 for a float one), keys in the config's order; and
+    the run's whole validated config as text, without its name and seed: two settings
+    with the same text are the same experiment."""
+    config = config_for(spec, overrides, spec.seeds[0], "probe")
+    dumped = config.model_dump(mode="json")
+    values = {}
+    for key, given in _ordered(overrides):
+        node: Any = dumped
+        for part in key.split("."):
+            node = node.get(part, given) if isinstance(node, dict) else given
+        values[key] = node
+    dumped["train"].pop("seed", None)
+    dumped["output"].pop("name", None)
+    return Setting(values), json.dumps(dumped, sort_keys=True)
+
+
+def _given(setting: Setting) -> str:
+    """A setting as given, every value in full: {train.mode: baseline, train.epochs: 1.0}."""
+    return "{" + ", ".join(f"{key}: {value!r}" for key, value in _ordered(setting.overrides)) + "}"
+
+
+def distinct_settings(spec: "SweepSpec", settings: list[Setting], what: str, fix: str = "keep one") -> list[tuple[Setting, str]]:
+    """Each setting canonical, with its experiment text; two that are one experiment
+    (the same values spelt apart, 1 and 1.0 of an int key) are refused in one line."""
+    seen: dict[str, Setting] = {}
+    found = []
+    for setting in settings:
+        made, experiment = canonical(spec, setting.overrides)
+        for key in (made.identity(), experiment):
+            if key in seen:
+                raise FloodError(
+                    f"{what}: {_given(seen[key])} and {_given(setting)} are the same experiment once validated "
+                    f"(as {made.label()}); {fix}"
+                )
+        seen[made.identity()] = seen[experiment] = setting
+        found.append((made, experiment))
+    return found
 
 
 def grid_settings(mode: str, axes: dict[str, list[Any]]) -> list[Setting]:
@@ -458,6 +649,12 @@ def create_sweep(
     from flood_cli.config import load_config
     from flood_cli.runs import check_writable
 
+    if trials < 0:
+        raise FloodError(f"--trials {trials}: give the number of settings TPE may try (1 or more)")
+    refuse_own_keys(axes, "--set")
+    refuse_own_keys([r.key for r in search], "--search")
+    for overrides in listed or []:
+        refuse_own_keys(overrides, "--settings")
     base = load_config(config_path)
     if listed is not None:
         # One-valued --set flags are fixed for every setting (a model path, say); more
@@ -471,10 +668,6 @@ def create_sweep(
             for key, values in axes.items():
                 apply_override(raw, key, values[0])
             base = validate(raw, f"config error in {config_path} with --set")
-        # The base config's own baseline, unless listed (a baseline of other settings,
-        # such as an SGD one beside backstitch, does not stand in for it).
-        if {"train.mode": "baseline"} not in listed:
-            listed = [{"train.mode": "baseline"}, *listed]
         axes = {}
         mode = mode or "study"
     searched = {r.key for r in search}
@@ -500,6 +693,17 @@ def create_sweep(
     if mode == "flooding" and "train.b" not in axes and base.train.b is None and not any(r.key == "train.b" for r in search):
         raise FloodError("mode flooding needs flood levels: --b 0,0.05,0.1 or --search b=0:0.6")
     if listed is not None:
+        grid_size = len(listed) + 1
+    else:  # as grid_settings makes them, counted before a grid of them is built
+        shared = math.prod(len(values) for key, values in axes.items() if _mode_key(key) is None)
+        own = math.prod(len(values) for values in axes.values()) if axes else int(not search)
+        grid_size = shared + (own if mode != "baseline" else 0)
+    if (grid_size + trials) * len(seeds) > MAX_RUNS:
+        raise FloodError(
+            f"this sweep would make {(grid_size + trials) * len(seeds)} runs ({grid_size + trials} setting(s) or trial(s) × "
+            f"{len(seeds)} seed(s)), more than {MAX_RUNS}; give fewer values, settings, trials or seeds, or split it into several sweeps"
+        )
+    if listed is not None:
         settings = [Setting(overrides) for overrides in listed]
     else:
         settings = grid_settings(mode, axes) if axes else [Setting({"train.mode": "baseline"})]
@@ -521,10 +725,20 @@ def create_sweep(
         storage=storage_url or "",
         study=study_name or folder_name,
     )
-    for setting in settings:  # every config must be valid before anything exists
+    # Every config must be valid before anything exists; each setting is kept as its
+    # validated config holds it, and one experiment is never two settings (nor two runs).
+    made = distinct_settings(spec, settings, *(("--settings", "keep one") if listed is not None else ("the grid", "give each value once")))
+    if listed is not None:
+        # The base config's own baseline, unless a listed setting is that experiment (a
+        # baseline of other settings, such as an SGD one beside backstitch, is not).
+        baseline, experiment = canonical(spec, {"train.mode": "baseline"})
+        if all(other != experiment for _, other in made):
+            made.insert(0, (baseline, experiment))
+    spec.settings = [setting.overrides for setting, _ in made]
+    for setting, _ in made:
         config_for(spec, setting.overrides, seeds[0], setting.run_name(seeds[0]))
     if search:
-        probe = {r.key: (r.low + r.high) / 2 for r in search}
+        probe = {r.key: (int((r.low + r.high) // 2) if r.integer else (r.low + r.high) / 2) for r in search}
         config_for(spec, {"train.mode": mode, **probe}, seeds[0], "probe")
     try:
         folder.mkdir()
@@ -577,12 +791,25 @@ def add_settings(spec: SweepSpec, listed: list[dict[str, Any]]) -> list[str]:
     """Settings of ``listed`` that the sweep lacks, added to it: validated, saved in
     sweep.yaml and the study, and queued for every seed of the sweep. Settings it has
     already are left as they are (their runs are never redone), and none is removed.
-    Returns the labels of the settings added."""
+    A setting is one the sweep has when it is the same experiment once validated,
+    whatever its key order or spelling (1e-3 and 0.001). Returns the labels of the
+    settings added."""
     if spec.search:
         raise FloodError(f"sweep {spec.name} is a --search; settings can be added to a grid sweep only: start a new sweep")
-    known = {Setting(overrides).label() for overrides in spec.settings}
-    new = [Setting(overrides) for overrides in listed if Setting(overrides).label() not in known]
-    taken = {Setting(overrides).run_name(seed) for overrides in spec.settings for seed in spec.seeds}
+    for overrides in listed:
+        refuse_own_keys(overrides, "--settings")
+    if (len(spec.settings) + len(listed)) * len(spec.seeds) > MAX_RUNS:
+        raise FloodError(
+            f"the sweep would make more than {MAX_RUNS} runs with these settings; split them into a new sweep"
+        )
+    known = [canonical(spec, overrides) for overrides in spec.settings]
+    have = {key for setting, experiment in known for key in (setting.identity(), experiment)}
+    wanted = distinct_settings(spec, [Setting(overrides) for overrides in listed], "--settings")
+    new = [setting for setting, experiment in wanted if setting.identity() not in have and experiment not in have]
+    storage = open_storage(spec.storage_url)
+    grid = load_study(storage, spec.grid_study)
+    trials = grid.get_trials(deepcopy=False)
+    taken = {trial.user_attrs.get("run") for trial in trials}
     for setting in new:  # every config must be valid before anything changes
         config_for(spec, setting.overrides, spec.seeds[0], setting.run_name(spec.seeds[0]))
         clash = next((setting.run_name(seed) for seed in spec.seeds if setting.run_name(seed) in taken), None)
@@ -591,15 +818,13 @@ def add_settings(spec: SweepSpec, listed: list[dict[str, Any]]) -> list[str]:
     spec.settings = [*spec.settings, *(setting.overrides for setting in new)]
     if new and (Path(spec.folder) / SPEC_FILE).is_file():
         _write_spec(spec)
-    storage = open_storage(spec.storage_url)
-    grid = load_study(storage, spec.grid_study)
     if new:
         grid.set_user_attr("flood_sweep", asdict(spec))
-    # Queued by run name, so an addition cut short is completed by running it again.
-    queued = {trial.user_attrs.get("run") for trial in grid.get_trials(deepcopy=False)}
-    for setting in map(Setting, listed):
+    # Queued by setting and seed, so an addition cut short is completed by running it again.
+    queued = {(Setting(trial.user_attrs.get("overrides") or {}).identity(), trial.user_attrs.get("seed")) for trial in trials}
+    for setting in map(Setting, spec.settings):
         for seed in spec.seeds:
-            if setting.run_name(seed) not in queued:
+            if (setting.identity(), seed) not in queued:
                 _enqueue(grid, setting, seed)
     return [setting.label() for setting in new]
 
@@ -694,25 +919,34 @@ def _requeue(queue: Queue, claimed: Claimed) -> None:
 
 def _ask(queue: Queue, spec: SweepSpec) -> Optional[Claimed]:
     """A TPE trial, while the budget lasts (retries of interrupted ones first)."""
-    from optuna.trial import TrialState
-
     waiting = queue.claim()
     if waiting is not None:
         waiting.study = queue.study
         return waiting
-    counted = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.PRUNED)
-    if len(queue.study.get_trials(deepcopy=False, states=counted)) >= spec.trials:
+    if _trials_used(queue.study) >= spec.trials:
         return None
     trial = queue.study.ask()
     params = {}
     for entry in spec.search:
-        params[entry["key"]] = trial.suggest_float(entry["key"], entry["low"], entry["high"], log=entry["log"])
+        if entry.get("integer"):
+            params[entry["key"]] = trial.suggest_int(entry["key"], int(entry["low"]), int(entry["high"]), log=entry["log"])
+        else:
+            params[entry["key"]] = trial.suggest_float(entry["key"], entry["low"], entry["high"], log=entry["log"])
     overrides = {"train.mode": spec.mode, **params}
     setting = Setting(overrides)
     attrs = {"setting": setting.label(), "overrides": overrides, "search": True}
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
     return Claimed(queue.trial_id(trial.number), trial.number, attrs, params, queue.study)
+
+
+def _trials_used(study: Any) -> int:
+    """The trials of a search's budget: every trial, failed ones included (a setting
+    that fails must not let TPE propose others without end), except one queued again
+    (interrupted, or its worker died), whose retry counts instead."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {trial.user_attrs.get("retry_of") for trial in trials}
+    return sum(1 for trial in trials if trial.number not in retried)
 
 
 def _run_trial(spec: SweepSpec, claimed: Claimed, reporter_factory: Callable[[], Any], log: Callable[[str], None]) -> tuple[float, dict[str, Any]]:
