@@ -951,9 +951,10 @@ def _trials_used(study: Any) -> int:
 
 def _run_trial(spec: SweepSpec, claimed: Claimed, reporter_factory: Callable[[], Any], log: Callable[[str], None]) -> tuple[float, dict[str, Any]]:
     """Run the trial's run(s): one for a grid trial, every seed for a search trial."""
+    # A search trial's values as asked (kept in its attributes: the retry of an
+    # interrupted one is a queued trial, whose params Optuna shows only once suggested).
     overrides = claimed.attrs["overrides"]
     if claimed.attrs.get("search"):
-        overrides = {"train.mode": spec.mode, **claimed.params}
         seeds = spec.seeds
     else:
         seeds = [claimed.attrs["seed"]]

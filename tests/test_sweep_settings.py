@@ -210,6 +210,21 @@ def test_failed_trials_count_and_an_interrupted_one_counts_once(tmp_path):
     assert sweeps._ask(queue, spec) is None
 
 
+def test_the_retry_of_an_interrupted_search_trial_trains_its_own_values(tmp_path, monkeypatch):
+    """The retry is a queued trial whose params Optuna leaves empty until suggested: it
+    must still train the b it was asked with (it trained the base config's)."""
+    spec, queue = _search(tmp_path, "b=0:0.6", 2)
+    first = sweeps._ask(queue, spec)
+    sweeps._requeue(queue, first)
+    retry = sweeps._ask(queue, spec)
+    assert retry.attrs["retry_of"] == first.number
+    trained = []
+    monkeypatch.setattr(sweeps, "_run_one", lambda spec, overrides, seed, name, reporter: trained.append((overrides, name)) or {"best_val_loss": 0.5})
+    sweeps._run_trial(spec, retry, lambda: __import__("contextlib").nullcontext(None), lambda text: None)
+    assert trained == [(first.attrs["overrides"], sweeps.Setting(first.attrs["overrides"]).run_name(1))]
+    assert trained[0][0]["train.b"] == first.params["train.b"]
+
+
 def test_search_bounds_of_whole_number_and_non_number_keys(tmp_path):
     assert sweeps.parse_search("b=0:0.6").integer is False
     for text, message in [
