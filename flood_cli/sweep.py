@@ -27,6 +27,8 @@ never run again.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import itertools
@@ -81,6 +83,9 @@ MAX_RUNS = 5000
 
 HEARTBEAT_S = 10.0
 GRACE_S = 60.0
+LOCK_POLL_S = 5.0  # how often a worker looks whether a locked run folder was let go
+QUEUE_LOCK = ".queue.lock"  # in the sweep folder: one process at a time changes the queue
+DIE_AFTER_WRITE = "FLOOD_SWEEP_DIE_AFTER_WRITE"  # tests: os._exit after the k-th queue write
 
 
 # ---------------------------------------------------------------------------
@@ -488,7 +493,101 @@ def open_storage(url: str) -> Any:
             return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
         except Exception as exc:
             raise FloodError(f"cannot open the storage {url}: {_first_line(exc)}; check the URL and that the server runs") from None
-    return JournalStorage(JournalFileBackend(url))
+    _repair_journal(Path(url))
+    try:
+        storage = JournalStorage(JournalFileBackend(url))
+    except (ValueError, KeyError, AssertionError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        raise FloodError(_damaged_journal(Path(url), exc)) from None
+    storage._flood_journal = url  # type: ignore[attr-defined]
+    return storage
+
+
+# ---------------------------------------------------------------------------
+# The journal file: a cut last line is set aside, any other damage is said in one line
+
+
+def _last_line(handle: Any, size: int) -> tuple[int, bytes]:
+    """Where the journal's last line starts, and the line (with its newline, if any)."""
+    end, chunk = size, 1 << 16
+    tail = b""
+    while end > 0:
+        start = max(0, end - chunk)
+        handle.seek(start)
+        tail = handle.read(end - start) + tail
+        end = start
+        cut = tail.rfind(b"\n", 0, len(tail) - 1)
+        if cut >= 0:
+            return end + cut + 1, tail[cut + 1:]
+    return 0, tail
+
+
+def _bad_line(line: bytes) -> bool:
+    """Whether a journal line is no whole Optuna operation (cut, or not JSON)."""
+    if not line.endswith(b"\n"):
+        return True
+    try:
+        return not isinstance(json.loads(line), dict)
+    except ValueError:
+        return True
+
+
+def _repair_journal(path: Path) -> None:
+    """A journal whose last line is cut (a full disk or a kill in the middle of a write)
+    is kept readable: the cut line is copied aside to <journal>.cut-<time> and cut off
+    before anything is appended to it (Optuna's reader skips such a line, but its next
+    append would glue an operation onto it and make every later read fail). Done under
+    Optuna's own journal lock, so no write in progress is taken for a cut one."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return
+        with open(path, "rb") as handle:
+            start, line = _last_line(handle, size)
+        if not _bad_line(line):
+            return
+    except OSError:
+        return  # Optuna says what is wrong with the file
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        with open(path, "r+b") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            start, line = _last_line(handle, size)
+            if start == 0 or not _bad_line(line):
+                return  # written meanwhile, or no whole line before it: _damaged_journal says so
+            aside = path.with_name(f"{path.name}.cut-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+            aside.write_bytes(line)
+            handle.truncate(start)
+            handle.flush()
+            os.fsync(handle.fileno())
+    finally:
+        lock.release()
+    print(
+        f"{path}: its last line was cut ({len(line)} bytes of an operation a full disk or a kill left half written); "
+        f"kept aside in {aside.name} and cut off (runs it leaves without a record are queued again)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _damaged_journal(path: Path, exc: BaseException) -> str:
+    """One line for a journal Optuna cannot replay: which line, and what to do."""
+    number, total = 0, 0
+    try:
+        with open(path, "rb") as handle:
+            for total, line in enumerate(handle, start=1):
+                if not number and (_bad_line(line) or "op_code" not in json.loads(line)):
+                    number = total
+    except (OSError, ValueError):
+        pass
+    where = f"line {number} of {total}" if number else f"an operation Optuna cannot replay ({_first_line(exc)})"
+    keep = f"keep its first {number - 1} line(s) (head -n {number - 1}) and resume: " if number > 1 else ""
+    return (
+        f"the sweep journal {path} is damaged at {where}; restore it from a backup, or {keep}"
+        + ("runs without a record are queued again and completed ones read back" if number > 1 else "start a new sweep")
+    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -504,6 +603,12 @@ def load_study(storage: Any, name: str, prune: bool = False) -> Any:
     try:
         return optuna.load_study(study_name=name, storage=storage, pruner=pruner)
     except KeyError:
+        journal = getattr(storage, "_flood_journal", None)
+        if journal is not None and not storage.get_all_studies():
+            raise FloodError(
+                f"the sweep journal {journal} holds no study (it is empty or was replaced); restore it from a backup, "
+                f"or start a new sweep"
+            ) from None
         raise FloodError(f"there is no study {name!r} in the storage; check --study (flood sweep prints it when it starts)") from None
 
 
@@ -516,13 +621,60 @@ class Claimed:
     study: Any = None  # a search trial's study, for its pruner
 
 
+_held_locks: dict[str, list[int]] = {}  # path -> [fd, depth]: the queue lock is reentrant
+_writes = [0, -1]  # queue writes so far, and DIE_AFTER_WRITE (-1: not read yet)
+
+
+@contextlib.contextmanager
+def _locked(path: Optional[Path]) -> Any:
+    """Hold the sweep's queue lock (flock; the kernel drops it when a process dies).
+    Every change of the queue that takes more than one write happens under it, so no
+    other process sees it half done unless its writer died (and then reconcile mends it)."""
+    if path is None or not path.parent.is_dir():
+        yield
+        return
+    key = str(path)
+    if key in _held_locks:
+        _held_locks[key][1] += 1
+        try:
+            yield
+        finally:
+            _held_locks[key][1] -= 1
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _held_locks[key] = [fd, 1]
+        try:
+            yield
+        finally:
+            del _held_locks[key]
+    finally:
+        os.close(fd)
+
+
+def _wrote() -> None:
+    """Count one write of the queue protocol; the test hook FLOOD_SWEEP_DIE_AFTER_WRITE=k
+    (read once) kills the process right after the k-th, as a crash there would."""
+    if _writes[1] < 0:
+        text = os.environ.get(DIE_AFTER_WRITE, "")
+        _writes[1] = int(text) if text.isdigit() else 0
+    _writes[0] += 1
+    if _writes[1] and _writes[0] == _writes[1]:
+        os._exit(86)
+
+
 class Queue:
     """One study's trials as a work queue (grid trials are enqueued WAITING)."""
 
-    def __init__(self, storage: Any, study: Any):
+    def __init__(self, storage: Any, study: Any, lock: Optional[Path] = None):
         self.storage = storage
         self.study = study
         self.study_id = storage.get_study_id_from_name(study.study_name)
+        self.lock = lock
+
+    def locked(self) -> Any:
+        return _locked(self.lock)
 
     def trial_id(self, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
@@ -535,30 +687,45 @@ class Queue:
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             trial_id = self.trial_id(trial.number)
             try:
-                if self.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                won = self.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)
+                _wrote()
+                if won:
                     return Claimed(trial_id, trial.number, dict(trial.user_attrs), dict(trial.params))
             except UpdateFinishedTrialError:
                 continue
         return None
 
-    def reclaim_stale(self, grace: float = GRACE_S) -> list[int]:
-        """Fail RUNNING trials whose worker is gone and enqueue them again (same run)."""
+    def reclaim_stale(self, grace: Optional[float] = None) -> list[int]:
+        """Fail RUNNING trials whose worker is gone and enqueue them again (same run).
+        Two writes, under the queue lock; a crash between them leaves a stopped trial
+        that :func:`reconcile` queues again."""
         from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
+        grace = GRACE_S if grace is None else grace
         retried = []
-        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if not _is_stale(trial, grace):
-                continue
-            try:
-                if not self.storage.set_trial_state_values(self.trial_id(trial.number), state=TrialState.FAIL):
+        with self.locked():
+            for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if not _is_stale(trial, grace):
                     continue
-            except UpdateFinishedTrialError:
-                continue  # another process reclaimed it first
-            attrs = {k: v for k, v in trial.user_attrs.items() if k in TRIAL_SPEC_KEYS}
-            self.study.enqueue_trial(dict(trial.params), user_attrs={**attrs, "retry_of": trial.number})
-            retried.append(trial.number)
+                try:
+                    if not self.storage.set_trial_state_values(self.trial_id(trial.number), state=TrialState.FAIL):
+                        continue
+                except UpdateFinishedTrialError:
+                    continue  # another process reclaimed it first
+                _wrote()
+                if _defined(trial):
+                    attrs = {k: v for k, v in trial.user_attrs.items() if k in TRIAL_SPEC_KEYS}
+                    self.study.enqueue_trial(dict(trial.params), user_attrs={**attrs, "retry_of": trial.number})
+                    _wrote()
+                retried.append(trial.number)
         return retried
+
+
+def _defined(trial: Any) -> bool:
+    """Whether a trial says what it runs: a grid run, or a search trial's values (one
+    asked by TPE whose worker died before it recorded them does not, and is not retried)."""
+    return "run" in trial.user_attrs or "overrides" in trial.user_attrs
 
 
 TRIAL_SPEC_KEYS = ("run", "setting", "overrides", "seed", "search")
@@ -606,6 +773,7 @@ class Heartbeat:
         storage.set_trial_user_attr(self.trial_id, "pid", pid)
         storage.set_trial_user_attr(self.trial_id, "pid_start", _process_start(pid))
         storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
+        _wrote()
         self._thread.start()
         return self
 
@@ -860,8 +1028,10 @@ def spec_from_study(storage_url: str, study_name: str) -> SweepSpec:
 def work(spec: SweepSpec, log: Callable[[str], None] = lambda text: None, verbose: bool = False) -> int:
     """Run trials until none is left; return how many this worker finished."""
     storage = open_storage(spec.storage_url)
-    grid = Queue(storage, load_study(storage, spec.grid_study))
-    search = Queue(storage, load_study(storage, spec.study, spec.prune)) if spec.search else None
+    lock = queue_lock(spec)
+    grid = Queue(storage, load_study(storage, spec.grid_study), lock)
+    search = Queue(storage, load_study(storage, spec.study, spec.prune), lock) if spec.search else None
+    reconcile(spec, storage, log)  # runs a crash left without a claim are queued again
     from flood_cli.progress import make_reporter
 
     reporter_factory = lambda: make_reporter(quiet=not verbose)  # noqa: E731
@@ -883,19 +1053,17 @@ def work(spec: SweepSpec, log: Callable[[str], None] = lambda text: None, verbos
                 _requeue(queue, claimed)
                 raise
             except RunPruned:
-                queue.study.tell(claimed.number, state=_state("PRUNED"))
+                _tell(queue, claimed, state=_state("PRUNED"))
                 log(f"pruned {claimed.attrs.get('setting', claimed.number)}")
                 done += 1
                 continue
             except Exception as exc:
-                queue.storage.set_trial_user_attr(claimed.trial_id, "error", f"{type(exc).__name__}: {exc}"[:500])
-                queue.study.tell(claimed.number, state=_state("FAIL"))
+                _tell(queue, claimed, state=_state("FAIL"), attrs={"error": f"{type(exc).__name__}: {exc}"[:500]})
                 log(f"failed {claimed.attrs.get('run', claimed.number)}: {exc}")
                 done += 1
                 continue
-        for key, item in attrs.items():
-            queue.storage.set_trial_user_attr(claimed.trial_id, key, item)
-        queue.study.tell(claimed.number, value)
+        if not _tell(queue, claimed, value, attrs=attrs):
+            log(f"trial {claimed.number} was taken as stale and queued again meanwhile; its retry reports its run(s)")
         done += 1
 
 
@@ -910,11 +1078,41 @@ class _Interrupted(Exception):
 
 
 def _requeue(queue: Queue, claimed: Claimed) -> None:
+    """The claimed trial stopped (a signal): failed, and its run queued again. Two writes,
+    under the queue lock; a crash between them leaves a stopped trial that
+    :func:`reconcile` queues again."""
     from optuna.trial import TrialState
 
-    queue.study.tell(claimed.number, state=TrialState.FAIL)
-    attrs = {k: v for k, v in claimed.attrs.items() if k in TRIAL_SPEC_KEYS}
-    queue.study.enqueue_trial(claimed.params, user_attrs={**attrs, "retry_of": claimed.number})
+    with queue.locked():
+        if not _tell(queue, claimed, state=TrialState.FAIL):
+            return  # reclaimed meanwhile: its retry is queued already
+        attrs = {k: v for k, v in claimed.attrs.items() if k in TRIAL_SPEC_KEYS}
+        queue.study.enqueue_trial(claimed.params, user_attrs={**attrs, "retry_of": claimed.number})
+        _wrote()
+
+
+def _tell(queue: Queue, claimed: Claimed, value: Optional[float] = None, state: Any = None, attrs: Optional[dict] = None) -> bool:
+    """Record the claimed trial's end (attributes first, then its state); False when it
+    ended already: another worker took it as stale and queued its run again, and that
+    retry reports the run (reading it back when it is complete)."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    try:
+        if queue.storage.get_trial(claimed.trial_id).state.is_finished():
+            return False
+        for key, item in (attrs or {}).items():
+            queue.storage.set_trial_user_attr(claimed.trial_id, key, item)
+            _wrote()
+        if state is None:
+            queue.study.tell(claimed.number, value)
+        else:
+            queue.study.tell(claimed.number, state=state)
+    except (UpdateFinishedTrialError, ValueError):
+        if not queue.storage.get_trial(claimed.trial_id).state.is_finished():
+            raise
+        return False
+    _wrote()
+    return True
 
 
 def _ask(queue: Queue, spec: SweepSpec) -> Optional[Claimed]:
@@ -946,7 +1144,7 @@ def _trials_used(study: Any) -> int:
     (interrupted, or its worker died), whose retry counts instead."""
     trials = study.get_trials(deepcopy=False)
     retried = {trial.user_attrs.get("retry_of") for trial in trials}
-    return sum(1 for trial in trials if trial.number not in retried)
+    return sum(1 for trial in trials if trial.number not in retried and (_defined(trial) or not trial.state.is_finished()))
 
 
 def _run_trial(spec: SweepSpec, claimed: Claimed, reporter_factory: Callable[[], Any], log: Callable[[str], None]) -> tuple[float, dict[str, Any]]:
@@ -1003,17 +1201,26 @@ def _run_one(spec: SweepSpec, overrides: dict[str, Any], seed: int, name: str, r
 
     run_dir = spec.runs_dir / name
     try:
-        if run_dir.exists():
-            summary = RunDir(run_dir).load_summary()
-            if summary.get("status") == "completed":
-                return summary  # never run again
-            if last_checkpoint(run_dir).exists():
+        held = _hold_folder(run_dir)  # waits while another process trains it
+        if held is not None:
+            try:
+                summary = RunDir(run_dir).load_summary()
+                if summary.get("status") == "completed":
+                    return summary  # never run again
+                resume = last_checkpoint(run_dir).exists()
+                if not resume:
+                    rows = read_metrics(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
+                    if rows:
+                        raise FloodError(
+                            f"run {run_dir} has rows but no checkpoint (nor a completed summary); it cannot be "
+                            f"continued: move the folder aside and resume the sweep to train it again"
+                        )
+                    shutil.rmtree(run_dir)  # it stopped before its first evaluation: nothing is lost
+            finally:
+                os.close(held)
+            if resume:
                 resume_training(run_dir, reporter)
             else:
-                rows = read_metrics(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
-                if rows:
-                    raise FloodError(f"run {run_dir} has rows but no checkpoint; it cannot be continued")
-                shutil.rmtree(run_dir)  # it stopped before its first evaluation: nothing is lost
                 run_training(config_for(spec, overrides, seed, name), reporter)
         else:
             run_training(config_for(spec, overrides, seed, name), reporter)
@@ -1022,6 +1229,135 @@ def _run_one(spec: SweepSpec, overrides: dict[str, Any], seed: int, name: str, r
     except KeyboardInterrupt:
         raise _Interrupted() from None
     return RunDir(run_dir).load_summary()
+
+
+def _hold_folder(run_dir: Path) -> Optional[int]:
+    """The run folder's lock (RunDir.lock's flock), taken without blocking; None when
+    there is no folder. While another process holds it (a live worker whose trial was
+    taken as stale, or a `flood train --resume` by hand), the folder is that process's:
+    it is neither deleted nor resumed, and this worker waits, saying so once, until it
+    is let go (the run then reads back complete, or is continued from its checkpoint)."""
+    said = False
+    while True:
+        try:
+            fd = os.open(run_dir, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            os.close(fd)
+        if not said:
+            print(f"run {run_dir.name} is being trained by another process (its folder is locked); waiting for it", flush=True)
+            said = True
+        time.sleep(LOCK_POLL_S)
+
+
+# ---------------------------------------------------------------------------
+# Reconcile: the runs of sweep.yaml are the truth, trials are claims on them
+
+
+def queue_lock(spec: "SweepSpec") -> Optional[Path]:
+    """The queue lock of the sweep folder (None for a worker that has no sweep folder
+    here: one joined over a database from another machine)."""
+    folder = Path(spec.folder)
+    return folder / QUEUE_LOCK if (folder / SPEC_FILE).is_file() else None
+
+
+def _run_key(trial: Any, numbered: dict[int, Any]) -> tuple:
+    """What a trial is a claim on: a grid trial its run, a search trial the first trial
+    of its chain of retries."""
+    if "run" in trial.user_attrs:
+        return ("run", trial.user_attrs["run"])
+    seen = {trial.number}
+    while trial.user_attrs.get("retry_of") in numbered and trial.user_attrs["retry_of"] not in seen:
+        trial = numbered[trial.user_attrs["retry_of"]]
+        seen.add(trial.number)
+    return ("trial", trial.number)
+
+
+def _claims(study: Any) -> dict[tuple, list[Any]]:
+    """Each run's trials (a search trial's chain), oldest first."""
+    trials = study.get_trials(deepcopy=False)
+    numbered = {trial.number: trial for trial in trials}
+    grouped: dict[tuple, list[Any]] = {}
+    for trial in trials:
+        grouped.setdefault(_run_key(trial, numbered), []).append(trial)
+    return grouped
+
+
+def _summary_completed(path: Path) -> bool:
+    try:
+        return json.loads((path / "summary.json").read_text(encoding="utf-8")).get("status") == "completed"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _lost(trials: list[Any], runs_dir: Optional[Path]) -> Optional[str]:
+    """Why a run has neither a result nor a live owner (None when it has one of them):
+    its latest trial decides its outcome; a WAITING or RUNNING one owns it (a stale
+    RUNNING one was reclaimed before this is asked)."""
+    from optuna.trial import TrialState
+
+    if not trials:
+        return "it has no trial"
+    if any(trial.state in (TrialState.WAITING, TrialState.RUNNING) for trial in trials):
+        return None
+    latest = trials[-1]
+    if latest.state == TrialState.COMPLETE:
+        if runs_dir is None:
+            return None
+        names = latest.user_attrs.get("runs") or [latest.user_attrs.get("run")]
+        gone = [name for name in names if name and not _summary_completed(runs_dir / name)]
+        return f"it completed, but {', '.join(f'runs/{name}' for name in gone)} (or its summary.json) is gone" if gone else None
+    if latest.state == TrialState.PRUNED or "error" in latest.user_attrs:
+        return None  # an outcome (a failure is tried again by --resume)
+    return f"its trial #{latest.number} stopped (interrupted, or its worker died) and was not queued again"
+
+
+def reconcile(spec: "SweepSpec", storage: Any = None, log: Callable[[str], None] = lambda text: None) -> list[str]:
+    """Queue again every run of sweep.yaml that has no completed result and no live
+    owner. Run by --resume and by every worker when it starts, under the queue lock, so
+    no crash between two writes of the queue can lose a run. Run folders are looked at
+    only where the sweep folder is here (a completed run whose folder or summary is gone
+    is queued again). Returns the runs queued again."""
+    storage = storage or open_storage(spec.storage_url)
+    lock = queue_lock(spec)
+    runs_dir = spec.runs_dir if lock is not None else None
+    queued = []
+    with _locked(lock):
+        for study_name, _ in _studies(spec):
+            queue = Queue(storage, load_study(storage, study_name), lock)
+            queue.reclaim_stale()
+            claims = _claims(queue.study)
+            if study_name == spec.grid_study:
+                wanted = {}
+                for overrides in spec.settings:
+                    setting = Setting(overrides)
+                    for seed in spec.seeds:
+                        wanted[("run", setting.run_name(seed))] = {
+                            "run": setting.run_name(seed), "setting": setting.label(), "overrides": setting.overrides, "seed": seed,
+                        }
+            else:
+                wanted = {key: None for key, trials in claims.items() if _defined(trials[0])}
+            for key, attrs in wanted.items():
+                trials = claims.get(key, [])
+                why = _lost(trials, runs_dir)
+                if why is None:
+                    continue
+                if trials:
+                    latest = trials[-1]
+                    attrs = {**{k: v for k, v in latest.user_attrs.items() if k in TRIAL_SPEC_KEYS}, "retry_of": latest.number}
+                    params = dict(latest.params)
+                else:
+                    params = {}
+                queue.study.enqueue_trial(params, user_attrs=attrs)
+                _wrote()
+                name = attrs.get("run") or attrs.get("setting") or f"trial {key[1]}"
+                log(f"{name}: {why}; queued again")
+                queued.append(name)
+    return queued
 
 
 # ---------------------------------------------------------------------------
@@ -1049,13 +1385,18 @@ def _studies(spec: SweepSpec) -> list[tuple[str, int]]:
 
 
 def finished_trials(spec: SweepSpec, storage: Any) -> list[Finished]:
-    """Trials that completed, or failed for good (an interrupted trial queued again is not one)."""
+    """The runs (a search: trials) that ended, each as its latest trial ended: completed,
+    pruned, or failed with an error. A run queued again (interrupted, its worker died, or
+    a failure retried by --resume) is not one until its retry ends."""
     from optuna.trial import TrialState
 
     found = []
     for study_name, runs_each in _studies(spec):
-        for trial in load_study(storage, study_name).get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        for trials in _claims(load_study(storage, study_name)).values():
+            trial = trials[-1]
             attrs = trial.user_attrs
+            if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
+                continue  # queued or running
             if trial.state == TrialState.FAIL and "error" not in attrs:
                 continue  # interrupted, or its worker died: queued again
             start, end = trial.datetime_start, trial.datetime_complete
@@ -1219,23 +1560,28 @@ def write_results(spec: SweepSpec) -> list[Path]:
     return written
 
 
-def requeue_failed(spec: SweepSpec) -> int:
-    """On --resume, trials that failed with an error are tried again (same run folder:
-    continued from its checkpoint where it has one). Completed trials never run again."""
+def requeue_failed(spec: SweepSpec, log: Optional[Callable[[str], None]] = None) -> int:
+    """On --resume: :func:`reconcile` (runs left without a result or a live owner are
+    queued again, each said in one line), then the runs whose latest trial failed with
+    an error are tried again (same run folder: continued from its checkpoint where it
+    has one). Completed runs never run again. Returns how many failed runs are retried."""
     from optuna.trial import TrialState
 
+    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     storage = open_storage(spec.storage_url)
+    lock = queue_lock(spec)
     count = 0
-    for study_name, _ in _studies(spec):
-        queue = Queue(storage, load_study(storage, study_name))
-        queue.reclaim_stale()
-        trials = queue.study.get_trials(deepcopy=False)
-        retried = {t.user_attrs.get("retry_of") for t in trials}
-        for trial in trials:
-            if trial.state == TrialState.FAIL and "error" in trial.user_attrs and trial.number not in retried:
-                attrs = {k: v for k, v in trial.user_attrs.items() if k in TRIAL_SPEC_KEYS}
-                queue.study.enqueue_trial(dict(trial.params), user_attrs={**attrs, "retry_of": trial.number})
-                count += 1
+    with _locked(lock):
+        reconcile(spec, storage, log)
+        for study_name, _ in _studies(spec):
+            queue = Queue(storage, load_study(storage, study_name), lock)
+            for trials in _claims(queue.study).values():
+                trial = trials[-1]
+                if trial.state == TrialState.FAIL and "error" in trial.user_attrs and _defined(trial):
+                    attrs = {k: v for k, v in trial.user_attrs.items() if k in TRIAL_SPEC_KEYS}
+                    queue.study.enqueue_trial(dict(trial.params), user_attrs={**attrs, "retry_of": trial.number})
+                    _wrote()
+                    count += 1
     return count
 
 

@@ -1,0 +1,328 @@
+"""A sweep never loses, doubles or tramples a run: the storage and queue side.
+
+The runs of sweep.yaml are the truth and trials are claims on them. These tests drive
+the queue functions directly on a journal in tmp_path, with training faked (a run
+"trains" by writing a completed summary.json and a line in trained.log), so that they
+take seconds: a worker killed after each write of the protocol, a cut journal line, a
+run folder another process holds, failures retried, a completed run deleted by hand."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+from flood_cli import sweep as sweeps
+from flood_cli.errors import FloodError
+from tests.conftest import ROOT, small_config, write_config
+
+# The fake training, also run inside worker processes (see WORKER below).
+FAKE = r'''
+import json, os, sys, types
+from pathlib import Path
+
+
+def install(log_path, interrupt_marker=None, fail=None):
+    """flood_cli.train / flood_cli.checkpoint without torch: a run writes a completed
+    summary (best_val_loss = seed / 10) and one line in log_path. The run named in
+    interrupt_marker's file stops once as a signal would (KeyboardInterrupt); fail, an
+    exception to raise instead of training."""
+    class NullReporter:
+        live_loss_every = 0
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: None
+
+    def train(run_dir, seed):
+        if interrupt_marker and Path(interrupt_marker).is_file() and Path(interrupt_marker).read_text() == run_dir.name:
+            Path(interrupt_marker).unlink()
+            raise KeyboardInterrupt
+        if fail is not None:
+            raise fail
+        run_dir.mkdir(exist_ok=True)
+        (run_dir / "summary.json").write_text(json.dumps({"status": "completed", "best_val_loss": seed / 10, "best_val_accuracy": 0.5}))
+        with open(log_path, "a") as handle:
+            handle.write(run_dir.name + "\n")
+
+    def run_training(config, reporter):
+        train(Path(config.output.dir) / config.output.name, config.train.seed)
+
+    def resume_training(run_dir, reporter):
+        train(Path(run_dir), int(Path(run_dir).name.rsplit("-s", 1)[1]))
+
+    train_module = types.ModuleType("flood_cli.train")
+    train_module.NullReporter = NullReporter
+    train_module.run_training = run_training
+    train_module.resume_training = resume_training
+    checkpoint_module = types.ModuleType("flood_cli.checkpoint")
+    checkpoint_module.last_checkpoint = lambda run_dir: Path(run_dir) / "checkpoints" / "last.pt"
+    sys.modules["flood_cli.train"] = train_module
+    sys.modules["flood_cli.checkpoint"] = checkpoint_module
+'''
+fake = types.ModuleType("fake_training")
+exec(FAKE, fake.__dict__)
+
+WORKER = FAKE + r'''
+sys.path.insert(0, sys.argv[1])
+install(sys.argv[3], sys.argv[4])
+from flood_cli import sweep as sweeps
+try:
+    sweeps.work(sweeps.read_spec(Path(sys.argv[2])))
+except BaseException:
+    sys.exit(130)  # interrupted: its run was queued again
+'''
+
+
+@pytest.fixture
+def fake_training(monkeypatch, tmp_path):
+    """Install the fake training in this process; returns the trained.log path."""
+    log = tmp_path / "trained.log"
+    saved = {name: sys.modules.get(name) for name in ("flood_cli.train", "flood_cli.checkpoint", "flood_cli.progress")}
+    fake.install(str(log))
+    sys.modules.pop("flood_cli.progress", None)
+    yield log
+    for name, module in saved.items():
+        if module is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = module
+
+
+def make_sweep(tmp_path: Path, name: str = "sw") -> sweeps.SweepSpec:
+    """baseline and flooding b=0.1, seeds 1 and 2: four runs."""
+    config = write_config(tmp_path, small_config(), "base.yaml")
+    return sweeps.create_sweep(config, None, {"train.b": [0.1]}, [1, 2], [], 0, tmp_path, name, None, None)
+
+
+RUNS = ["baseline-s1", "baseline-s2", "flooding-b0.1-s1", "flooding-b0.1-s2"]
+
+
+def trials(spec: sweeps.SweepSpec) -> list:
+    return sweeps.load_study(sweeps.open_storage(spec.storage_url), spec.grid_study).get_trials(deepcopy=False)
+
+
+def trained(log: Path) -> list[str]:
+    return sorted(log.read_text().split()) if log.exists() else []
+
+
+def assert_every_run_completed_once(spec: sweeps.SweepSpec, log: Path) -> None:
+    """Each run of sweep.yaml trained exactly once, and reported once, completed, with
+    its own summary's value."""
+    assert trained(log) == RUNS
+    finished = sweeps.finished_trials(spec, sweeps.open_storage(spec.storage_url))
+    assert sorted(item.label for item in finished) == RUNS
+    for item in finished:
+        assert item.error is None
+        summary = json.loads((spec.runs_dir / item.label / "summary.json").read_text())
+        assert summary["status"] == "completed" and item.value == summary["best_val_loss"]
+
+
+def claim_as_dead_worker(spec: sweeps.SweepSpec, number: int) -> None:
+    """Trial ``number`` RUNNING, claimed by a worker of this host that is gone."""
+    storage = sweeps.open_storage(spec.storage_url)
+    study = sweeps.load_study(storage, spec.grid_study)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
+    from optuna.trial import TrialState
+
+    assert storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)
+    storage.set_trial_user_attr(trial_id, "host", __import__("socket").gethostname())
+    storage.set_trial_user_attr(trial_id, "pid", 2**22 + 12345)  # above pid_max: no such process
+
+
+# ---------------------------------------------------------------------------
+# Item 1: a folder another process holds is never deleted nor reused
+
+
+def test_a_worker_waits_for_a_run_folder_another_process_holds_instead_of_replacing_it(tmp_path, fake_training, monkeypatch):
+    spec = make_sweep(tmp_path)
+    run_dir = spec.runs_dir / "baseline-s1"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text(json.dumps({"status": "running"}))
+    (run_dir / "owner.txt").write_text("the live owner's file")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()", str(run_dir)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(sweeps, "LOCK_POLL_S", 0.05, raising=False)
+        result = {}
+        worker = threading.Thread(target=lambda: result.update(sweeps._run_one(spec, {"train.mode": "baseline"}, 1, "baseline-s1", None)))
+        worker.start()
+        time.sleep(1.5)
+        # The reclaiming worker left the folder to its live owner: not deleted, not trained.
+        assert (run_dir / "owner.txt").read_text() == "the live owner's file"
+        assert trained(fake_training) == []
+        assert worker.is_alive()
+        # The owner completes its run and lets the folder go: the waiter reads it back.
+        (run_dir / "summary.json").write_text(json.dumps({"status": "completed", "best_val_loss": 0.25}))
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    assert result == {"status": "completed", "best_val_loss": 0.25}
+    assert trained(fake_training) == [] and (run_dir / "owner.txt").exists()
+
+
+def test_a_folder_whose_owner_died_before_its_first_evaluation_is_trained_anew(tmp_path, fake_training):
+    spec = make_sweep(tmp_path)
+    run_dir = spec.runs_dir / "baseline-s1"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text(json.dumps({"status": "running"}))
+    summary = sweeps._run_one(spec, {"train.mode": "baseline"}, 1, "baseline-s1", None)
+    assert summary == {"status": "completed", "best_val_loss": 0.1, "best_val_accuracy": 0.5}
+    assert trained(fake_training) == ["baseline-s1"]
+
+
+# ---------------------------------------------------------------------------
+# Item 2: no crash between two writes loses a run
+
+
+def test_a_trial_failed_without_its_retry_is_queued_again_by_resume(tmp_path, fake_training):
+    """_requeue / reclaim_stale died between "mark FAIL" and "enqueue again"."""
+    spec = make_sweep(tmp_path)
+    storage = sweeps.open_storage(spec.storage_url)
+    queue = sweeps.Queue(storage, sweeps.load_study(storage, spec.grid_study))
+    claimed = queue.claim()
+    queue.study.tell(claimed.number, state=sweeps._state("FAIL"))  # ... and the process died here
+    sweeps.requeue_failed(spec)
+    sweeps.work(spec)
+    assert_every_run_completed_once(spec, fake_training)
+
+
+def test_a_worker_that_starts_queues_again_a_run_left_without_a_claim(tmp_path, fake_training):
+    spec = make_sweep(tmp_path)
+    storage = sweeps.open_storage(spec.storage_url)
+    queue = sweeps.Queue(storage, sweeps.load_study(storage, spec.grid_study))
+    claimed = queue.claim()
+    queue.study.tell(claimed.number, state=sweeps._state("FAIL"))
+    lines = []
+    sweeps.work(spec, log=lines.append)  # no --resume: a worker joining the sweep
+    assert_every_run_completed_once(spec, fake_training)
+    assert any(line.startswith("baseline-s1: its trial #0 stopped") and line.endswith("queued again") for line in lines), lines
+
+
+def _worker(spec: sweeps.SweepSpec, log: Path, marker: Path, **env: str) -> subprocess.CompletedProcess:
+    script = log.parent / "worker.py"
+    script.write_text(WORKER)
+    return subprocess.run(
+        [sys.executable, str(script), str(ROOT), spec.folder, str(log), str(marker)],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_a_worker_killed_after_any_write_of_the_protocol_loses_and_doubles_no_run(tmp_path, fake_training, monkeypatch):
+    """Four runs: baseline-s1 held by a dead worker (reclaimed: FAIL, enqueue),
+    baseline-s2 and flooding-b0.1-s1 claimed, trained and told (claim, heartbeat, two
+    attributes, tell), flooding-b0.1-s2 interrupted (claim, heartbeat, FAIL, enqueue).
+    The worker is killed after write k, for every k; a worker started next (after a
+    --resume) finishes the sweep: every run completed exactly once."""
+    monkeypatch.setattr(sweeps, "GRACE_S", 0.0)  # a claim the dead worker had no time to mark is stale at once
+    kills = 0
+    for k in range(1, 18):
+        folder = tmp_path / f"k{k}"
+        folder.mkdir()
+        spec = make_sweep(folder)
+        claim_as_dead_worker(spec, 0)
+        log, marker = folder / "trained.log", folder / "interrupt"
+        marker.write_text("flooding-b0.1-s2")
+        done = _worker(spec, log, marker, **{sweeps.DIE_AFTER_WRITE if hasattr(sweeps, "DIE_AFTER_WRITE") else "X": str(k)})
+        kills += done.returncode == 86
+        assert done.returncode in (86, 130), done.stderr[-2000:]
+        if k == 17:
+            assert done.returncode == 130  # every write done: the interrupted run is queued again
+        fake.install(str(log))
+        sweeps.requeue_failed(spec)
+        sweeps.work(spec)
+        assert_every_run_completed_once(spec, log), f"killed after write {k}"
+    assert kills == 16
+
+
+# ---------------------------------------------------------------------------
+# Item 5: a cut journal line
+
+
+def _finished_sweep(tmp_path: Path, log: Path) -> sweeps.SweepSpec:
+    """A sweep whose four runs a worker process (gone now) completed."""
+    spec = make_sweep(tmp_path)
+    done = _worker(spec, log, tmp_path / "no-interrupt")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return spec
+
+
+def test_a_cut_last_journal_line_is_set_aside_and_the_sweep_resumes_again_and_again(tmp_path, fake_training, capsys):
+    spec = _finished_sweep(tmp_path, fake_training)
+    journal = Path(spec.storage_url)
+    whole = journal.read_bytes()
+    journal.write_bytes(whole[:-60])  # a full disk cut the last operation (the last run's tell)
+    cut_line = whole[:-60][whole[:-61].rfind(b"\n") + 1:]
+    for resume in range(3):
+        sweeps.requeue_failed(spec)
+        sweeps.work(spec)
+    err = capsys.readouterr().err
+    aside = sorted(journal.parent.glob("study.journal.cut-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == cut_line
+    assert err.count("its last line was cut") == 1 and aside[0].name in err
+    assert journal.read_bytes().startswith(whole[: len(whole) - 60 - len(cut_line)])
+    # The run whose completion was cut is read back from its folder, not trained again.
+    assert_every_run_completed_once(spec, fake_training)
+
+
+def test_a_damaged_or_emptied_journal_is_one_line_naming_it(tmp_path, fake_training):
+    spec = _finished_sweep(tmp_path, fake_training)
+    journal = Path(spec.storage_url)
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join(lines[:3] + [b"{not json\n"] + lines[3:]))
+    with pytest.raises(FloodError, match=rf"the sweep journal {re.escape(str(journal))} is damaged at line 4 of {len(lines) + 1}; .*head -n 3"):
+        sweeps.requeue_failed(spec)
+    journal.write_bytes(b"")
+    with pytest.raises(FloodError, match=rf"the sweep journal {re.escape(str(journal))} holds no study .*restore it from a backup"):
+        sweeps.requeue_failed(spec)
+    journal.write_bytes(b"\x00\x01garbage" * 100)
+    with pytest.raises(FloodError, match=rf"the sweep journal {re.escape(str(journal))} "):
+        sweeps.requeue_failed(spec)
+
+
+# ---------------------------------------------------------------------------
+# Item 6: a run's outcome is its latest trial's
+
+
+def test_runs_that_failed_then_completed_on_resume_are_completed(tmp_path, fake_training):
+    spec = make_sweep(tmp_path)
+    fake.install(str(fake_training), fail=OSError(28, "No space left on device"))
+    sweeps.work(spec)
+    finished = sweeps.finished_trials(spec, sweeps.open_storage(spec.storage_url))
+    assert sorted(item.label for item in finished) == RUNS
+    assert all(item.error == "OSError: [Errno 28] No space left on device" for item in finished)
+    fake.install(str(fake_training))
+    assert sweeps.requeue_failed(spec) == 4
+    sweeps.work(spec)
+    assert_every_run_completed_once(spec, fake_training)
+    assert sweeps.requeue_failed(spec) == 0  # and on every later resume
+
+
+# ---------------------------------------------------------------------------
+# Item 11: a completed run folder deleted by hand
+
+
+def test_a_completed_run_whose_folder_is_gone_is_named_and_trained_again(tmp_path, fake_training, capsys):
+    spec = make_sweep(tmp_path)
+    sweeps.work(spec)
+    import shutil
+
+    shutil.rmtree(spec.runs_dir / "baseline-s2")
+    fake_training.write_text("\n".join(run for run in RUNS if run != "baseline-s2") + "\n")
+    sweeps.requeue_failed(spec)
+    assert "baseline-s2: it completed, but runs/baseline-s2 (or its summary.json) is gone; queued again" in capsys.readouterr().err
+    sweeps.work(spec)
+    assert_every_run_completed_once(spec, fake_training)
