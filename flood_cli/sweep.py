@@ -23,6 +23,11 @@ process no longer exists on this host, or its heartbeat is older than the grace
 period) is failed and enqueued again with the same run; the new claimant resumes the
 run folder from its checkpoint, as `flood train --resume` does. A completed run is
 never run again.
+
+The runs of sweep.yaml are the truth and trials are claims on them: a run's outcome is
+its latest trial's, and :func:`reconcile` (run by --resume and by every worker when it
+starts) queues again any run that has no completed result and no live owner, so that a
+crash between two writes of the queue never loses a run.
 """
 
 from __future__ import annotations

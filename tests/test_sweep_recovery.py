@@ -244,7 +244,10 @@ def test_a_worker_killed_after_any_write_of_the_protocol_loses_and_doubles_no_ru
         fake.install(str(log))
         sweeps.requeue_failed(spec)
         sweeps.work(spec)
-        assert_every_run_completed_once(spec, log), f"killed after write {k}"
+        try:
+            assert_every_run_completed_once(spec, log)
+        except AssertionError as exc:
+            raise AssertionError(f"killed after write {k}: {exc}") from None
     assert kills == 16
 
 
