@@ -376,7 +376,11 @@ def sweep(
         else:
             raise FloodError("--worker joins a sweep: give --storage URL and --study NAME (or --resume FOLDER)")
         _apply_thread_share()
-        done = sweeps.work(spec, log=lambda text: typer.echo(text), verbose=verbose)
+        try:
+            done = sweeps.work(spec, log=lambda text: typer.echo(text), verbose=verbose)
+        except sweeps.WorkerInterrupted as exc:
+            typer.echo(f"interrupted: {exc}", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED)
         typer.echo(f"worker done: {done} trial(s)")
         return
     if resume is not None:
@@ -402,8 +406,8 @@ def sweep(
             sweeps.read_settings(settings) if settings is not None else None,
         )
         typer.echo(f"sweep {spec.name}: {spec.describe()}, {workers} worker(s) → {spec.folder}")
-        if storage:
-            typer.echo(f"other machines join with: flood sweep --storage {storage} --study {spec.study} --worker")
+        if storage:  # without its password (PGPASSWORD or ~/.pgpass give it there)
+            typer.echo(f"other machines join with: flood sweep --storage {spec.storage} --study {spec.study} --worker")
     from flood_cli.progress import make_sweep_progress
 
     progress = make_sweep_progress()
@@ -411,9 +415,14 @@ def sweep(
     _print_results(spec, outcome.results)
     typer.echo(f"disk: {sweeps.human_bytes(outcome.disk_bytes)} in {spec.folder}")
     if outcome.interrupted:
-        typer.echo("interrupted: runs in progress were checkpointed and queued again", err=True)
+        if outcome.killed:
+            typer.echo("interrupted: the workers were stopped at once; --resume continues each run from its last checkpoint", err=True)
+        else:
+            typer.echo("interrupted: runs in progress were checkpointed and queued again", err=True)
         typer.echo(f"resume with: flood sweep --resume {spec.folder}", err=True)
         raise typer.Exit(EXIT_INTERRUPTED)
+    if outcome.worker_errors:
+        raise FloodError(f"{'; '.join(outcome.worker_errors)}; fix the cause and run flood sweep --resume {spec.folder}")
     if outcome.failed:
         raise FloodError(
             f"{len(outcome.failed)} trial(s) failed (see the lines above and {spec.folder}/workers/); "

@@ -34,6 +34,11 @@ NAME_MAX = 200
 _NAME = re.compile(r"[A-Za-z0-9._+=@,-]{1,%d}" % NAME_MAX)
 
 
+def is_plain_name(value: str) -> bool:
+    """A run (or sweep) folder name: 1 to NAME_MAX of NAME_CHARACTERS, not . or .."""
+    return bool(_NAME.fullmatch(value)) and value not in (".", "..")
+
+
 def _seed_in_range(value: int) -> int:
     if not 0 <= value <= SEED_MAX:
         raise ValueError(f"{shown_repr(value)} is out of range; use a whole number from 0 to {SEED_MAX} (2**32 - 1)")
@@ -320,7 +325,7 @@ class OutputConfig(_Section):
     def _plain_name(cls, value: Optional[str]) -> Optional[str]:
         # A name is printed, pasted into shells and joined to output.dir: no path
         # separators, no "." or "..", no spaces, line breaks or other control characters.
-        if value is not None and (not _NAME.fullmatch(value) or value in (".", "..")):
+        if value is not None and not is_plain_name(value):
             raise ValueError(
                 f"{shown_repr(value)} is not a plain folder name; use 1 to {NAME_MAX} {NAME_CHARACTERS} (not . or ..)"
             )

@@ -483,21 +483,86 @@ def config_for(spec: SweepSpec, overrides: dict[str, Any], seed: int, run_name: 
 # Storage and studies
 
 
+# A password given in a storage URL is used by this process (and handed to the workers it
+# starts, in their environment), never stored (sweep.yaml, the study's attributes) nor
+# printed. Elsewhere the driver finds it itself (PGPASSWORD, ~/.pgpass for PostgreSQL).
+_PASSWORDS: dict[str, str] = {}
+PASSWORD_ENV = "FLOOD_SWEEP_STORAGE_PASSWORD"
+CONNECT_TIMEOUT_S = 10  # a PostgreSQL server that accepts and never answers fails in this time
+_URL_PASSWORD = re.compile(r"(?P<head>[\w+]+://[^:/]*):(?P<password>[^@]*)@")  # SQLAlchemy's own reading
+
+
+def split_password(url: str) -> tuple[str, Optional[str]]:
+    """A database URL without its password (user:PASSWORD@ or ?password=), and the password."""
+    from urllib.parse import parse_qsl, unquote, urlencode
+
+    if "://" not in url:
+        return url, None
+    password = None
+    match = _URL_PASSWORD.match(url)
+    if match:
+        password = unquote(match["password"])
+        url = match["head"] + "@" + url[match.end():]
+    base, sep, query = url.partition("?")
+    if sep:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        kept = [(key, value) for key, value in pairs if key != "password"]
+        if len(kept) != len(pairs):
+            password = password or next(value for key, value in pairs if key == "password")
+            url = base + ("?" + urlencode(kept) if kept else "")
+    return url, password
+
+
+def public_url(url: str) -> str:
+    """The URL as it may be stored and printed: without its password, which this
+    process keeps for its own connections and its workers'."""
+    url, password = split_password(url)
+    if password:
+        _PASSWORDS[url] = password
+    return url
+
+
+def masked(text: str) -> str:
+    """``text`` with every password this process was given replaced by ***."""
+    for password in _PASSWORDS.values():
+        text = text.replace(f":{password}@", ":***@")
+        if len(password) >= 4:
+            text = text.replace(password, "***")
+    return text
+
+
+def worker_env(storage: str) -> dict[str, str]:
+    """What a worker started here needs in its environment to reach the storage."""
+    password = _PASSWORDS.get(split_password(storage)[0]) if storage else None
+    return {PASSWORD_ENV: password} if password else {}
+
+
 def open_storage(url: str) -> Any:
-    """A journal file (a path) or a database URL (postgresql://, mysql://, sqlite:///)."""
+    """A journal file (a path) or a database URL (postgresql://, mysql://, sqlite:///).
+    A password in the URL is passed to the driver apart from it; without one, the
+    driver's own sources are used (PGPASSWORD, ~/.pgpass), or the one a sweep handed its
+    workers."""
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if "://" in url:
+        url = public_url(url)
+        password = _PASSWORDS.get(url) or os.environ.get(PASSWORD_ENV)
+        connect = url
+        connect_args: dict[str, Any] = {}
+        if url.startswith(("postgresql://", "postgresql+")):
+            connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
         if url.startswith("postgresql://"):
             # The driver flood installs (pip install 'flood-cli[postgres]'): psycopg 3,
             # which SQLAlchemy 2.0 would not pick for a bare postgresql:// URL.
-            url = "postgresql+psycopg://" + url[len("postgresql://"):]
+            connect = "postgresql+psycopg://" + url[len("postgresql://"):]
+        if password:
+            connect_args["password"] = password
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+            return optuna.storages.RDBStorage(connect, engine_kwargs={"pool_pre_ping": True, "connect_args": connect_args})
         except Exception as exc:
-            raise FloodError(f"cannot open the storage {url}: {_first_line(exc)}; check the URL and that the server runs") from None
+            raise FloodError(f"cannot open the storage {url}: {masked(_first_line(exc))}; check the URL and that the server runs") from None
     _repair_journal(Path(url))
     try:
         storage = JournalStorage(JournalFileBackend(url))
@@ -822,6 +887,13 @@ def create_sweep(
     from flood_cli.config import load_config
     from flood_cli.runs import check_writable
 
+    from flood_cli.config import NAME_CHARACTERS, NAME_MAX, is_plain_name
+    from flood_cli.errors import shown_repr
+
+    if name is not None and not is_plain_name(name):
+        raise FloodError(
+            f"--name {shown_repr(name)} is not a plain folder name; use 1 to {NAME_MAX} {NAME_CHARACTERS} (not . or ..)"
+        )
     if trials < 0:
         raise FloodError(f"--trials {trials}: give the number of settings TPE may try (1 or more)")
     refuse_own_keys(axes, "--set")
@@ -895,7 +967,7 @@ def create_sweep(
         search=[asdict(r) for r in search],
         trials=trials,
         prune=prune,
-        storage=storage_url or "",
+        storage=public_url(storage_url) if storage_url else "",  # never its password
         study=study_name or folder_name,
     )
     # Every config must be valid before anything exists; each setting is kept as its
@@ -953,11 +1025,11 @@ def _enqueue(grid: Any, setting: Setting, seed: int) -> None:
 
 
 def _write_spec(spec: SweepSpec) -> None:
-    """sweep.yaml, replaced in one rename (a reader never sees half of it)."""
-    folder = Path(spec.folder)
-    staged = folder / f".{SPEC_FILE}.tmp"
-    staged.write_text(yaml.safe_dump(asdict(spec), sort_keys=False))
-    os.replace(staged, folder / SPEC_FILE)
+    """sweep.yaml, replaced in one rename (a reader never sees half of it), staged in a
+    temporary file of its own (two processes writing at once never share one)."""
+    from flood_cli.runs import atomic_write_text
+
+    atomic_write_text(Path(spec.folder) / SPEC_FILE, yaml.safe_dump(asdict(spec), sort_keys=False))
 
 
 def add_settings(spec: SweepSpec, listed: list[dict[str, Any]]) -> list[str]:
@@ -1022,7 +1094,7 @@ def spec_from_study(storage_url: str, study_name: str) -> SweepSpec:
     if not isinstance(data, dict):
         raise FloodError(f"study {study_name!r} was not created by flood sweep; join a study that flood sweep made")
     spec = SweepSpec(**data)
-    spec.storage = storage_url
+    spec.storage = public_url(storage_url)  # its password stays in this process
     return spec
 
 
@@ -1030,8 +1102,47 @@ def spec_from_study(storage_url: str, study_name: str) -> SweepSpec:
 # The worker: claim, run, tell
 
 
+class WorkerInterrupted(Exception):
+    """A worker stopped by SIGINT/SIGTERM: its trial is queued again (exit 130)."""
+
+
+class _StopSignals:
+    """A worker's SIGINT/SIGTERM outside the training loop (which takes them itself and
+    stops after its step). Inside a trial (a run starting, or between a search's seeds)
+    it stops at once: the run continues from its checkpoint. Between trials (claiming,
+    recording a result) it is noted, and the worker stops before the next claim, so no
+    write to the storage is cut in half. A second signal stops at once anywhere."""
+
+    def __init__(self) -> None:
+        self.signal: Optional[int] = None
+        self.in_trial = False
+        self._previous: dict[int, Any] = {}
+
+    def handle(self, signum: int, frame: Any) -> None:
+        first = self.signal is None
+        self.signal = self.signal or signum
+        if self.in_trial or not first:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def work(spec: SweepSpec, log: Callable[[str], None] = lambda text: None, verbose: bool = False) -> int:
-    """Run trials until none is left; return how many this worker finished."""
+    """Run trials until none is left; return how many this worker finished. SIGINT or
+    SIGTERM stops the run after its current step with a checkpoint, queues its trial
+    again and raises WorkerInterrupted."""
+    with _StopSignals() as stop:
+        return _work(spec, log, verbose, stop)
+
+
+def _work(spec: SweepSpec, log: Callable[[str], None], verbose: bool, stop: _StopSignals) -> int:
     storage = open_storage(spec.storage_url)
     lock = queue_lock(spec)
     grid = Queue(storage, load_study(storage, spec.grid_study), lock)
@@ -1042,6 +1153,8 @@ def work(spec: SweepSpec, log: Callable[[str], None] = lambda text: None, verbos
     reporter_factory = lambda: make_reporter(quiet=not verbose)  # noqa: E731
     done = 0
     while True:
+        if stop.signal is not None:
+            raise WorkerInterrupted(f"stopped by {signal.Signals(stop.signal).name} between runs; nothing to queue again")
         for queue in filter(None, (grid, search)):
             queue.reclaim_stale()
         claimed = grid.claim()
@@ -1052,21 +1165,31 @@ def work(spec: SweepSpec, log: Callable[[str], None] = lambda text: None, verbos
             return done
         with Heartbeat(queue, claimed.trial_id):
             try:
+                stop.in_trial = True
+                if stop.signal is not None:  # it came while this trial was claimed
+                    raise KeyboardInterrupt
                 value, attrs = _run_trial(spec, claimed, reporter_factory, log)
-            except _Interrupted:
-                # Stopped by a signal after a checkpoint: the same run, queued again.
+            except (_Interrupted, KeyboardInterrupt) as exc:
+                # Stopped by a signal (after a checkpoint, or at once): the same run, queued again.
+                stop.in_trial = False
                 _requeue(queue, claimed)
-                raise
+                what = claimed.attrs.get("run") or claimed.attrs.get("setting") or f"trial {claimed.number}"
+                why = str(exc) if isinstance(exc, _Interrupted) else "stopped at once (it continues from its last checkpoint)"
+                raise WorkerInterrupted(f"{what}: {why}; queued again for --resume") from None
             except RunPruned:
+                stop.in_trial = False
                 _tell(queue, claimed, state=_state("PRUNED"))
                 log(f"pruned {claimed.attrs.get('setting', claimed.number)}")
                 done += 1
                 continue
             except Exception as exc:
-                _tell(queue, claimed, state=_state("FAIL"), attrs={"error": f"{type(exc).__name__}: {exc}"[:500]})
+                stop.in_trial = False
+                _tell(queue, claimed, state=_state("FAIL"), attrs={"error": masked(f"{type(exc).__name__}: {exc}")[:500]})
                 log(f"failed {claimed.attrs.get('run', claimed.number)}: {exc}")
                 done += 1
                 continue
+            finally:
+                stop.in_trial = False
         if not _tell(queue, claimed, value, attrs=attrs):
             log(f"trial {claimed.number} was taken as stale and queued again meanwhile; its retry reports its run(s)")
         done += 1
@@ -1229,10 +1352,10 @@ def _run_one(spec: SweepSpec, overrides: dict[str, Any], seed: int, name: str, r
                 run_training(config_for(spec, overrides, seed, name), reporter)
         else:
             run_training(config_for(spec, overrides, seed, name), reporter)
-    except RunInterrupted:
-        raise _Interrupted() from None
+    except RunInterrupted as exc:
+        raise _Interrupted(f"{exc}; checkpoint written") from None  # stopped after a step, as asked
     except KeyboardInterrupt:
-        raise _Interrupted() from None
+        raise _Interrupted("stopped at once (it continues from its last checkpoint)") from None
     return RunDir(run_dir).load_summary()
 
 
@@ -1411,25 +1534,29 @@ def finished_trials(spec: SweepSpec, storage: Any) -> list[Finished]:
     return found
 
 
-def _pdeathsig() -> None:
+def _pdeathsig(parent: int) -> None:
     """A worker gets SIGTERM when the sweep process dies (Linux): it then stops its run
-    after a checkpoint and queues it again, instead of training unwatched."""
+    after a checkpoint and queues it again, instead of training unwatched. (Run in the
+    child before it starts; a sweep that died before this gets SIGTERM at once.)"""
     try:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def start_workers(spec: SweepSpec, count: int, verbose: bool) -> list[subprocess.Popen]:
     """``count`` worker processes on this machine: one GPU each where there are GPUs,
-    else an equal share of the CPU cores each."""
+    else an equal share of the CPU cores each. Each runs in a session of its own, so a
+    terminal's Ctrl-C reaches the sweep only, which stops each worker with one SIGTERM."""
     gpus = _visible_gpus()
     threads = max(1, (os.cpu_count() or 1) // count)
     workers = []
     for index in range(count):
-        env = dict(os.environ)
+        env = {**os.environ, **worker_env(spec.storage)}
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
         else:  # torch takes its thread count from here
@@ -1444,7 +1571,8 @@ def start_workers(spec: SweepSpec, count: int, verbose: bool) -> list[subprocess
                 env=env,
                 stdout=None if verbose else log,
                 stderr=None if verbose else subprocess.STDOUT,
-                preexec_fn=_pdeathsig,
+                start_new_session=True,  # not the terminal's process group: no Ctrl-C of its own
+                preexec_fn=functools.partial(_pdeathsig, os.getpid()),
             )
         )
         log.close()
@@ -1510,17 +1638,32 @@ def _eta(started: float, finished_here: int, remaining: int) -> Optional[float]:
     return (time.time() - started) / finished_here * remaining
 
 
-def stop_workers(workers: list[subprocess.Popen], timeout: float = 600) -> None:
-    """Ask every worker to stop after its current step (checkpoint, queued again)."""
+def stop_workers(workers: list[subprocess.Popen], timeout: float = 600) -> bool:
+    """Ask every worker, with one SIGTERM, to stop after its current step (checkpoint,
+    its trial queued again). A KeyboardInterrupt while they do (a second Ctrl-C), or
+    ``timeout`` seconds, kills them at once: their trials, still marked running by
+    processes that are gone, are queued again by --resume, and each run continues from
+    its last checkpoint. Returns whether any worker was killed."""
     for worker in workers:
         if worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
     deadline = time.time() + timeout
-    for worker in workers:
-        try:
+    try:
+        for worker in workers:
             worker.wait(timeout=max(1.0, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        return False
+    except (KeyboardInterrupt, subprocess.TimeoutExpired):
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.kill()
+            for worker in workers:
+                worker.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return True
 
 
 def disk_use(folder: Path) -> int:
@@ -1597,6 +1740,8 @@ class SweepOutcome:
     results: list[Path]
     disk_bytes: int
     interrupted: bool = False
+    killed: bool = False  # a second Ctrl-C stopped the workers at once
+    worker_errors: list[str] = field(default_factory=list)  # workers that ended with an error
 
     @property
     def failed(self) -> list[Finished]:
@@ -1606,9 +1751,9 @@ class SweepOutcome:
 def run_sweep(spec: SweepSpec, workers: int, verbose: bool, echo: Callable[[str], None], progress: Any) -> SweepOutcome:
     """Start the workers, report trials as they end, write the results. Ctrl-C or
     SIGTERM stop every worker after its current step (each run keeps a checkpoint and
-    is queued again for --resume)."""
+    is queued again for --resume); a second one stops them at once."""
     processes = start_workers(spec, workers, verbose)
-    interrupted = False
+    interrupted = killed = False
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def interrupt(signum: int, frame: Any) -> None:
@@ -1617,16 +1762,29 @@ def run_sweep(spec: SweepSpec, workers: int, verbose: bool, echo: Callable[[str]
     for sig in previous:
         signal.signal(sig, interrupt)
     try:
-        with progress:
-            finished = follow(spec, processes, echo, progress)
-    except KeyboardInterrupt:
-        interrupted = True
-        for sig in previous:  # a second Ctrl-C while the workers checkpoint is not caught
-            signal.signal(sig, signal.SIG_DFL if sig == signal.SIGTERM else signal.default_int_handler)
-        stop_workers(processes)
-        finished = finished_trials(spec, open_storage(spec.storage_url))
+        try:
+            with progress:
+                finished = follow(spec, processes, echo, progress)
+        except KeyboardInterrupt:
+            interrupted = True
+            print("stopping the workers after their current step (Ctrl-C again stops them at once)", file=sys.stderr, flush=True)
+            killed = stop_workers(processes)
+            finished = finished_trials(spec, open_storage(spec.storage_url))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    results = write_results(spec)
-    return SweepOutcome(spec, finished, results, disk_use(Path(spec.folder)), interrupted)
+    worker_errors = []
+    for index, process in enumerate(processes, start=1):
+        code = process.returncode
+        if code == WORKER_INTERRUPTED or (code is not None and code < 0):
+            interrupted = True  # stopped from outside: its run is queued again
+        elif code:
+            worker_errors.append(f"worker {index} ended with exit code {code} (see {Path(spec.folder) / WORKERS_DIR / f'worker-{index}.log'})")
+    try:
+        results = write_results(spec)
+    except FloodError:
+        results = []  # no run has an evaluation yet (stopped early): nothing to compare
+    return SweepOutcome(spec, finished, results, disk_use(Path(spec.folder)), interrupted, killed, worker_errors)
+
+
+WORKER_INTERRUPTED = 130  # a worker's exit code when a signal stopped it (as flood train's)

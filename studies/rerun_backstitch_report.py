@@ -14,7 +14,6 @@ documents are rounded to 2-3 digits; the Holm values made from them carry that r
 
 from __future__ import annotations
 
-import re
 import statistics
 import sys
 import tempfile

@@ -183,7 +183,15 @@ def test_a_sweep_killed_with_sigkill_resumes_without_repeating_a_finished_run(tm
         third = lambda: [p for p in (folder / "runs").iterdir() if p.name not in finished and (p / "checkpoints" / "last.pt").exists()]  # noqa: E731
         _wait(lambda: bool(third()), what="a checkpoint of the third run")
     finally:
+        # The workers run in sessions of their own (a terminal's Ctrl-C reaches the sweep
+        # only): kill them by their own process groups, as the sweep's.
+        workers = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
         os.killpg(process.pid, signal.SIGKILL)
+        for pid in workers:
+            try:
+                os.killpg(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # it had ended already
         process.wait()
     interrupted = third()[0]
     assert json.loads((interrupted / "summary.json").read_text())["status"] == "running"

@@ -8,7 +8,6 @@ run folder another process holds, failures retried, a completed run deleted by h
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
