@@ -270,7 +270,7 @@ def test_a_hub_that_never_answers_is_given_up_after_3_s(online):
             build_model(ModelConfig(name_or_path="flood-tests/not-cached"), ["a", "b"], None, max_length=64)
         took = time.perf_counter() - started
     assert str(excinfo.value) == _unreachable_message("flood-tests/not-cached", endpoint, "no answer within 3 s")
-    assert 2.5 < took < 6
+    assert 2.5 < took < 20  # given up after its 3 s, not after huggingface_hub's retries (about 50 s); slack for a loaded machine
 
 
 def test_a_cached_hub_model_loads_from_the_cache_at_once_when_the_hub_is_unreachable(tmp_path, saved_model):
@@ -287,13 +287,19 @@ def test_a_cached_hub_model_loads_from_the_cache_at_once_when_the_hub_is_unreach
     code = (
         "from flood_cli.config import ModelConfig\n"
         "from flood_cli.model import build_model, load_tokenizer\n"
+        "import time\n"
         "cfg = ModelConfig(name_or_path='flood-tests/tiny')\n"
+        "started = time.perf_counter()\n"
         "model = build_model(cfg, ['ham', 'spam'], load_tokenizer(cfg), max_length=64)\n"
-        "print(model.config.hidden_size, model.config.num_labels)\n"
+        "print(model.config.hidden_size, model.config.num_labels, time.perf_counter() - started)\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env.update(HF_HOME=str(tmp_path / "hf-home"), HF_ENDPOINT=f"http://127.0.0.1:{_closed_port()}")
     env.pop("HF_HUB_CACHE", None)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=15)
+    # The imports of a fresh process can take many seconds on a loaded machine: the time
+    # that tells retries (about 50 s) from none is that of the loading alone.
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["32", "2"]
+    hidden, labels, took = result.stdout.split()
+    assert [hidden, labels] == ["32", "2"]
+    assert float(took) < 15, f"loading from the cache took {float(took):.1f} s: the unreachable Hub was retried"
