@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from flood_cli.stats import holm_adjust, paired_interval, paired_p_value  # noqa: E402
+from flood_cli.stats import Sample, difference_interval, holm_adjust, paired_interval, paired_p_value  # noqa: E402
 from studies.report import diagnostics, mean_sd, p_text, rows_of  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -90,7 +90,19 @@ def main(folder: str) -> None:
             old[-1] + " (before; the rerun ran beside other work)",
         ]
         print(f"before: {' | '.join(old)}")
-        print(f"paired interval: [{interval.low:+.4f}, {interval.high:+.4f}], p {p:.4g}\n")
+        print(f"paired interval: [{interval.low:+.4f}, {interval.high:+.4f}], p {p:.4g}")
+        values = [best[s]["val_loss"] for s in seeds]
+        welch = difference_interval(Sample(tuple(values)), Sample(tuple(controls[s] for s in seeds)))
+        mean_control = statistics.mean(controls[s] for s in seeds)
+        delta = statistics.mean(values) - mean_control
+        print(
+            f"compare's group row: mean {statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}, min {min(values):.4f}, "
+            f"max {max(values):.4f}; Δ of means {delta:+.4f} ({100 * delta / mean_control:+.2f}%), Welch "
+            f"[{welch.low:+.4f}, {welch.high:+.4f}], df {welch.df:.1f}, p {welch.p:.3g}; paired Δ {statistics.mean(differences):+.4f} "
+            f"({100 * statistics.mean(differences) / mean_control:+.2f}%)"
+        )
+        improving = [s for s, rs in rows.items() if min(range(len(rs)), key=lambda i: rs[i]["val_loss"]) == len(rs) - 1]
+        print(f"best at the last evaluation (still improving): seeds {improving}\n")
         # Holm over the study's 9 settings (the baseline has none).
         names = [n for n in documented if n != "baseline"]
         raw = [p if n == SETTING else float(documented[n][5]) for n in names]
