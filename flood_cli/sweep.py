@@ -55,7 +55,7 @@ from typing import Any, Callable, Optional, get_args
 import yaml
 
 from flood_cli import safe_yaml
-from flood_cli.errors import FloodError, RunPruned
+from flood_cli.errors import FloodError, RunPruned, shown_repr
 
 SPEC_FILE = "sweep.yaml"
 JOURNAL_FILE = "study.journal"
@@ -1074,17 +1074,74 @@ def add_settings(spec: SweepSpec, listed: list[dict[str, Any]]) -> list[str]:
     return [setting.label() for setting in new]
 
 
+# What each field of sweep.yaml holds, checked before anything trusts a hand-edited file.
+SPEC_TYPES: dict[str, tuple[type, Optional[type], str]] = {
+    "name": (str, None, "a name"),
+    "folder": (str, None, "a path"),
+    "base": (dict, None, "a mapping (the base config)"),
+    "mode": (str, None, "a mode name"),
+    "settings": (list, dict, "a list of settings (mappings)"),
+    "seeds": (list, int, "a list of whole-number seeds"),
+    "search": (list, dict, "a list of search ranges (mappings)"),
+    "trials": (int, None, "a whole number"),
+    "prune": (bool, None, "true or false"),
+    "storage": (str, None, "a database URL or empty"),
+    "study": (str, None, "a study name"),
+}
+
+
 def read_spec(folder: Path) -> SweepSpec:
+    """sweep.yaml, checked: each field of its type, and equal to what the sweep's study
+    recorded when the sweep was made or settings were added (an edited sweep.yaml would
+    train and compare new runs under settings the earlier ones did not have)."""
     path = folder / SPEC_FILE
     if not path.is_file():
         raise FloodError(f"{folder} is not a sweep folder (no {SPEC_FILE}); pass the folder that flood sweep printed")
+    not_ours = "it was not written by flood sweep, or was edited: put back what flood sweep wrote"
     try:
         data = safe_yaml.load(path.read_text(encoding="utf-8"))
+    except (safe_yaml.RefusedYaml, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise FloodError(f"{path} cannot be read as a sweep ({_first_line(exc)}); {not_ours}") from None
+    if not isinstance(data, dict):
+        raise FloodError(f"{path} holds {type(data).__name__}, not a sweep; {not_ours}")
+    for key, value in data.items():
+        if key not in SPEC_TYPES:
+            raise FloodError(f"{path}: unknown field {shown_repr(key)}; {not_ours}")
+        kind, item, what = SPEC_TYPES[key]
+        wrong = not isinstance(value, kind) or (kind is int and isinstance(value, bool))
+        if not wrong and item is not None:
+            wrong = any(not isinstance(x, item) or (item is int and isinstance(x, bool)) for x in value)
+        if wrong:
+            raise FloodError(f"{path}: {key} is {shown_repr(value)}, not {what}; {not_ours}")
+    try:
         spec = SweepSpec(**data)
-        spec.folder = str(folder.resolve())  # the folder may have moved since it was made
-        return spec
-    except (safe_yaml.RefusedYaml, yaml.YAMLError, TypeError, UnicodeDecodeError) as exc:
-        raise FloodError(f"{path} cannot be read as a sweep ({_first_line(exc)}); it was not written by flood sweep") from None
+    except TypeError as exc:
+        raise FloodError(f"{path} cannot be read as a sweep ({_first_line(exc)}); {not_ours}") from None
+    spec.folder = str(folder.resolve())  # the folder may have moved since it was made
+    _check_unedited(path, spec)
+    return spec
+
+
+def _check_unedited(path: Path, spec: SweepSpec) -> None:
+    stored = load_study(open_storage(spec.storage_url), spec.grid_study).user_attrs.get("flood_sweep")
+    if not isinstance(stored, dict):
+        return
+
+    def flat(value: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(value, dict) and value:
+            return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: value}
+
+    now = {k: v for k, v in asdict(spec).items() if k != "folder"}
+    before, after = flat({k: v for k, v in stored.items() if k != "folder"}), flat(now)
+    changed = [key for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
+    if changed:
+        shown_changes = ", ".join(f"{key} {shown_repr(before.get(key))} → {shown_repr(after.get(key))}" for key in changed[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        raise FloodError(
+            f"{path} was edited since the sweep was made: {shown_changes}{more}; its runs were trained with the values its "
+            "study holds: put them back to go on, add settings with --resume --settings FILE, or start a new sweep"
+        )
 
 
 def spec_from_study(storage_url: str, study_name: str) -> SweepSpec:

@@ -264,3 +264,51 @@ def test_a_huge_settings_file_is_refused_quickly(tmp_path):
     many.write_text("".join(f"- {{train.mode: flooding, train.b: {i / 1e4}}}\n" for i in range(sweeps.MAX_SETTINGS + 1)))
     with pytest.raises(FloodError, match=rf"lists {sweeps.MAX_SETTINGS + 1} settings; a sweep takes at most {sweeps.MAX_SETTINGS}"):
         sweeps.read_settings(many)
+
+
+# ---------------------------------------------------------------------------
+# Item 10 and 14: a hand-edited sweep.yaml
+
+
+def test_an_edited_sweep_yaml_is_refused_naming_the_keys(tmp_path):
+    """base.train.lr edited by hand: --resume (and --resume --settings) would train new
+    runs at the new lr and compare them with the old baseline. Refused in one line, as
+    flood train --resume refuses an edited config; put back, it resumes."""
+    spec = grid(tmp_path, {"train.b": [0.1]})
+    path = Path(spec.folder) / sweeps.SPEC_FILE
+    original = path.read_text()
+    lr = spec.base["train"]["lr"]
+    path.write_text(original.replace(f"lr: {lr}", "lr: 0.5", 1))
+    assert path.read_text() != original
+    result = refused("--resume", spec.folder)
+    assert result.stderr == (
+        f"error: {path} was edited since the sweep was made: base.train.lr {lr!r} → 0.5; its runs were trained with "
+        "the values its study holds: put them back to go on, add settings with --resume --settings FILE, or start a "
+        "new sweep\n"
+    )
+    path.write_text(original)
+    assert sweeps.read_spec(Path(spec.folder)).base["train"]["lr"] == lr
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("seeds", "abc", "seeds is 'abc', not a list of whole-number seeds"),
+        ("settings", 5, "settings is 5, not a list of settings (mappings)"),
+        ("base", 7, "base is 7, not a mapping (the base config)"),
+        ("seeds", [1, True], "seeds is [1, True], not a list of whole-number seeds"),
+    ],
+)
+def test_a_sweep_yaml_with_fields_of_the_wrong_type_is_one_line(tmp_path, field, value, message):
+    import yaml
+
+    spec = grid(tmp_path, {"train.b": [0.1]})
+    path = Path(spec.folder) / sweeps.SPEC_FILE
+    data = yaml.safe_load(path.read_text())
+    data[field] = value
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(FloodError) as excinfo:
+        sweeps.read_spec(Path(spec.folder))
+    assert str(excinfo.value) == (
+        f"{path}: {message}; it was not written by flood sweep, or was edited: put back what flood sweep wrote"
+    )
