@@ -11,6 +11,16 @@ class FloodError(Exception):
     """
 
 
+class UnresumableRun(FloodError):
+    """A run whose checkpoint cannot be used (damaged, or never written although rows
+    were): ``problem`` says what is wrong; the message adds what a user of flood train
+    does about it (a sweep says its own)."""
+
+    def __init__(self, problem: str, advice: str):
+        super().__init__(f"{problem}; {advice}")
+        self.problem = problem
+
+
 class RunInterrupted(Exception):
     """Training stopped on SIGINT/SIGTERM after writing a checkpoint; it can be resumed."""
 

@@ -1380,7 +1380,7 @@ class _PruningReporter:
 def _run_one(spec: SweepSpec, overrides: dict[str, Any], seed: int, name: str, reporter: Any) -> dict[str, Any]:
     """Train one run of the sweep, or continue it, or read it when it is complete."""
     from flood_cli.checkpoint import last_checkpoint
-    from flood_cli.errors import RunInterrupted
+    from flood_cli.errors import RunInterrupted, UnresumableRun
     from flood_cli.runs import RunDir, read_metrics
     from flood_cli.train import resume_training, run_training
 
@@ -1404,7 +1404,13 @@ def _run_one(spec: SweepSpec, overrides: dict[str, Any], seed: int, name: str, r
             finally:
                 os.close(held)
             if resume:
-                resume_training(run_dir, reporter)
+                try:
+                    resume_training(run_dir, reporter)
+                except UnresumableRun as exc:  # flood train's advice (a new --name) cannot help a sweep
+                    raise FloodError(
+                        f"{exc.problem}; the sweep cannot continue this run: move {run_dir} aside (or delete it) and "
+                        f"run flood sweep --resume {spec.folder} again, which trains it anew"
+                    ) from None
             else:
                 run_training(config_for(spec, overrides, seed, name), reporter)
         else:

@@ -50,7 +50,7 @@ from flood_cli.data import (
     plan_steps,
     prepare_data,
 )
-from flood_cli.errors import FloodError, RunInterrupted
+from flood_cli.errors import FloodError, RunInterrupted, UnresumableRun
 from flood_cli.model import attention_format, build_model, load_tokenizer, quiet_transformers
 from flood_cli.objectives import Mode, Pass, clip_and_sign, lr_scale, make_mode
 from flood_cli.runs import (
@@ -1061,16 +1061,17 @@ def resume_training(run_dir: Path, reporter: Optional[Reporter] = None) -> RunRe
     if not path.exists():
         if rows:
             error = summary.get("error")
-            raise FloodError(
+            raise UnresumableRun(
                 f"run {run_dir} has no checkpoint although metrics.csv has rows (writing it failed"
-                f"{': ' + str(error)[:120] if error else ''}); {_start_again(run_dir, rows)}"
+                f"{': ' + str(error)[:120] if error else ''})",
+                _start_again(run_dir, rows),
             )
         raise FloodError(f"run {run_dir} has no checkpoint (it stopped before its first evaluation); start it again")
     try:
         # Before anything is built: a checkpoint that cannot be used is said at once.
         state = checkpoint.load(path)
     except checkpoint.UnreadableCheckpoint as exc:
-        raise FloodError(f"{exc}; {_start_again(run_dir, rows)}") from None
+        raise UnresumableRun(str(exc), _start_again(run_dir, rows)) from None
     cfg = load_config(config_path, new_run=False)
     _check_same_experiment(run_dir, state["experiment"], cfg.experiment_dict())
     reporter = reporter or NullReporter()

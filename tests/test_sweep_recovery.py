@@ -328,3 +328,26 @@ def test_a_completed_run_whose_folder_is_gone_is_named_and_trained_again(tmp_pat
     assert "baseline-s2: it completed, but runs/baseline-s2 (or its summary.json) is gone; queued again" in capsys.readouterr().err
     sweeps.work(spec)
     assert_every_run_completed_once(spec, fake_training)
+
+
+def test_a_damaged_run_in_a_sweep_says_what_a_sweep_can_do(tmp_path):
+    """A run whose checkpoint is damaged: flood train's advice (start again under a new
+    --name) cannot help a sweep, whose run names are fixed. The error says to move the
+    folder aside and resume the sweep, which trains the run anew."""
+    spec = make_sweep(tmp_path)
+    run_dir = spec.runs_dir / "baseline-s1"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("data: {}\n")
+    (run_dir / "summary.json").write_text(json.dumps({"status": "failed", "error": "OSError: disk full"}))
+    (run_dir / "metrics.csv").write_text("epoch,step,val_loss\n1,6,0.5\n")
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(FloodError) as excinfo:
+        sweeps._run_one(spec, {"train.mode": "baseline"}, 1, "baseline-s1", None)
+    message = str(excinfo.value)
+    assert message.startswith(f"checkpoint {run_dir / 'checkpoints' / 'last.pt'} is damaged")
+    assert message.endswith(
+        f"; the sweep cannot continue this run: move {run_dir} aside (or delete it) and run flood sweep --resume "
+        f"{spec.folder} again, which trains it anew"
+    )
+    assert "--name NEW" not in message
+    assert (run_dir / "checkpoints" / "last.pt").read_bytes() == b"not a checkpoint"
