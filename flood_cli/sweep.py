@@ -801,9 +801,19 @@ def _defined(trial: Any) -> bool:
 TRIAL_SPEC_KEYS = ("run", "setting", "overrides", "seed", "search")
 
 
+def _pid_namespace() -> Optional[int]:
+    """This process's PID namespace (Linux): a pid means the same process only inside one.
+    A worker in a container or under `unshare --pid` shares the host's name, not its pids."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
 def _is_stale(trial: Any, grace: float) -> bool:
     attrs = trial.user_attrs
-    if attrs.get("host") == socket.gethostname() and "pid" in attrs:
+    here = _pid_namespace()
+    if attrs.get("host") == socket.gethostname() and "pid" in attrs and here is not None and attrs.get("pid_ns") == here:
         return not _alive(int(attrs["pid"]), attrs.get("pid_start"))
     beat = attrs.get("heartbeat")
     if beat is None and trial.datetime_start is not None:
@@ -842,17 +852,29 @@ class Heartbeat:
         storage.set_trial_user_attr(self.trial_id, "host", socket.gethostname())
         storage.set_trial_user_attr(self.trial_id, "pid", pid)
         storage.set_trial_user_attr(self.trial_id, "pid_start", _process_start(pid))
+        storage.set_trial_user_attr(self.trial_id, "pid_ns", _pid_namespace())
         storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
         _wrote()
         self._thread.start()
         return self
 
     def _beat(self) -> None:
+        failing_since: Optional[float] = None
         while not self._stop.wait(self.every):
             try:
                 self.queue.storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
-            except Exception:  # a storage hiccup: the next beat tries again
-                pass
+            except Exception as exc:  # a storage hiccup: the next beat tries again, and the log says so
+                failing_since = failing_since or time.time()
+                print(
+                    f"heartbeat of trial {self.trial_id} failed ({type(exc).__name__}: {masked(_first_line(exc))}); "
+                    f"failing for {time.time() - failing_since:.0f} s (after {GRACE_S:.0f} s its run may be taken as stale)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            else:
+                if failing_since is not None:
+                    print(f"heartbeat of trial {self.trial_id} written again", file=sys.stderr, flush=True)
+                failing_since = None
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()

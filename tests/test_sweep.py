@@ -413,6 +413,7 @@ def test_a_trial_whose_worker_stopped_beating_is_queued_again_with_its_run(tmp_p
     mine = queue.claim()
     storage.set_trial_user_attr(mine.trial_id, "host", socket.gethostname())
     storage.set_trial_user_attr(mine.trial_id, "pid", 2**22 + 12345)  # no such process
+    storage.set_trial_user_attr(mine.trial_id, "pid_ns", sweeps._pid_namespace())  # in this PID namespace
     storage.set_trial_user_attr(mine.trial_id, "heartbeat", time.time())
     assert queue.reclaim_stale() == [mine.number]
 

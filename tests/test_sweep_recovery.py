@@ -134,6 +134,7 @@ def claim_as_dead_worker(spec: sweeps.SweepSpec, number: int) -> None:
     assert storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)
     storage.set_trial_user_attr(trial_id, "host", __import__("socket").gethostname())
     storage.set_trial_user_attr(trial_id, "pid", 2**22 + 12345)  # above pid_max: no such process
+    storage.set_trial_user_attr(trial_id, "pid_ns", sweeps._pid_namespace())  # in this PID namespace
 
 
 # ---------------------------------------------------------------------------
@@ -351,3 +352,44 @@ def test_a_damaged_run_in_a_sweep_says_what_a_sweep_can_do(tmp_path):
     )
     assert "--name NEW" not in message
     assert (run_dir / "checkpoints" / "last.pt").read_bytes() == b"not a checkpoint"
+
+
+def test_a_live_trial_of_a_worker_in_another_pid_namespace_is_not_stolen(tmp_path):
+    """A worker joined from another PID namespace on this host (a container, `unshare
+    --pid`) cannot see the owner's pid: it must go by the heartbeat, not take the pid's
+    absence for a death. In the same namespace a dead pid is stale at once."""
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    fresh = {"host": socket.gethostname(), "pid": dead.pid, "heartbeat": time.time()}
+    here = sweeps._pid_namespace()
+    assert here is not None
+    trial = lambda **attrs: types.SimpleNamespace(user_attrs={**fresh, **attrs}, datetime_start=None)  # noqa: E731
+    assert not sweeps._is_stale(trial(pid_ns=here + 1), grace=60)  # its pid is not ours to look up
+    assert not sweeps._is_stale(trial(), grace=60)  # a worker of before pid_ns was recorded: the heartbeat decides
+    assert sweeps._is_stale(trial(pid_ns=here), grace=60)  # same namespace, the pid is gone: stale at once
+    assert sweeps._is_stale(trial(pid_ns=here + 1, heartbeat=time.time() - 61), grace=60)
+
+
+def test_failing_heartbeats_are_logged_and_their_recovery_too(capsys):
+    class Flaky:
+        def __init__(self):
+            self.calls = 0
+
+        def set_trial_user_attr(self, trial_id, key, value):
+            self.calls += 1
+            if self.calls in (2, 3):
+                raise OSError("database is gone")
+
+    storage = Flaky()
+    beat = sweeps.Heartbeat(types.SimpleNamespace(storage=storage), 7, every=0.01)
+    beat._thread.start()
+    deadline = time.time() + 10
+    while storage.calls < 5 and time.time() < deadline:
+        time.sleep(0.01)
+    beat.__exit__(None, None, None)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("heartbeat of trial 7 failed (OSError: database is gone); failing for ")
+    assert lines[1].startswith("heartbeat of trial 7 failed (OSError: database is gone)")
+    assert lines[2] == "heartbeat of trial 7 written again"
