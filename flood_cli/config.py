@@ -349,6 +349,20 @@ class Config(_Section):
 # Loading, overriding, validating
 
 
+def flat_values(section: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as {dotted key: value}, to say which keys two versions differ in."""
+    if not isinstance(section, dict):
+        return {prefix[:-1]: section}
+    return {k: v for key, value in section.items() for k, v in flat_values(value, f"{prefix}{key}.").items()}
+
+
+def changed_keys(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(dotted key, value before, value after) for every key whose value differs, sorted;
+    a key on one side only counts, with None on the other."""
+    old, new = flat_values(before), flat_values(after)
+    return [(key, old.get(key), new.get(key)) for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+
+
 def parse_set_option(item: str) -> tuple[str, Any]:
     """Parse ``section.key=value`` (the value is read as YAML: 1e-5, true, null, [a, b])."""
     key, sep, raw = item.partition("=")

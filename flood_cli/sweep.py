@@ -1145,20 +1145,16 @@ def read_spec(folder: Path) -> SweepSpec:
 
 
 def _check_unedited(path: Path, spec: SweepSpec) -> None:
+    from flood_cli.config import changed_keys
+
     stored = load_study(open_storage(spec.storage_url), spec.grid_study).user_attrs.get("flood_sweep")
     if not isinstance(stored, dict):
         return
-
-    def flat(value: Any, prefix: str = "") -> dict[str, Any]:
-        if isinstance(value, dict) and value:
-            return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
-        return {prefix[:-1]: value}
-
-    now = {k: v for k, v in asdict(spec).items() if k != "folder"}
-    before, after = flat({k: v for k, v in stored.items() if k != "folder"}), flat(now)
-    changed = [key for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
+    changed = changed_keys(
+        {k: v for k, v in stored.items() if k != "folder"}, {k: v for k, v in asdict(spec).items() if k != "folder"}
+    )
     if changed:
-        shown_changes = ", ".join(f"{key} {shown_repr(before.get(key))} → {shown_repr(after.get(key))}" for key in changed[:4])
+        shown_changes = ", ".join(f"{key} {shown_repr(old)} → {shown_repr(new)}" for key, old, new in changed[:4])
         more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
         raise FloodError(
             f"{path} was edited since the sweep was made: {shown_changes}{more}; its runs were trained with the values its "

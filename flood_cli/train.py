@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from flood_cli import __version__, checkpoint
-from flood_cli.config import Config, RuntimeConfig, TrainConfig, load_config
+from flood_cli.config import Config, RuntimeConfig, TrainConfig, changed_keys, load_config
 from flood_cli.data import (
     INDEX,
     LABELS,
@@ -1108,18 +1108,9 @@ def _check_same_experiment(run_dir: Path, saved: dict[str, Any], now: dict[str, 
     """Refuse a resume whose config.yaml was edited since the checkpoint: the later rows
     would belong to another experiment than the earlier ones and the summary."""
 
-    def flat(section: Any, prefix: str = "") -> dict[str, Any]:
-        if not isinstance(section, dict):
-            return {prefix[:-1]: section}
-        return {k: v for key, value in section.items() for k, v in flat(value, f"{prefix}{key}.").items()}
-
-    before, after = flat(saved), flat(now)
-    changed = [
-        key for key in sorted(set(before) | set(after))
-        if before.get(key) != after.get(key) and not key.startswith(RESUMABLE_CHANGES)
-    ]
+    changed = [change for change in changed_keys(saved, now) if not change[0].startswith(RESUMABLE_CHANGES)]
     if changed:
-        shown = ", ".join(f"{key} {_short(before.get(key))} → {_short(after.get(key))}" for key in changed[:5])
+        shown = ", ".join(f"{key} {_short(old)} → {_short(new)}" for key, old, new in changed[:5])
         more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
         raise FloodError(
             f"{run_dir / CONFIG_FILE} was edited since the checkpoint: {shown}{more}; the rows so far were trained "
