@@ -363,6 +363,12 @@ def changed_keys(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[st
     return [(key, old.get(key), new.get(key)) for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
 
 
+def changes_text(changed: list[tuple[str, Any, Any]], show: Any, most: int) -> str:
+    """'key old → new, …' for the first ``most`` changes, and how many more."""
+    text = ", ".join(f"{key} {show(old)} → {show(new)}" for key, old, new in changed[:most])
+    return text + (f" and {len(changed) - most} more" if len(changed) > most else "")
+
+
 def parse_set_option(item: str) -> tuple[str, Any]:
     """Parse ``section.key=value`` (the value is read as YAML: 1e-5, true, null, [a, b])."""
     key, sep, raw = item.partition("=")

@@ -1145,7 +1145,7 @@ def read_spec(folder: Path) -> SweepSpec:
 
 
 def _check_unedited(path: Path, spec: SweepSpec) -> None:
-    from flood_cli.config import changed_keys
+    from flood_cli.config import changed_keys, changes_text
 
     stored = load_study(open_storage(spec.storage_url), spec.grid_study).user_attrs.get("flood_sweep")
     if not isinstance(stored, dict):
@@ -1154,10 +1154,8 @@ def _check_unedited(path: Path, spec: SweepSpec) -> None:
         {k: v for k, v in stored.items() if k != "folder"}, {k: v for k, v in asdict(spec).items() if k != "folder"}
     )
     if changed:
-        shown_changes = ", ".join(f"{key} {shown_repr(old)} → {shown_repr(new)}" for key, old, new in changed[:4])
-        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
         raise FloodError(
-            f"{path} was edited since the sweep was made: {shown_changes}{more}; its runs were trained with the values its "
+            f"{path} was edited since the sweep was made: {changes_text(changed, shown_repr, 4)}; its runs were trained with the values its "
             "study holds: put them back to go on, add settings with --resume --settings FILE, or start a new sweep"
         )
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from flood_cli import __version__, checkpoint
-from flood_cli.config import Config, RuntimeConfig, TrainConfig, changed_keys, load_config
+from flood_cli.config import Config, RuntimeConfig, TrainConfig, changed_keys, changes_text, load_config
 from flood_cli.data import (
     INDEX,
     LABELS,
@@ -1110,10 +1110,8 @@ def _check_same_experiment(run_dir: Path, saved: dict[str, Any], now: dict[str, 
 
     changed = [change for change in changed_keys(saved, now) if not change[0].startswith(RESUMABLE_CHANGES)]
     if changed:
-        shown = ", ".join(f"{key} {_short(old)} → {_short(new)}" for key, old, new in changed[:5])
-        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
         raise FloodError(
-            f"{run_dir / CONFIG_FILE} was edited since the checkpoint: {shown}{more}; the rows so far were trained "
+            f"{run_dir / CONFIG_FILE} was edited since the checkpoint: {changes_text(changed, _short, 5)}; the rows so far were trained "
             "with the checkpoint's values: put them back to resume, or start a new run with the new ones"
         )
 
