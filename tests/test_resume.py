@@ -88,6 +88,33 @@ def test_a_crashed_run_resumes_to_the_same_csv(tmp_path, monkeypatch, mode):
     assert result.best_val_loss == reference.best_val_loss
 
 
+def test_a_crashed_iflood_run_resumes_to_the_same_csv_on_a_ragged_split(tmp_path, monkeypatch):
+    """iFlood's flood_active counts examples: a checkpoint in the middle of an interval
+    (step 15; rows at 12, 24, 36) must carry its ascending count and example count, so
+    that the resumed row equals the uninterrupted one. 190 examples in steps of 16: each
+    epoch ends on a step of 14."""
+    train = {"mode": "iflood", "b": 0.6}
+    ragged = {"data": {**small_config()["data"], "max_train_examples": 190}}
+    reference = run_training(load_config(config_for(tmp_path, "reference", train, **ragged)))
+    assert 0.0 < float(metrics(reference.run_dir)[1]["flood_active"]) < 1.0, "b should flood some examples and not others"
+    real, calls = train_module._StepTools.update, {"n": 0}
+
+    def failing(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 19:
+            raise Crash("injected crash at step 19")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(train_module._StepTools, "update", failing)
+    with pytest.raises(Crash):
+        run_training(load_config(config_for(tmp_path, "crashed", train, **ragged)))
+    monkeypatch.undo()
+    crashed = tmp_path / "runs" / "crashed"
+    assert len(metrics(crashed)) == 1
+    resume_training(crashed)
+    assert csv_bytes_without_time(crashed) == csv_bytes_without_time(reference.run_dir)
+
+
 def _train_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "flood_cli", "train", "--quiet", *args]
 
