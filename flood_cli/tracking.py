@@ -10,12 +10,16 @@ makes flooding look like it fits worse than it does.
 * MLflow: ``MLFLOW_TRACKING_URI`` when set, else a local store beside the runs,
   ``sqlite:///<output.dir>/mlflow.db`` (MLflow 3 no longer takes a plain file store by
   default); one MLflow run per flood run, in experiment ``flood``, continued on resume.
+  A SQLite store's first use (MLflow creates its tables then, by a chain of migrations
+  that several processes must not run at once: workers of a sweep, runs started by hand
+  side by side) is taken under a lock file beside it, ``mlflow.db.lock``.
 
 Both are optional extras (``pip install 'flood-cli[tensorboard]'`` / ``[mlflow]``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -90,13 +94,17 @@ class MlflowTracker:
         self.mlflow = mlflow
         self.run_dir = run_dir
         uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run_dir.parent / 'mlflow.db').resolve()}"
-        self.client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+        # MLflow creates a new store's tables when its client is made (SqlAlchemyStore:
+        # create_all, then alembic's migrations, unlocked), and then the experiment: two
+        # processes doing either at once fail. One at a time per store file.
+        with _first_use_lock(uri):
+            self.client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+            self.experiment_id = _experiment_id(self.client)
         self.uri = uri
         self.run_id: Optional[str] = None
 
     def start(self, config: dict[str, Any], resumed: bool, run_id: Optional[str] = None) -> str:
-        experiment = self.client.get_experiment_by_name(MLFLOW_EXPERIMENT)
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(MLFLOW_EXPERIMENT)
+        experiment_id = self.experiment_id
         if run_id:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
@@ -123,6 +131,44 @@ class MlflowTracker:
         status = {"completed": "FINISHED", "interrupted": "KILLED"}.get(str(summary.get("status")), "FAILED")
         self.client.set_tag(self.run_id, "flood.status", str(summary.get("status")))
         self.client.set_terminated(self.run_id, status=status)
+
+
+def _sqlite_file(uri: str) -> Optional[Path]:
+    """The file of a ``sqlite:///PATH`` URI (none for an in-memory one or another database)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+@contextlib.contextmanager
+def _first_use_lock(uri: str):
+    """An exclusive lock on ``<db>.lock`` beside a SQLite store (nothing for a server)."""
+    database = _sqlite_file(uri)
+    if database is None:
+        yield
+        return
+    import fcntl
+
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
+def _experiment_id(client: Any) -> str:
+    """Experiment ``flood``'s id, made if it is not there (a server may get two at once)."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(MLFLOW_EXPERIMENT)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(MLFLOW_EXPERIMENT)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(MLFLOW_EXPERIMENT).experiment_id
 
 
 def _millis() -> int:

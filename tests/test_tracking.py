@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import flood_cli.train as train_module
 from flood_cli.config import load_config
 from flood_cli.errors import FloodError
 from flood_cli.train import resume_training, run_training
-from tests.conftest import small_config, write_config
+from tests.conftest import ROOT, small_config, write_config
 
 FLOODING = {"mode": "flooding", "b": 0.66, "epochs": 2, "eval_every": 6}
 
@@ -107,3 +108,53 @@ def test_report_to_takes_a_comma_list_and_refuses_unknown_trackers_in_one_line(t
     with pytest.raises(FloodError) as caught:
         load_config(path, sets=["output.report_to=wandb"])
     assert str(caught.value).endswith("output.report_to.0: input should be 'tensorboard' or 'mlflow' (got 'wandb')")
+
+
+# Each child imports MLflow once, then makes a tracker for every folder it is sent on
+# stdin and answers "ok" or the error's first line: the parent sends one folder to both
+# children at the same instant, so both make the store's tables at once.
+_TRACKER_CHILD = """
+import sys
+from pathlib import Path
+from flood_cli.tracking import MlflowTracker
+print("ready", flush=True)
+for line in sys.stdin:
+    folder, name = line.split()
+    try:
+        tracker = MlflowTracker(Path(folder) / name)
+        tracker.start({"train": {"b": 0.1}}, False)
+        print("ok", flush=True)
+    except Exception as exc:
+        print(f"{type(exc).__name__}: {str(exc).splitlines()[0]}", flush=True)
+"""
+
+
+def test_two_processes_making_the_default_mlflow_store_at_once_both_get_their_run(tmp_path):
+    import subprocess
+
+    from mlflow.tracking import MlflowClient
+
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(ROOT)
+    children = [
+        subprocess.Popen([sys.executable, "-c", _TRACKER_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        for _ in range(2)
+    ]
+    try:
+        assert [child.stdout.readline().strip() for child in children] == ["ready", "ready"]
+        for round_ in range(3):  # without the lock every round failed (10 of 10 tried)
+            folder = tmp_path / f"round{round_}" / "runs"
+            folder.mkdir(parents=True)
+            for index, child in enumerate(children):
+                child.stdin.write(f"{folder} run{index}\n")
+            for child in children:
+                child.stdin.flush()
+            answers = [child.stdout.readline().strip() for child in children]
+            assert answers == ["ok", "ok"], f"round {round_}: {answers}"
+            client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+            runs = client.search_runs([client.get_experiment_by_name("flood").experiment_id])
+            assert sorted(run.info.run_name for run in runs) == ["run0", "run1"]
+    finally:
+        for child in children:
+            child.stdin.close()
+            child.wait(timeout=60)
