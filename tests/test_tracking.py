@@ -158,3 +158,24 @@ def test_two_processes_making_the_default_mlflow_store_at_once_both_get_their_ru
         for child in children:
             child.stdin.close()
             child.wait(timeout=60)
+
+
+@pytest.mark.distributed  # several worker processes, ~40 s on 2 cores
+def test_a_two_worker_sweep_reporting_to_a_fresh_mlflow_store_runs_both(tmp_path):
+    """Both workers start their first run (and so the store) at about the same time."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from tests.test_sweep import flood, tiny_config
+
+    base = tiny_config(tmp_path)
+    raw = yaml.safe_load(base.read_text())
+    raw["output"]["report_to"] = ["mlflow"]
+    base.write_text(yaml.safe_dump(raw))
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    result = flood("sweep", "-c", str(base), "--b", "0.2", "--seeds", "1", "--workers", "2", "--out", str(tmp_path / "sweeps"), "--name", "ml", env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]  # before: "baseline-s1: failed (OperationalError: … duplicate column name: step"
+    runs = tmp_path / "sweeps" / "ml" / "runs"
+    client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+    logged = client.search_runs([client.get_experiment_by_name("flood").experiment_id])
+    assert sorted((run.info.run_name, run.info.status) for run in logged) == [("baseline-s1", "FINISHED"), ("flooding-b0.2-s1", "FINISHED")]
