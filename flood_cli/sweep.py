@@ -1118,7 +1118,7 @@ def read_spec(folder: Path) -> SweepSpec:
     train and compare new runs under settings the earlier ones did not have)."""
     path = folder / SPEC_FILE
     if not path.is_file():
-        raise FloodError(f"{folder} is not a sweep folder (no {SPEC_FILE}); pass the folder that flood sweep printed")
+        _restore_spec(folder)
     not_ours = "it was not written by flood sweep, or was edited: put back what flood sweep wrote"
     try:
         data = safe_yaml.load(path.read_text(encoding="utf-8"))
@@ -1140,8 +1140,41 @@ def read_spec(folder: Path) -> SweepSpec:
     except TypeError as exc:
         raise FloodError(f"{path} cannot be read as a sweep ({_first_line(exc)}); {not_ours}") from None
     spec.folder = str(folder.resolve())  # the folder may have moved since it was made
+    journal = Path(spec.storage_url)
+    if not spec.storage and not journal.is_file():  # (opening it would make an empty one)
+        raise FloodError(
+            f"the sweep journal {journal} is missing (it records which runs are done); restore it from a backup, or start a new "
+            f"sweep (the runs in {spec.runs_dir} stay readable: flood compare {spec.runs_dir})"
+        )
     _check_unedited(path, spec)
     return spec
+
+
+def _restore_spec(folder: Path) -> None:
+    """sweep.yaml is missing: written again from the record its study keeps (the same
+    values: an edited sweep.yaml is refused against that record), said in one line; or
+    one line naming what is missing."""
+    path, journal = folder / SPEC_FILE, folder / JOURNAL_FILE
+    if not journal.is_file():
+        if any((folder / part).exists() for part in (RUNS_DIR, WORKERS_DIR, QUEUE_LOCK)):
+            raise FloodError(
+                f"{path} and {journal} are both missing, so nothing says what the sweep is or which runs are done; restore them "
+                f"from a backup (a sweep on a database: join it with flood sweep --storage URL --study NAME --worker --out {folder})"
+            )
+        raise FloodError(f"{folder} is not a sweep folder (no {SPEC_FILE}); pass the folder that flood sweep printed")
+    record = None
+    for study in open_storage(str(journal)).get_all_studies():
+        data = study.user_attrs.get("flood_sweep")
+        if isinstance(data, dict) and study.study_name == f"{data.get('study')}{':baseline' if data.get('search') else ''}":
+            record = data  # the grid study's: --resume --settings updates that one
+    if record is None:
+        raise FloodError(f"{path} is missing and {journal} holds no record of the sweep to write it from; restore {SPEC_FILE} from a backup")
+    try:
+        spec = SweepSpec(**{**record, "folder": str(folder.resolve())})
+    except TypeError as exc:
+        raise FloodError(f"{path} is missing and the record of the sweep in {journal} cannot be read ({_first_line(exc)}); restore {SPEC_FILE} from a backup") from None
+    _write_spec(spec)
+    print(f"{path} was missing: written again from the sweep's record in {journal}", file=sys.stderr, flush=True)
 
 
 def _check_unedited(path: Path, spec: SweepSpec) -> None:
@@ -1633,6 +1666,7 @@ def start_workers(spec: SweepSpec, count: int, verbose: bool) -> list[subprocess
     terminal's Ctrl-C reaches the sweep only, which stops each worker with one SIGTERM."""
     gpus = _visible_gpus()
     threads = max(1, (os.cpu_count() or 1) // count)
+    (Path(spec.folder) / WORKERS_DIR).mkdir(exist_ok=True)  # deleted by hand: it holds only logs
     workers = []
     for index in range(count):
         env = {**os.environ, **worker_env(spec.storage)}
@@ -1772,7 +1806,7 @@ def write_results(spec: SweepSpec) -> list[Path]:
     folder = Path(spec.folder)
     runs = spec.runs_dir
     written = []
-    if not any(runs.iterdir()):
+    if not runs.is_dir() or not any(runs.iterdir()):  # (deleted by hand: --resume makes it again)
         return written
     output = compare_command([runs], markdown=True)
     (folder / RESULTS_FILE).write_text(f"# Sweep {spec.name}\n\n{spec.describe()}\n\n{output.text}\n", encoding="utf-8")
@@ -1799,6 +1833,8 @@ def requeue_failed(spec: SweepSpec, log: Optional[Callable[[str], None]] = None)
     lock = queue_lock(spec)
     count = 0
     with _locked(lock):
+        if lock is not None:  # deleted by hand: reconcile queues again each run it held, in one line each
+            spec.runs_dir.mkdir(exist_ok=True)
         reconcile(spec, storage, log)
         for study_name, _ in _studies(spec):
             queue = Queue(storage, load_study(storage, study_name), lock)
