@@ -52,6 +52,9 @@ class RichReporter:
         # The row's train_loss is the interval's exact mean: the bar shows the CSV's value.
         self.progress.update(self.task, loss=row["train_loss"], last_eval=row)
 
+    def before_write(self) -> None:
+        pass
+
     def message(self, text: str) -> None:
         self.console.print(f"[dim]{text}[/dim]")
 

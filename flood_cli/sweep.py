@@ -86,8 +86,27 @@ MAX_SETTINGS = 1000
 MAX_SETTINGS_BYTES = 512_000
 MAX_RUNS = 5000
 
-HEARTBEAT_S = 10.0
-GRACE_S = 60.0
+
+
+def _env_seconds(name: str, default: float) -> float:
+    """A duration from the environment (tests shorten the heartbeat and grace period;
+    every worker of a sweep must see the same values), else the default."""
+    try:
+        value = float(os.environ.get(name) or default)
+    except ValueError:
+        return default
+    return value if math.isfinite(value) and value > 0 else default
+
+
+# A worker renews its lease on its trial every HEARTBEAT_S. Another process takes a
+# trial as stale when it has seen its heartbeat unchanged for GRACE_S by its own clock;
+# the owner stops itself when it could not renew for GRACE_S / 2 by its own clock. Only
+# durations measured on one machine are compared, so clock skew cannot make two owners.
+HEARTBEAT_S = _env_seconds("FLOOD_SWEEP_HEARTBEAT_S", 10.0)
+GRACE_S = _env_seconds("FLOOD_SWEEP_GRACE_S", 60.0)
+STORAGE_RETRY_S = _env_seconds("FLOOD_SWEEP_STORAGE_RETRY_S", 120.0)  # how long a worker waits for a storage that stopped answering
+FAULTS = "FLOOD_SWEEP_FAULTS"  # tests: a folder whose file heartbeat-fails-<pid> makes that worker's heartbeats fail
+WRITER_LOG = "FLOOD_SWEEP_WRITER_LOG"  # tests: an append-only log of which process wrote which run's rows
 LOCK_POLL_S = 5.0  # how often a worker looks whether a locked run folder was let go
 QUEUE_LOCK = ".queue.lock"  # in the sweep folder: one process at a time changes the queue
 DIE_AFTER_WRITE = "FLOOD_SWEEP_DIE_AFTER_WRITE"  # tests: os._exit after the k-th queue write
@@ -776,7 +795,7 @@ class Queue:
         retried = []
         with self.locked():
             for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if not _is_stale(trial, grace):
+                if not _is_stale(trial, grace, self.study.study_name):
                     continue
                 try:
                     if not self.storage.set_trial_state_values(self.trial_id(trial.number), state=TrialState.FAIL):
@@ -810,15 +829,30 @@ def _pid_namespace() -> Optional[int]:
         return None
 
 
-def _is_stale(trial: Any, grace: float) -> bool:
+# What this process has seen of other workers' heartbeats: (study, trial) -> (the
+# heartbeat's value, this machine's monotonic time when it was first seen so).
+_SEEN: dict[tuple[str, int], tuple[Any, float]] = {}
+
+
+def _is_stale(trial: Any, grace: float, study: str = "") -> bool:
+    """Whether a RUNNING trial's worker is gone: its process no longer exists (on this
+    host, in this PID namespace: at once), or this process has seen its heartbeat
+    unchanged for ``grace`` seconds of its own monotonic clock (a worker elsewhere, or a
+    frozen one). The heartbeat's value is only compared with itself, never with this
+    machine's clock: a worker whose clock runs behind or ahead is judged the same."""
     attrs = trial.user_attrs
     here = _pid_namespace()
     if attrs.get("host") == socket.gethostname() and "pid" in attrs and here is not None and attrs.get("pid_ns") == here:
-        return not _alive(int(attrs["pid"]), attrs.get("pid_start"))
-    beat = attrs.get("heartbeat")
-    if beat is None and trial.datetime_start is not None:
-        beat = trial.datetime_start.timestamp()
-    return beat is not None and time.time() - float(beat) > grace
+        if not _alive(int(attrs["pid"]), attrs.get("pid_start")):
+            return True
+    beat = (attrs.get("heartbeat"), attrs.get("pid"), attrs.get("host"))
+    now = time.monotonic()
+    key = (study, trial.number)
+    seen = _SEEN.get(key)
+    if seen is None or seen[0] != beat:
+        _SEEN[key] = (beat, now)
+        return False
+    return now - seen[1] > grace
 
 
 def _process_start(pid: int) -> Optional[str]:
@@ -840,10 +874,19 @@ def _alive(pid: int, started: Optional[str]) -> bool:
 
 
 class Heartbeat:
-    """Marks a claimed trial as alive, every HEARTBEAT_S seconds, from a thread."""
+    """A worker's lease on its claimed trial, renewed every HEARTBEAT_S seconds from a
+    thread. The lease is lost when another process took the trial as stale (the renewal
+    finds it ended) or when it could not be renewed for half the grace period by this
+    machine's clock (a storage that does not answer, a process frozen by SIGSTOP): the
+    worker then stops at once, without writing another byte (:meth:`fence`), since the
+    run may have a new owner. :meth:`check` is called before each training step's
+    writes, so a worker thawed after the grace period stops before its next row."""
 
-    def __init__(self, queue: Queue, trial_id: int, every: float = HEARTBEAT_S):
-        self.queue, self.trial_id, self.every = queue, trial_id, every
+    def __init__(self, queue: Queue, trial_id: int, every: Optional[float] = None, what: str = ""):
+        self.queue, self.trial_id = queue, trial_id
+        self.every = HEARTBEAT_S if every is None else every
+        self.what = what or f"trial {trial_id}"
+        self.renewed = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="flood-sweep-heartbeat", daemon=True)
 
@@ -855,19 +898,32 @@ class Heartbeat:
         storage.set_trial_user_attr(self.trial_id, "pid_ns", _pid_namespace())
         storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
         _wrote()
+        self.renewed = time.monotonic()
         self._thread.start()
         return self
 
+    def _renew(self) -> None:
+        faults = os.environ.get(FAULTS)
+        if faults and (Path(faults) / f"heartbeat-fails-{os.getpid()}").exists():
+            raise OSError("heartbeat failure injected by the test hook")
+        self.queue.storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
+
     def _beat(self) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
+
         failing_since: Optional[float] = None
         while not self._stop.wait(self.every):
+            self.check()  # woken after a freeze: the lease may be another's by now
+            started = time.monotonic()
             try:
-                self.queue.storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
+                self._renew()
+            except UpdateFinishedTrialError:
+                self.fence("another worker took its trial as stale and queued the run again")
             except Exception as exc:  # a storage hiccup: the next beat tries again, and the log says so
-                failing_since = failing_since or time.time()
+                failing_since = failing_since or started
                 print(
                     f"heartbeat of trial {self.trial_id} failed ({type(exc).__name__}: {masked(_first_line(exc))}); "
-                    f"failing for {time.time() - failing_since:.0f} s (after {GRACE_S:.0f} s its run may be taken as stale)",
+                    f"failing for {time.monotonic() - failing_since:.0f} s (after {GRACE_S / 2:.0f} s this worker stops)",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -875,10 +931,50 @@ class Heartbeat:
                 if failing_since is not None:
                     print(f"heartbeat of trial {self.trial_id} written again", file=sys.stderr, flush=True)
                 failing_since = None
+                self.renewed = started
+
+    def check(self) -> None:
+        """Stop this worker if its lease may have lapsed (not renewed for GRACE_S / 2)."""
+        silent = time.monotonic() - self.renewed
+        if silent > GRACE_S / 2 and not self._stop.is_set():
+            self.fence(f"its lease was not renewed for {silent:.0f} s, half the {GRACE_S:.0f} s after which another worker may take the run")
+
+    def fence(self, why: str) -> None:
+        """Lost the lease: exit now (as a kill would; the run folder stays consistent),
+        so that nothing more is written by a process that may no longer own the run."""
+        print(f"worker {os.getpid()} lost {self.what}: {why}; it stops without writing more (the run continues from its last checkpoint)", file=sys.stderr, flush=True)
+        os._exit(WORKER_FENCED)
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class _LeaseReporter:
+    """Checks the worker's lease before each step's writes (rows, checkpoints), and
+    notes each row in the test hook's writer log."""
+
+    def __init__(self, inner: Any, lease: Optional[Heartbeat], run: str):
+        self.inner, self.lease, self.run = inner, lease, run
+        self.live_loss_every = inner.live_loss_every
+        self.log = os.environ.get(WRITER_LOG)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def before_write(self) -> None:
+        if self.lease is not None:
+            self.lease.check()
+        self.inner.before_write()
+
+    def evaluation(self, row: dict[str, Any]) -> None:
+        if self.log:
+            fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, f"{os.getpid()} {self.run} {int(row['step'])}\n".encode())
+            finally:
+                os.close(fd)
+        self.inner.evaluation(row)
 
 
 # ---------------------------------------------------------------------------
@@ -1262,19 +1358,25 @@ def _work(spec: SweepSpec, log: Callable[[str], None], verbose: bool, stop: _Sto
         if stop.signal is not None:
             raise WorkerInterrupted(f"stopped by {signal.Signals(stop.signal).name} between runs; nothing to queue again")
         for queue in filter(None, (grid, search)):
-            queue.reclaim_stale()
-        claimed = grid.claim()
+            _retrying(spec, "take over stale trials", queue.reclaim_stale)
+        claimed = _retrying(spec, "claim a run", grid.claim)
         queue = grid
         if claimed is None and search is not None:
-            claimed, queue = _ask(search, spec), search
+            claimed, queue = _retrying(spec, "claim a trial", lambda: _ask(search, spec)), search
         if claimed is None:
-            return done
-        with Heartbeat(queue, claimed.trial_id):
+            if not _retrying(spec, "look for running trials", lambda: _others_running(grid, search)):
+                return done
+            # Every run left is held by another worker: wait, and take over any whose
+            # worker dies or freezes (no run is left to a dead worker until --resume).
+            _pause(stop, _poll_s())
+            continue
+        what = str(claimed.attrs.get("run") or claimed.attrs.get("setting") or f"trial {claimed.number}")
+        with Heartbeat(queue, claimed.trial_id, what=what) as lease:
             try:
                 stop.in_trial = True
                 if stop.signal is not None:  # it came while this trial was claimed
                     raise KeyboardInterrupt
-                value, attrs = _run_trial(spec, claimed, reporter_factory, log)
+                value, attrs = _run_trial(spec, claimed, reporter_factory, log, lease)
             except (_Interrupted, KeyboardInterrupt) as exc:
                 # Stopped by a signal (after a checkpoint, or at once): the same run, queued again.
                 stop.in_trial = False
@@ -1296,9 +1398,78 @@ def _work(spec: SweepSpec, log: Callable[[str], None], verbose: bool, stop: _Sto
                 continue
             finally:
                 stop.in_trial = False
-        if not _tell(queue, claimed, value, attrs=attrs):
+        if not _retrying(spec, "record a result", lambda: _tell(queue, claimed, value, attrs=attrs)):
             log(f"trial {claimed.number} was taken as stale and queued again meanwhile; its retry reports its run(s)")
         done += 1
+
+
+def _poll_s() -> float:
+    """How often a worker with nothing to claim looks at the trials others hold."""
+    return max(0.2, min(LOCK_POLL_S, HEARTBEAT_S))
+
+
+def _pause(stop: "_StopSignals", seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while stop.signal is None and time.monotonic() < deadline:
+        time.sleep(min(0.2, seconds))
+
+
+def _others_running(grid: Queue, search: Optional[Queue]) -> bool:
+    from optuna.trial import TrialState
+
+    return any(queue.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) for queue in filter(None, (grid, search)))
+
+
+def _storage_error(exc: BaseException) -> bool:
+    """An error of the storage's connection or disk (worth waiting out), as opposed to
+    one of the trial (a finished trial, a bad value), which is not retried."""
+    from optuna.exceptions import StorageInternalError
+
+    if isinstance(exc, (PermissionError, FileNotFoundError, NotADirectoryError, IsADirectoryError)):
+        return False  # not transient: said as it is
+    if isinstance(exc, (StorageInternalError, OSError)):
+        return True
+    try:
+        from sqlalchemy.exc import DBAPIError, OperationalError
+
+        return isinstance(exc, (OperationalError, DBAPIError)) and not isinstance(exc, _integrity_errors())
+    except ImportError:
+        return False
+
+
+def _integrity_errors() -> tuple:
+    from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
+
+    return (IntegrityError, DataError, ProgrammingError)
+
+
+def _retrying(spec: "SweepSpec", what: str, call: Callable[[], Any]) -> Any:
+    """``call()``, tried again for up to STORAGE_RETRY_S while the storage does not
+    answer (a database restarting, a network partition, a full disk), each failure
+    said in one line; after that the worker stops with one line (its runs are queued
+    again by --resume: a run trained but not yet told is read back, never retrained)."""
+    started, wait, said = time.monotonic(), 1.0, False
+    while True:
+        try:
+            result = call()
+        except Exception as exc:
+            if not _storage_error(exc):
+                raise
+            waited = time.monotonic() - started
+            reason = f"{type(exc).__name__}: {masked(_first_line(exc))}"
+            if waited >= STORAGE_RETRY_S:
+                raise FloodError(
+                    f"the sweep's storage {public_url(spec.storage_url)} did not answer for {waited:.0f} s ({reason}); "
+                    f"this worker stops: when it is back, run flood sweep --resume {spec.folder}"
+                ) from None
+            print(f"could not {what}: the storage did not answer ({reason}); trying again for up to {STORAGE_RETRY_S - waited:.0f} s", file=sys.stderr, flush=True)
+            said = True
+            time.sleep(min(wait, max(0.0, STORAGE_RETRY_S - waited)))
+            wait = min(wait * 2, 15.0)
+            continue
+        if said:
+            print(f"the storage answers again ({what})", file=sys.stderr, flush=True)
+        return result
 
 
 def _state(name: str) -> Any:
@@ -1381,7 +1552,9 @@ def _trials_used(study: Any) -> int:
     return sum(1 for trial in trials if trial.number not in retried and (_defined(trial) or not trial.state.is_finished()))
 
 
-def _run_trial(spec: SweepSpec, claimed: Claimed, reporter_factory: Callable[[], Any], log: Callable[[str], None]) -> tuple[float, dict[str, Any]]:
+def _run_trial(
+    spec: SweepSpec, claimed: Claimed, reporter_factory: Callable[[], Any], log: Callable[[str], None], lease: Optional[Heartbeat] = None
+) -> tuple[float, dict[str, Any]]:
     """Run the trial's run(s): one for a grid trial, every seed for a search trial."""
     # A search trial's values as asked (kept in its attributes: the retry of an
     # interrupted one is a queued trial, whose params Optuna shows only once suggested).
@@ -1394,7 +1567,8 @@ def _run_trial(spec: SweepSpec, claimed: Claimed, reporter_factory: Callable[[],
     losses, accuracies, names = [], [], []
     for index, seed in enumerate(seeds):
         name = claimed.attrs.get("run") if not claimed.attrs.get("search") else setting.run_name(seed)
-        with reporter_factory() as reporter:
+        with reporter_factory() as shown:
+            reporter = _LeaseReporter(shown, lease, name)
             if spec.prune and claimed.study is not None and index == 0:
                 reporter = _PruningReporter(reporter, claimed)  # judged on its first seed's curve
             summary = _run_one(spec, overrides, seed, name, reporter)
@@ -1718,9 +1892,22 @@ def follow(
     started, finished_here = time.time(), 0
     total = spec.expected_runs
     progress.start(total, done)
+    failing = False
     while True:
         alive = any(worker.poll() is None for worker in workers)
-        ended = finished_trials(spec, storage)
+        try:
+            ended = finished_trials(spec, storage)
+        except Exception as exc:
+            if not _storage_error(exc) or not alive:
+                raise
+            if not failing:  # the workers wait it out (and stop themselves if it lasts)
+                echo(f"the storage does not answer ({type(exc).__name__}: {masked(_first_line(exc))}); waiting")
+            failing = True
+            time.sleep(poll_s)
+            continue
+        if failing:
+            echo("the storage answers again")
+            failing = False
         for item in ended:
             if item.key in seen:
                 continue
@@ -1889,10 +2076,13 @@ def run_sweep(spec: SweepSpec, workers: int, verbose: bool, echo: Callable[[str]
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     worker_errors = []
+    left = spec.expected_runs - sum(item.runs for item in finished)
     for index, process in enumerate(processes, start=1):
         code = process.returncode
-        if code == WORKER_INTERRUPTED or (code is not None and code < 0):
-            interrupted = True  # stopped from outside: its run is queued again
+        if code == WORKER_INTERRUPTED or (code is not None and code < 0) or code == WORKER_FENCED:
+            # Stopped from outside, or it lost its lease: its run was queued again, and
+            # another worker may have finished it; the sweep is interrupted if runs are left.
+            interrupted = interrupted or left > 0
         elif code:
             worker_errors.append(f"worker {index} ended with exit code {code} (see {Path(spec.folder) / WORKERS_DIR / f'worker-{index}.log'})")
     try:
@@ -1903,3 +2093,4 @@ def run_sweep(spec: SweepSpec, workers: int, verbose: bool, echo: Callable[[str]
 
 
 WORKER_INTERRUPTED = 130  # a worker's exit code when a signal stopped it (as flood train's)
+WORKER_FENCED = 75  # a worker's exit code when it lost its lease (EX_TEMPFAIL): its run goes on elsewhere or on --resume

@@ -78,6 +78,9 @@ class Reporter(Protocol):
     # examples since the last evaluation (as the CSV's train_loss), or None between reads.
     def step(self, step: int, epoch: float, train_loss: Optional[float]) -> None: ...
     def evaluation(self, row: dict[str, Any]) -> None: ...
+    # Right before the run writes a row, its summary or a checkpoint: a sweep worker
+    # checks there that it still owns the run (and stops at once if it may not).
+    def before_write(self) -> None: ...
     def message(self, text: str) -> None: ...
     def warning(self, text: str) -> None: ...
     def notice(self, text: str) -> None: ...
@@ -93,6 +96,9 @@ class NullReporter:
         pass
 
     def evaluation(self, row: dict[str, Any]) -> None:
+        pass
+
+    def before_write(self) -> None:
         pass
 
     def message(self, text: str) -> None:
@@ -775,6 +781,7 @@ class Trainer:
         processes = self._gather_process_states()
         if self.run is None:
             return
+        self.reporter.before_write()
         self.progress.elapsed_before = time.time() - self.started
         payload = checkpoint.snapshot(
             {
@@ -829,6 +836,7 @@ class Trainer:
         self.checkpoints.wait()  # a run is complete once its last checkpoint is on disk
         if self.run is not None:
             self.run.check_intact()
+            self.reporter.before_write()
             self.run.write_summary(status="completed", finished_at=now_iso())
             if not self.cfg.output.keep_checkpoint:
                 # Only a stopped run needs it; a sweep of BERT-base runs would keep 1.3 GB each.
@@ -917,6 +925,7 @@ class Trainer:
             self.checkpoints.wait()  # "checkpoint written" must be true when it is said
             name = signal.Signals(stop_signal).name
             if self.run is not None:
+                self.reporter.before_write()
                 self.run.write_summary(status="interrupted", error=f"stopped by {name}", finished_at=now_iso())
             raise RunInterrupted(self.run.path if self.run else None, step, name, report=self.accelerator.is_main_process)
 
@@ -945,6 +954,7 @@ class Trainer:
             test = self.evaluate("test")
             row["test_loss"], row["test_accuracy"] = test["loss"], test["accuracy"]
         row = {key: row[key] for key in self.columns}
+        self.reporter.before_write()
 
         best = progress.best
         if row["val_loss"] < best["val_loss"]:

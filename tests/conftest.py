@@ -12,6 +12,11 @@ os.environ["HF_HOME"] = _CACHE
 os.environ["HF_DATASETS_CACHE"] = os.path.join(_CACHE, "datasets")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import glob  # noqa: E402
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -71,3 +76,59 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a CUDA GPU (make gpu-check on a GPU machine)")
     for item in marked:
         item.add_marker(skip)
+
+
+# ---------------------------------------------------------------------------
+# A real PostgreSQL server, as a temporary cluster on a free port
+
+
+def _postgres_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    initdb, server = _postgres_bin("initdb"), _postgres_bin("postgres")
+    if not initdb or not server:
+        pytest.skip("PostgreSQL is not installed (`make test` installs it with apt-get install postgresql)")
+    # Not under pytest's temporary folder: as root the server runs as the postgres user,
+    # who cannot enter pytest's private (0700) folders.
+    folder = Path(tempfile.mkdtemp(prefix="flood-postgres-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(folder, "postgres")
+        os.chmod(folder, 0o755)
+    data = folder / "data"
+    subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "flood"], check=True, capture_output=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server_process = subprocess.Popen(
+        [*as_user, server, "-D", str(data), "-p", str(port), "-k", str(folder), "-c", "listen_addresses=127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    import sqlalchemy
+
+    url = f"postgresql+psycopg://flood@127.0.0.1:{port}/postgres"
+    deadline = time.time() + 60
+    while True:
+        try:
+            engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+            with engine.connect() as connection:
+                connection.execute(sqlalchemy.text("CREATE DATABASE sweeps"))
+            engine.dispose()
+            break
+        except Exception:
+            if time.time() > deadline or server_process.poll() is not None:
+                server_process.terminate()
+                raise
+            time.sleep(0.2)
+    yield f"postgresql://flood@127.0.0.1:{port}/sweeps"
+    server_process.terminate()
+    server_process.wait(timeout=30)
+    shutil.rmtree(folder, ignore_errors=True)

@@ -231,7 +231,7 @@ class _Recorder:
     def message(self, text: str) -> None:
         pass
 
-    warning = notice = message
+    warning = notice = before_write = lambda self, *args: None
 
 
 def test_the_bars_loss_is_the_csvs_train_loss(tmp_path):

@@ -7,7 +7,6 @@ import glob
 import json
 import re
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -279,64 +278,6 @@ def test_three_workers_on_the_default_storage_run_every_trial_once(tmp_path):
     _three_worker_sweep(tmp_path)
 
 
-# ---------------------------------------------------------------------------
-# A real PostgreSQL server, as a temporary cluster on a free port
-
-
-def _postgres_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return candidates[-1] if candidates else None
-
-
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
-    initdb, server = _postgres_bin("initdb"), _postgres_bin("postgres")
-    if not initdb or not server:
-        pytest.skip("PostgreSQL is not installed (`make test` installs it with apt-get install postgresql)")
-    # Not under pytest's temporary folder: as root the server runs as the postgres user,
-    # who cannot enter pytest's private (0700) folders.
-    import tempfile
-
-    folder = Path(tempfile.mkdtemp(prefix="flood-postgres-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # the server refuses to run as root
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(folder, "postgres")
-        os.chmod(folder, 0o755)
-    data = folder / "data"
-    subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "flood"], check=True, capture_output=True)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server_process = subprocess.Popen(
-        [*as_user, server, "-D", str(data), "-p", str(port), "-k", str(folder), "-c", "listen_addresses=127.0.0.1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    import sqlalchemy
-
-    url = f"postgresql+psycopg://flood@127.0.0.1:{port}/postgres"
-    deadline = time.time() + 60
-    while True:
-        try:
-            engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
-            with engine.connect() as connection:
-                connection.execute(sqlalchemy.text("CREATE DATABASE sweeps"))
-            engine.dispose()
-            break
-        except Exception:
-            if time.time() > deadline or server_process.poll() is not None:
-                server_process.terminate()
-                raise
-            time.sleep(0.2)
-    yield f"postgresql://flood@127.0.0.1:{port}/sweeps"
-    server_process.terminate()
-    server_process.wait(timeout=30)
-    shutil.rmtree(folder, ignore_errors=True)
-
-
 def test_three_claimers_on_postgresql_take_disjoint_trials(tmp_path, postgres):
     _race(postgres, "race", tmp_path / "go")
 
@@ -393,17 +334,22 @@ def test_a_pruned_search_trial_stops_early_and_says_so(tmp_path, monkeypatch):
     assert summary["error"].startswith("RunPruned: pruned at step 2: val_loss ") and summary["steps_completed"] == 2
 
 
-def test_a_trial_whose_worker_stopped_beating_is_queued_again_with_its_run(tmp_path):
-    """Another machine's worker, silent for longer than the grace period, loses its
-    trial: it is failed and enqueued again with the same run; a fresh one is left alone."""
+def test_a_trial_whose_worker_stopped_beating_is_queued_again_with_its_run(tmp_path, monkeypatch):
+    """Another machine's worker, seen silent for longer than the grace period, loses its
+    trial: it is failed and enqueued again with the same run; a beating one is left alone."""
     url = str(tmp_path / "beats.journal")
     _enqueue(url, "beats", 2)
     storage = sweeps.open_storage(url)
     queue = sweeps.Queue(storage, sweeps.load_study(storage, "beats"))
     silent, beating = queue.claim(), queue.claim()
-    for claimed, beat in ((silent, time.time() - 3 * sweeps.GRACE_S), (beating, time.time())):
+    for claimed in (silent, beating):
         storage.set_trial_user_attr(claimed.trial_id, "host", "another-machine")
-        storage.set_trial_user_attr(claimed.trial_id, "heartbeat", beat)
+        storage.set_trial_user_attr(claimed.trial_id, "heartbeat", time.time())
+    clock = [time.monotonic()]
+    monkeypatch.setattr(sweeps.time, "monotonic", lambda: clock[0])
+    assert queue.reclaim_stale() == []  # first seen: not judged yet
+    clock[0] += sweeps.GRACE_S + 1
+    storage.set_trial_user_attr(beating.trial_id, "heartbeat", time.time() + 1)  # it beat meanwhile
     assert queue.reclaim_stale() == [silent.number]
     assert queue.reclaim_stale() == []  # reclaimed once
     trials = queue.study.get_trials(deepcopy=False)

@@ -365,11 +365,34 @@ def test_a_live_trial_of_a_worker_in_another_pid_namespace_is_not_stolen(tmp_pat
     fresh = {"host": socket.gethostname(), "pid": dead.pid, "heartbeat": time.time()}
     here = sweeps._pid_namespace()
     assert here is not None
-    trial = lambda **attrs: types.SimpleNamespace(user_attrs={**fresh, **attrs}, datetime_start=None)  # noqa: E731
+    numbers = iter(range(1000))
+    trial = lambda **attrs: types.SimpleNamespace(user_attrs={**fresh, **attrs}, datetime_start=None, number=next(numbers))  # noqa: E731
     assert not sweeps._is_stale(trial(pid_ns=here + 1), grace=60)  # its pid is not ours to look up
     assert not sweeps._is_stale(trial(), grace=60)  # a worker of before pid_ns was recorded: the heartbeat decides
     assert sweeps._is_stale(trial(pid_ns=here), grace=60)  # same namespace, the pid is gone: stale at once
-    assert sweeps._is_stale(trial(pid_ns=here + 1, heartbeat=time.time() - 61), grace=60)
+
+
+def test_staleness_is_measured_on_the_observers_clock_so_clock_skew_makes_no_second_owner(monkeypatch):
+    """A heartbeat is only compared with itself: the worker of a machine whose clock is
+    an hour behind (or ahead) is live while its heartbeat changes, and stale once this
+    process has seen it unchanged for the grace period by its own monotonic clock."""
+    clock = [1000.0]
+    monkeypatch.setattr(sweeps.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(sweeps, "_SEEN", {})
+
+    def trial(beat):
+        return types.SimpleNamespace(user_attrs={"host": "another-machine", "pid": 7, "heartbeat": beat}, datetime_start=None, number=3)
+
+    behind = time.time() - 3600  # the owner's clock is an hour behind this one's
+    for tick in range(10):  # beating every 10 s for 100 s: never stale
+        assert not sweeps._is_stale(trial(behind + 10 * tick), grace=60, study="s")
+        clock[0] += 10
+    ahead = time.time() + 3600  # then it stops, with a clock an hour ahead: stale after 60 s seen
+    assert not sweeps._is_stale(trial(ahead), grace=60, study="s")
+    clock[0] += 59
+    assert not sweeps._is_stale(trial(ahead), grace=60, study="s")
+    clock[0] += 2
+    assert sweeps._is_stale(trial(ahead), grace=60, study="s")
 
 
 def test_failing_heartbeats_are_logged_and_their_recovery_too(capsys):

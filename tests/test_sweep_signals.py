@@ -202,7 +202,6 @@ def test_a_server_that_accepts_and_never_answers_fails_in_bounded_time(tmp_path,
         server.close()
 
 
-from tests.test_sweep import postgres  # noqa: E402,F401  (the module's PostgreSQL server)
 
 
 def test_a_storage_password_is_stored_nowhere_and_given_to_the_workers_in_their_environment(tmp_path, postgres):  # noqa: F811
