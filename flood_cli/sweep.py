@@ -18,11 +18,14 @@ concurrent workers. A search (--search) asks Optuna's TPE sampler for settings, 
 trial running every seed and reporting their mean; its baseline runs are a grid of
 their own in a second study.
 
-A worker records a heartbeat on its trial. A RUNNING trial whose worker is gone (its
-process no longer exists on this host, or its heartbeat is older than the grace
-period) is failed and enqueued again with the same run; the new claimant resumes the
-run folder from its checkpoint, as `flood train --resume` does. A completed run is
-never run again.
+A worker owns its run by a lease: the claimed trial, renewed by a heartbeat, and the run
+folder's lock. A RUNNING trial whose worker is gone (its process no longer exists on
+this host, or its heartbeat was seen unchanged for the grace period by the observer's
+own clock) is failed and enqueued again with the same run; the new claimant resumes the
+run folder from its checkpoint, as `flood train --resume` does, once the folder's lock is
+let go. A worker that finds its lease taken, or could not renew it for half the grace
+period, stops before its next write (:class:`Heartbeat`). A completed run is never run
+again.
 
 The runs of sweep.yaml are the truth and trials are claims on them: a run's outcome is
 its latest trial's, and :func:`reconcile` (run by --resume and by every worker when it
@@ -887,10 +890,12 @@ class Heartbeat:
         self.every = HEARTBEAT_S if every is None else every
         self.what = what or f"trial {trial_id}"
         self.renewed = time.monotonic()
+        self.marked = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="flood-sweep-heartbeat", daemon=True)
 
-    def __enter__(self) -> "Heartbeat":
+    def mark(self) -> None:
+        """Record who owns the trial (host, pid and its start, PID namespace) and a first beat."""
         storage, pid = self.queue.storage, os.getpid()
         storage.set_trial_user_attr(self.trial_id, "host", socket.gethostname())
         storage.set_trial_user_attr(self.trial_id, "pid", pid)
@@ -899,6 +904,11 @@ class Heartbeat:
         storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
         _wrote()
         self.renewed = time.monotonic()
+        self.marked = True
+
+    def __enter__(self) -> "Heartbeat":
+        if not self.marked:
+            self.mark()
         self._thread.start()
         return self
 
@@ -1371,7 +1381,9 @@ def _work(spec: SweepSpec, log: Callable[[str], None], verbose: bool, stop: _Sto
             _pause(stop, _poll_s())
             continue
         what = str(claimed.attrs.get("run") or claimed.attrs.get("setting") or f"trial {claimed.number}")
-        with Heartbeat(queue, claimed.trial_id, what=what) as lease:
+        lease = Heartbeat(queue, claimed.trial_id, what=what)
+        _retrying(spec, "record its claim", lease.mark)
+        with lease:
             try:
                 stop.in_trial = True
                 if stop.signal is not None:  # it came while this trial was claimed

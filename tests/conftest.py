@@ -17,6 +17,7 @@ import shutil  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
+from typing import Optional  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -90,45 +91,73 @@ def _postgres_bin(name: str) -> str | None:
     return candidates[-1] if candidates else None
 
 
-@pytest.fixture(scope="session")
-def postgres(tmp_path_factory):
-    initdb, server = _postgres_bin("initdb"), _postgres_bin("postgres")
-    if not initdb or not server:
-        pytest.skip("PostgreSQL is not installed (`make test` installs it with apt-get install postgresql)")
-    # Not under pytest's temporary folder: as root the server runs as the postgres user,
-    # who cannot enter pytest's private (0700) folders.
-    folder = Path(tempfile.mkdtemp(prefix="flood-postgres-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # the server refuses to run as root
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(folder, "postgres")
-        os.chmod(folder, 0o755)
-    data = folder / "data"
-    subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "flood"], check=True, capture_output=True)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server_process = subprocess.Popen(
-        [*as_user, server, "-D", str(data), "-p", str(port), "-k", str(folder), "-c", "listen_addresses=127.0.0.1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    import sqlalchemy
+class PostgresServer:
+    """A temporary PostgreSQL cluster on a free port, with a database `sweeps`; it can be
+    stopped and started again on the same port and data (a database restart)."""
 
-    url = f"postgresql+psycopg://flood@127.0.0.1:{port}/postgres"
-    deadline = time.time() + 60
-    while True:
-        try:
-            engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
-            with engine.connect() as connection:
-                connection.execute(sqlalchemy.text("CREATE DATABASE sweeps"))
-            engine.dispose()
-            break
-        except Exception:
-            if time.time() > deadline or server_process.poll() is not None:
-                server_process.terminate()
-                raise
-            time.sleep(0.2)
-    yield f"postgresql://flood@127.0.0.1:{port}/sweeps"
-    server_process.terminate()
-    server_process.wait(timeout=30)
-    shutil.rmtree(folder, ignore_errors=True)
+    def __init__(self) -> None:
+        initdb, self.server = _postgres_bin("initdb"), _postgres_bin("postgres")
+        if not initdb or not self.server:
+            pytest.skip("PostgreSQL is not installed (`make test` installs it with apt-get install postgresql)")
+        # Not under pytest's temporary folder: as root the server runs as the postgres
+        # user, who cannot enter pytest's private (0700) folders.
+        self.folder = Path(tempfile.mkdtemp(prefix="flood-postgres-"))
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:  # the server refuses to run as root
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+            shutil.chown(self.folder, "postgres")
+            os.chmod(self.folder, 0o755)
+        self.data = self.folder / "data"
+        subprocess.run([*self.as_user, initdb, "-D", str(self.data), "-A", "trust", "-U", "flood"], check=True, capture_output=True)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.process: Optional[subprocess.Popen] = None
+        self.start()
+        self._run_sql("CREATE DATABASE sweeps")
+        self.url = f"postgresql://flood@127.0.0.1:{self.port}/sweeps"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [*self.as_user, self.server, "-D", str(self.data), "-p", str(self.port), "-k", str(self.folder), "-c", "listen_addresses=127.0.0.1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self._run_sql("SELECT 1")
+
+    def stop(self) -> None:
+        """A fast shutdown (SIGINT): open connections are cut, as in a restart."""
+        if self.process is not None and self.process.poll() is None:
+            # To the server itself (postmaster.pid's first line): runuser passes SIGINT on to no one.
+            os.kill(int((self.data / "postmaster.pid").read_text().split()[0]), 2)
+            self.process.wait(timeout=60)
+
+    def _run_sql(self, text: str) -> None:
+        import sqlalchemy
+
+        url = f"postgresql+psycopg://flood@127.0.0.1:{self.port}/postgres"
+        deadline = time.time() + 60
+        while True:
+            try:
+                engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+                with engine.connect() as connection:
+                    connection.execute(sqlalchemy.text(text))
+                engine.dispose()
+                return
+            except Exception:
+                if time.time() > deadline or self.process.poll() is not None:
+                    self.process.terminate()
+                    raise
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    server = PostgresServer()
+    yield server.url
+    server.close()

@@ -196,3 +196,39 @@ def test_a_three_worker_sweep_on_the_journal_survives_kills_freezes_and_failing_
 def test_a_three_worker_sweep_on_postgresql_survives_kills_freezes_and_failing_heartbeats(tmp_path, reference, postgres):
     name = f"chaos-{tmp_path.name}"[:60]
     _chaos(_sweep(tmp_path, name, postgres), tmp_path, reference)
+
+
+def test_a_database_restart_in_the_middle_of_a_sweep_is_waited_out(tmp_path, reference):
+    """The database stops while two workers train (a restart: every connection cut) and
+    comes back 3 s later: the workers retry their writes, saying so, and the sweep
+    completes, each run once and as an uninterrupted run. (Before, the first write after
+    the stop ended the worker in `unexpected StorageInternalError`.)"""
+    from tests.conftest import PostgresServer
+
+    server = PostgresServer()
+    try:
+        spec = sweeps.create_sweep(_config(tmp_path), None, {"train.b": [0.5]}, [1], [], 0, tmp_path / "sweeps", "restart", server.url, "restart")
+        driver = Driver(spec, tmp_path, 0)
+        driver.env["FLOOD_SWEEP_GRACE_S"] = "30"  # the lease outlives the restart
+        try:
+            workers = [driver.start() for _ in range(2)]
+            driver.victim()  # a run is under way
+            server.stop()
+            time.sleep(3)
+            server.start()
+            codes = [driver.wait_gone(worker, timeout=300) for worker in workers]
+        finally:
+            for worker in driver.workers:
+                worker.kill()
+                worker.wait()
+        logs = "".join(path.read_text() for path in sorted((Path(spec.folder) / "workers").glob("chaos-*.log")))
+        assert codes == [0, 0], logs[-3000:]
+        assert "the storage did not answer" in logs or "heartbeat of trial" in logs, logs[-3000:]  # the outage was seen
+        assert "unexpected" not in logs
+        finished = sweeps.finished_trials(spec, sweeps.open_storage(spec.storage_url))
+        runs = ["baseline-s1", "flooding-b0.5-s1"]
+        assert sorted(item.label for item in finished) == runs and not [item for item in finished if item.error]
+        for run in runs:
+            assert csv_bytes_without_time(spec.runs_dir / run) == csv_bytes_without_time(reference / run), run
+    finally:
+        server.close()

@@ -220,7 +220,7 @@ def test_the_retry_of_an_interrupted_search_trial_trains_its_own_values(tmp_path
     assert retry.attrs["retry_of"] == first.number
     trained = []
     monkeypatch.setattr(sweeps, "_run_one", lambda spec, overrides, seed, name, reporter: trained.append((overrides, name)) or {"best_val_loss": 0.5})
-    sweeps._run_trial(spec, retry, lambda: __import__("contextlib").nullcontext(None), lambda text: None)
+    sweeps._run_trial(spec, retry, lambda: __import__("contextlib").nullcontext(__import__("types").SimpleNamespace(live_loss_every=0)), lambda text: None)
     assert trained == [(first.attrs["overrides"], sweeps.Setting(first.attrs["overrides"]).run_name(1))]
     assert trained[0][0]["train.b"] == first.params["train.b"]
 

@@ -102,6 +102,9 @@ while True:
 def test_a_second_ctrl_c_while_the_workers_stop_kills_them_at_once(tmp_path):
     """Workers that take long to stop after their SIGTERM: a second Ctrl-C (a
     KeyboardInterrupt in the sweep) kills them at once instead of waiting, and says so."""
+    # Python leaves SIGINT ignored in a process started in the background by a shell
+    # without job control (`cmd &` in a script): give it the terminal's default here.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     marks = [tmp_path / f"w{i}" for i in range(2)]
     workers = [subprocess.Popen([sys.executable, "-c", FAKE_WORKER, str(mark)], start_new_session=True) for mark in marks]
     try:
@@ -115,6 +118,7 @@ def test_a_second_ctrl_c_while_the_workers_stop_kills_them_at_once(tmp_path):
             killed = "the second Ctrl-C escaped stop_workers"
         timer.join()
     finally:
+        signal.signal(signal.SIGINT, previous)
         for worker in workers:
             if worker.poll() is None:
                 worker.kill()
