@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from flood_cli import safe_yaml
 from flood_cli.errors import FloodError, shown, shown_repr
-from flood_cli.runs import describe_data, describe_model
+from flood_cli.runs import MAX_CONFIG_BYTES, describe_data, describe_model, read_run_file
 
 ModeName = Literal["baseline", "flooding", "iflood", "adaflood", "alternate", "backstitch", "gradnorm"]
 MODES: tuple[str, ...] = get_args(ModeName)
@@ -404,13 +404,26 @@ def apply_override(raw: dict[str, Any], dotted_key: str, value: Any) -> None:
 PROBLEM_CHARACTERS = 200
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path, run_file: bool = False) -> dict[str, Any]:
+    """A config file as a mapping. At most MAX_CONFIG_BYTES are read; ``run_file`` (a run
+    folder's config.yaml, on --resume) also refuses a file that is not a regular file
+    (a named pipe would block): your own --config may be a pipe, e.g. <(...)."""
     if not path.exists():
         raise FloodError(f"config file {path} not found; pass an existing YAML file, e.g. --config configs/tiny.yaml")
     if path.is_dir():
         raise FloodError(f"config {path} is a folder; pass a YAML file, e.g. --config configs/tiny.yaml")
     try:
-        text = path.read_text(encoding="utf-8")
+        if run_file:
+            data = read_run_file(path, MAX_CONFIG_BYTES)
+        else:
+            with open(path, "rb") as handle:
+                data = handle.read(MAX_CONFIG_BYTES + 1)
+            if len(data) > MAX_CONFIG_BYTES:
+                raise FloodError(
+                    f"config {path} is larger than flood reads (more than {MAX_CONFIG_BYTES // 2**20} MiB); "
+                    "a config has a few kB: pass the right file"
+                )
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise FloodError(f"config {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
     except OSError as exc:
@@ -586,7 +599,7 @@ def load_config(
     one config serves many projects (a run's saved config holds it absolute).
     """
     path = Path(path)
-    raw = read_yaml(path)
+    raw = read_yaml(path, run_file=not new_run)
     saved_run = raw.pop("meta", None) is not None
     overrides = dict(overrides or {})
     if saved_run and new_run and isinstance(raw.get("output"), dict):

@@ -56,14 +56,17 @@ def _expand_glob(path: Path) -> list[Path]:
 
 
 def _is_run_dir(path: Path) -> bool:
-    return any((path / name).is_file() for name in RUN_FILES)
+    # exists(), not is_file(): a run whose metrics.csv is a named pipe or a link to a
+    # device is still found, and the reader says why it is skipped. Only names are
+    # looked at here (stat), never contents: discovery opens no run file.
+    return any((path / name).exists() for name in RUN_FILES)
 
 
 def _runs_at(path: Path) -> tuple[list[Path], str]:
     """The run folders at ``path``, or none and the reason why."""
     if not path.exists():
         return [], "no such folder"
-    if path.is_file():
+    if not path.is_dir():
         if path.name in RUN_FILES:  # e.g. runs/*/summary.json: the folder is meant
             return [path.parent], ""
         return [], "a file, not a run folder"

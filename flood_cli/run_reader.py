@@ -3,8 +3,11 @@
 Tolerant by design: a run still in progress, a metrics.csv cut short by a crash, a
 half-written summary or a missing config each cost one warning line, and the run is
 still shown with what could be read. Only a run without a single evaluation is skipped,
-and a run whose config.yaml flood refuses to read (see flood_cli.safe_yaml: aliases that
-expand too far, a recursive alias, a key given twice), since its settings are unclear.
+a run whose config.yaml flood refuses to read (see flood_cli.safe_yaml: aliases that
+expand too far, a recursive alias, a key given twice), since its settings are unclear,
+and a run with a file that is not a regular file (a named pipe, a link to /dev/zero) or
+is over its cap (flood_cli.runs.MAX_METRICS_BYTES and the two below it): such a file is
+never read, so a run folder from someone else cannot stall `flood compare`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,15 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import yaml
 
 from flood_cli import safe_yaml
-from flood_cli.runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, describe_data, describe_model
+from flood_cli.runs import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    RunFileRefused,
+    describe_data,
+    describe_model,
+    read_run_file,
+)
 
 if TYPE_CHECKING:
     from flood_cli.grouping import Group
@@ -99,12 +110,16 @@ def load_run(path: Path, now: float) -> tuple[Optional[Run], Optional[str]]:
     problems: list[str] = []
     try:
         config = _read_mapping(path / CONFIG_FILE, _parse_config, problems)
+        summary = _read_mapping(path / SUMMARY_FILE, json.loads, problems)
+        metrics_text = _read_file(path / METRICS_FILE, problems)
     except safe_yaml.RefusedYaml as exc:
         # Aliases that expand too far, a recursive alias, a key given twice: which
         # settings the run had is unclear, and grouping it by guesswork would mislead.
         return None, f"{path}: {CONFIG_FILE}: {exc.problem}; skipped"
-    summary = _read_mapping(path / SUMMARY_FILE, json.loads, problems)
-    metrics_text = _read_file(path / METRICS_FILE, problems)
+    except RunFileRefused as exc:
+        # A named pipe, a link to a device, a file over its cap (runs.MAX_METRICS_BYTES…):
+        # not what flood writes, and never read; the other runs are compared.
+        return None, f"{path}: {exc.problem}; skipped"
     rows: list[Row] = []
     if metrics_text is not None:
         rows, found = parse_metrics(metrics_text)
@@ -213,9 +228,10 @@ def _parse_row(header: list[str], cells: list[str]) -> Optional[Row]:
 
 
 def _read_file(path: Path, problems: list[str]) -> Optional[str]:
-    """The file's text, or None and a problem message (missing or unreadable)."""
+    """The file's text, or None and a problem message (missing or unreadable). Raises
+    RunFileRefused for a file that is not regular or is over its cap (never read)."""
     try:
-        return path.read_bytes().decode("utf-8", errors="replace")
+        return read_run_file(path).decode("utf-8", errors="replace")
     except FileNotFoundError:
         problems.append(f"no {path.name}")
     except OSError as exc:

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import io
 import json
 import math
 import os
 import shutil
+import stat
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -27,7 +29,7 @@ from typing import IO, Any, Callable, Iterable, Optional
 
 import yaml
 
-from flood_cli.errors import FloodError
+from flood_cli.errors import FloodError, shown
 
 METRICS_COLUMNS = (
     "epoch",
@@ -54,9 +56,95 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 BEST_MODEL_DIR = "best_model"
+
+# The most flood reads of each run file (`flood compare`, `flood train --resume`, a
+# sweep's runs). Generous for real runs: metrics.csv has a row of about 200 bytes per
+# evaluation (64 MB: some 300,000 evaluations), config.yaml and summary.json have a few
+# kB. A bigger file, or one that is not a regular file (a named pipe, /dev/zero), is
+# refused before it is read: a run folder from someone else cannot stall the reader.
+MAX_METRICS_BYTES = 64 * 2**20
+MAX_SUMMARY_BYTES = 2**20
+MAX_CONFIG_BYTES = 2**20
 # The best model before the current one, kept until the next swap for readers still inside it.
 PREVIOUS_BEST_LINK = ".best_model.previous"
 STAGING_LINK = ".best_model.link.tmp"
+
+
+class RunFileRefused(FloodError):
+    """A run file flood does not read (see MAX_METRICS_BYTES): not a regular file, or
+    bigger than its cap. ``problem`` names the file and says why; the message adds the
+    folder and what to do. Not an OSError or ValueError on purpose: code that takes an
+    unreadable or corrupt run file for a missing one (a resume, a sweep) says this one."""
+
+    def __init__(self, path: Path, problem: str):
+        super().__init__(
+            f"{shown(str(path.parent), 200)}: {problem}; put the file the run wrote in its place, "
+            "or start the run again under a new name"
+        )
+        self.problem = problem
+
+
+def run_file_limit(name: str) -> int:
+    """The cap on a run file, by its name (config.yaml's for any other file)."""
+    return {METRICS_FILE: MAX_METRICS_BYTES, SUMMARY_FILE: MAX_SUMMARY_BYTES}.get(name, MAX_CONFIG_BYTES)
+
+
+def read_run_file(path: Path, limit: Optional[int] = None) -> bytes:
+    """The bytes of a run file, read only if it is a regular file of at most ``limit``
+    bytes (default: its cap, `run_file_limit`); RunFileRefused otherwise. Never blocks
+    on a named pipe and never reads past the cap (a link to /dev/zero is a device).
+    A missing or unreadable file raises OSError as open() would."""
+    limit = run_file_limit(path.name) if limit is None else limit
+    _check_regular(path, os.stat(path).st_mode)  # before opening: a device is never opened
+    # Non-blocking: a named pipe put there since the stat opens at once, and fstat says so.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        status = os.fstat(fd)
+        _check_regular(path, status.st_mode)
+        if status.st_size > limit:
+            raise _too_big(path, limit, status.st_size)
+        chunks: list[bytes] = []
+        read = 0
+        while read <= limit:  # the file may grow while it is read: at most one byte over
+            chunk = os.read(fd, min(limit + 1 - read, 2**20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            read += len(chunk)
+        if read > limit:  # grew while read, or a file that says size 0 (/proc)
+            raise _too_big(path, limit)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _check_regular(path: Path, mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        kind = "a folder"
+    elif stat.S_ISFIFO(mode):
+        kind = "a named pipe"
+    elif stat.S_ISSOCK(mode):
+        kind = "a socket"
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        kind = "a device"
+    else:
+        kind = "not a plain file"
+    try:
+        kind = f"a link to {shown(os.readlink(path))}, {kind}"
+    except OSError:  # not a link
+        pass
+    raise RunFileRefused(path, f"{path.name} is not a regular file ({kind})")
+
+
+def _too_big(path: Path, limit: int, size: Optional[int] = None) -> RunFileRefused:
+    how_big = f"{size:,} bytes" if size is not None else f"more than {limit:,} bytes"
+    return RunFileRefused(path, f"{path.name} is too large to read ({how_big}; flood reads at most {_mib(limit)})")
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:g} MiB" if size >= 2**20 else f"{size:,} bytes"
 
 
 def _read_umask() -> int:
@@ -211,7 +299,7 @@ class RunDir:
         """Keep the header and the first ``keep_rows`` rows (those the checkpoint knows
         of; a row written after it is dropped and will be written again), then append."""
         path = self.path / METRICS_FILE
-        lines = path.read_bytes().decode("utf-8").splitlines(keepends=True) if path.exists() else []
+        lines = read_run_file(path).decode("utf-8").splitlines(keepends=True) if path.exists() else []
         header = ",".join(columns) + "\n"
         if lines and lines[0] != header:
             raise FloodError(f"{path} has other columns than this run writes; it cannot be resumed")
@@ -304,8 +392,8 @@ class RunDir:
     # -- summary ------------------------------------------------------------
     def load_summary(self) -> dict[str, Any]:
         try:
-            self.summary = json.loads((self.path / SUMMARY_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            self.summary = json.loads(read_run_file(self.path / SUMMARY_FILE).decode("utf-8"))
+        except (OSError, ValueError):  # missing or corrupt; RunFileRefused is raised
             self.summary = {}
         return self.summary
 
@@ -334,10 +422,11 @@ def now_iso() -> str:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Read a metrics.csv into rows of floats (empty cells become None)."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = []
-        for raw in csv.DictReader(handle):
-            rows.append({k: (float(v) if v not in ("", None) else None) for k, v in raw.items()})
-        return rows
+    """Read a metrics.csv into rows of floats (empty cells become None). Raises
+    RunFileRefused for a file that is not regular or is over MAX_METRICS_BYTES."""
+    text = read_run_file(path).decode("utf-8")
+    rows = []
+    for raw in csv.DictReader(io.StringIO(text, newline="")):
+        rows.append({k: (float(v) if v not in ("", None) else None) for k, v in raw.items()})
+    return rows
 

@@ -312,6 +312,68 @@ HOSTILE_CASES: list[tuple[str, Callable[[Ctx], list[str]], str]] = [
 ]
 
 
+def _replace_run_file(c: Ctx, status: Optional[str], name: str, replace: Callable[[Path], None], run: str = "only") -> Path:
+    """A fake run whose file ``name`` is replaced (by a named pipe, a sparse file…)."""
+    folder = c.fake_run(run, status)
+    (folder / name).unlink(missing_ok=True)
+    replace(folder / name)
+    return folder
+
+
+def _sparse(size: int) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        with open(path, "wb") as handle:  # holes: no disk used
+            handle.truncate(size)
+
+    return write
+
+
+def _pipe_only(c: Ctx) -> list[str]:
+    (c.out / "only").mkdir(parents=True)
+    os.mkfifo(c.out / "only" / "metrics.csv")
+    return ["compare", str(c.out)]
+
+
+# Run files that are not regular files or are over their cap: never opened or read
+# (a named pipe blocked `flood compare` and `--resume` forever).
+RUN_FILE_CASES: list[tuple[str, Callable[[Ctx], list[str]], str]] = [
+    ("compare: only run's metrics.csv a named pipe", lambda c: ["compare", str(_replace_run_file(c, "completed", "metrics.csv", os.mkfifo))],
+     "error: no usable runs in {tmp}/runs/only: {tmp}/runs/only: metrics.csv is not a regular file (a named pipe); skipped"),
+    ("compare: only run's summary.json a named pipe", lambda c: ["compare", str(_replace_run_file(c, "completed", "summary.json", os.mkfifo).parent)],
+     "error: no usable runs in {tmp}/runs: {tmp}/runs/only: summary.json is not a regular file (a named pipe); skipped"),
+    ("compare: only run's config.yaml a named pipe", lambda c: ["compare", str(_replace_run_file(c, "completed", "config.yaml", os.mkfifo).parent)],
+     "error: no usable runs in {tmp}/runs: {tmp}/runs/only: config.yaml is not a regular file (a named pipe); skipped"),
+    ("compare: a folder with only a named pipe metrics.csv", _pipe_only,
+     "error: no usable runs in {tmp}/runs: {tmp}/runs/only: metrics.csv is not a regular file (a named pipe); skipped"),
+    ("compare: only run's metrics.csv over 64 MiB", lambda c: ["compare", str(_replace_run_file(c, "completed", "metrics.csv", _sparse(64 * 2**20 + 1)))],
+     "error: no usable runs in {tmp}/runs/only: {tmp}/runs/only: metrics.csv is too large to read (67,108,865 bytes; flood reads at most 64 MiB); skipped"),
+    ("compare: only run's summary.json over 1 MiB", lambda c: ["compare", str(_replace_run_file(c, "completed", "summary.json", _sparse(2**20 + 1)))],
+     "error: no usable runs in {tmp}/runs/only: {tmp}/runs/only: summary.json is too large to read (1,048,577 bytes; flood reads at most 1 MiB); skipped"),
+    ("--resume: summary.json a named pipe", lambda c: ["train", "--resume", str(_replace_run_file(c, None, "summary.json", os.mkfifo, "shared"))],
+     "error: {tmp}/runs/shared: summary.json is not a regular file (a named pipe); put the file the run wrote in its place, or start the run again under a new name"),
+    ("--resume: metrics.csv a named pipe", lambda c: ["train", "--resume", str(_replace_run_file(c, "interrupted", "metrics.csv", os.mkfifo, "shared"))],
+     "error: {tmp}/runs/shared: metrics.csv is not a regular file (a named pipe); put the file the run wrote in its place, or start the run again under a new name"),
+    ("--resume: metrics.csv over 64 MiB", lambda c: ["train", "--resume", str(_replace_run_file(c, "interrupted", "metrics.csv", _sparse(64 * 2**20 + 1), "shared"))],
+     "error: {tmp}/runs/shared: metrics.csv is too large to read (67,108,865 bytes; flood reads at most 64 MiB); put the file the run wrote in its place, or start the run again under a new name"),
+]
+
+
+def _resume_config_pipe(c: Ctx) -> list[str]:
+    """A checkpoint that passes checkpoint.load (its format is right), so that --resume
+    goes on to read config.yaml: a named pipe."""
+    args = _resume_with_checkpoint(c, _saved_bytes({"format": 2}))
+    config = Path(args[-1]) / "config.yaml"
+    config.unlink()
+    os.mkfifo(config)
+    return args
+
+
+RUN_FILE_CASES.append((
+    "--resume: config.yaml a named pipe", _resume_config_pipe,
+    "error: {tmp}/runs/shared: config.yaml is not a regular file (a named pipe); put the file the run wrote in its place, or start the run again under a new name",
+))
+
+
 def _saved_bytes(payload: dict) -> bytes:
     import io
 
@@ -323,6 +385,7 @@ def _saved_bytes(payload: dict) -> bytes:
 
 
 CASES += HOSTILE_CASES
+CASES += RUN_FILE_CASES
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,9 @@ from flood_cli.compare import build_report, compare_command
 from flood_cli.errors import FloodError
 from flood_cli.report_format import CSV_COLUMNS, DIFF_SEED
 from flood_cli.run_reader import parse_metrics
-from flood_cli.runs import METRICS_COLUMNS, METRICS_FILE, SUMMARY_FILE
+from flood_cli.runs import CONFIG_FILE, MAX_CONFIG_BYTES, MAX_METRICS_BYTES, METRICS_COLUMNS, METRICS_FILE, SUMMARY_FILE
 from flood_cli.stats import NO_SPREAD, ONE_SEED, OUT_OF_RANGE, student_t_quantile
+from tests.conftest import ROOT
 from tests.run_factory import make_rows, metrics_csv, write_run
 
 NOW = datetime(2025, 1, 1, 0, 20, tzinfo=timezone.utc).timestamp()  # 10 min after the factory's updated_at
@@ -1193,3 +1194,126 @@ def test_a_sweeps_results_md_holds_holm_verdicts_and_says_so(tmp_path):
     assert "Verdicts: lower or higher when the Holm-adjusted p (Holm p) over the 3 comparisons in this table" in results
     assert "| within seed noise (paired) | [1] |" in results  # b = 0.2: better alone, not after Holm
     assert results.count("| lower (better) (paired) |") == 1
+
+
+# ---------------------------------------------------------------------------
+# Run files that never end or never open: named pipes, links to devices, files over
+# their cap. Each is skipped with one warning line, never read, and the good run beside
+# it is compared. Run through the real CLI in a child process: a hang fails the test at
+# its timeout (it once blocked forever), and a read without bound meets a 2 GiB cap on
+# the child's memory (it once grew until the OOM killer) instead of the machine's.
+
+
+def _flood_compare(*paths: Path) -> subprocess.CompletedProcess:
+    import os
+    import resource
+
+    def cap_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, 2 * 2**30))
+
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "flood_cli", "compare", *map(str, paths)],
+        capture_output=True, text=True, env=env, timeout=20, preexec_fn=cap_memory,
+    )
+
+
+def _named_pipe(path: Path) -> None:
+    import os
+
+    os.mkfifo(path)
+
+
+def _link_to(target: str):
+    return lambda path: path.symlink_to(target)
+
+
+def _sparse(size: int):
+    def write(path: Path) -> None:
+        with open(path, "wb") as handle:  # holes: no disk used, nothing written
+            handle.truncate(size)
+
+    return write
+
+
+DEVICE_OR_PIPE_FILES = [
+    # (case, the run file replaced, how, the warning after "<run>: ")
+    ("metrics.csv a named pipe (blocked forever)", METRICS_FILE, _named_pipe,
+     "metrics.csv is not a regular file (a named pipe); skipped"),
+    ("metrics.csv a link to /dev/zero (read without bound)", METRICS_FILE, _link_to("/dev/zero"),
+     "metrics.csv is not a regular file (a link to /dev/zero, a device); skipped"),
+    ("config.yaml a link to /dev/urandom (read without bound)", CONFIG_FILE, _link_to("/dev/urandom"),
+     "config.yaml is not a regular file (a link to /dev/urandom, a device); skipped"),
+    ("summary.json a link to /dev/zero (read without bound)", SUMMARY_FILE, _link_to("/dev/zero"),
+     "summary.json is not a regular file (a link to /dev/zero, a device); skipped"),
+    ("summary.json a named pipe (blocked forever)", SUMMARY_FILE, _named_pipe,
+     "summary.json is not a regular file (a named pipe); skipped"),
+    ("metrics.csv one byte over its cap (read whole)", METRICS_FILE, _sparse(MAX_METRICS_BYTES + 1),
+     f"metrics.csv is too large to read ({MAX_METRICS_BYTES + 1:,} bytes; flood reads at most 64 MiB); skipped"),
+    ("config.yaml one byte over its cap", CONFIG_FILE, _sparse(MAX_CONFIG_BYTES + 1),
+     f"config.yaml is too large to read ({MAX_CONFIG_BYTES + 1:,} bytes; flood reads at most 1 MiB); skipped"),
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("case", "name", "replace", "expected"), DEVICE_OR_PIPE_FILES, ids=[c[0] for c in DEVICE_OR_PIPE_FILES])
+def test_a_run_file_that_is_not_a_regular_file_or_too_large_skips_its_run(tmp_path, case, name, replace, expected):
+    runs = tmp_path / "runs"
+    write_run(runs, "good", seed=1)
+    bad = write_run(runs, "bad", seed=2, val_losses=(0.5, 0.4))
+    (bad / name).unlink()
+    replace(bad / name)
+    started = time.perf_counter()
+    result = _flood_compare(runs)
+    assert (result.returncode, result.stderr.splitlines()) == (0, [f"warning: {bad}: {expected}"]), result.stderr
+    assert time.perf_counter() - started < 10
+    table = result.stdout.splitlines()
+    assert table[0] == "Runs, sorted by best validation loss"
+    assert table[4].split()[:2] == ["good", "g1"] and table[5] == ""  # the good run, alone
+    assert "bad" not in result.stdout
+
+
+def test_run_files_at_their_cap_are_read_and_one_byte_more_is_refused(tmp_path, monkeypatch):
+    """The caps are exact: a file of the cap's size is read, one byte more is not. The
+    caps are looked up when a file is read (set small here, rather than writing 64 MiB)."""
+    import flood_cli.runs as runs_module
+
+    run = write_run(tmp_path, "run")
+    sizes = {name: (run / name).stat().st_size for name in (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE)}
+    caps = {CONFIG_FILE: "MAX_CONFIG_BYTES", METRICS_FILE: "MAX_METRICS_BYTES", SUMMARY_FILE: "MAX_SUMMARY_BYTES"}
+    for name, size in sizes.items():
+        monkeypatch.setattr(runs_module, caps[name], size)
+        assert compare([run]).warnings == [], name
+        monkeypatch.setattr(runs_module, caps[name], size - 1)
+        with pytest.raises(FloodError) as refused:
+            compare([run])
+        assert str(refused.value) == (
+            f"no usable runs in {run}: {run}: {name} is too large to read ({size:,} bytes; "
+            f"flood reads at most {size - 1:,} bytes); skipped"
+        )
+        monkeypatch.setattr(runs_module, caps[name], size)
+
+
+def test_a_file_that_says_size_0_is_still_read_no_further_than_its_cap(tmp_path):
+    """/proc files report size 0 and hold more: the read itself stops one byte past the cap."""
+    from flood_cli.runs import RunFileRefused, read_run_file
+
+    link = tmp_path / SUMMARY_FILE
+    link.symlink_to("/proc/self/status")
+    assert Path("/proc/self/status").stat().st_size == 0
+    with pytest.raises(RunFileRefused) as refused:
+        read_run_file(link, limit=10)
+    assert refused.value.problem == "summary.json is too large to read (more than 10 bytes; flood reads at most 10 bytes)"
+    assert read_run_file(link, limit=100_000).startswith(b"Name:")
+
+
+def test_a_folder_whose_only_run_file_is_a_named_pipe_is_found_and_skipped(tmp_path):
+    """Discovery looks at names only (it found no run here: is_file() is false for a pipe)."""
+    import os
+
+    write_run(tmp_path, "good")
+    (tmp_path / "pipe-only").mkdir()
+    os.mkfifo(tmp_path / "pipe-only" / METRICS_FILE)
+    output = compare([tmp_path])
+    assert output.warnings == [f"{tmp_path / 'pipe-only'}: metrics.csv is not a regular file (a named pipe); skipped"]
+    assert [run.name for run in report_of([tmp_path]).runs] == ["good"]
