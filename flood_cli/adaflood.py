@@ -12,7 +12,9 @@ losses in ``held_out_losses.pt``; ``key`` hashes everything they depend on (mode
 data and its files' contents, training settings, K), so runs that share them (the
 seeds and γ values of a sweep) train them once. They are resumable like any run, and a
 lock lets concurrent workers wait for one another instead of training them twice. A
-launch of several processes trains them together, as data parallelism.
+launch of several processes trains them together, as data parallelism. The cached
+losses are used only when they are one finite, non-negative loss per training example;
+a damaged file is said in one warning and computed again, never used.
 """
 
 from __future__ import annotations
