@@ -12,7 +12,9 @@ losses in ``held_out_losses.pt``; ``key`` hashes everything they depend on (mode
 data and its files' contents, training settings, K), so runs that share them (the
 seeds and γ values of a sweep) train them once. They are resumable like any run, and a
 lock lets concurrent workers wait for one another instead of training them twice. A
-launch of several processes trains them together, as data parallelism.
+launch of several processes trains them together, as data parallelism. The cached
+losses are used only when they are one finite, non-negative loss per training example;
+a damaged file is said in one warning and computed again, never used.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import json
 import os
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -61,15 +63,39 @@ def cache_key(cfg: Config) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
-@contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # another process building them: wait for it
+class _CacheRemoved(Exception):
+    """The cache folder (and its lock) went away while its auxiliary runs were built."""
+
+
+class _LockFile:
+    def __init__(self, path: Path, inode: int):
+        self.path, self.inode = path, inode
+
+    def removed(self) -> bool:
+        """Whether the locked file is no longer at its path (its folder was removed)."""
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            return os.stat(self.path).st_ino != self.inode
+        except FileNotFoundError:
+            return True
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[_LockFile]:
+    """Hold the cache folder's lock. A lock file removed with its folder while another
+    process waited on it is no lock at all: the waiter checks, once it has the lock,
+    that the file it locked is still the one at the path, and otherwise locks again."""
+    while True:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / ".lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # another process building them: wait for it
+            lock = _LockFile(folder / ".lock", os.fstat(handle.fileno()).st_ino)
+            if lock.removed():
+                continue
+            try:
+                yield lock
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            return
 
 
 def held_out_losses(cfg: Config, reporter: Any) -> torch.Tensor:
@@ -80,29 +106,109 @@ def held_out_losses(cfg: Config, reporter: Any) -> torch.Tensor:
     combined batch: the main process holds the lock and decides for each fold whether
     to reuse, continue or train it, and tells the others; it scores the folds and hands
     every process the losses. (Each process taking the lock itself deadlocked: the
-    one holding it waited in its first run for the others, who waited on the lock.)"""
-    folds = cfg.train.adaflood.folds
+    one holding it waited in its first run for the others, who waited on the lock.)
+
+    A cache folder removed while its runs were built is built again, once, by a single
+    process (several processes are in the middle of a run together and cannot start
+    over: they stop with one line)."""
     folder = Path(cfg.output.dir) / CACHE_DIR / cache_key(cfg)
     group = _Processes(cfg)
-    with _locked(folder) if group.main else nullcontext():
+    try:
+        return _held_out_losses(cfg, folder, reporter, group)
+    except _CacheRemoved as exc:
+        if group.count > 1:
+            raise FloodError(f"{exc}; run the command again to train the auxiliary runs anew") from None
+        reporter.warning(f"{exc}; training the auxiliary runs again")
+    try:
+        return _held_out_losses(cfg, folder, reporter, group)
+    except _CacheRemoved as exc:
+        raise FloodError(f"{exc}, a second time; stop what removes it, then run the command again") from None
+
+
+def _held_out_losses(cfg: Config, folder: Path, reporter: Any, group: _Processes) -> torch.Tensor:
+    folds = cfg.train.adaflood.folds
+    with _locked(folder) if group.main else nullcontext() as lock:
         losses_path = folder / LOSSES_FILE
-        cached = group.share(losses_path.is_file() if group.main else None)
-        if cached:
+        cached = group.share(_cached_losses(cfg, losses_path, reporter) if group.main else None)
+        if cached is not None:
             if group.main:
                 reporter.notice(f"adaflood: reusing the held-out losses of {folds} auxiliary runs in {folder}")
-            return group.share(torch.load(losses_path, weights_only=True) if group.main else None)
-        run_dirs = [_aux_run(cfg, folder, fold, folds, reporter, group) for fold in range(folds)]
-        losses = None
-        if group.main:
-            scored = [_score_fold(cfg, run_dir, fold, folds) for fold, run_dir in enumerate(run_dirs)]
-            losses = torch.full((sum(len(members) for _, members in scored),), float("nan"), dtype=torch.float64)
-            for fold_losses, members in scored:
-                losses[torch.tensor(members)] = fold_losses.double()
-            assert not torch.isnan(losses).any(), "every example lies in exactly one fold"
-            from flood_cli.runs import atomic_write
+            return cached
+        doing = "the auxiliary runs were built"
+        try:
+            run_dirs = []
+            for fold in range(folds):
+                doing = f"auxiliary run {fold + 1} of {folds} trained"
+                run_dirs.append(_aux_run(cfg, folder, fold, folds, reporter, group))
+            losses = None
+            if group.main:
+                doing = "the held-out losses were computed"
+                scored = [_score_fold(cfg, run_dir, fold, folds) for fold, run_dir in enumerate(run_dirs)]
+                losses = torch.full((sum(len(members) for _, members in scored),), float("nan"), dtype=torch.float64)
+                for fold_losses, members in scored:
+                    losses[torch.tensor(members)] = fold_losses.double()
+                assert not torch.isnan(losses).any(), "every example lies in exactly one fold"
+                from flood_cli.runs import atomic_write
 
-            atomic_write(losses_path, lambda handle: torch.save(losses, handle), binary=True)
+                atomic_write(losses_path, lambda handle: torch.save(losses, handle), binary=True)
+                if lock.removed():  # written into a folder made again meanwhile: not ours to keep
+                    raise FileNotFoundError(losses_path)
+        except (OSError, FloodError) as exc:
+            # A run's files vanish as "No such file" (or a model "not found") from deep in
+            # the loop or the scoring; the lock file, gone too, tells the removal apart.
+            if group.main and lock.removed():
+                raise _CacheRemoved(f"adaflood: the cache folder {folder} was removed while {doing}") from exc
+            raise
         return group.share(losses)
+
+
+def _cached_losses(cfg: Config, path: Path, reporter: Any) -> Optional[torch.Tensor]:
+    """The held-out losses saved in ``path``, when they are one finite, non-negative
+    floating-point loss for each example of the training split; otherwise None, and one
+    warning line saying why (they are computed again: a damaged cache is never used, and
+    never fatal). Read as data only: a pickle that asks for code is refused unrun."""
+    from flood_cli.checkpoint import UnreadableData, read_data
+
+    if not path.is_file():
+        return None
+    try:
+        losses = read_data(path)
+    except UnreadableData as exc:
+        problem = f"{exc.reason} (nothing in it was run)" if exc.code else exc.reason
+    else:
+        problem = _losses_problem(losses, _train_size(cfg))
+        if problem is None:
+            return losses
+    reporter.warning(f"adaflood: {path} {problem}; computing the held-out losses again from the auxiliary runs")
+    return None
+
+
+def _losses_problem(losses: Any, examples: int) -> Optional[str]:
+    """What makes ``losses`` unusable as the held-out losses of ``examples`` examples."""
+    if not isinstance(losses, torch.Tensor):
+        return f"holds a {type(losses).__name__}, not a tensor of losses"
+    if losses.dim() != 1 or len(losses) != examples:
+        held = f"{len(losses)} losses" if losses.dim() == 1 else f"a tensor of shape {tuple(losses.shape)}"
+        return f"holds {held}, not one for each of the {examples} training examples"
+    if not losses.is_floating_point():
+        return f"holds {str(losses.dtype).removeprefix('torch.')} values, not floating-point losses"
+    bad = int((~torch.isfinite(losses)).sum())
+    if bad:
+        return f"holds {bad} NaN or infinite loss(es) of {examples}"
+    negative = int((losses < 0).sum())
+    if negative:
+        return f"holds {negative} negative loss(es) of {examples} (a cross-entropy is at least 0)"
+    return None
+
+
+def _train_size(cfg: Config) -> int:
+    """How many examples the prepared training split holds (Datasets' cache makes the
+    run's own preparation, after this one, a read)."""
+    from flood_cli.data import prepare_data
+    from flood_cli.model import load_tokenizer, quiet_transformers
+
+    quiet_transformers()
+    return len(prepare_data(cfg.data, load_tokenizer(cfg.model)).train)
 
 
 class _Processes:

@@ -50,7 +50,7 @@ from flood_cli.data import (
     plan_steps,
     prepare_data,
 )
-from flood_cli.errors import FloodError, RunInterrupted, UnresumableRun
+from flood_cli.errors import FloodError, RunInterrupted, UnresumableRun, shown
 from flood_cli.model import attention_format, build_model, load_tokenizer, quiet_transformers
 from flood_cli.objectives import Mode, Pass, clip_and_sign, lr_scale, make_mode
 from flood_cli.runs import (
@@ -740,9 +740,20 @@ class Trainer:
                 "the data files changed since the run started, start a new run"
             )
         _check_same_data(run_dir, self.cfg, state.get("data"), self.data.fingerprints())
-        self.raw_model.load_state_dict(state["model"])
-        for optimizer, optimizer_state in zip(self.optimizers, state["optimizers"], strict=True):
-            optimizer.load_state_dict(optimizer_state)
+        try:  # the entries' types were checked on loading; whether they fit the model is checked here
+            self.raw_model.load_state_dict(state["model"])
+            if len(state["optimizers"]) != len(self.optimizers):
+                raise ValueError(f"{len(state['optimizers'])} optimizer state(s) for the mode's {len(self.optimizers)}")
+            for optimizer, optimizer_state in zip(self.optimizers, state["optimizers"]):
+                optimizer.load_state_dict(optimizer_state)
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            if isinstance(exc, torch.OutOfMemoryError):
+                raise
+            raise UnresumableRun(
+                f"checkpoint {checkpoint.last_checkpoint(run_dir)} is damaged (it does not fit the run's model and optimizers: "
+                f"{shown(' '.join(str(exc).split()).removeprefix(f'Error(s) in loading state_dict for {type(self.raw_model).__name__}: '), 120)})",
+                _start_again(run_dir, _rows_written(run_dir)),
+            ) from None
         if self.accelerator.scaler is not None and state.get("scaler") is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
         own = state["processes"][self.accelerator.process_index]

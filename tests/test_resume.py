@@ -495,3 +495,85 @@ def test_sigterm_during_start_up_is_one_line_and_exit_130(tmp_path):
     assert stderr.strip() == "error: interrupted"
     run_dir = tmp_path / "runs" / "early"
     assert not run_dir.exists() or summary(run_dir)["status"] == "interrupted"
+
+
+# ---------------------------------------------------------------------------
+# A checkpoint with an entry missing or of the wrong type (issue 20): refused in one line
+# naming the file and the entry, right after loading, with the run's usual advice; the
+# run folder is left as it was. (A missing optimizers entry was "unexpected KeyError", a
+# total_steps that is a string blamed changed data files.)
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory) -> Path:
+    """A run that crashed at step 15, after its epoch-1 row and checkpoint (step 12)."""
+    tmp_path = tmp_path_factory.mktemp("stopped")
+    with pytest.MonkeyPatch.context() as patch:
+        crash_at_step(patch, 15)
+        with pytest.raises(Crash):
+            run_training(load_config(config_for(tmp_path, "stopped", {**MODES["baseline"], "epochs": 2})))
+    return tmp_path / "runs" / "stopped"
+
+
+def _drop(key):
+    return lambda state: state.pop(key)
+
+
+def _set(path, value):
+    def edit(state):
+        *parents, last = path
+        for key in parents:
+            state = state[key]
+        state[last] = value(state[last]) if callable(value) else value
+
+    return edit
+
+
+def _drop_a_weight(state):
+    del state["model"]["classifier.weight"]
+
+
+DAMAGE = [
+    ("no optimizers", _drop("optimizers"), "it has no optimizers entry"),
+    ("total_steps a str", _set(["total_steps"], lambda steps: str(steps)), "total_steps is a str, not an int"),
+    ("num_processes a bool", _set(["num_processes"], True), "num_processes is a bool, not an int"),
+    ("no rng of process 0", _set(["processes", 0], lambda own: {"interval": own["interval"]}), "processes[0] has no rng entry"),
+    ("torch rng cut", _set(["processes", 0, "rng", "torch"], lambda rng: rng[:100]), "processes[0].rng.torch is not a torch random state"),
+    ("interval steps a float", _set(["processes", 0, "interval", "steps"], 3.0), "processes[0].interval.steps is a float, not an int"),
+    ("progress step a float", _set(["progress", "step"], 12.5), "progress.step is a float, not an int"),
+    ("progress best without val_loss", _set(["progress", "best"], lambda best: {k: v for k, v in best.items() if k != "val_loss"}), "progress.best has no val_loss entry"),
+    ("progress with an extra entry", _set(["progress", "speed"], 1), "progress has an unknown entry 'speed'"),
+    ("model a list", _set(["model"], lambda model: list(model.values())), "model is a list, not a dict of tensors"),
+    ("a weight a str", _set(["model", "classifier.bias"], "0.5"), "model['classifier.bias'] is a str, not a tensor"),
+    ("optimizer without state", _set(["optimizers", 0], lambda opt: {"param_groups": opt["param_groups"]}), "optimizers[0] has no state entry"),
+    ("data fingerprint an int", _set(["data", "train"], 7), "data['train'] is a int, not a str"),
+    ("two processes, one state", _set(["num_processes"], 2), "num_processes is 2 but processes holds 1 state(s)"),
+    # Types right, but they do not fit the run's model and optimizers (checked as they are loaded):
+    ("a weight missing", _drop_a_weight, 'it does not fit the run\'s model and optimizers: Missing key(s) in state_dict: "classifier.weight".'),
+    ("no optimizer state", _set(["optimizers"], []), "it does not fit the run's model and optimizers: 0 optimizer state(s) for the mode's 1"),
+]
+
+
+@pytest.mark.parametrize("damage, problem", [case[1:] for case in DAMAGE], ids=[case[0] for case in DAMAGE])
+def test_a_checkpoint_with_a_missing_or_mistyped_entry_is_refused_in_one_line(stopped_run, tmp_path, damage, problem):
+    from typer.testing import CliRunner
+
+    from flood_cli.cli import app
+
+    run_dir = tmp_path / "stopped"
+    shutil.copytree(stopped_run, run_dir)
+    last = run_dir / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    damage(state)
+    torch.save(state, last)
+    before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+
+    result = CliRunner().invoke(app, ["train", "--resume", str(run_dir), "-q"])
+
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines() == [
+        f"error: checkpoint {last} is damaged ({problem}); metrics.csv keeps its 1 row(s) (to step 12) but training "
+        f"cannot continue from them: start the run again under a new name, e.g. flood train --config {run_dir / 'config.yaml'} --name NEW"
+    ]
+    assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
+    assert summary(run_dir)["status"] == "failed"
