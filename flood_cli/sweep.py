@@ -88,6 +88,7 @@ MAX_SEEDS = 1000
 MAX_SETTINGS = 1000
 MAX_SETTINGS_BYTES = 512_000
 MAX_RUNS = 5000
+MAX_SPEC_BYTES = 4 * 2**20  # sweep.yaml: its settings (at most MAX_SETTINGS_BYTES) and the base config
 
 
 
@@ -1226,8 +1227,10 @@ def read_spec(folder: Path) -> SweepSpec:
     if not path.is_file():
         _restore_spec(folder)
     not_ours = "it was not written by flood sweep, or was edited: put back what flood sweep wrote"
-    try:
-        data = safe_yaml.load(path.read_text(encoding="utf-8"))
+    from flood_cli.runs import read_run_file
+
+    try:  # a regular file of at most MAX_SPEC_BYTES (a named pipe never blocks a resume)
+        data = safe_yaml.load(read_run_file(path, MAX_SPEC_BYTES).decode("utf-8"))
     except (safe_yaml.RefusedYaml, yaml.YAMLError, UnicodeDecodeError) as exc:
         raise FloodError(f"{path} cannot be read as a sweep ({_first_line(exc)}); {not_ours}") from None
     if not isinstance(data, dict):
@@ -1715,8 +1718,10 @@ def _claims(study: Any) -> dict[tuple, list[Any]]:
 
 def _summary_completed(path: Path) -> bool:
     try:
-        return json.loads((path / "summary.json").read_text(encoding="utf-8")).get("status") == "completed"
-    except (OSError, ValueError, AttributeError):
+        from flood_cli.runs import read_run_file
+
+        return json.loads(read_run_file(path / "summary.json")).get("status") == "completed"
+    except (OSError, ValueError, AttributeError, FloodError):  # not a summary flood can read: not completed
         return False
 
 
