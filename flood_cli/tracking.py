@@ -101,17 +101,19 @@ def _check_tensorboard(run_dir: Path) -> None:
             f"{folder} is not a folder (TensorBoard writes its event files there); move it away, "
             "or drop tensorboard from --report-to"
         )
-    target = folder if folder.is_dir() else run_dir
-    _check_writable_folder(target, "TensorBoard's folder" if target == folder else "the run folder", "tensorboard")
+    if folder.is_dir():
+        _check_writable_folder(folder, f"TensorBoard's folder {folder}", "tensorboard")
+    else:
+        _check_writable_folder(run_dir, f"the run folder {run_dir} (TensorBoard makes its folder there)", "tensorboard")
 
 
-def _check_writable_folder(folder: Path, what: str, tracker: str) -> None:
+def _check_writable_folder(folder: Path, subject: str, tracker: str) -> None:
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".flood-write-check-"):
             pass
     except OSError as exc:
         raise FloodError(
-            f"{what} {folder} is not writable ({exc.strerror or exc}), so {tracker} cannot log to it; "
+            f"{subject} is not writable ({exc.strerror or exc}), so {tracker} cannot log there; "
             f"make it writable, or drop {tracker} from --report-to"
         ) from None
 
@@ -160,7 +162,7 @@ def _check_sqlite(database: Path, from_env: bool) -> None:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise FloodError(f"cannot create the folder of MLflow store {database}: {exc.strerror or exc}; {other}") from None
-    _check_writable_folder(folder, f"the folder of MLflow store {database.name},", "mlflow")
+    _check_writable_folder(folder, f"the folder {folder} of MLflow store {database.name} (SQLite writes a journal there)", "mlflow")
     if not database.exists():
         return  # MLflow makes it
     try:
@@ -171,7 +173,9 @@ def _check_sqlite(database: Path, from_env: bool) -> None:
             "or drop mlflow from --report-to"
         ) from None
     try:
-        connection = sqlite3.connect(f"file:{database}?mode=rw", uri=True, timeout=CHECK_TIMEOUT_S)
+        from urllib.parse import quote
+
+        connection = sqlite3.connect(f"file:{quote(str(database))}?mode=rw", uri=True, timeout=CHECK_TIMEOUT_S)
         try:
             connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
         finally:
@@ -482,9 +486,7 @@ class Trackers:
         self.run = run  # the RunDir: its summary takes the gaps
         self.warn = warn or (lambda text: None)
         # Gaps of an earlier attempt of a resumed run are kept: they are still gaps.
-        self.gaps: dict[str, dict[str, Any]] = {
-            name: dict(gap) for name, gap in (run.summary.get("tracker_gaps") or {}).items() if name in names
-        }
+        self.gaps: dict[str, dict[str, Any]] = {name: dict(gap) for name, gap in (run.summary.get("tracker_gaps") or {}).items()}
         self.trackers: dict[str, Any] = {}
         self.failed: set[str] = set()
         for name in names:

@@ -328,8 +328,8 @@ def test_an_mlflow_store_in_a_read_only_folder_is_one_line_before_the_data_is_lo
         result = flood_child("train", "-c", str(path), timeout=90, env_extra={"MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db"})
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
-    assert line.startswith(f"error: the folder of MLflow store mlflow.db, {folder} is not writable (")
-    assert line.endswith("), so mlflow cannot log to it; make it writable, or drop mlflow from --report-to")
+    assert line.startswith(f"error: the folder {folder} of MLflow store mlflow.db (SQLite writes a journal there) is not writable (")
+    assert line.endswith("), so mlflow cannot log there; make it writable, or drop mlflow from --report-to")
     assert not (tmp_path / "runs" / "ro").exists()
 
 
@@ -379,7 +379,7 @@ def test_a_read_only_tensorboard_folder_refuses_the_resume_in_one_line_and_leave
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
     assert line.startswith(f"error: TensorBoard's folder {run_dir / 'tensorboard'} is not writable (")
-    assert line.endswith("), so tensorboard cannot log to it; make it writable, or drop tensorboard from --report-to")
+    assert line.endswith("), so tensorboard cannot log there; make it writable, or drop tensorboard from --report-to")
     assert run_files(run_dir) == before
 
 
