@@ -711,8 +711,8 @@ class Trainer:
             return
         from flood_cli.tracking import Trackers
 
-        self.trackers = Trackers(list(self.cfg.output.report_to), run.path)
-        fields = self.trackers.start(experiment, run.summary)
+        self.trackers = Trackers(list(self.cfg.output.report_to), run, self.reporter.warning)
+        fields = self.trackers.start(experiment, run.summary, self.rows)
         if fields:
             run.write_summary(**fields)
 
@@ -1039,7 +1039,7 @@ def _fit_and_record(trainer: Trainer) -> RunResult:
         trainer.checkpoints.settle_quietly()  # the run folder stays locked until it is written
         if trainer.run is not None:
             if trainer.trackers is not None:
-                trainer.trackers.finish(trainer.run.summary)  # completed, failed or interrupted
+                trainer.trackers.finish(trainer.run.summary, trainer.rows)  # completed, failed or interrupted
             trainer.run.close()
 
 
@@ -1048,9 +1048,9 @@ def run_training(cfg: Config, reporter: Optional[Reporter] = None) -> RunResult:
     # Before any expensive work (the folder itself is claimed atomically later).
     check_writable(Path(cfg.output.dir))
     if cfg.output.report_to:
-        from flood_cli.tracking import check_available
+        from flood_cli.tracking import check_trackers
 
-        check_available(list(cfg.output.report_to))
+        check_trackers(list(cfg.output.report_to), Path(cfg.output.dir))
     if cfg.output.name is not None and (Path(cfg.output.dir) / cfg.output.name).exists():
         raise RunDir.name_taken(Path(cfg.output.dir) / cfg.output.name)
     reporter = reporter or NullReporter()
@@ -1095,6 +1095,10 @@ def resume_training(run_dir: Path, reporter: Optional[Reporter] = None) -> RunRe
         raise UnresumableRun(str(exc), _start_again(run_dir, rows)) from None
     cfg = load_config(config_path, new_run=False)
     _check_same_experiment(run_dir, state["experiment"], cfg.experiment_dict())
+    if cfg.output.report_to:  # before the data and the model, and before the summary says "running"
+        from flood_cli.tracking import check_trackers
+
+        check_trackers(list(cfg.output.report_to), run_dir.parent, run_dir)
     reporter = reporter or NullReporter()
     trainer = Trainer(cfg, reporter, _mode_levels(cfg, reporter))
     trainer.reopen_run(run_dir, state)
