@@ -2071,6 +2071,12 @@ def run_sweep(spec: SweepSpec, workers: int, verbose: bool, echo: Callable[[str]
     """Start the workers, report trials as they end, write the results. Ctrl-C or
     SIGTERM stop every worker after its current step (each run keeps a checkpoint and
     is queued again for --resume); a second one stops them at once."""
+    trackers = list((spec.base.get("output") or {}).get("report_to") or [])
+    if trackers:  # one line now, rather than every run of the sweep failing on it
+        from flood_cli.tracking import check_trackers
+
+        spec.runs_dir.mkdir(parents=True, exist_ok=True)
+        check_trackers(trackers, spec.runs_dir)
     processes = start_workers(spec, workers, verbose)
     interrupted = killed = False
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -302,6 +302,22 @@ def test_an_unreachable_mlflow_server_is_one_line_in_seconds_before_the_data_is_
     print(f"refused in {elapsed:.1f} s")
 
 
+def test_a_sweep_whose_base_config_reports_to_an_unreachable_mlflow_is_one_line_before_any_worker(tmp_path):
+    """Before, every run of the sweep failed on it, one trial after another."""
+    path = config(tmp_path, "server", ["mlflow"])
+    result = flood_child(
+        "sweep", "-c", str(path), "--b", "0.1", "--seeds", "1", "--out", str(tmp_path / "sweeps"), "--name", "sw",
+        timeout=120, env_extra={"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"},
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "error: MLflow store http://127.0.0.1:1 (MLFLOW_TRACKING_URI) cannot be used: connection refused; "
+        "start the server or correct MLFLOW_TRACKING_URI, or drop mlflow from --report-to"
+    ]
+    assert not list((tmp_path / "sweeps" / "sw" / "workers").glob("*.log"))  # no worker was started
+    assert not list((tmp_path / "sweeps" / "sw" / "runs").iterdir())
+
+
 def test_an_mlflow_db_that_is_a_folder_is_one_line_before_the_data_is_loaded(tmp_path):
     (tmp_path / "runs" / "mlflow.db").mkdir(parents=True)
     path = config(tmp_path, "folder", ["mlflow"])
