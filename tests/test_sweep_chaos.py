@@ -27,6 +27,7 @@ pytestmark = pytest.mark.chaos
 BEAT_S, GRACE_S = 0.5, 4.0
 WORKER_ENV = {"FLOOD_SWEEP_HEARTBEAT_S": str(BEAT_S), "FLOOD_SWEEP_GRACE_S": str(GRACE_S), "OMP_NUM_THREADS": "1"}
 SEEDS = [1, 2, 3]
+ROWS = 4  # evaluations a run writes (steps 6, 12, 18, 24)
 RUNS = sorted(f"{setting}-s{seed}" for setting in ("baseline", "flooding-b0.5") for seed in SEEDS)
 
 
@@ -89,7 +90,8 @@ class Driver:
                 self.ended.append(worker.returncode)
 
     def owners(self) -> dict[int, str]:
-        """The live workers that hold a run past its first row: pid -> run."""
+        """The live workers that hold a run past its first row and far from its last
+        (its next writes are still to come, so a frozen one meets its fence): pid -> run."""
         from optuna.trial import TrialState
 
         storage = sweeps.open_storage(self.spec.storage_url)
@@ -98,7 +100,7 @@ class Driver:
         held = {}
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             pid, run = trial.user_attrs.get("pid"), trial.user_attrs.get("run")
-            if pid in pids and run and _rows(self.spec.runs_dir / run) >= 1:
+            if pid in pids and run and 1 <= _rows(self.spec.runs_dir / run) <= ROWS - 2:
                 held[pid] = run
         return held
 
