@@ -89,7 +89,7 @@ class Driver:
                 self.workers.remove(worker)
                 self.ended.append(worker.returncode)
 
-    def owners(self) -> dict[int, str]:
+    def owners(self, last: int = ROWS - 2) -> dict[int, str]:
         """The live workers that hold a run past its first row and far from its last
         (its next writes are still to come, so a frozen one meets its fence): pid -> run."""
         from optuna.trial import TrialState
@@ -100,14 +100,14 @@ class Driver:
         held = {}
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             pid, run = trial.user_attrs.get("pid"), trial.user_attrs.get("run")
-            if pid in pids and run and 1 <= _rows(self.spec.runs_dir / run) <= ROWS - 2:
+            if pid in pids and run and 1 <= _rows(self.spec.runs_dir / run) <= last:
                 held[pid] = run
         return held
 
-    def victim(self, timeout: float = 120) -> tuple[subprocess.Popen, str]:
+    def victim(self, timeout: float = 120, last: int = ROWS - 2) -> tuple[subprocess.Popen, str]:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            held = self.owners()
+            held = self.owners(last)
             if held:
                 pid = self.rng.choice(sorted(held))
                 return next(worker for worker in self.workers if worker.pid == pid), held[pid]
@@ -143,8 +143,9 @@ def _chaos(spec: sweeps.SweepSpec, folder: Path, reference: Path) -> None:
         driver.events.append(f"froze {worker.pid} in {run}")
         handed.append(run)
         driver.start()
-        # 3. One worker's heartbeats fail for the grace period: it stops itself after half.
-        worker, run = driver.victim()
+        # 3. One worker's heartbeats fail for the grace period: it stops itself after half
+        # (or ends its run first).
+        worker, run = driver.victim(last=ROWS - 1)
         flag = driver.faults / f"heartbeat-fails-{worker.pid}"
         flag.touch()
         code = driver.wait_gone(worker, timeout=GRACE_S * 4)
