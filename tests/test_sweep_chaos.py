@@ -72,6 +72,7 @@ class Driver:
         self.workers: list[subprocess.Popen] = []
         self.ended: list[int] = []  # exit codes of the workers gone
         self.events: list[str] = []
+        self.storage = None
 
     def start(self) -> subprocess.Popen:
         log = open(Path(self.spec.folder) / "workers" / f"chaos-{len(self.workers) + len(self.ended) + 1}.log", "a")
@@ -94,8 +95,9 @@ class Driver:
         (its next writes are still to come, so a frozen one meets its fence): pid -> run."""
         from optuna.trial import TrialState
 
-        storage = sweeps.open_storage(self.spec.storage_url)
-        study = sweeps.load_study(storage, self.spec.grid_study)
+        if self.storage is None:  # opened once: a PostgreSQL storage takes seconds to open under load
+            self.storage = sweeps.open_storage(self.spec.storage_url)
+        study = sweeps.load_study(self.storage, self.spec.grid_study)
         pids = {worker.pid for worker in self.workers if worker.poll() is None}
         held = {}
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -215,7 +217,7 @@ def test_a_database_restart_in_the_middle_of_a_sweep_is_waited_out(tmp_path, ref
         driver.env["FLOOD_SWEEP_GRACE_S"] = "30"  # the lease outlives the restart
         try:
             workers = [driver.start() for _ in range(2)]
-            driver.victim()  # a run is under way
+            driver.victim(last=ROWS - 1)  # a run is under way
             server.stop()
             time.sleep(3)
             server.start()
