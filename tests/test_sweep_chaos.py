@@ -4,7 +4,7 @@ and makes one worker's heartbeats fail for a while. At the end every run is comp
 exactly once, no run folder was written by two processes at once (an append-only log
 of which process wrote which row), and every run's metrics equal an uninterrupted
 run's, apart from elapsed_s. Real (tiny) training; the heartbeat is 0.5 s and the grace
-period 4 s here (10 s and 60 s by default)."""
+period 8 s here (10 s and 60 s by default)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from tests.conftest import ROOT, csv_bytes_without_time, small_config, write_con
 
 pytestmark = pytest.mark.chaos
 
-BEAT_S, GRACE_S = 0.5, 4.0
+BEAT_S, GRACE_S = 0.5, 8.0  # the owner fences at 4 s without a renewal: slack for a loaded machine
 WORKER_ENV = {"FLOOD_SWEEP_HEARTBEAT_S": str(BEAT_S), "FLOOD_SWEEP_GRACE_S": str(GRACE_S), "OMP_NUM_THREADS": "1"}
 SEEDS = [1, 2, 3]
 ROWS = 4  # evaluations a run writes (steps 6, 12, 18, 24)
