@@ -358,22 +358,6 @@ RUN_FILE_CASES: list[tuple[str, Callable[[Ctx], list[str]], str]] = [
 ]
 
 
-def _resume_config_pipe(c: Ctx) -> list[str]:
-    """A checkpoint that passes checkpoint.load (its format is right), so that --resume
-    goes on to read config.yaml: a named pipe."""
-    args = _resume_with_checkpoint(c, _saved_bytes({"format": 2}))
-    config = Path(args[-1]) / "config.yaml"
-    config.unlink()
-    os.mkfifo(config)
-    return args
-
-
-RUN_FILE_CASES.append((
-    "--resume: config.yaml a named pipe", _resume_config_pipe,
-    "error: {tmp}/runs/shared: config.yaml is not a regular file (a named pipe); put the file the run wrote in its place, or start the run again under a new name",
-))
-
-
 def _saved_bytes(payload: dict) -> bytes:
     import io
 
