@@ -6,7 +6,7 @@
 
 A run checkpoints (weights, AdamW's two moments, RNG states) at every evaluation: the
 training thread copies the state to the CPU (`checkpoint.snapshot`), and a background
-thread writes it atomically: a temporary file, fsync, rename (`flood_cli/checkpoint.py`).
+thread writes it atomically: a temporary file, fsync, rename (`flood_cli/train/checkpoint.py`).
 This times both parts, and a read back, on the disk under --dir: the snapshot is what
 the training thread pays, the write is what it no longer waits for.
 """
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from flood_cli import checkpoint  # noqa: E402
+from flood_cli.train import checkpoint  # noqa: E402
 
 
 def main() -> None:

@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="write the runs to this (new) folder and keep them")
     args = parser.parse_args()
 
-    from flood_cli.compare import compare_command
+    from flood_cli.compare.command import compare_command
 
     with tempfile.TemporaryDirectory(prefix="flood-bench-") as temporary:
         root = args.keep or Path(temporary) / "runs"

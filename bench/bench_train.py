@@ -42,8 +42,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from flood_cli.config import load_config  # noqa: E402
-from flood_cli.train import NullReporter, Trainer  # noqa: E402
+from flood_cli.config.schema import load_config  # noqa: E402
+from flood_cli.core.reporting import NullReporter  # noqa: E402
+from flood_cli.train.loop import Trainer  # noqa: E402
 
 SHIPPED = ROOT / "data" / "spam-assassin-small.csv"
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
@@ -245,7 +246,7 @@ def time_hf_trainer(cfg: Any, workload: dict[str, Any], device: str) -> dict[str
     from transformers import DataCollatorWithPadding, TrainerCallback, TrainingArguments
     from transformers import Trainer as HFTrainer
 
-    from flood_cli.data import prepare_data
+    from flood_cli.data.prepare import prepare_data
     from flood_cli.model import build_model, load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model)

@@ -72,8 +72,9 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 import bench_train  # noqa: E402
-from flood_cli.config import load_config  # noqa: E402
-from flood_cli.train import NullReporter, Trainer  # noqa: E402
+from flood_cli.config.schema import load_config  # noqa: E402
+from flood_cli.core.reporting import NullReporter  # noqa: E402
+from flood_cli.train.loop import Trainer  # noqa: E402
 from tests import oracle  # noqa: E402
 
 SHIPPED = ROOT / "data" / "spam-assassin-small.csv"

@@ -7,8 +7,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
-from flood_cli.config import ModelConfig
-from flood_cli.errors import FloodError, shown
+from flood_cli.config.schema import ModelConfig
+from flood_cli.core.errors import FloodError, shown
 
 TINY_TOKENIZER = "tiny-tokenizer"
 # Any of these marks a folder as holding a tokenizer (fast, WordPiece, BPE, SentencePiece).

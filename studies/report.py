@@ -19,8 +19,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from flood_cli.compare import build_report, compare_command
-from flood_cli.stats import holm_adjust, paired_p_value
+from flood_cli.compare.command import build_report, compare_command
+from flood_cli.compare.stats import holm_adjust, paired_p_value
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "docs" / "img"

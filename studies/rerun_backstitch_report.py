@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from flood_cli.stats import Sample, difference_interval, holm_adjust, paired_interval, paired_p_value  # noqa: E402
+from flood_cli.compare.stats import Sample, difference_interval, holm_adjust, paired_interval, paired_p_value  # noqa: E402
 from studies.report import diagnostics, mean_sd, p_text, rows_of  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"

@@ -19,11 +19,11 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from flood_cli import adaflood
-from flood_cli.config import load_config
-from flood_cli.errors import FloodError
-from flood_cli.progress import QuietReporter
-from flood_cli.train import run_training
+from flood_cli.train import adaflood
+from flood_cli.config.schema import load_config
+from flood_cli.core.errors import FloodError
+from flood_cli.core.progress import QuietReporter
+from flood_cli.train.loop import run_training
 from tests.conftest import SHIPPED_DATA, csv_bytes_without_time, small_config, write_config
 from tests.test_modes import TINY
 
@@ -151,7 +151,7 @@ def test_a_run_on_a_damaged_cache_floods_as_a_run_on_a_clean_one(clean, tmp_path
 def _remove_at_first_row(folder: Path, times: int, monkeypatch) -> list[str]:
     """Remove the cache folder as an auxiliary run writes its first metrics row (up to
     ``times`` times): the run's files vanish under it, as with rm -rf in another shell."""
-    from flood_cli.runs import RunDir
+    from flood_cli.runs.folder import RunDir
 
     real = RunDir.append_metrics
     removed: list[str] = []

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from flood_cli.cli import app
+from flood_cli.cli.main import app
 from tests.conftest import ROOT, small_config, write_config
 
 runner = CliRunner()

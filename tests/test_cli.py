@@ -11,7 +11,7 @@ from typing import Optional
 import pytest
 from typer.testing import CliRunner
 
-from flood_cli.cli import app
+from flood_cli.cli.main import app
 from tests.conftest import small_config, write_config
 
 runner = CliRunner()
@@ -28,7 +28,7 @@ def only_run(out: Path) -> Path:
 
 
 def test_help_imports_no_torch():
-    code = "import sys; from flood_cli.cli import app; import flood_cli.config, flood_cli.runs; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    code = "import sys; from flood_cli.cli.main import app; import flood_cli.config.schema, flood_cli.runs.folder; print('torch' in sys.modules, 'transformers' in sys.modules)"
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.split() == ["False", "False"]
     result = subprocess.run([sys.executable, "-m", "flood_cli", "--help"], capture_output=True, text=True)
@@ -175,7 +175,7 @@ def _bar(width: int, evaluated: bool) -> str:
     the end of its first epoch, drawn on a console ``width`` columns wide."""
     from rich.console import Console
 
-    from flood_cli.progress import RichReporter
+    from flood_cli.core.progress import RichReporter
 
     now = [0.0]
     console = Console(file=io.StringIO(), width=width, color_system=None, legacy_windows=False)
@@ -238,9 +238,9 @@ def test_the_bars_loss_is_the_csvs_train_loss(tmp_path):
     """The loss the bar gets is the mean since the last evaluation, read every
     live_loss_every steps: at an evaluation's step it equals the CSV's train_loss; the
     epoch is step / steps_per_epoch, as the CSV's."""
-    from flood_cli.config import load_config
-    from flood_cli.runs import read_metrics
-    from flood_cli.train import run_training
+    from flood_cli.config.schema import load_config
+    from flood_cli.runs.folder import read_metrics
+    from flood_cli.train.loop import run_training
 
     # 10 steps an epoch, an evaluation every 5 steps: the loss is read at each evaluation.
     config = small_config(output={"dir": str(tmp_path / "runs"), "name": "bar"})
@@ -349,7 +349,7 @@ def test_data_errors_come_before_torch_is_imported(tmp_path, data, expected):
     config = write_config(tmp_path, small_config(output={"dir": str(tmp_path / "runs")}, data=data))
     code = (
         "import sys\n"
-        "from flood_cli.cli import main\n"
+        "from flood_cli.cli.main import main\n"
         f"sys.argv = ['flood', 'train', '-c', {str(config)!r}, '-q']\n"
         "try:\n    main()\n"
         "except SystemExit as exc:\n"

@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flood_cli.cli import app
-from flood_cli.compare import build_report, compare_command
-from flood_cli.errors import FloodError
-from flood_cli.report_format import CSV_COLUMNS, DIFF_SEED
-from flood_cli.run_reader import parse_metrics
-from flood_cli.runs import CONFIG_FILE, MAX_CONFIG_BYTES, MAX_METRICS_BYTES, METRICS_COLUMNS, METRICS_FILE, SUMMARY_FILE
-from flood_cli.stats import NO_SPREAD, ONE_SEED, OUT_OF_RANGE, student_t_quantile
+from flood_cli.cli.main import app
+from flood_cli.compare.command import build_report, compare_command
+from flood_cli.core.errors import FloodError
+from flood_cli.compare.tables import CSV_COLUMNS, DIFF_SEED
+from flood_cli.compare.reader import parse_metrics
+from flood_cli.runs.folder import CONFIG_FILE, MAX_CONFIG_BYTES, MAX_METRICS_BYTES, METRICS_COLUMNS, METRICS_FILE, SUMMARY_FILE
+from flood_cli.compare.stats import NO_SPREAD, ONE_SEED, OUT_OF_RANGE, student_t_quantile
 from tests.conftest import ROOT
 from tests.run_factory import make_rows, metrics_csv, write_run
 
@@ -621,7 +621,7 @@ def test_cli_option_conflict(tmp_path):
 
 def test_compare_imports_no_heavy_library():
     code = (
-        "import sys, flood_cli.compare, flood_cli.cli\n"
+        "import sys, flood_cli.compare.command, flood_cli.cli.main\n"
         "heavy = {'torch', 'transformers', 'datasets', 'accelerate', 'numpy', 'pandas', 'scipy', 'matplotlib'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
@@ -775,8 +775,8 @@ def test_cli_warnings_about_odd_paths_are_one_line_each(tmp_path):
 def test_calibration_at_the_best_evaluation_is_shown_when_runs_log_it(tmp_path):
     """Newer runs log val_ece and val_confident_wrong: the 'where best' table shows them
     at the best-loss evaluation, and the JSON carries them; runs without them show blanks."""
-    from flood_cli.compare import compare_command
-    from flood_cli.runs import METRICS_FILE
+    from flood_cli.compare.command import compare_command
+    from flood_cli.runs.folder import METRICS_FILE
 
     calibrated = write_run(tmp_path / "runs", "calibrated", val_losses=(0.6, 0.5, 0.55))
     rows = make_rows((0.6, 0.5, 0.55))
@@ -975,7 +975,7 @@ def test_long_names_are_cut_in_the_middle(tmp_path):
 
 
 def test_terminal_width_comes_from_columns_or_the_terminal(monkeypatch):
-    from flood_cli.report_format import terminal_width
+    from flood_cli.compare.tables import terminal_width
 
     monkeypatch.setenv("COLUMNS", "93")
     assert terminal_width() == 93
@@ -1182,7 +1182,7 @@ def test_welch_verdicts_are_holm_adjusted_too(tmp_path):
 
 
 def test_a_sweeps_results_md_holds_holm_verdicts_and_says_so(tmp_path):
-    from flood_cli import sweep
+    from flood_cli.sweep import driver as sweep
 
     folder = tmp_path / "sweep"
     write_holm_settings(folder / "runs")
@@ -1276,7 +1276,7 @@ def test_a_run_file_that_is_not_a_regular_file_or_too_large_skips_its_run(tmp_pa
 def test_run_files_at_their_cap_are_read_and_one_byte_more_is_refused(tmp_path, monkeypatch):
     """The caps are exact: a file of the cap's size is read, one byte more is not. The
     caps are looked up when a file is read (set small here, rather than writing 64 MiB)."""
-    import flood_cli.runs as runs_module
+    import flood_cli.runs.folder as runs_module
 
     run = write_run(tmp_path, "run")
     sizes = {name: (run / name).stat().st_size for name in (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE)}
@@ -1296,7 +1296,7 @@ def test_run_files_at_their_cap_are_read_and_one_byte_more_is_refused(tmp_path, 
 
 def test_a_file_that_says_size_0_is_still_read_no_further_than_its_cap(tmp_path):
     """/proc files report size 0 and hold more: the read itself stops one byte past the cap."""
-    from flood_cli.runs import RunFileRefused, read_run_file
+    from flood_cli.runs.folder import RunFileRefused, read_run_file
 
     link = tmp_path / SUMMARY_FILE
     link.symlink_to("/proc/self/status")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flood_cli.config import load_config, parse_set_option
-from flood_cli.errors import FloodError
+from flood_cli.config.schema import load_config, parse_set_option
+from flood_cli.core.errors import FloodError
 from tests.conftest import SHIPPED_DATA, TINY_CONFIG, small_config, write_config
 
 
@@ -516,7 +516,7 @@ def test_resolved_config_loads_again_as_is(tmp_path, config_file):
     [("epoch", "epoch", 7), ("1 epoch", "epoch", 7), ("0.5 epoch", "0.5 epoch", 3.5), ("1/3 epochs", "1/3 epoch", 7 / 3), (5, 5, 5), ("5", 5, 5)],
 )
 def test_eval_every_takes_fractions_of_an_epoch(given, stored, period_of_7):
-    from flood_cli.config import TrainConfig
+    from flood_cli.config.schema import TrainConfig
 
     train = TrainConfig(eval_every=given)
     assert train.eval_every == stored

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 import torch
 
-from flood_cli.config import DataConfig, ModelConfig
-from flood_cli.data import (
+from flood_cli.config.schema import DataConfig, ModelConfig
+from flood_cli.data.prepare import (
     Collator,
     EpochShuffleSampler,
     TokenizedSplit,
@@ -26,7 +26,7 @@ from flood_cli.data import (
     prepare_data,
     read_splits,
 )
-from flood_cli.errors import FloodError
+from flood_cli.core.errors import FloodError
 from flood_cli.model import load_tokenizer
 
 

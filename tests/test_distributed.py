@@ -27,9 +27,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flood_cli.config import load_config
-from flood_cli.runs import TIME_COLUMNS
-from flood_cli.train import run_training
+from flood_cli.config.schema import load_config
+from flood_cli.runs.folder import TIME_COLUMNS
+from flood_cli.train.loop import run_training
 from tests import oracle
 from tests.conftest import ROOT, SHIPPED_DATA, csv_bytes_without_time, small_config, write_config
 
@@ -364,8 +364,8 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_with_one_checkpoint(
 
 NAN_ON_RANK_1 = """
 import sys, torch
-import flood_cli.train as train
-from flood_cli.cli import main
+import flood_cli.train.loop as train
+from flood_cli.cli.main import main
 
 rank = int(__import__("os").environ["RANK"])
 marker = sys.argv[-1]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from flood_cli import adaflood
-from flood_cli.config import load_config
-from flood_cli.train import run_training
+from flood_cli.train import adaflood
+from flood_cli.config.schema import load_config
+from flood_cli.train.loop import run_training
 from tests.test_distributed import config_for, ragged, rows, run_ranks, summary  # noqa: F401 (ragged: a fixture)
 
 pytestmark = pytest.mark.distributed

@@ -24,9 +24,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flood_cli.config import load_config
-from flood_cli.data import INDEX, LABELS
-from flood_cli.train import NullReporter, Trainer
+from flood_cli.config.schema import load_config
+from flood_cli.data.prepare import INDEX, LABELS
+from flood_cli.core.reporting import NullReporter
+from flood_cli.train.loop import Trainer
 from tests.conftest import small_config, write_config
 
 gpu = pytest.mark.gpu

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from flood_cli.config import ModelConfig, load_config
-from flood_cli.errors import FloodError
+from flood_cli.config.schema import ModelConfig, load_config
+from flood_cli.core.errors import FloodError
 from flood_cli.model import build_model, load_tokenizer
 from tests.conftest import small_config, write_config
 
@@ -285,7 +285,7 @@ def test_a_cached_hub_model_loads_from_the_cache_at_once_when_the_hub_is_unreach
     for file in saved_model.iterdir():
         (snapshot / file.name).write_bytes(file.read_bytes())
     code = (
-        "from flood_cli.config import ModelConfig\n"
+        "from flood_cli.config.schema import ModelConfig\n"
         "from flood_cli.model import build_model, load_tokenizer\n"
         "import time\n"
         "cfg = ModelConfig(name_or_path='flood-tests/tiny')\n"

@@ -16,9 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flood_cli.config import load_config
-from flood_cli.data import INDEX, LABELS
-from flood_cli.train import NullReporter, Trainer
+from flood_cli.config.schema import load_config
+from flood_cli.data.prepare import INDEX, LABELS
+from flood_cli.core.reporting import NullReporter
+from flood_cli.train.loop import Trainer
 from tests.conftest import small_config, write_config
 
 TINY = {"num_layers": 2, "hidden_size": 64, "num_heads": 2, "intermediate_size": 128}
@@ -120,7 +121,7 @@ def test_adaflood_floods_each_example_at_its_own_level(tmp_path):
 
 
 def test_adaflood_with_gamma_one_is_the_baseline(tmp_path):
-    from flood_cli.objectives import adaflood_levels
+    from flood_cli.train.objectives import adaflood_levels
 
     held_out = torch.rand(300) * 2
     assert torch.equal(adaflood_levels(held_out, 1.0), torch.zeros(300))
@@ -186,7 +187,7 @@ def test_a_backstitch_step_decays_the_weights_as_much_as_a_plain_sgd_step(tmp_pa
     trainer = trainer_for(tmp_path, mode="backstitch", lr=lr, backstitch={"scale": 0.3}, weight_decay=decay)
     plan, micro_batches = next(trainer.epoch_steps(0))
     before = {n: p.detach().clone() for n, p in trainer.raw_model.named_parameters()}
-    tools = __import__("flood_cli.train", fromlist=["_StepTools"])._StepTools(trainer, plan, micro_batches, 0, 1.0)
+    tools = __import__("flood_cli.train.loop", fromlist=["_StepTools"])._StepTools(trainer, plan, micro_batches, 0, 1.0)
     for rate, share, sign in ((0.3 * lr, 0.0, -1.0), (1.3 * lr, 1 / 1.3, None)):  # what Backstitch.step asks
         for param in trainer.params:
             param.grad = torch.zeros_like(param)
@@ -275,10 +276,10 @@ def test_adaflood_levels_are_the_held_out_losses_of_its_auxiliary_runs(tmp_path,
     """γ = 0: every training example's flood level is its loss under the best model of
     the auxiliary run that did not train on it (recomputed here by the oracle, from the
     saved models); a second run reuses the auxiliary runs and says so."""
-    from flood_cli import adaflood
-    from flood_cli.data import fold_members
-    from flood_cli.progress import QuietReporter
-    from flood_cli.train import run_training
+    from flood_cli.train import adaflood
+    from flood_cli.data.prepare import fold_members
+    from flood_cli.core.progress import QuietReporter
+    from flood_cli.train.loop import run_training
     from tests import oracle
     from tests.conftest import SHIPPED_DATA
 
@@ -358,7 +359,7 @@ def test_optimizer_sgd_with_weight_decay_is_sgd_with_l2_and_leaves_biases_alone(
     ],
 )
 def test_optimizer_refusals(tmp_path, train, message):
-    from flood_cli.errors import FloodError
+    from flood_cli.core.errors import FloodError
 
     with pytest.raises(FloodError, match=__import__("re").escape(message)):
         trainer_for(tmp_path, **train)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from flood_cli.objectives import (
+from flood_cli.train.objectives import (
     Alternate,
     Baseline,
     Flooding,
@@ -162,8 +162,8 @@ def test_lr_scale(step, total, warmup, schedule, expected):
 
 
 def test_make_mode_builds_each_mode_from_its_train_section():
-    from flood_cli.config import TrainConfig
-    from flood_cli.objectives import AdaFlood, Backstitch, GradNorm, IFlood
+    from flood_cli.config.schema import TrainConfig
+    from flood_cli.train.objectives import AdaFlood, Backstitch, GradNorm, IFlood
 
     assert isinstance(make_mode(TrainConfig(mode="baseline", lr=1e-3)), Baseline)
     assert make_mode(TrainConfig(mode="flooding", lr=1e-3, b=0.5)).flood_level == 0.5
@@ -205,8 +205,8 @@ def test_clip_and_sign_equals_flipping_then_torch_clipping_bit_for_bit(sign, max
 def test_separate_ascent_keeps_moments_of_its_own_and_climbs():
     """ascent_optimizer: separate (the default) — as the trainer builds them: a descent
     AdamW and an ascent AdamW with maximize=True over the same parameters."""
-    from flood_cli.config import TrainConfig
-    from flood_cli.train import make_optimizer
+    from flood_cli.config.schema import TrainConfig
+    from flood_cli.train.loop import make_optimizer
 
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1, bias=False)

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from flood_cli.config import load_config
-from flood_cli.train import NullReporter, Trainer, _fit_and_record
+from flood_cli.config.schema import load_config
+from flood_cli.core.reporting import NullReporter
+from flood_cli.train.loop import Trainer, _fit_and_record
 from tests import oracle
 from tests.conftest import SHIPPED_DATA, small_config, write_config
 
@@ -252,7 +253,7 @@ def test_calibration_error_by_hand():
     0.95, 0.99 and 1.0 (two right): ECE = 2/5·|0.5 − 0.635| + 3/5·|0.667 − 0.98|."""
     import torch
 
-    from flood_cli.train import calibration_error
+    from flood_cli.train.loop import calibration_error
 
     confidence = torch.tensor([0.62, 0.65, 0.95, 0.99, 1.0], dtype=torch.float64)
     right = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0], dtype=torch.float64)

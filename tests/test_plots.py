@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from flood_cli.compare import build_report, compare_command
-from flood_cli.errors import FloodError
-from flood_cli.plots import _hidden_under, _legend_label, group_colours
+from flood_cli.compare.command import build_report, compare_command
+from flood_cli.core.errors import FloodError
+from flood_cli.compare.plots import _hidden_under, _legend_label, group_colours
 from tests.run_factory import write_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -58,7 +58,7 @@ def test_plot_to_an_unwritable_place_is_an_error(tmp_path):
 def test_matplotlib_is_loaded_only_for_a_plot(tmp_path):
     write_runs(tmp_path / "runs", 2, 1)
     code = (
-        "import sys\nfrom pathlib import Path\nfrom flood_cli.compare import compare_command\n"
+        "import sys\nfrom pathlib import Path\nfrom flood_cli.compare.command import compare_command\n"
         f"compare_command([Path({str(tmp_path / 'runs')!r})])\n"
         "print('matplotlib' in sys.modules)\n"
         f"compare_command([Path({str(tmp_path / 'runs')!r})], plot=Path({str(tmp_path / 'c.png')!r}))\n"
@@ -127,7 +127,7 @@ def write_seed_groups(root: Path, stuck_high: bool = False) -> None:
 
 
 def figure_of(root: Path, **options):
-    from flood_cli.plots import build_figure
+    from flood_cli.compare.plots import build_figure
 
     report = build_report([root])
     figure, notes = build_figure(report, **options)
@@ -168,7 +168,7 @@ def test_the_zoomed_panel_leaves_a_group_that_stays_high_above_it(tmp_path):
 
 
 def test_zoom_range():
-    from flood_cli.plots import zoom_range
+    from flood_cli.compare.plots import zoom_range
 
     low, high, above = zoom_range({"g1": [0.6, 0.3, 0.17, 0.2], "g2": [0.62, 0.61, 0.6]})
     assert above == ["g2"] and low < 0.17 < high < 0.6
@@ -215,7 +215,7 @@ def test_seeds_as_must_be_band_or_lines(tmp_path):
 
 def test_a_b_curve_draws_each_mode_apart_and_plots_it(tmp_path):
     """Flooding and iFlood at the same b are two curves, not one line through both."""
-    from flood_cli.plots import plot_sweep_curve, sweep_curves
+    from flood_cli.compare.plots import plot_sweep_curve, sweep_curves
 
     for seed in (1, 2):
         write_run(tmp_path, f"base-s{seed}", val_losses=(0.80, 0.85), seed=seed)
@@ -233,7 +233,7 @@ def test_a_b_curve_draws_the_baseline_its_groups_are_compared_with(tmp_path, mon
     """An SGD baseline in the same sweep (backstitch's control) is not drawn beside AdamW floods."""
     from matplotlib.axes import Axes
 
-    from flood_cli.plots import plot_sweep_curve
+    from flood_cli.compare.plots import plot_sweep_curve
 
     for seed in (1, 2):
         write_run(tmp_path, f"base-s{seed}", val_losses=(0.80, 0.85), seed=seed)
@@ -254,7 +254,7 @@ def test_b_curve_accuracy_stays_within_0_and_1_and_thin_points_are_named(tmp_pat
 
     from matplotlib.collections import PolyCollection
 
-    from flood_cli.plots import build_sweep_curve
+    from flood_cli.compare.plots import build_sweep_curve
 
     for seed, accuracy in ((1, 0.90), (2, 0.99), (3, 0.95)):
         write_run(tmp_path, f"base-s{seed}", val_losses=(0.80, 0.70, 0.75), val_accuracies=(0.5, accuracy, 0.6), seed=seed)
@@ -286,6 +286,6 @@ def test_b_curve_accuracy_stays_within_0_and_1_and_thin_points_are_named(tmp_pat
     note = " ".join(figure.get_supxlabel().split())
     assert note == ("b = 0.3: fewer than 3 seeds, band too wide to read (95 % t interval with 1 df: ± 12.7 sd/√2); "
                     "clipped to the axes; b = 0.5: one seed, no band. Run more seeds.")
-    assert image_size(__import__("flood_cli.plots", fromlist=["plot_sweep_curve"]).plot_sweep_curve(
+    assert image_size(__import__("flood_cli.compare.plots", fromlist=["plot_sweep_curve"]).plot_sweep_curve(
         build_report([tmp_path]), "train.b", tmp_path / "b.png"))[0] > 500
     assert [text.get_text() for text in loss_axes.get_legend().get_texts()] == ["baseline, 3 seeds", "b, mean of 1–3 seeds"]

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import flood_cli.checkpoint as checkpoint_module
-import flood_cli.train as train_module
-from flood_cli.config import load_config
-from flood_cli.errors import FloodError
-from flood_cli.runs import TIME_COLUMNS, RunDir
-from flood_cli.train import resume_training, run_training
+import flood_cli.train.checkpoint as checkpoint_module
+import flood_cli.train.loop as train_module
+from flood_cli.config.schema import load_config
+from flood_cli.core.errors import FloodError
+from flood_cli.runs.folder import TIME_COLUMNS, RunDir
+from flood_cli.train.loop import resume_training, run_training
 from tests.conftest import ROOT, csv_bytes_without_time, small_config, write_config
 
 MODES = {
@@ -254,7 +254,7 @@ def test_a_run_in_use_cannot_be_resumed_twice(tmp_path, monkeypatch):
 def test_a_full_disk_is_one_line_and_leaves_a_failed_summary(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from flood_cli.cli import app
+    from flood_cli.cli.main import app
 
     def no_space(self, row):
         raise OSError(28, "No space left on device", str(self.path / "metrics.csv"))
@@ -326,7 +326,7 @@ def test_training_goes_on_while_a_checkpoint_is_written_and_the_numbers_do_not_c
 def test_a_failed_background_write_fails_the_run_in_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from flood_cli.cli import app
+    from flood_cli.cli.main import app
 
     real_save, calls = checkpoint_module.save, {"n": 0}
 
@@ -422,7 +422,7 @@ def test_a_full_disk_during_a_checkpoint_write_names_the_real_cause(tmp_path):
     limited = (
         "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
         "resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000)); "
-        f"sys.argv = ['flood', 'train', '-q', '-c', {str(path)!r}]; from flood_cli.cli import main; main()"
+        f"sys.argv = ['flood', 'train', '-q', '-c', {str(path)!r}]; from flood_cli.cli.main import main; main()"
     )
     result = subprocess.run([sys.executable, "-c", limited], capture_output=True, text=True, cwd=ROOT)
     run_dir = tmp_path / "runs" / "full"
@@ -558,7 +558,7 @@ DAMAGE = [
 def test_a_checkpoint_with_a_missing_or_mistyped_entry_is_refused_in_one_line(stopped_run, tmp_path, damage, problem):
     from typer.testing import CliRunner
 
-    from flood_cli.cli import app
+    from flood_cli.cli.main import app
 
     run_dir = tmp_path / "stopped"
     shutil.copytree(stopped_run, run_dir)

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import transformers
 
-from flood_cli.config import load_config
-from flood_cli.data import prepare_data
+from flood_cli.config.schema import load_config
+from flood_cli.data.prepare import prepare_data
 from flood_cli.model import load_tokenizer
-from flood_cli.runs import TIME_COLUMNS
-from flood_cli.train import run_training
+from flood_cli.runs.folder import TIME_COLUMNS
+from flood_cli.train.loop import run_training
 from tests.conftest import small_config, write_config
 
 
@@ -60,7 +60,7 @@ def test_padding_multiple_is_neutral_up_to_rounding_without_dropout(tmp_path):
 
 
 def test_group_by_length_batches_similar_lengths_and_is_seeded(tmp_path):
-    from flood_cli.data import EpochShuffleSampler
+    from flood_cli.data.prepare import EpochShuffleSampler
 
     lengths = [(i * 37) % 101 for i in range(400)]
     sampler = EpochShuffleSampler(400, seed=1, lengths=lengths, batch_size=4)
@@ -104,7 +104,7 @@ def test_a_second_run_does_not_tokenize_again(tmp_path, monkeypatch):
 def test_the_sdpa_mask_format_gives_bit_identical_csv(tmp_path, monkeypatch, max_length):
     """Batches carry no mask or a 4-D boolean one (no device read per step); the run
     is bit for bit the run with the usual 2-D mask, dropout on."""
-    from flood_cli import train as train_module
+    from flood_cli.train import loop as train_module
     from flood_cli.model import attention_format
 
     fast = rows_of(tmp_path, "sdpa", data={"max_length": max_length})
@@ -116,7 +116,7 @@ def test_the_sdpa_mask_format_gives_bit_identical_csv(tmp_path, monkeypatch, max
 
 
 def build_tiny_model():
-    from flood_cli.config import ModelConfig
+    from flood_cli.config.schema import ModelConfig
     from flood_cli.model import build_model
 
     cfg = ModelConfig.model_validate(small_config()["model"])
@@ -173,7 +173,7 @@ def test_a_data_file_rewritten_with_the_same_size_and_mtime_is_read_again(tmp_pa
 def test_padding_never_goes_past_the_models_positions(tmp_path):
     """max_length 513 rounds up to 520 with pad_to_multiple_of 8, past a 513-position
     model; a multiple of 1000 would pass any BERT's 512. Both now train."""
-    from flood_cli.data import Collator, TokenizedSplit
+    from flood_cli.data.prepare import Collator, TokenizedSplit
 
     split = TokenizedSplit(input_ids=[[1] * 513, [1] * 30], labels=[0, 1])
     assert Collator(split, 0, 8, max_positions=513)([0, 1])["input_ids"].shape == (2, 513)

@@ -1,4 +1,4 @@
-"""flood_cli.stats: Student's t against tables and scipy, Welch and pooled intervals, verdicts."""
+"""flood_cli.compare.stats: Student's t against tables and scipy, Welch and pooled intervals, verdicts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from flood_cli.stats import (
+from flood_cli.compare.stats import (
     HIGHER,
     LOWER,
     NO_SPREAD,

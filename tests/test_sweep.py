@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from flood_cli import sweep as sweeps
-from flood_cli.errors import FloodError
+from flood_cli.sweep import driver as sweeps
+from flood_cli.core.errors import FloodError
 from tests.conftest import ROOT, small_config, write_config
 
 pytestmark = pytest.mark.distributed
@@ -221,7 +221,7 @@ def _enqueue(storage_url: str, name: str, count: int) -> None:
 
 CLAIMER = """
 import json, os, sys, time
-from flood_cli import sweep as sweeps
+from flood_cli.sweep import driver as sweeps
 storage = sweeps.open_storage(sys.argv[1])
 queue = sweeps.Queue(storage, sweeps.load_study(storage, sys.argv[2]))
 print("ready", flush=True)
@@ -365,7 +365,7 @@ def test_a_trial_whose_worker_stopped_beating_is_queued_again_with_its_run(tmp_p
 
 
 def test_set_sweeps_any_key_crossed_with_the_flood_levels():
-    from flood_cli.cli import _sweep_axes
+    from flood_cli.cli.main import _sweep_axes
 
     axes = _sweep_axes("0.1,0.2", None, None, ["train.weight_decay=0,0.01", "data.max_length=32"])
     assert axes == {"train.b": [0.1, 0.2], "train.weight_decay": [0, 0.01], "data.max_length": [32]}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from flood_cli import sweep as sweeps
+from flood_cli.sweep import driver as sweeps
 from tests.conftest import ROOT, csv_bytes_without_time, small_config, write_config
 
 pytestmark = pytest.mark.chaos

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from flood_cli import sweep as sweeps
-from flood_cli.errors import FloodError
+from flood_cli.sweep import driver as sweeps
+from flood_cli.core.errors import FloodError
 from tests.conftest import ROOT
 
 # A worker's lease, and a stand-in for its training: a row per 20 ms, each written
@@ -24,7 +24,7 @@ from tests.conftest import ROOT
 OWNER = r'''
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from flood_cli import sweep as sweeps
+from flood_cli.sweep import driver as sweeps
 storage = sweeps.open_storage(sys.argv[2])
 queue = sweeps.Queue(storage, sweeps.load_study(storage, "lease"))
 claimed = queue.claim()

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from flood_cli import sweep as sweeps
-from flood_cli.errors import FloodError
+from flood_cli.sweep import driver as sweeps
+from flood_cli.core.errors import FloodError
 from tests.conftest import ROOT, small_config, write_config
 
 # The fake training, also run inside worker processes (see WORKER below).
@@ -31,7 +31,7 @@ from pathlib import Path
 
 
 def install(log_path, interrupt_marker=None, fail=None):
-    """flood_cli.train / flood_cli.checkpoint without torch: a run writes a completed
+    """flood_cli.train.loop / flood_cli.train.checkpoint without torch: a run writes a completed
     summary (best_val_loss = seed / 10) and one line in log_path. The run named in
     interrupt_marker's file stops once as a signal would (KeyboardInterrupt); fail, an
     exception to raise instead of training."""
@@ -57,14 +57,14 @@ def install(log_path, interrupt_marker=None, fail=None):
     def resume_training(run_dir, reporter):
         train(Path(run_dir), int(Path(run_dir).name.rsplit("-s", 1)[1]))
 
-    train_module = types.ModuleType("flood_cli.train")
+    train_module = types.ModuleType("flood_cli.train.loop")
     train_module.NullReporter = NullReporter
     train_module.run_training = run_training
     train_module.resume_training = resume_training
-    checkpoint_module = types.ModuleType("flood_cli.checkpoint")
+    checkpoint_module = types.ModuleType("flood_cli.train.checkpoint")
     checkpoint_module.last_checkpoint = lambda run_dir: Path(run_dir) / "checkpoints" / "last.pt"
-    sys.modules["flood_cli.train"] = train_module
-    sys.modules["flood_cli.checkpoint"] = checkpoint_module
+    sys.modules["flood_cli.train.loop"] = train_module
+    sys.modules["flood_cli.train.checkpoint"] = checkpoint_module
 '''
 fake = types.ModuleType("fake_training")
 exec(FAKE, fake.__dict__)
@@ -72,7 +72,7 @@ exec(FAKE, fake.__dict__)
 WORKER = FAKE + r'''
 sys.path.insert(0, sys.argv[1])
 install(sys.argv[3], sys.argv[4])
-from flood_cli import sweep as sweeps
+from flood_cli.sweep import driver as sweeps
 try:
     sweeps.work(sweeps.read_spec(Path(sys.argv[2])))
 except BaseException:
@@ -84,9 +84,9 @@ except BaseException:
 def fake_training(monkeypatch, tmp_path):
     """Install the fake training in this process; returns the trained.log path."""
     log = tmp_path / "trained.log"
-    saved = {name: sys.modules.get(name) for name in ("flood_cli.train", "flood_cli.checkpoint", "flood_cli.progress")}
+    saved = {name: sys.modules.get(name) for name in ("flood_cli.train.loop", "flood_cli.train.checkpoint", "flood_cli.core.progress")}
     fake.install(str(log))
-    sys.modules.pop("flood_cli.progress", None)
+    sys.modules.pop("flood_cli.core.progress", None)
     yield log
     for name, module in saved.items():
         if module is None:

@@ -15,10 +15,10 @@ from typing import Optional
 
 import pytest
 
-import flood_cli.train as train_module
-from flood_cli.config import load_config
-from flood_cli.errors import FloodError
-from flood_cli.train import resume_training, run_training
+import flood_cli.train.loop as train_module
+from flood_cli.config.schema import load_config
+from flood_cli.core.errors import FloodError
+from flood_cli.train.loop import resume_training, run_training
 from tests.conftest import ROOT, small_config, write_config
 
 FLOODING = {"mode": "flooding", "b": 0.66, "epochs": 2, "eval_every": 6}
@@ -105,7 +105,7 @@ def test_a_tracker_that_is_not_installed_is_one_line_before_any_work(tmp_path, m
 
 
 def test_report_to_takes_a_comma_list_and_refuses_unknown_trackers_in_one_line(tmp_path):
-    from flood_cli.config import OutputConfig
+    from flood_cli.config.schema import OutputConfig
 
     assert OutputConfig(report_to="tensorboard, mlflow").report_to == ["tensorboard", "mlflow"]
     path = config(tmp_path, "wandb", ["tensorboard"])
@@ -120,7 +120,7 @@ def test_report_to_takes_a_comma_list_and_refuses_unknown_trackers_in_one_line(t
 _TRACKER_CHILD = """
 import sys
 from pathlib import Path
-from flood_cli.tracking import MlflowTracker
+from flood_cli.runs.tracking import MlflowTracker
 print("ready", flush=True)
 for line in sys.stdin:
     folder, name = line.split()
@@ -193,13 +193,13 @@ def test_a_two_worker_sweep_reporting_to_a_fresh_mlflow_store_runs_both(tmp_path
 # the model: every refusal below must come before that line would.
 _FLOOD = """
 import sys
-import flood_cli.train as train
+import flood_cli.train.loop as train
 real = train.Trainer.__init__
 def marked(self, *args, **kwargs):
     print("loading data and model", file=sys.stderr, flush=True)
     real(self, *args, **kwargs)
 train.Trainer.__init__ = marked
-from flood_cli.cli import main
+from flood_cli.cli.main import main
 sys.argv[0] = "flood"
 main()
 """

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from flood_cli.config import load_config
-from flood_cli.runs import METRICS_COLUMNS, TIME_COLUMNS
-from flood_cli.train import run_training
+from flood_cli.config.schema import load_config
+from flood_cli.runs.folder import METRICS_COLUMNS, TIME_COLUMNS
+from flood_cli.train.loop import run_training
 from tests.conftest import small_config, write_config
 
 
@@ -190,7 +190,7 @@ def test_a_reader_inside_best_model_can_read_it_whole_after_it_is_replaced(tmp_p
     Then, a swap later, that folder goes: at most two hidden folders are ever kept."""
     import threading
 
-    from flood_cli.runs import RunDir
+    from flood_cli.runs.folder import RunDir
 
     run = RunDir(tmp_path)
     files = [f"part{i}.bin" for i in range(5)]
@@ -238,7 +238,7 @@ def test_replacing_the_best_model_never_leaves_best_model_missing_or_half_writte
     and then replaced; later, the previous folder was deleted at once.)"""
     import threading
 
-    from flood_cli.runs import RunDir
+    from flood_cli.runs.folder import RunDir
 
     run = RunDir(tmp_path)
     files = [f"part{i}.bin" for i in range(5)]
@@ -285,7 +285,7 @@ def test_a_resumed_run_tidies_what_a_killed_swap_left_and_keeps_both_models(tmp_
     """A process killed while writing a new best leaves a half-written hidden folder (and
     maybe a staging link): taking the run's lock, as a resume does, removes them and
     keeps the current and previous models."""
-    from flood_cli.runs import RunDir
+    from flood_cli.runs.folder import RunDir
 
     run = RunDir(tmp_path)
     files = ["part0.bin"]
@@ -303,7 +303,7 @@ def test_a_resumed_run_tidies_what_a_killed_swap_left_and_keeps_both_models(tmp_
 
 
 def test_an_existing_run_is_never_overwritten(tmp_path):
-    from flood_cli.errors import FloodError
+    from flood_cli.core.errors import FloodError
 
     run_dir, rows, _ = train(tmp_path, "kept")
     before = (run_dir / "metrics.csv").read_bytes()
@@ -320,9 +320,9 @@ def test_sharded_accelerate_setups_are_refused_in_one_line(monkeypatch, kind, sh
     import accelerate
     from accelerate.utils import DistributedType
 
-    from flood_cli.config import RuntimeConfig
-    from flood_cli.errors import FloodError
-    from flood_cli.train import make_accelerator
+    from flood_cli.config.schema import RuntimeConfig
+    from flood_cli.core.errors import FloodError
+    from flood_cli.train.loop import make_accelerator
 
     monkeypatch.setattr(accelerate.Accelerator, "distributed_type", property(lambda self: DistributedType[kind]))
     with pytest.raises(FloodError) as caught:
@@ -362,7 +362,7 @@ def test_a_run_folders_config_runs_the_same_experiment_again_under_a_fresh_name(
     trains the same settings again, next to the first run, without refusing the taken name."""
     import yaml
 
-    from flood_cli.config import load_config
+    from flood_cli.config.schema import load_config
 
     first_dir, _, _ = train(tmp_path, "first", train={"epochs": 1})
     saved = yaml.safe_load((first_dir / "config.yaml").read_text())

@@ -3,10 +3,10 @@
 Tolerant by design: a run still in progress, a metrics.csv cut short by a crash, a
 half-written summary or a missing config each cost one warning line, and the run is
 still shown with what could be read. Only a run without a single evaluation is skipped,
-a run whose config.yaml flood refuses to read (see flood_cli.safe_yaml: aliases that
+a run whose config.yaml flood refuses to read (see flood_cli.core.safe_yaml: aliases that
 expand too far, a recursive alias, a key given twice), since its settings are unclear,
 and a run with a file that is not a regular file (a named pipe, a link to /dev/zero) or
-is over its cap (flood_cli.runs.MAX_METRICS_BYTES and the two below it): such a file is
+is over its cap (flood_cli.runs.folder.MAX_METRICS_BYTES and the two below it): such a file is
 never read, so a run folder from someone else cannot stall `flood compare`.
 """
 
@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import yaml
 
-from flood_cli import safe_yaml
-from flood_cli.runs import (
+from flood_cli.core import safe_yaml
+from flood_cli.runs.folder import (
     CONFIG_FILE,
     METRICS_FILE,
     SUMMARY_FILE,
@@ -33,7 +33,7 @@ from flood_cli.runs import (
 )
 
 if TYPE_CHECKING:
-    from flood_cli.grouping import Group
+    from flood_cli.compare.grouping import Group
 
 Row = dict[str, Optional[float]]
 

@@ -30,8 +30,8 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-from flood_cli.config import Config, validate
-from flood_cli.errors import FloodError
+from flood_cli.config.schema import Config, validate
+from flood_cli.core.errors import FloodError
 
 CACHE_DIR = ".adaflood"
 LOSSES_FILE = "held_out_losses.pt"
@@ -50,7 +50,7 @@ def aux_experiment(cfg: Config) -> dict[str, Any]:
 
 
 def cache_key(cfg: Config) -> str:
-    from flood_cli.data import content_hash
+    from flood_cli.data.prepare import content_hash
 
     experiment = aux_experiment(cfg)
     experiment.pop("runtime")  # how the runs ran does not change what they learned
@@ -148,7 +148,7 @@ def _held_out_losses(cfg: Config, folder: Path, reporter: Any, group: _Processes
                 for fold_losses, members in scored:
                     losses[torch.tensor(members)] = fold_losses.double()
                 assert not torch.isnan(losses).any(), "every example lies in exactly one fold"
-                from flood_cli.runs import atomic_write
+                from flood_cli.runs.folder import atomic_write
 
                 atomic_write(losses_path, lambda handle: torch.save(losses, handle), binary=True)
                 if lock.removed():  # written into a folder made again meanwhile: not ours to keep
@@ -167,7 +167,7 @@ def _cached_losses(cfg: Config, path: Path, reporter: Any) -> Optional[torch.Ten
     floating-point loss for each example of the training split; otherwise None, and one
     warning line saying why (they are computed again: a damaged cache is never used, and
     never fatal). Read as data only: a pickle that asks for code is refused unrun."""
-    from flood_cli.checkpoint import UnreadableData, read_data
+    from flood_cli.train.checkpoint import UnreadableData, read_data
 
     if not path.is_file():
         return None
@@ -204,7 +204,7 @@ def _losses_problem(losses: Any, examples: int) -> Optional[str]:
 def _train_size(cfg: Config) -> int:
     """How many examples the prepared training split holds (Datasets' cache makes the
     run's own preparation, after this one, a read)."""
-    from flood_cli.data import prepare_data
+    from flood_cli.data.prepare import prepare_data
     from flood_cli.model import load_tokenizer, quiet_transformers
 
     quiet_transformers()
@@ -219,7 +219,7 @@ class _Processes:
         self.count = int(os.environ.get("WORLD_SIZE", "1"))
         self.main = True
         if self.count > 1:
-            from flood_cli.train import make_accelerator
+            from flood_cli.train.loop import make_accelerator
 
             state = make_accelerator(cfg.runtime).state  # joins the process group, as the runs will
             self.count, self.main = state.num_processes, state.is_main_process
@@ -249,9 +249,10 @@ def _aux_config(cfg: Config, folder: Path, fold: int, folds: int) -> Config:
 def _aux_run(cfg: Config, folder: Path, fold: int, folds: int, reporter: Any, group: _Processes) -> Path:
     """Train (or continue, or reuse) the auxiliary run that holds out ``fold``; the main
     process decides, every process acts."""
-    from flood_cli.checkpoint import last_checkpoint
-    from flood_cli.runs import RunDir
-    from flood_cli.train import NullReporter, resume_training, run_training
+    from flood_cli.train.checkpoint import last_checkpoint
+    from flood_cli.runs.folder import RunDir
+    from flood_cli.core.reporting import NullReporter
+    from flood_cli.train.loop import resume_training, run_training
 
     run_dir = folder / f"fold-{fold}"
     action = None
@@ -283,7 +284,7 @@ def _score_fold(cfg: Config, run_dir: Path, fold: int, folds: int) -> tuple[torc
     import torch.nn.functional as F
     from transformers import AutoModelForSequenceClassification
 
-    from flood_cli.data import Collator, fold_members, prepare_data
+    from flood_cli.data.prepare import Collator, fold_members, prepare_data
     from flood_cli.model import load_tokenizer, quiet_transformers
 
     quiet_transformers()
@@ -308,6 +309,6 @@ def _score_fold(cfg: Config, run_dir: Path, fold: int, folds: int) -> tuple[torc
 
 def levels_for(cfg: Config, reporter: Any) -> torch.Tensor:
     """Each training example's flood level for this run's γ."""
-    from flood_cli.objectives import adaflood_levels
+    from flood_cli.train.objectives import adaflood_levels
 
     return adaflood_levels(held_out_losses(cfg, reporter).float(), cfg.train.adaflood.gamma)

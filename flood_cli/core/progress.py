@@ -13,7 +13,7 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Optional
 
-from flood_cli.train import NullReporter
+from flood_cli.core.reporting import NullReporter
 
 
 class RichReporter:

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
-from flood_cli.errors import FloodError, RunInterrupted, escaped
+from flood_cli.core.errors import FloodError, RunInterrupted, escaped
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C
@@ -200,7 +200,7 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Fine-tune a classifier and write metrics.csv and summary.json to a new run folder."""
-    from flood_cli.config import MODES, load_config
+    from flood_cli.config.schema import MODES, load_config
 
     given = {
         "--config": config, "--mode": mode, "--b": b, "--lr": lr, "--ascent-lr": ascent_lr, "--gamma": gamma, "--epochs": epochs,
@@ -215,7 +215,7 @@ def train(
             )
         if not resume.exists():
             raise FloodError(f"run folder {resume} does not exist; pass the folder that flood train printed (run folder: …)")
-        from flood_cli.train import resume_training
+        from flood_cli.train.loop import resume_training
 
         _train_and_report(lambda reporter: resume_training(resume, reporter=reporter), quiet)
         return
@@ -239,13 +239,13 @@ def train(
     cfg = load_config(config, overrides, sets=set_ or [])
     # Mistakes in the data files and model folders are said before the slow part: the
     # imports of torch and transformers, reading the data, loading the model.
-    from flood_cli.data import check_files
+    from flood_cli.data.prepare import check_files
     from flood_cli.model import check_sources
 
     check_files(cfg.data)
     check_sources(cfg.model)
     with _removed_if_left_empty(Path(cfg.output.dir)):
-        from flood_cli.train import run_training
+        from flood_cli.train.loop import run_training
 
         _train_and_report(lambda reporter: run_training(cfg, reporter=reporter), quiet)
 
@@ -272,7 +272,7 @@ def _removed_if_left_empty(folder: Path) -> Iterator[None]:
 
 def _train_and_report(job: Any, quiet: bool) -> None:
     """Run ``job(reporter)`` under a progress bar (or none) and print where its results are."""
-    from flood_cli.progress import make_reporter
+    from flood_cli.core.progress import make_reporter
 
     with make_reporter(quiet=quiet) as reporter:
         result = job(reporter)
@@ -298,7 +298,7 @@ def compare(
         help="judge each comparison alone (p < 0.05) instead of Holm-adjusting the p values of all the comparisons shown")] = False,
 ) -> None:
     """Put runs side by side: best validation loss, seed noise, loss-up-accuracy-up evaluations."""
-    from flood_cli.compare import compare_command
+    from flood_cli.compare.command import compare_command
 
     output = compare_command(paths, plot=plot, csv_path=csv, markdown=markdown, as_json=json_, x_axis=x,
                              wide=wide, seeds_as=seeds_as, raw_verdicts=raw_verdicts)
@@ -354,7 +354,7 @@ def sweep(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show each run's own progress bar")] = False,
 ) -> None:
     """Run a grid of settings × seeds (or a TPE search) as ordinary runs, and report the grouped result."""
-    from flood_cli import sweep as sweeps
+    from flood_cli.sweep import driver as sweeps
 
     if workers < 1:
         raise FloodError(f"--workers {workers}: give at least 1")
@@ -408,7 +408,7 @@ def sweep(
         typer.echo(f"sweep {spec.name}: {spec.describe()}, {workers} worker(s) → {spec.folder}")
         if storage:  # without its password (PGPASSWORD or ~/.pgpass give it there)
             typer.echo(f"other machines join with: flood sweep --storage {spec.storage} --study {spec.study} --worker")
-    from flood_cli.progress import make_sweep_progress
+    from flood_cli.core.progress import make_sweep_progress
 
     progress = make_sweep_progress()
     outcome = sweeps.run_sweep(spec, workers, verbose, progress.echo, progress)
@@ -449,8 +449,8 @@ def _refuse_given(ctx: typer.Context, why: str, flags: tuple[str, ...], *more: s
 
 
 def _sweep_axes(b: Optional[str], lr: Optional[str], ascent_lr: Optional[str], sets: list[str]) -> dict[str, list[Any]]:
-    from flood_cli.config import parse_set_option
-    from flood_cli.sweep import FLAG_KEYS, parse_values
+    from flood_cli.config.schema import parse_set_option
+    from flood_cli.sweep.driver import FLAG_KEYS, parse_values
 
     axes: dict[str, list[Any]] = {}
     for flag, text in (("b", b), ("lr", lr), ("ascent_lr", ascent_lr)):
@@ -472,7 +472,7 @@ def _apply_thread_share() -> None:
 
 
 def _print_results(spec: Any, written: list[Path]) -> None:
-    from flood_cli.compare import compare_command
+    from flood_cli.compare.command import compare_command
 
     if not written:
         typer.echo("no completed runs yet")

@@ -18,14 +18,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from flood_cli.errors import FloodError, escaped
-from flood_cli.run_reader import Row, Run, format_epoch
-from flood_cli.stats import ALPHA, CI_LEVEL
+from flood_cli.core.errors import FloodError, escaped
+from flood_cli.compare.reader import Row, Run, format_epoch
+from flood_cli.compare.stats import ALPHA, CI_LEVEL
 
 if TYPE_CHECKING:
-    from flood_cli.compare import Report
-    from flood_cli.grouping import Comparison, Group
-    from flood_cli.stats import Interval
+    from flood_cli.compare.command import Report
+    from flood_cli.compare.grouping import Comparison, Group
+    from flood_cli.compare.stats import Interval
 
 JSON_VERSION = 1
 CSV_COLUMNS = (
@@ -229,7 +229,7 @@ P_HOLM = "Holm p"
 
 
 def comparisons_table(comparisons: Sequence["Comparison"]) -> Table:
-    from flood_cli.grouping import HOLM, format_p
+    from flood_cli.compare.grouping import HOLM, format_p
 
     footnotes: list[str] = []
     rows = []

@@ -57,8 +57,8 @@ from typing import Any, Callable, Optional, get_args
 
 import yaml
 
-from flood_cli import safe_yaml
-from flood_cli.errors import FloodError, RunPruned, shown_repr
+from flood_cli.core import safe_yaml
+from flood_cli.core.errors import FloodError, RunPruned, shown_repr
 
 SPEC_FILE = "sweep.yaml"
 JOURNAL_FILE = "study.journal"
@@ -152,7 +152,7 @@ _WHOLE_NUMBER = re.compile(r"[0-9]+")
 def parse_seeds(text: str) -> list[int]:
     """``5`` -> seeds 1..5; ``1,2,7`` -> those seeds. Plain digits only (Python's int()
     would take ``1_0`` as 10), at most MAX_SEEDS seeds, each a valid train.seed."""
-    from flood_cli.config import SEED_MAX
+    from flood_cli.config.schema import SEED_MAX
 
     items = [item.strip() for item in text.split(",")]
     if not all(_WHOLE_NUMBER.fullmatch(item) for item in items):
@@ -213,7 +213,7 @@ def _number_kinds(key: str) -> Optional[set]:
     does not have (validation says so)."""
     from pydantic import BaseModel
 
-    from flood_cli.config import Config
+    from flood_cli.config.schema import Config
 
     model: Any = Config
     annotation: Any = None
@@ -233,7 +233,7 @@ def _key_order() -> tuple[dict[str, tuple[int, ...]], frozenset[str]]:
     with (folds: train.adaflood.folds, data.holdout.folds)."""
     from pydantic import BaseModel
 
-    from flood_cli.config import Config
+    from flood_cli.config.schema import Config
 
     places: dict[str, tuple[int, ...]] = {}
 
@@ -300,7 +300,7 @@ class Setting:
         otherwise (a value that needs characters a run name cannot hold, or a name past
         NAME_MAX) the readable part cut short and a hash of the whole setting, so that
         two settings never share a run and the seed is never cut off."""
-        from flood_cli.config import NAME_MAX
+        from flood_cli.config.schema import NAME_MAX
 
         _, shared_lasts = _key_order()
         parts, exact = [self.mode], True
@@ -487,7 +487,7 @@ def config_for(spec: SweepSpec, overrides: dict[str, Any], seed: int, run_name: 
     """The validated config of one run of the sweep."""
     import copy
 
-    from flood_cli.config import apply_override, validate
+    from flood_cli.config.schema import apply_override, validate
 
     raw = copy.deepcopy(spec.base)
     mode = overrides.get("train.mode", raw["train"].get("mode"))
@@ -1013,11 +1013,11 @@ def create_sweep(
     mode (a study of several methods), next to a baseline."""
     from datetime import datetime
 
-    from flood_cli.config import load_config
-    from flood_cli.runs import check_writable
+    from flood_cli.config.schema import load_config
+    from flood_cli.runs.folder import check_writable
 
-    from flood_cli.config import NAME_CHARACTERS, NAME_MAX, is_plain_name
-    from flood_cli.errors import shown_repr
+    from flood_cli.config.schema import NAME_CHARACTERS, NAME_MAX, is_plain_name
+    from flood_cli.core.errors import shown_repr
 
     if name is not None and not is_plain_name(name):
         raise FloodError(
@@ -1036,7 +1036,7 @@ def create_sweep(
         if search or any(len(values) > 1 for values in axes.values()):
             raise FloodError("--settings lists the settings itself; drop --search and --set with several values")
         if axes:
-            from flood_cli.config import apply_override, validate
+            from flood_cli.config.schema import apply_override, validate
 
             raw = base.experiment_dict()
             for key, values in axes.items():
@@ -1156,7 +1156,7 @@ def _enqueue(grid: Any, setting: Setting, seed: int) -> None:
 def _write_spec(spec: SweepSpec) -> None:
     """sweep.yaml, replaced in one rename (a reader never sees half of it), staged in a
     temporary file of its own (two processes writing at once never share one)."""
-    from flood_cli.runs import atomic_write_text
+    from flood_cli.runs.folder import atomic_write_text
 
     atomic_write_text(Path(spec.folder) / SPEC_FILE, yaml.safe_dump(asdict(spec), sort_keys=False))
 
@@ -1227,7 +1227,7 @@ def read_spec(folder: Path) -> SweepSpec:
     if not path.is_file():
         _restore_spec(folder)
     not_ours = "it was not written by flood sweep, or was edited: put back what flood sweep wrote"
-    from flood_cli.runs import read_run_file
+    from flood_cli.runs.folder import read_run_file
 
     try:  # a regular file of at most MAX_SPEC_BYTES (a named pipe never blocks a resume)
         data = safe_yaml.load(read_run_file(path, MAX_SPEC_BYTES).decode("utf-8"))
@@ -1287,7 +1287,7 @@ def _restore_spec(folder: Path) -> None:
 
 
 def _check_unedited(path: Path, spec: SweepSpec) -> None:
-    from flood_cli.config import changed_keys, changes_text
+    from flood_cli.config.schema import changed_keys, changes_text
 
     stored = load_study(open_storage(spec.storage_url), spec.grid_study).user_attrs.get("flood_sweep")
     if not isinstance(stored, dict):
@@ -1363,7 +1363,7 @@ def _work(spec: SweepSpec, log: Callable[[str], None], verbose: bool, stop: _Sto
     grid = Queue(storage, load_study(storage, spec.grid_study), lock)
     search = Queue(storage, load_study(storage, spec.study, spec.prune), lock) if spec.search else None
     reconcile(spec, storage, log)  # runs a crash left without a claim are queued again
-    from flood_cli.progress import make_reporter
+    from flood_cli.core.progress import make_reporter
 
     reporter_factory = lambda: make_reporter(quiet=not verbose)  # noqa: E731
     done = 0
@@ -1617,10 +1617,10 @@ class _PruningReporter:
 
 def _run_one(spec: SweepSpec, overrides: dict[str, Any], seed: int, name: str, reporter: Any) -> dict[str, Any]:
     """Train one run of the sweep, or continue it, or read it when it is complete."""
-    from flood_cli.checkpoint import last_checkpoint
-    from flood_cli.errors import RunInterrupted, UnresumableRun
-    from flood_cli.runs import RunDir, read_metrics
-    from flood_cli.train import resume_training, run_training
+    from flood_cli.train.checkpoint import last_checkpoint
+    from flood_cli.core.errors import RunInterrupted, UnresumableRun
+    from flood_cli.runs.folder import RunDir, read_metrics
+    from flood_cli.train.loop import resume_training, run_training
 
     run_dir = spec.runs_dir / name
     try:
@@ -1718,7 +1718,7 @@ def _claims(study: Any) -> dict[tuple, list[Any]]:
 
 def _summary_completed(path: Path) -> bool:
     try:
-        from flood_cli.runs import read_run_file
+        from flood_cli.runs.folder import read_run_file
 
         return json.loads(read_run_file(path / "summary.json")).get("status") == "completed"
     except (OSError, ValueError, AttributeError, FloodError):  # not a summary flood can read: not completed
@@ -2004,8 +2004,8 @@ def human_bytes(size: float) -> str:
 
 def write_results(spec: SweepSpec) -> list[Path]:
     """The grouped table (results.md) and a curve per swept flood level or ascent rate."""
-    from flood_cli.compare import build_report, compare_command
-    from flood_cli.plots import plot_sweep_curve
+    from flood_cli.compare.command import build_report, compare_command
+    from flood_cli.compare.plots import plot_sweep_curve
 
     folder = Path(spec.folder)
     runs = spec.runs_dir
@@ -2073,7 +2073,7 @@ def run_sweep(spec: SweepSpec, workers: int, verbose: bool, echo: Callable[[str]
     is queued again for --resume); a second one stops them at once."""
     trackers = list((spec.base.get("output") or {}).get("report_to") or [])
     if trackers:  # one line now, rather than every run of the sweep failing on it
-        from flood_cli.tracking import check_trackers
+        from flood_cli.runs.tracking import check_trackers
 
         spec.runs_dir.mkdir(parents=True, exist_ok=True)
         check_trackers(trackers, spec.runs_dir)

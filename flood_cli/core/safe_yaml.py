@@ -30,7 +30,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode
 from yaml.resolver import Resolver
 
-from flood_cli.errors import shown, shown_repr
+from flood_cli.core.errors import shown, shown_repr
 
 # Values that aliases may add to a document, in all (a config has about a hundred).
 MAX_ALIAS_VALUES = 10_000

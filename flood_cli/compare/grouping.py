@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Optional, Sequence
 
-from flood_cli.run_reader import Run, canonical
-from flood_cli.stats import (
+from flood_cli.compare.reader import Run, canonical
+from flood_cli.compare.stats import (
     ALPHA,
     WITHIN_NOISE,
     Interval,

@@ -35,7 +35,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from flood_cli.errors import FloodError, shown
+from flood_cli.core.errors import FloodError, shown
 
 TENSORBOARD_DIR = "tensorboard"
 MLFLOW_EXPERIMENT = "flood"

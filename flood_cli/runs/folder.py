@@ -29,7 +29,7 @@ from typing import IO, Any, Callable, Iterable, Optional
 
 import yaml
 
-from flood_cli.errors import FloodError, shown
+from flood_cli.core.errors import FloodError, shown
 
 METRICS_COLUMNS = (
     "epoch",

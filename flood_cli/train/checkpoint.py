@@ -20,8 +20,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from flood_cli.errors import FloodError
-from flood_cli.runs import atomic_write
+from flood_cli.core.errors import FloodError
+from flood_cli.runs.folder import atomic_write
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"

@@ -35,9 +35,10 @@ from typing import Any, Iterator, Optional, Protocol
 import torch
 import torch.nn.functional as F
 
-from flood_cli import __version__, checkpoint
-from flood_cli.config import Config, RuntimeConfig, TrainConfig, changed_keys, changes_text, load_config
-from flood_cli.data import (
+from flood_cli import __version__
+from flood_cli.train import checkpoint
+from flood_cli.config.schema import Config, RuntimeConfig, TrainConfig, changed_keys, changes_text, load_config
+from flood_cli.data.prepare import (
     INDEX,
     LABELS,
     Collator,
@@ -50,10 +51,11 @@ from flood_cli.data import (
     plan_steps,
     prepare_data,
 )
-from flood_cli.errors import FloodError, RunInterrupted, UnresumableRun, shown
+from flood_cli.core.errors import FloodError, RunInterrupted, UnresumableRun, shown
+from flood_cli.core.reporting import NullReporter, Reporter
 from flood_cli.model import attention_format, build_model, load_tokenizer, quiet_transformers
-from flood_cli.objectives import Mode, Pass, clip_and_sign, lr_scale, make_mode
-from flood_cli.runs import (
+from flood_cli.train.objectives import Mode, Pass, clip_and_sign, lr_scale, make_mode
+from flood_cli.runs.folder import (
     CONFIG_FILE,
     METRICS_FILE,
     METRICS_COLUMNS,
@@ -64,52 +66,6 @@ from flood_cli.runs import (
     now_iso,
     read_metrics,
 )
-
-class Reporter(Protocol):
-    """What the loop tells the outside world (the CLI draws a progress bar from it)."""
-
-    # How often (in optimizer steps) `step` receives train_loss; reading it costs a host
-    # sync, so 0 (never) unless the reporter shows it.
-    live_loss_every: int
-
-    def start(self, total_steps: int, steps_per_epoch: int, epochs: int) -> None: ...
-    # After each optimizer step: ``step`` counts from 1, ``epoch`` is step / steps_per_epoch
-    # (as the CSV's epoch), ``train_loss`` the mean training loss over this process's
-    # examples since the last evaluation (as the CSV's train_loss), or None between reads.
-    def step(self, step: int, epoch: float, train_loss: Optional[float]) -> None: ...
-    def evaluation(self, row: dict[str, Any]) -> None: ...
-    # Right before the run writes a row, its summary or a checkpoint: a sweep worker
-    # checks there that it still owns the run (and stops at once if it may not).
-    def before_write(self) -> None: ...
-    def message(self, text: str) -> None: ...
-    def warning(self, text: str) -> None: ...
-    def notice(self, text: str) -> None: ...
-
-
-class NullReporter:
-    live_loss_every = 0
-
-    def start(self, total_steps: int, steps_per_epoch: int, epochs: int) -> None:
-        pass
-
-    def step(self, step: int, epoch: float, loss: Optional[float]) -> None:
-        pass
-
-    def evaluation(self, row: dict[str, Any]) -> None:
-        pass
-
-    def before_write(self) -> None:
-        pass
-
-    def message(self, text: str) -> None:
-        pass
-
-    def warning(self, text: str) -> None:
-        pass
-
-    def notice(self, text: str) -> None:
-        pass
-
 
 @dataclass
 class RunResult:
@@ -709,7 +665,7 @@ class Trainer:
         """TensorBoard and MLflow, when output.report_to names them (main process only)."""
         if not self.cfg.output.report_to:
             return
-        from flood_cli.tracking import Trackers
+        from flood_cli.runs.tracking import Trackers
 
         self.trackers = Trackers(list(self.cfg.output.report_to), run, self.reporter.warning)
         fields = self.trackers.start(experiment, run.summary, self.rows)
@@ -1048,7 +1004,7 @@ def run_training(cfg: Config, reporter: Optional[Reporter] = None) -> RunResult:
     # Before any expensive work (the folder itself is claimed atomically later).
     check_writable(Path(cfg.output.dir))
     if cfg.output.report_to:
-        from flood_cli.tracking import check_trackers
+        from flood_cli.runs.tracking import check_trackers
 
         check_trackers(list(cfg.output.report_to), Path(cfg.output.dir))
     if cfg.output.name is not None and (Path(cfg.output.dir) / cfg.output.name).exists():
@@ -1063,7 +1019,7 @@ def _mode_levels(cfg: Config, reporter: Reporter) -> Optional[torch.Tensor]:
     """Per-example flood levels, for the one mode that needs runs of its own first."""
     if cfg.train.mode != "adaflood":
         return None
-    from flood_cli import adaflood
+    from flood_cli.train import adaflood
 
     return adaflood.levels_for(cfg, reporter)
 
@@ -1096,7 +1052,7 @@ def resume_training(run_dir: Path, reporter: Optional[Reporter] = None) -> RunRe
     cfg = load_config(config_path, new_run=False)
     _check_same_experiment(run_dir, state["experiment"], cfg.experiment_dict())
     if cfg.output.report_to:  # before the data and the model, and before the summary says "running"
-        from flood_cli.tracking import check_trackers
+        from flood_cli.runs.tracking import check_trackers
 
         check_trackers(list(cfg.output.report_to), run_dir.parent, run_dir)
     reporter = reporter or NullReporter()

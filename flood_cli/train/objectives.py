@@ -335,7 +335,7 @@ def make_mode(train: Any, levels: Optional[torch.Tensor] = None) -> Mode:
     if mode == "iflood":
         return IFlood(train.lr, train.b)
     if mode == "adaflood":
-        assert levels is not None, "built by flood_cli.adaflood before the mode"
+        assert levels is not None, "built by flood_cli.train.adaflood before the mode"
         return AdaFlood(train.lr, levels)
     if mode == "alternate":
         return Alternate(train.lr, train.ascent_lr, train.ascent_optimizer)

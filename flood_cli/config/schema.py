@@ -19,9 +19,9 @@ from typing import Any, Literal, Optional, Union, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from flood_cli import safe_yaml
-from flood_cli.errors import FloodError, shown, shown_repr
-from flood_cli.runs import MAX_CONFIG_BYTES, describe_data, describe_model, read_run_file
+from flood_cli.core import safe_yaml
+from flood_cli.core.errors import FloodError, shown, shown_repr
+from flood_cli.runs.folder import MAX_CONFIG_BYTES, describe_data, describe_model, read_run_file
 
 ModeName = Literal["baseline", "flooding", "iflood", "adaflood", "alternate", "backstitch", "gradnorm"]
 MODES: tuple[str, ...] = get_args(ModeName)

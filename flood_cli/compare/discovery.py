@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from flood_cli.runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+from flood_cli.runs.folder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE)
 

@@ -2,13 +2,13 @@
 
 The pipeline is discover -> load -> group -> compare -> render, one module each:
 
-* flood_cli.discovery: the arguments -> run folders (parents, sweeps, globs);
-* flood_cli.run_reader: one run folder -> a Run, tolerating runs in progress and
+* flood_cli.compare.discovery: the arguments -> run folders (parents, sweeps, globs);
+* flood_cli.compare.reader: one run folder -> a Run, tolerating runs in progress and
   damaged files (each costs one warning line);
-* flood_cli.grouping: runs that differ only by seed form a seed group (one value per
+* flood_cli.compare.grouping: runs that differ only by seed form a seed group (one value per
   seed); each group is compared with a baseline group of the same model and data;
-* flood_cli.stats: the interval of each difference (Welch's t), so that seed noise shows;
-* flood_cli.report_format: text, Markdown, JSON, CSV; flood_cli.plots draws curves and
+* flood_cli.compare.stats: the interval of each difference (Welch's t), so that seed noise shows;
+* flood_cli.compare.tables: text, Markdown, JSON, CSV; flood_cli.compare.plots draws curves and
   imports matplotlib only when a plot is asked for.
 
 Only the standard library and PyYAML are imported, never torch, numpy or pandas: a
@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from flood_cli.discovery import discover_runs
-from flood_cli.errors import FloodError, escaped
-from flood_cli.grouping import (
+from flood_cli.compare.discovery import discover_runs
+from flood_cli.core.errors import FloodError, escaped
+from flood_cli.compare.grouping import (
     HOLM,
     RAW,
     Comparison,
@@ -34,7 +34,7 @@ from flood_cli.grouping import (
     replicate_disagreements,
     unready_baselines,
 )
-from flood_cli.report_format import (
+from flood_cli.compare.tables import (
     first_few,
     render_markdown,
     render_terminal,
@@ -43,8 +43,8 @@ from flood_cli.report_format import (
     terminal_width,
     write_csv,
 )
-from flood_cli.run_reader import Run, load_run
-from flood_cli.runs import METRICS_FILE
+from flood_cli.compare.reader import Run, load_run
+from flood_cli.runs.folder import METRICS_FILE
 
 X_AXES = ("epoch", "step")
 SEEDS_AS = ("band", "lines")
@@ -104,7 +104,7 @@ def compare_command(
         write_csv(report, csv_path)
         written.append(f"wrote {escaped(str(csv_path))}")
     if plot is not None:
-        from flood_cli.plots import plot_runs
+        from flood_cli.compare.plots import plot_runs
 
         written.append(f"wrote {escaped(str(plot_runs(report, plot, x_axis=x_axis, seeds_as=seeds_as)))}")
     if as_json:

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from flood_cli.errors import FloodError
-from flood_cli.report_format import seeds_text
+from flood_cli.core.errors import FloodError
+from flood_cli.compare.tables import seeds_text
 
 if TYPE_CHECKING:
-    from flood_cli.compare import Report
-    from flood_cli.grouping import Group
-    from flood_cli.run_reader import Run
+    from flood_cli.compare.command import Report
+    from flood_cli.compare.grouping import Group
+    from flood_cli.compare.reader import Run
 
 # More groups than this would make the legend taller than the figure; the rest are
 # still drawn, and the legend says how many it leaves out.
@@ -425,7 +425,7 @@ def _mean_curve(curves: Sequence[Sequence[tuple[float, float]]]) -> tuple[list[f
 
 def _mean_and_half_width(values: Sequence[float]) -> tuple[float, float]:
     """Mean and the half width of its 95 % Student t interval (0 for one value)."""
-    from flood_cli.stats import student_t_quantile
+    from flood_cli.compare.stats import student_t_quantile
 
     mean = sum(values) / len(values)
     if len(values) < 2:
@@ -556,7 +556,7 @@ def build_sweep_curve(report: "Report", key: str) -> Optional[tuple[Any, list[st
 
 
 def student_t_quantile_975(df: float) -> float:
-    from flood_cli.stats import student_t_quantile
+    from flood_cli.compare.stats import student_t_quantile
 
     return student_t_quantile(0.975, df)
 

@@ -24,8 +24,8 @@ from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
-from flood_cli.config import DataConfig
-from flood_cli.errors import FloodError, shown, shown_repr
+from flood_cli.config.schema import DataConfig
+from flood_cli.core.errors import FloodError, shown, shown_repr
 
 if TYPE_CHECKING:
     import torch

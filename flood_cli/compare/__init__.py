@@ -1,0 +1,1 @@
+"""flood compare: reading finished runs, grouping, statistics, tables and plots (never torch)."""

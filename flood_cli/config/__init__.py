@@ -1,0 +1,1 @@
+"""The run configuration: its schema and its loading with overrides."""

@@ -1,0 +1,1 @@
+"""The foundation every command shares: errors, safe YAML, the reporter protocol, the mode registry."""

@@ -1,0 +1,1 @@
+"""Reading, checking and tokenizing the data; batches and their order."""

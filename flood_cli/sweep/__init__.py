@@ -1,0 +1,1 @@
+"""flood sweep: settings x seeds on an Optuna study, run by worker processes."""

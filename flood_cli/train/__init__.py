@@ -1,0 +1,1 @@
+"""flood train: the training loop and what it needs (objectives, AdaFlood, checkpoints)."""
