@@ -68,10 +68,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Datasets' tokenization cache goes to a fresh folder: nothing of an earlier run is reused.
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="flood-gpu-check-hf-"))
 
+import bench_train  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-import bench_train  # noqa: E402
 from flood_cli.config.schema import load_config  # noqa: E402
 from flood_cli.core.reporting import NullReporter  # noqa: E402
 from flood_cli.train.loop import Trainer  # noqa: E402

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from flood_cli.config.schema import ModelConfig
 from flood_cli.core.errors import FloodError, shown
@@ -66,7 +66,7 @@ def check_sources(cfg: ModelConfig) -> None:
 # The Hub, when it cannot be reached: one quick look instead of minutes of retries
 
 HUB_TIMEOUT_S = 3.0
-_hub_answers: dict[str, Optional[str]] = {}  # endpoint -> None when it answered, else why not
+_hub_answers: dict[str, str | None] = {}  # endpoint -> None when it answered, else why not
 _cache_only: set[str] = set()  # Hub names to load from the local cache (the Hub is unreachable)
 
 
@@ -79,7 +79,7 @@ def _offline() -> bool:
     return any(os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE") for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def hub_unreachable(timeout: float = HUB_TIMEOUT_S) -> Optional[str]:
+def hub_unreachable(timeout: float = HUB_TIMEOUT_S) -> str | None:
     """None when the Hub's endpoint answers an HTTP request within ``timeout`` seconds
     (any answer: it is there); otherwise why not, in a few words. Asked once per process."""
     endpoint = hub_endpoint()
@@ -88,12 +88,12 @@ def hub_unreachable(timeout: float = HUB_TIMEOUT_S) -> Optional[str]:
     return _hub_answers[endpoint]
 
 
-def _ask(url: str, timeout: float) -> Optional[str]:
+def _ask(url: str, timeout: float) -> str | None:
     import threading
     import urllib.error
     import urllib.request
 
-    answer: list[Optional[str]] = [f"no answer within {timeout:g} s"]
+    answer: list[str | None] = [f"no answer within {timeout:g} s"]
 
     def ask() -> None:
         try:

@@ -17,7 +17,6 @@ import shutil  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
-from typing import Optional  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -112,7 +111,7 @@ class PostgresServer:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
-        self.process: Optional[subprocess.Popen] = None
+        self.process: subprocess.Popen | None = None
         self.start()
         self._run_sql("CREATE DATABASE sweeps")
         self.url = f"postgresql://flood@127.0.0.1:{self.port}/sweeps"

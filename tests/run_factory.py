@@ -7,8 +7,9 @@ from a few numbers, and each file can be left out or spoilt to test bad input.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import yaml
 
@@ -21,14 +22,14 @@ STEPS_PER_EPOCH = 100
 
 def make_config(
     mode: str = "baseline",
-    b: Optional[float] = None,
+    b: float | None = None,
     lr: float = 2e-5,
-    ascent_lr: Optional[float] = None,
+    ascent_lr: float | None = None,
     seed: int = 42,
     epochs: int = 3,
-    model: Optional[dict[str, Any]] = None,
-    data: Optional[dict[str, Any]] = None,
-    train: Optional[dict[str, Any]] = None,
+    model: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
     precision: str = "auto",
 ) -> dict[str, Any]:
     """A resolved config as `flood train` saves it (the shape of Config.experiment_dict)."""
@@ -58,8 +59,8 @@ def make_config(
 
 def make_rows(
     val_losses: Sequence[float],
-    val_accuracies: Optional[Sequence[float]] = None,
-    train_losses: Optional[Sequence[float]] = None,
+    val_accuracies: Sequence[float] | None = None,
+    train_losses: Sequence[float] | None = None,
     evaluations_per_epoch: int = 1,
 ) -> list[dict[str, Any]]:
     """metrics.csv rows with the given validation curve; other columns plausible."""
@@ -110,11 +111,11 @@ def write_run(
     name: str,
     *,
     val_losses: Sequence[float] = DEFAULT_VAL_LOSSES,
-    val_accuracies: Optional[Sequence[float]] = None,
-    train_losses: Optional[Sequence[float]] = None,
+    val_accuracies: Sequence[float] | None = None,
+    train_losses: Sequence[float] | None = None,
     evaluations_per_epoch: int = 1,
     status: str = "completed",
-    summary_fields: Optional[dict[str, Any]] = None,
+    summary_fields: dict[str, Any] | None = None,
     with_config: bool = True,
     with_metrics: bool = True,
     with_summary: bool = True,

@@ -13,16 +13,17 @@ import csv
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
 
-from flood_cli.train import adaflood
 from flood_cli.config.schema import load_config
 from flood_cli.core.errors import FloodError
 from flood_cli.core.progress import QuietReporter
+from flood_cli.train import adaflood
 from flood_cli.train.loop import run_training
 from tests.conftest import SHIPPED_DATA, csv_bytes_without_time, small_config, write_config
 from tests.test_modes import TINY

@@ -16,8 +16,8 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import pytest
 import yaml
@@ -78,7 +78,7 @@ class Ctx:
         config["output"]["dir"] = str(self.out)
         return ["train", "-c", str(write_config(self.tmp, config)), "-q"]
 
-    def fake_run(self, name: str, status: Optional[str]) -> Path:
+    def fake_run(self, name: str, status: str | None) -> Path:
         """A run folder as an earlier `flood train` left it (no real training)."""
         run = self.out / name
         run.mkdir(parents=True)
@@ -312,7 +312,7 @@ HOSTILE_CASES: list[tuple[str, Callable[[Ctx], list[str]], str]] = [
 ]
 
 
-def _replace_run_file(c: Ctx, status: Optional[str], name: str, replace: Callable[[Path], None], run: str = "only") -> Path:
+def _replace_run_file(c: Ctx, status: str | None, name: str, replace: Callable[[Path], None], run: str = "only") -> Path:
     """A fake run whose file ``name`` is replaced (by a named pipe, a sparse file…)."""
     folder = c.fake_run(run, status)
     (folder / name).unlink(missing_ok=True)
@@ -395,7 +395,7 @@ def saved_model(tmp_path_factory) -> Callable[[], Path]:
     return make
 
 
-def snapshot(folder: Path) -> dict[str, Optional[bytes]]:
+def snapshot(folder: Path) -> dict[str, bytes | None]:
     """Every path under ``folder``: file contents, or None for a folder."""
     return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
 

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 import pytest
 from typer.testing import CliRunner
@@ -216,13 +215,13 @@ class _Recorder:
     live_loss_every = 5
 
     def __init__(self) -> None:
-        self.steps: list[tuple[int, float, Optional[float]]] = []
+        self.steps: list[tuple[int, float, float | None]] = []
         self.steps_per_epoch = 0
 
     def start(self, total_steps: int, steps_per_epoch: int, epochs: int) -> None:
         self.steps_per_epoch = steps_per_epoch
 
-    def step(self, step: int, epoch: float, train_loss: Optional[float]) -> None:
+    def step(self, step: int, epoch: float, train_loss: float | None) -> None:
         self.steps.append((step, epoch, train_loss))
 
     def evaluation(self, row: dict) -> None:

@@ -20,11 +20,18 @@ from typer.testing import CliRunner
 
 from flood_cli.cli.main import app
 from flood_cli.compare.command import build_report, compare_command
-from flood_cli.core.errors import FloodError
-from flood_cli.compare.tables import CSV_COLUMNS, DIFF_SEED
 from flood_cli.compare.reader import parse_metrics
-from flood_cli.runs.folder import CONFIG_FILE, MAX_CONFIG_BYTES, MAX_METRICS_BYTES, METRICS_COLUMNS, METRICS_FILE, SUMMARY_FILE
 from flood_cli.compare.stats import NO_SPREAD, ONE_SEED, OUT_OF_RANGE, student_t_quantile
+from flood_cli.compare.tables import CSV_COLUMNS, DIFF_SEED
+from flood_cli.core.errors import FloodError
+from flood_cli.runs.folder import (
+    CONFIG_FILE,
+    MAX_CONFIG_BYTES,
+    MAX_METRICS_BYTES,
+    METRICS_COLUMNS,
+    METRICS_FILE,
+    SUMMARY_FILE,
+)
 from tests.conftest import ROOT
 from tests.run_factory import make_rows, metrics_csv, write_run
 

@@ -11,11 +11,12 @@ from typing import Any, Union
 
 import pandas as pd
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import torch
 
 from flood_cli.config.schema import DataConfig, ModelConfig
+from flood_cli.core.errors import FloodError
 from flood_cli.data.prepare import (
     Collator,
     EpochShuffleSampler,
@@ -26,7 +27,6 @@ from flood_cli.data.prepare import (
     prepare_data,
     read_splits,
 )
-from flood_cli.core.errors import FloodError
 from flood_cli.model import load_tokenizer
 
 

@@ -207,7 +207,12 @@ def test_max_length_beyond_the_models_positions(saved_model, tokenizer):
 
 def test_only_bert_with_sdpa_under_transformers_5_gets_the_sdpa_mask_format():
     import transformers
-    from transformers import BertConfig, BertForSequenceClassification, DistilBertConfig, DistilBertForSequenceClassification
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+    )
 
     from flood_cli.model import attention_format
 

@@ -9,16 +9,17 @@ hand. The weights after the step must agree.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from flood_cli.config.schema import load_config
-from flood_cli.data.prepare import INDEX, LABELS
 from flood_cli.core.reporting import NullReporter
+from flood_cli.data.prepare import INDEX, LABELS
 from flood_cli.train.loop import Trainer
 from tests.conftest import small_config, write_config
 
@@ -276,9 +277,9 @@ def test_adaflood_levels_are_the_held_out_losses_of_its_auxiliary_runs(tmp_path,
     """γ = 0: every training example's flood level is its loss under the best model of
     the auxiliary run that did not train on it (recomputed here by the oracle, from the
     saved models); a second run reuses the auxiliary runs and says so."""
-    from flood_cli.train import adaflood
-    from flood_cli.data.prepare import fold_members
     from flood_cli.core.progress import QuietReporter
+    from flood_cli.data.prepare import fold_members
+    from flood_cli.train import adaflood
     from flood_cli.train.loop import run_training
     from tests import oracle
     from tests.conftest import SHIPPED_DATA

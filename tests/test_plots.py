@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from flood_cli.compare.command import build_report, compare_command
-from flood_cli.core.errors import FloodError
 from flood_cli.compare.plots import _hidden_under, _legend_label, group_colours
+from flood_cli.core.errors import FloodError
 from tests.run_factory import write_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

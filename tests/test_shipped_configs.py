@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from flood_cli.sweep import driver as sweeps
 from flood_cli.config.schema import load_config
+from flood_cli.sweep import driver as sweeps
 from tests.conftest import ROOT
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

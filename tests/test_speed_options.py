@@ -104,8 +104,8 @@ def test_a_second_run_does_not_tokenize_again(tmp_path, monkeypatch):
 def test_the_sdpa_mask_format_gives_bit_identical_csv(tmp_path, monkeypatch, max_length):
     """Batches carry no mask or a 4-D boolean one (no device read per step); the run
     is bit for bit the run with the usual 2-D mask, dropout on."""
-    from flood_cli.train import loop as train_module
     from flood_cli.model import attention_format
+    from flood_cli.train import loop as train_module
 
     fast = rows_of(tmp_path, "sdpa", data={"max_length": max_length})
     monkeypatch.setattr(train_module, "attention_format", lambda model: "2d")

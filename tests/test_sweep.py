@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import glob
 import json
-import re
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from flood_cli.sweep import driver as sweeps
 from flood_cli.core.errors import FloodError
+from flood_cli.sweep import driver as sweeps
 from tests.conftest import ROOT, small_config, write_config
 
 pytestmark = pytest.mark.distributed

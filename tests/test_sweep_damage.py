@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flood_cli.sweep import driver as sweeps
 from flood_cli.core.errors import FloodError
+from flood_cli.sweep import driver as sweeps
 from tests.conftest import ROOT
 from tests.test_sweep_recovery import RUNS, assert_every_run_completed_once, fake_training, make_sweep, trained  # noqa: F401
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from flood_cli.sweep import driver as sweeps
 from flood_cli.core.errors import FloodError
+from flood_cli.sweep import driver as sweeps
 from tests.conftest import ROOT
 
 # A worker's lease, and a stand-in for its training: a row per 20 ms, each written

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from flood_cli.sweep import driver as sweeps
 from flood_cli.core.errors import FloodError
+from flood_cli.sweep import driver as sweeps
 from tests.conftest import ROOT, small_config, write_config
 
 # The fake training, also run inside worker processes (see WORKER below).

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flood_cli.sweep import driver as sweeps
 from flood_cli.cli.main import app
 from flood_cli.config.schema import NAME_MAX
 from flood_cli.core.errors import FloodError
+from flood_cli.sweep import driver as sweeps
 from tests.conftest import ROOT, small_config, write_config
 
 

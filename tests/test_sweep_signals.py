@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flood_cli.sweep import driver as sweeps
 from flood_cli.core.errors import FloodError
+from flood_cli.sweep import driver as sweeps
 from tests.conftest import ROOT, small_config, write_config
 
 pytestmark = pytest.mark.distributed

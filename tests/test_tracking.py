@@ -11,7 +11,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import pytest
 
@@ -205,7 +204,7 @@ main()
 """
 
 
-def flood_child(*args: str, timeout: float, env_extra: Optional[dict[str, str]] = None):
+def flood_child(*args: str, timeout: float, env_extra: dict[str, str] | None = None):
     """The CLI in a child process, killed after ``timeout`` s (a hang fails the test)."""
     import subprocess
 

@@ -11,8 +11,9 @@ import functools
 import os
 import signal
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -61,7 +62,7 @@ def _plain_help() -> None:
     if option is not None and hasattr(option, "display_type_rich"):
         shown_type = option.display_type_rich
 
-        def display_type_rich(self: Any, ctx: Any) -> Optional[str]:
+        def display_type_rich(self: Any, ctx: Any) -> str | None:
             return None if getattr(self, "is_bool_flag", False) else shown_type(self, ctx)
 
         option.display_type_rich = display_type_rich
@@ -176,26 +177,26 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 @app.command()
 @user_errors
 def train(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config, e.g. configs/tiny.yaml")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config, e.g. configs/tiny.yaml")] = None,
     mode: Annotated[
-        Optional[str], typer.Option(help="baseline | flooding | iflood | adaflood | alternate | backstitch | gradnorm")
+        str | None, typer.Option(help="baseline | flooding | iflood | adaflood | alternate | backstitch | gradnorm")
     ] = None,
-    b: Annotated[Optional[float], typer.Option("--b", help="flood level; alone, it switches the mode to flooding")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="learning rate (descent rate in mode alternate)")] = None,
-    ascent_lr: Annotated[Optional[float], typer.Option(help="ascent learning rate (mode alternate)")] = None,
-    gamma: Annotated[Optional[float], typer.Option(help="mode adaflood: 1 is plain training, 0 floods at the held-out loss")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="number of epochs")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="random seed (model init, dropout, data order)")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="folder that holds run folders [default: runs]")] = None,
-    name: Annotated[Optional[str], typer.Option(help="run folder name [default: generated]")] = None,
+    b: Annotated[float | None, typer.Option("--b", help="flood level; alone, it switches the mode to flooding")] = None,
+    lr: Annotated[float | None, typer.Option(help="learning rate (descent rate in mode alternate)")] = None,
+    ascent_lr: Annotated[float | None, typer.Option(help="ascent learning rate (mode alternate)")] = None,
+    gamma: Annotated[float | None, typer.Option(help="mode adaflood: 1 is plain training, 0 floods at the held-out loss")] = None,
+    epochs: Annotated[int | None, typer.Option(help="number of epochs")] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed (model init, dropout, data order)")] = None,
+    out: Annotated[Path | None, typer.Option(help="folder that holds run folders [default: runs]")] = None,
+    name: Annotated[str | None, typer.Option(help="run folder name [default: generated]")] = None,
     set_: Annotated[
-        Optional[list[str]], typer.Option("--set", help="override any config key: --set train.batch_size=16 (repeatable)")
+        list[str] | None, typer.Option("--set", help="override any config key: --set train.batch_size=16 (repeatable)")
     ] = None,
     resume: Annotated[
-        Optional[Path], typer.Option(help="continue a stopped run from its last checkpoint, with its saved config")
+        Path | None, typer.Option(help="continue a stopped run from its last checkpoint, with its saved config")
     ] = None,
     report_to: Annotated[
-        Optional[str], typer.Option("--report-to", help="also log every evaluation to tensorboard and/or mlflow: tensorboard,mlflow")
+        str | None, typer.Option("--report-to", help="also log every evaluation to tensorboard and/or mlflow: tensorboard,mlflow")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
@@ -286,8 +287,8 @@ def _train_and_report(job: Any, quiet: bool) -> None:
 @user_errors
 def compare(
     paths: Annotated[list[Path], typer.Argument(help="run folders, or folders that hold runs")],
-    plot: Annotated[Optional[Path], typer.Option(help="write loss/accuracy curves to this image (.png, .pdf, .svg)")] = None,
-    csv: Annotated[Optional[Path], typer.Option("--csv", help="write the table to this CSV file")] = None,
+    plot: Annotated[Path | None, typer.Option(help="write loss/accuracy curves to this image (.png, .pdf, .svg)")] = None,
+    csv: Annotated[Path | None, typer.Option("--csv", help="write the table to this CSV file")] = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="print the table as Markdown")] = False,
     json_: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
     x: Annotated[str, typer.Option(help="x axis of the plot: epoch | step")] = "epoch",
@@ -311,16 +312,16 @@ def compare(
 @user_errors
 def sweep(
     ctx: typer.Context,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="base YAML config of every run")] = None,
-    mode: Annotated[Optional[str], typer.Option(help="any mode of flood train [default: the config's]")] = None,
-    b: Annotated[Optional[str], typer.Option("--b", help="flood levels to try: 0,0.05,0.1 (a baseline group is always added)")] = None,
-    lr: Annotated[Optional[str], typer.Option(help="learning rates to try: 1e-5,2e-5")] = None,
-    ascent_lr: Annotated[Optional[str], typer.Option(help="ascent learning rates to try (mode alternate): 1e-6,5e-6")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="base YAML config of every run")] = None,
+    mode: Annotated[str | None, typer.Option(help="any mode of flood train [default: the config's]")] = None,
+    b: Annotated[str | None, typer.Option("--b", help="flood levels to try: 0,0.05,0.1 (a baseline group is always added)")] = None,
+    lr: Annotated[str | None, typer.Option(help="learning rates to try: 1e-5,2e-5")] = None,
+    ascent_lr: Annotated[str | None, typer.Option(help="ascent learning rates to try (mode alternate): 1e-6,5e-6")] = None,
     set_: Annotated[
-        Optional[list[str]], typer.Option("--set", help="sweep any key: --set train.weight_decay=0,0.01 (repeatable; one value: fixed)")
+        list[str] | None, typer.Option("--set", help="sweep any key: --set train.weight_decay=0,0.01 (repeatable; one value: fixed)")
     ] = None,
     settings: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             help="a YAML list of settings of any modes, e.g. - {train.mode: iflood, train.b: 0.05} (a baseline is added); "
             "with --resume: the ones the sweep lacks are added"
@@ -328,7 +329,7 @@ def sweep(
     ] = None,
     seeds: Annotated[str, typer.Option(help="seeds per setting: a count (5 = seeds 1..5) or a list (1,2,7)")] = "3",
     search: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(help="model-based search (TPE) instead of a grid: b=0:0.6, ascent_lr=1e-6:1e-4:log (repeatable)"),
     ] = None,
     trials: Annotated[int, typer.Option(help="settings a --search may try; each runs every seed and scores their mean")] = 0,
@@ -342,15 +343,15 @@ def sweep(
         ),
     ] = False,
     workers: Annotated[int, typer.Option(help="runs at once on this machine: one GPU each, or a share of the CPU cores")] = 1,
-    name: Annotated[Optional[str], typer.Option(help="sweep folder name [default: generated]")] = None,
+    name: Annotated[str | None, typer.Option(help="sweep folder name [default: generated]")] = None,
     out: Annotated[Path, typer.Option(help="folder that holds sweep folders")] = Path("sweeps"),
     storage: Annotated[
-        Optional[str], typer.Option(help="Optuna storage URL shared by several machines, e.g. postgresql://user@host/db [default: a journal file in the sweep folder]")
+        str | None, typer.Option(help="Optuna storage URL shared by several machines, e.g. postgresql://user@host/db [default: a journal file in the sweep folder]")
     ] = None,
-    study: Annotated[Optional[str], typer.Option(help="study name in --storage [default: the sweep's name]")] = None,
+    study: Annotated[str | None, typer.Option(help="study name in --storage [default: the sweep's name]")] = None,
     worker: Annotated[bool, typer.Option("--worker", help="join a sweep as one more worker (with --storage and --study, or --resume)")] = False,
-    resume: Annotated[Optional[Path], typer.Option(help="continue a sweep folder: queued and interrupted runs; completed runs never rerun")] = None,
-    report: Annotated[Optional[Path], typer.Option(help="write a sweep folder's results (results.md, curves) and print them")] = None,
+    resume: Annotated[Path | None, typer.Option(help="continue a sweep folder: queued and interrupted runs; completed runs never rerun")] = None,
+    report: Annotated[Path | None, typer.Option(help="write a sweep folder's results (results.md, curves) and print them")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show each run's own progress bar")] = False,
 ) -> None:
     """Run a grid of settings × seeds (or a TPE search) as ordinary runs, and report the grouped result."""
@@ -448,7 +449,7 @@ def _refuse_given(ctx: typer.Context, why: str, flags: tuple[str, ...], *more: s
         raise FloodError(f"{why}, so {', '.join(given)} cannot be given; drop {them}{fix}")
 
 
-def _sweep_axes(b: Optional[str], lr: Optional[str], ascent_lr: Optional[str], sets: list[str]) -> dict[str, list[Any]]:
+def _sweep_axes(b: str | None, lr: str | None, ascent_lr: str | None, sets: list[str]) -> dict[str, list[Any]]:
     from flood_cli.config.schema import parse_set_option
     from flood_cli.sweep.driver import FLAG_KEYS, parse_values
 

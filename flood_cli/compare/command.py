@@ -18,12 +18,11 @@ thousand run folders must compare in about a second.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
 
 from flood_cli.compare.discovery import discover_runs
-from flood_cli.core.errors import FloodError, escaped
 from flood_cli.compare.grouping import (
     HOLM,
     RAW,
@@ -34,6 +33,7 @@ from flood_cli.compare.grouping import (
     replicate_disagreements,
     unready_baselines,
 )
+from flood_cli.compare.reader import Run, load_run
 from flood_cli.compare.tables import (
     first_few,
     render_markdown,
@@ -43,7 +43,7 @@ from flood_cli.compare.tables import (
     terminal_width,
     write_csv,
 )
-from flood_cli.compare.reader import Run, load_run
+from flood_cli.core.errors import FloodError, escaped
 from flood_cli.runs.folder import METRICS_FILE
 
 X_AXES = ("epoch", "step")
@@ -73,14 +73,14 @@ class Report:
 
 def compare_command(
     paths: Sequence[Path],
-    plot: Optional[Path] = None,
-    csv_path: Optional[Path] = None,
+    plot: Path | None = None,
+    csv_path: Path | None = None,
     markdown: bool = False,
     as_json: bool = False,
     x_axis: str = "epoch",
-    now: Optional[float] = None,
+    now: float | None = None,
     wide: bool = False,
-    width: Optional[int] = None,
+    width: int | None = None,
     seeds_as: str = "band",
     raw_verdicts: bool = False,
 ) -> CompareOutput:
@@ -117,7 +117,7 @@ def compare_command(
     return CompareOutput(text="\n\n".join([text, *written]) if written else text, warnings=list(report.warnings))
 
 
-def build_report(paths: Sequence[Path], now: Optional[float] = None, rule: str = HOLM) -> Report:
+def build_report(paths: Sequence[Path], now: float | None = None, rule: str = HOLM) -> Report:
     """Discover, load, group and compare (verdicts by ``rule``: Holm-adjusted or raw).
     Raises FloodError when no run is usable."""
     now = time.time() if now is None else now

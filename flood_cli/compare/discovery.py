@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from flood_cli.runs.folder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 

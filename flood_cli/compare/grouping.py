@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from flood_cli.compare.reader import Run, canonical
 from flood_cli.compare.stats import (
@@ -51,7 +52,7 @@ class Group:
         return self.runs[0].context_key
 
     @property
-    def mode(self) -> Optional[str]:
+    def mode(self) -> str | None:
         return self.runs[0].mode
 
     @property
@@ -72,7 +73,7 @@ class Group:
         return by_seed
 
     @cached_property
-    def sample(self) -> Optional[Sample]:
+    def sample(self) -> Sample | None:
         """One value per seed: the mean over that seed's replicate runs."""
         values = tuple(statistics.mean(losses) for losses in self.best_losses_by_seed.values())
         return Sample(values) if values else None
@@ -117,25 +118,25 @@ class Comparison:
     group: Group
     baseline: Group
     difference: float
-    difference_pct: Optional[float]
-    interval: Optional[Interval]
+    difference_pct: float | None
+    interval: Interval | None
     verdict: str
     notes: list[str] = field(default_factory=list)
     paired_seeds: list[Any] = field(default_factory=list)
     paired_differences: list[float] = field(default_factory=list)
-    paired_difference: Optional[float] = None
-    paired_difference_pct: Optional[float] = None
-    paired: Optional[Interval] = None
-    verdict_method: Optional[str] = None
+    paired_difference: float | None = None
+    paired_difference_pct: float | None = None
+    paired: Interval | None = None
+    verdict_method: str | None = None
     unpaired_verdict: str = ""
     still_improving: list[Run] = field(default_factory=list)
-    p_value: Optional[float] = None
-    p_holm: Optional[float] = None
+    p_value: float | None = None
+    p_holm: float | None = None
     verdict_rule: str = "holm"  # "holm" or "raw"
     family: int = 0
 
     @property
-    def tested_difference(self) -> Optional[float]:
+    def tested_difference(self) -> float | None:
         """The difference the verdict's test is about: the paired mean, or Δ of means."""
         return self.paired_difference if self.verdict_method == "paired" else self.difference
 
@@ -356,7 +357,7 @@ def _compare(group: Group, baseline: Group, others: Sequence[Group]) -> Comparis
 _METHOD_NAMES = {"welch": "Welch", "pooled": "pooled", "paired": "paired"}
 
 
-def _percent(difference: float, reference: float) -> Optional[float]:
+def _percent(difference: float, reference: float) -> float | None:
     if not reference:
         return None
     try:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 import os
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
-from flood_cli.core.errors import FloodError
 from flood_cli.compare.tables import seeds_text
+from flood_cli.core.errors import FloodError
 
 if TYPE_CHECKING:
     from flood_cli.compare.command import Report
@@ -53,14 +54,14 @@ def group_colours(count: int) -> list[Any]:
 PLOTTABLE_UP_TO = 1e100
 
 
-def _plottable(row: Optional[dict[str, Any]], x_key: str, y_key: str) -> bool:
+def _plottable(row: dict[str, Any] | None, x_key: str, y_key: str) -> bool:
     if row is None:
         return False
     x, y = row.get(x_key), row.get(y_key)
     return all(value is not None and math.isfinite(value) and abs(value) <= PLOTTABLE_UP_TO for value in (x, y))
 
 
-def _points(run: "Run", x_key: str, y_key: str) -> list[tuple[float, float]]:
+def _points(run: Run, x_key: str, y_key: str) -> list[tuple[float, float]]:
     return [(row[x_key], row[y_key]) for row in run.rows if _plottable(row, x_key, y_key)]  # type: ignore[misc]
 
 
@@ -68,13 +69,13 @@ def _points(run: "Run", x_key: str, y_key: str) -> list[tuple[float, float]]:
 class FigureNotes:
     """What `build_figure` decided, for its caller and the tests."""
 
-    zoom_range: Optional[tuple[float, float]] = None  # the zoomed panel's y limits
+    zoom_range: tuple[float, float] | None = None  # the zoomed panel's y limits
     above_zoom: list[str] = field(default_factory=list)  # groups whose curves stay above it
     banded: list[str] = field(default_factory=list)  # groups drawn as mean ± sd
     flood_levels: dict[str, float] = field(default_factory=dict)  # group -> b drawn
 
 
-def plot_runs(report: "Report", path: Path, x_axis: str = "epoch", seeds_as: str = "band") -> Path:
+def plot_runs(report: Report, path: Path, x_axis: str = "epoch", seeds_as: str = "band") -> Path:
     """Write the curves of `build_figure` to ``path``; returns the file written (``path``,
     with ``.png`` added when it has no suffix)."""
     path = image_path(path)
@@ -86,7 +87,7 @@ def plot_runs(report: "Report", path: Path, x_axis: str = "epoch", seeds_as: str
     return path
 
 
-def build_figure(report: "Report", x_axis: str = "epoch", seeds_as: str = "band") -> tuple[Any, FigureNotes]:
+def build_figure(report: Report, x_axis: str = "epoch", seeds_as: str = "band") -> tuple[Any, FigureNotes]:
     """Validation loss (solid) and training loss (dashed), the validation loss zoomed, and
     validation accuracy (and ECE when runs log it).
 
@@ -103,7 +104,7 @@ def build_figure(report: "Report", x_axis: str = "epoch", seeds_as: str = "band"
     from matplotlib.ticker import MaxNLocator
 
     notes = FigureNotes()
-    groups: Sequence["Group"] = [group for group in report.groups if group.runs]
+    groups: Sequence[Group] = [group for group in report.groups if group.runs]
     colours = dict(zip((group.id for group in groups), group_colours(len(groups))))
     many = len(report.runs) > MANY_RUNS
     line_width, alpha = (1.0, 0.7) if many else (1.6, 0.9)
@@ -200,7 +201,7 @@ ZOOM_OUTLIER_FACTOR = 3.0
 ZOOM_QUANTILE = 0.6
 
 
-def zoom_range(values: dict[str, list[float]]) -> Optional[tuple[float, float, list[str]]]:
+def zoom_range(values: dict[str, list[float]]) -> tuple[float, float, list[str]] | None:
     """The zoomed panel's y limits, and the groups left above it.
 
     ``values``: each group's plotted validation losses. The bottom is the lowest of all
@@ -249,7 +250,7 @@ def _draw_flood_levels(axes: Any, levels: dict[str, float], colours: dict[str, A
                   color=colours[group_ids[0]])
 
 
-def _marker_offsets(runs: Sequence["Run"], x_axis: str, count: int) -> list[float]:
+def _marker_offsets(runs: Sequence[Run], x_axis: str, count: int) -> list[float]:
     """Sideways shifts of each group's best-point markers: groups spread over a third of
     the distance between evaluations, so that markers at one evaluation stay visible."""
     if count < 2:
@@ -270,7 +271,7 @@ def image_path(path: Path) -> Path:
     return Path(str(path).rstrip(".") + ".png")
 
 
-def _legend_label(group: "Group", hidden_under: Optional[str], wrap: bool) -> str:
+def _legend_label(group: Group, hidden_under: str | None, wrap: bool) -> str:
     counts = [seeds_text(group)]
     if len(group.runs) != group.n_seeds:
         counts.insert(0, f"{len(group.runs)} runs")
@@ -293,7 +294,7 @@ def _legend_label(group: "Group", hidden_under: Optional[str], wrap: bool) -> st
     return "\n".join(lines)
 
 
-def _hidden_under(groups: Sequence["Group"]) -> dict[str, str]:
+def _hidden_under(groups: Sequence[Group]) -> dict[str, str]:
     """Groups whose validation curves all coincide with a group drawn later (on top).
 
     b = 0 flooding or a repeated run gives exactly the baseline's curve; without a word
@@ -312,12 +313,12 @@ def _hidden_under(groups: Sequence["Group"]) -> dict[str, str]:
     return hidden
 
 
-def _curve_key(run: "Run") -> tuple:
+def _curve_key(run: Run) -> tuple:
     return tuple((row["epoch"], row["val_loss"]) for row in run.rows)
 
 
 def _draw_group(
-    runs: Sequence["Run"],
+    runs: Sequence[Run],
     axes: tuple[Any, Any, Any, Any],
     x_axis: str,
     colour: Any,
@@ -396,7 +397,7 @@ def _draw_group(
     return drawn
 
 
-def _seed_curves(runs: Sequence["Run"], x_axis: str, key: str) -> list[list[tuple[float, float]]]:
+def _seed_curves(runs: Sequence[Run], x_axis: str, key: str) -> list[list[tuple[float, float]]]:
     """One curve per seed of the complete runs: replicates of a seed averaged point by point."""
     by_seed: dict[Any, dict[float, list[float]]] = {}
     for run in runs:
@@ -434,7 +435,7 @@ def _mean_and_half_width(values: Sequence[float]) -> tuple[float, float]:
     return mean, student_t_quantile(0.975, len(values) - 1) * sd / math.sqrt(len(values))
 
 
-def _per_seed(group: "Group", value: Any) -> list[float]:
+def _per_seed(group: Group, value: Any) -> list[float]:
     """One figure per seed of a group's complete runs (replicates of a seed averaged)."""
     by_seed: dict[Any, list[float]] = {}
     for run in group.runs:
@@ -451,7 +452,7 @@ READABLE_BAND_SEEDS = 3
 ACCURACY_RANGE = (0.0, 1.0)
 
 
-def plot_sweep_curve(report: "Report", key: str, path: Path) -> Optional[Path]:
+def plot_sweep_curve(report: Report, key: str, path: Path) -> Path | None:
     """Write the figure of `build_sweep_curve` to ``path``; None when no group varies ``key``."""
     built = build_sweep_curve(report, key)
     if built is None:
@@ -465,7 +466,7 @@ def plot_sweep_curve(report: "Report", key: str, path: Path) -> Optional[Path]:
     return target
 
 
-def build_sweep_curve(report: "Report", key: str) -> Optional[tuple[Any, list[str]]]:
+def build_sweep_curve(report: Report, key: str) -> tuple[Any, list[str]] | None:
     """Best validation loss and best validation accuracy against a swept value (``key``,
     e.g. ``train.b``): per value, the mean over seeds with its 95 % interval as a band
     and each seed as a dot; the baseline group as a horizontal line and band. Settings
@@ -561,7 +562,7 @@ def student_t_quantile_975(df: float) -> float:
     return student_t_quantile(0.975, df)
 
 
-def sweep_curves(report: "Report", key: str) -> dict[str, list[tuple[float, "Group"]]]:
+def sweep_curves(report: Report, key: str) -> dict[str, list[tuple[float, Group]]]:
     """The groups that set ``key`` (baselines aside), as curves: one per mode and per
     combination of the other settings that differ between groups (flooding and iFlood at
     the same b are two curves, never one line through both)."""
@@ -571,7 +572,7 @@ def sweep_curves(report: "Report", key: str) -> dict[str, list[tuple[float, "Gro
         and g.n_seeds
     ]
     several_modes = len({g.settings.get("train.mode") for g in candidates}) > 1
-    curves: dict[str, list[tuple[float, "Group"]]] = {}
+    curves: dict[str, list[tuple[float, Group]]] = {}
     for group in candidates:
         others = {k: v for k, v in group.settings.items() if k != key and k != "train.seed"}
         label = _differing_label(others, [g.settings for g in report.groups], key)

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -35,7 +36,7 @@ from flood_cli.runs.folder import (
 if TYPE_CHECKING:
     from flood_cli.compare.grouping import Group
 
-Row = dict[str, Optional[float]]
+Row = dict[str, float | None]
 
 # The metrics.csv columns compare reads; a row with garbage in one of them is dropped.
 METRICS_USED = ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "val_loss_top10_share")
@@ -63,31 +64,31 @@ class Run:
     name: str
     status: str
     complete: bool
-    mode: Optional[str]
-    b: Optional[float]
-    lr: Optional[float]
-    ascent_lr: Optional[float]
-    seed: Optional[int]
-    epochs: Optional[int]
+    mode: str | None
+    b: float | None
+    lr: float | None
+    ascent_lr: float | None
+    seed: int | None
+    epochs: int | None
     model: str
     data: str
     group_key: str
     context_key: str
     settings: dict[str, Any]
     rows: list[Row]
-    best_row: Optional[Row] = None
-    best_accuracy_row: Optional[Row] = None
+    best_row: Row | None = None
+    best_accuracy_row: Row | None = None
     loss_up_accuracy_up: list[Row] = field(default_factory=list)
     # Set by grouping.
-    group: Optional["Group"] = None
-    diff_to_baseline: Optional[float] = None  # best val_loss − the baseline group's mean
-    diff_to_baseline_pct: Optional[float] = None
+    group: Group | None = None
+    diff_to_baseline: float | None = None  # best val_loss − the baseline group's mean
+    diff_to_baseline_pct: float | None = None
     # best val_loss − that of the baseline group's run(s) with the same seed (their mean)
-    paired_diff_to_baseline: Optional[float] = None
-    paired_diff_to_baseline_pct: Optional[float] = None
+    paired_diff_to_baseline: float | None = None
+    paired_diff_to_baseline_pct: float | None = None
 
     @property
-    def best_val_loss(self) -> Optional[float]:
+    def best_val_loss(self) -> float | None:
         return self.best_row["val_loss"] if self.best_row else None
 
     @property
@@ -105,7 +106,7 @@ class Run:
         return self.complete and len(self.rows) >= 2 and self.best_row is not None and self.best_row is self.rows[-1]
 
 
-def load_run(path: Path, now: float) -> tuple[Optional[Run], Optional[str]]:
+def load_run(path: Path, now: float) -> tuple[Run | None, str | None]:
     """Read one run folder: the run (None if unusable) and at most one warning line."""
     problems: list[str] = []
     try:
@@ -209,7 +210,7 @@ def parse_metrics(text: str) -> tuple[list[Row], list[str]]:
     return rows, problems
 
 
-def _parse_row(header: list[str], cells: list[str]) -> Optional[Row]:
+def _parse_row(header: list[str], cells: list[str]) -> Row | None:
     row: Row = {}
     for name, cell in zip(header, cells):
         cell = cell.strip()
@@ -227,7 +228,7 @@ def _parse_row(header: list[str], cells: list[str]) -> Optional[Row]:
     return row
 
 
-def _read_file(path: Path, problems: list[str]) -> Optional[str]:
+def _read_file(path: Path, problems: list[str]) -> str | None:
     """The file's text, or None and a problem message (missing or unreadable). Raises
     RunFileRefused for a file that is not regular or is over its cap (never read)."""
     try:
@@ -239,7 +240,7 @@ def _read_file(path: Path, problems: list[str]) -> Optional[str]:
     return None
 
 
-def _read_mapping(path: Path, parse: Callable[[str], Any], problems: list[str]) -> Optional[dict[str, Any]]:
+def _read_mapping(path: Path, parse: Callable[[str], Any], problems: list[str]) -> dict[str, Any] | None:
     """Read a YAML or JSON file that must hold a mapping; a problem message otherwise.
     Raises safe_yaml.RefusedYaml for YAML that is well formed but refused."""
     text = _read_file(path, problems)
@@ -264,7 +265,7 @@ def _read_mapping(path: Path, parse: Callable[[str], Any], problems: list[str]) 
 
 def _experiment(
     path: Path,
-    config: Optional[dict[str, Any]],
+    config: dict[str, Any] | None,
     model: dict[str, Any],
     data: dict[str, Any],
     train: dict[str, Any],
@@ -295,7 +296,7 @@ def _without_nulls(section: dict[str, Any]) -> dict[str, Any]:
     return {k: _without_nulls(v) if isinstance(v, dict) else v for k, v in section.items() if v is not None}
 
 
-def _section(config: Optional[dict[str, Any]], name: str) -> dict[str, Any]:
+def _section(config: dict[str, Any] | None, name: str) -> dict[str, Any]:
     value = (config or {}).get(name)
     return value if isinstance(value, dict) else {}
 
@@ -320,14 +321,14 @@ def _first(*values: Any) -> Any:
     return next((value for value in values if value is not None), None)
 
 
-def _as_float(value: Any) -> Optional[float]:
+def _as_float(value: Any) -> float | None:
     try:
         return None if value is None or isinstance(value, bool) else float(value)
     except (TypeError, ValueError, OverflowError):  # OverflowError: an int past 1.8e308
         return None
 
 
-def _as_int(value: Any) -> Optional[int]:
+def _as_int(value: Any) -> int | None:
     number = _as_float(value)
     return int(number) if number is not None and number.is_integer() else None
 
@@ -336,7 +337,7 @@ def _as_int(value: Any) -> Optional[int]:
 # Status and curves
 
 
-def _status_consequence(run: Run, summary: dict[str, Any], summary_path: Path, now: float, last_epoch: float) -> Optional[str]:
+def _status_consequence(run: Run, summary: dict[str, Any], summary_path: Path, now: float, last_epoch: float) -> str | None:
     progress = f"epoch {format_epoch(last_epoch)}" + (f" of {run.epochs}" if run.epochs else "")
     left_out = "shown as incomplete, left out of seed statistics"
     if run.status == "completed":
@@ -356,7 +357,7 @@ def _status_consequence(run: Run, summary: dict[str, Any], summary_path: Path, n
     return f"{run.status} at {progress}; {left_out}"
 
 
-def _age_s(summary: dict[str, Any], summary_path: Path, now: float) -> Optional[float]:
+def _age_s(summary: dict[str, Any], summary_path: Path, now: float) -> float | None:
     try:
         updated = datetime.fromisoformat(str(summary["updated_at"])).timestamp()
     except (KeyError, ValueError, TypeError):
@@ -374,7 +375,7 @@ def _format_age(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
-def format_epoch(epoch: Optional[float]) -> str:
+def format_epoch(epoch: float | None) -> str:
     """1, 2, 3 for whole epochs; 1.50 for evaluations within an epoch (and whole steps)."""
     if epoch is None:
         return ""
@@ -385,7 +386,7 @@ def format_epoch(epoch: Optional[float]) -> str:
     return f"{epoch:.2f}" if abs(epoch) < 1e15 else f"{epoch:g}"
 
 
-def finite(value: Optional[float]) -> bool:
+def finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 

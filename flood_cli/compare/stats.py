@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 CI_LEVEL = 0.95
 # A difference is a verdict ("lower", "higher") when the p of its test is below this:
@@ -52,7 +52,7 @@ class Sample:
         return statistics.mean(self.values)
 
     @property
-    def sd(self) -> Optional[float]:
+    def sd(self) -> float | None:
         """Sample standard deviation (n − 1); None for a single seed; inf when it is
         beyond a float (losses near 1e308, which no real run reaches)."""
         if self.n < 2:
@@ -71,7 +71,7 @@ class Interval:
     df: float
     # Two-sided p of the t test that the difference is 0 (same t, same df as the
     # interval): below ALPHA exactly when the 95 % interval leaves out 0.
-    p: Optional[float] = None
+    p: float | None = None
 
 
 def two_sided_p(t: float, df: float) -> float:
@@ -79,7 +79,7 @@ def two_sided_p(t: float, df: float) -> float:
     return min(1.0, 2.0 * student_t_cdf(-abs(t), df))
 
 
-def difference_interval(group: Sample, baseline: Sample, level: float = CI_LEVEL) -> Optional[Interval]:
+def difference_interval(group: Sample, baseline: Sample, level: float = CI_LEVEL) -> Interval | None:
     """Interval for mean(group) − mean(baseline); None when there is no noise estimate.
 
     Welch's t when both groups have two or more seeds (no equal-variance assumption).
@@ -126,7 +126,7 @@ def same_up_to_rounding(differences: Sequence[float], scale: float) -> bool:
     return max(differences) - min(differences) <= ROUNDING * abs(scale)
 
 
-def paired_interval(differences: Sequence[float], level: float = CI_LEVEL, scale: float = 0.0) -> Optional[Interval]:
+def paired_interval(differences: Sequence[float], level: float = CI_LEVEL, scale: float = 0.0) -> Interval | None:
     """Interval for the mean of per-seed differences (group − baseline at the same seed):
     Student's t with n − 1 degrees of freedom on the differences themselves.
 
@@ -168,7 +168,7 @@ def p_verdict(p: float, difference: float) -> str:
     return WITHIN_NOISE
 
 
-def verdict_for(interval: Optional[Interval], group: Sample, baseline: Sample) -> str:
+def verdict_for(interval: Interval | None, group: Sample, baseline: Sample) -> str:
     """What the interval says; without one, why there is none. A pooled interval (one
     side with a single seed) gives no verdict: that side's noise is not measured, and the
     interval only borrows the other side's spread."""
@@ -268,7 +268,7 @@ def student_t_quantile(p: float, df: float) -> float:
 # Many settings against one baseline
 
 
-def paired_p_value(differences: Sequence[float]) -> Optional[float]:
+def paired_p_value(differences: Sequence[float]) -> float | None:
     """Two-sided p of the paired t test that the mean per-seed difference is 0.
 
     None with fewer than two differences or none of them spread (no test is possible).
@@ -283,13 +283,13 @@ def paired_p_value(differences: Sequence[float]) -> Optional[float]:
     return min(1.0, 2.0 * student_t_cdf(-abs(t), sample.n - 1))
 
 
-def holm_adjust(p_values: Sequence[Optional[float]]) -> list[Optional[float]]:
+def holm_adjust(p_values: Sequence[float | None]) -> list[float | None]:
     """Holm–Bonferroni adjusted p-values, in the given order (None stays None and is not
     counted). Comparing k settings with one baseline at 5 % each finds a "difference"
     somewhere far more often than 5 % of the time; an adjusted p below 0.05 keeps the
     chance of any false "difference" in the family at 5 %."""
     present = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
-    adjusted: list[Optional[float]] = [None] * len(p_values)
+    adjusted: list[float | None] = [None] * len(p_values)
     running = 0.0
     for rank, (p, index) in enumerate(present):
         running = max(running, min(1.0, (len(present) - rank) * p))

@@ -14,13 +14,14 @@ import os
 import shutil
 import sys
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
-from flood_cli.core.errors import FloodError, escaped
 from flood_cli.compare.reader import Row, Run, format_epoch
 from flood_cli.compare.stats import ALPHA, CI_LEVEL
+from flood_cli.core.errors import FloodError, escaped
 
 if TYPE_CHECKING:
     from flood_cli.compare.command import Report
@@ -75,7 +76,7 @@ class Table:
 # The four tables
 
 
-def report_tables(report: "Report") -> list[Table]:
+def report_tables(report: Report) -> list[Table]:
     tables = [runs_table(report), groups_table(report)]
     if report.comparisons:
         tables.append(comparisons_table(report.comparisons))
@@ -87,7 +88,7 @@ DIFF_MEAN = "Δ vs baseline mean"
 DIFF_SEED = "Δ vs same-seed baseline"
 
 
-def runs_table(report: "Report") -> Table:
+def runs_table(report: Report) -> Table:
     has_baseline = any(run.diff_to_baseline is not None for run in report.runs)
     has_paired = any(run.paired_diff_to_baseline is not None for run in report.runs)
     columns = ["run", "group", "mode", "b", "lr", "ascent_lr", "seed", "epochs", "best val_loss",
@@ -140,7 +141,7 @@ def runs_table(report: "Report") -> Table:
     )
 
 
-def _unready_baseline_notes(report: "Report") -> list[str]:
+def _unready_baseline_notes(report: Report) -> list[str]:
     """Why a group shows no difference although a baseline of its model and data exists."""
     by_baseline: dict[str, list[str]] = {}
     described: dict[str, str] = {}
@@ -157,7 +158,7 @@ def _unready_baseline_notes(report: "Report") -> list[str]:
     return notes
 
 
-def _run_states(group: "Group") -> str:
+def _run_states(group: Group) -> str:
     """How a group's runs stand: "2 running, 1 failed"."""
     counts: dict[str, int] = {}
     for run in group.runs:
@@ -168,7 +169,7 @@ def _run_states(group: "Group") -> str:
     return ", ".join(f"{count} {state}" for state, count in sorted(counts.items()))
 
 
-def groups_table(report: "Report") -> Table:
+def groups_table(report: Report) -> Table:
     rows = []
     for group in report.groups:
         sample = group.sample
@@ -195,7 +196,7 @@ def groups_table(report: "Report") -> Table:
     )
 
 
-def _groups_footnotes(groups: Sequence["Group"]) -> list[str]:
+def _groups_footnotes(groups: Sequence[Group]) -> list[str]:
     """Why a group has fewer seeds than runs: replicates, and runs left out."""
     replicates = [
         f"{group.id} seed {seed} ×{len(losses)}"
@@ -228,7 +229,7 @@ P_RAW = "p"
 P_HOLM = "Holm p"
 
 
-def comparisons_table(comparisons: Sequence["Comparison"]) -> Table:
+def comparisons_table(comparisons: Sequence[Comparison]) -> Table:
     from flood_cli.compare.grouping import HOLM, format_p
 
     footnotes: list[str] = []
@@ -334,17 +335,17 @@ def verdict_rule_note(family: int, holm: bool) -> str:
     )
 
 
-def seeds_text(group: "Group") -> str:
+def seeds_text(group: Group) -> str:
     return f"{group.n_seeds} seed{'s' if group.n_seeds != 1 else ''}"
 
 
-def _interval_cell(interval: Optional["Interval"]) -> str:
+def _interval_cell(interval: Interval | None) -> str:
     if interval is None:
         return ""
     return f"[{_format_number(interval.low, sign=True)}, {_format_number(interval.high, sign=True)}]"
 
 
-def _method_cell(comparison: "Comparison") -> str:
+def _method_cell(comparison: Comparison) -> str:
     interval = comparison.interval
     if interval is None:
         return ""
@@ -416,7 +417,7 @@ def _drop_column(columns: list[str], rows: list[list[str]], name: str) -> None:
 FIXED_POINT_UP_TO = 1e6
 
 
-def _format_number(value: Optional[float], sign: bool = False, digits: int = 4) -> str:
+def _format_number(value: float | None, sign: bool = False, digits: int = 4) -> str:
     if value is None:
         return ""
     if math.isnan(value):
@@ -425,11 +426,11 @@ def _format_number(value: Optional[float], sign: bool = False, digits: int = 4) 
     return f"{value:{'+' if sign else ''}.{digits}{style}}"
 
 
-def _format_g(value: Optional[float]) -> str:
+def _format_g(value: float | None) -> str:
     return "" if value is None else f"{value:g}"
 
 
-def _at(row: Optional[Row]) -> str:
+def _at(row: Row | None) -> str:
     if row is None:
         return ""
     step = row.get("step")
@@ -444,7 +445,7 @@ def _status_cell(run: Run) -> str:
     return f"{run.status} {progress}" + ("" if run.complete else " (incomplete)") + improving
 
 
-def _difference_cell(value: Optional[float], pct: Optional[float]) -> str:
+def _difference_cell(value: float | None, pct: float | None) -> str:
     if value is None:
         return ""
     return _format_number(value, sign=True) + (f" ({_format_number(pct, sign=True, digits=2)}%)" if pct is not None else "")
@@ -465,7 +466,7 @@ def _escaped_table(table: Table) -> Table:
     )
 
 
-def terminal_width() -> Optional[int]:
+def terminal_width() -> int | None:
     """The width the text tables must fit: ``COLUMNS`` when set to a number, else the
     terminal's when stdout is one; None (no limit) in a pipe or a file."""
     columns = os.environ.get("COLUMNS", "").strip()
@@ -492,7 +493,7 @@ def _cut(cell: str, width: int) -> str:
     return cell[:head] + "…" + cell[len(cell) - (width - 1 - head):]
 
 
-def fit_table(table: Table, width: Optional[int]) -> Table:
+def fit_table(table: Table, width: int | None) -> Table:
     """The table made to fit ``width`` characters: short headers, then the least useful
     columns left out (a footnote names them) and the elastic cells cut with "…", in the
     table's drop_order; last, the elastic cells cut further. A table that fits, or
@@ -504,7 +505,7 @@ def fit_table(table: Table, width: Optional[int]) -> Table:
     rows = [list(row) for row in table.rows]
     left_out = []
 
-    def cut_elastic(floor: Optional[int]) -> None:
+    def cut_elastic(floor: int | None) -> None:
         """Cut the widest elastic column by one character at a time until the table
         fits or every elastic column is at its floor (its own width, or ``floor``)."""
         excess = _table_width(columns, rows) - width  # type: ignore[operator]
@@ -561,7 +562,7 @@ def _legend_lines(table: Table) -> list[str]:
     return [f"{name}: {text}" for name, text in table.legend if name in table.columns]
 
 
-def render_terminal(tables: Sequence[Table], width: Optional[int] = None) -> str:
+def render_terminal(tables: Sequence[Table], width: int | None = None) -> str:
     """Plain aligned columns, one line per row, footnotes below; within ``width``
     characters when given (see `fit_table`).
 
@@ -610,7 +611,7 @@ def render_markdown(tables: Sequence[Table]) -> str:
 # JSON and CSV
 
 
-def report_json(report: "Report") -> str:
+def report_json(report: Report) -> str:
     document = {
         "version": JSON_VERSION,
         "runs": [run_record(run) for run in report.runs],
@@ -671,7 +672,7 @@ def run_record(run: Run) -> dict[str, Any]:
     }
 
 
-def group_record(group: "Group") -> dict[str, Any]:
+def group_record(group: Group) -> dict[str, Any]:
     sample = group.sample
     return {
         "id": group.id,
@@ -690,7 +691,7 @@ def group_record(group: "Group") -> dict[str, Any]:
     }
 
 
-def comparison_record(comparison: "Comparison") -> dict[str, Any]:
+def comparison_record(comparison: Comparison) -> dict[str, Any]:
     interval = comparison.interval
     sample, reference = comparison.group.sample, comparison.baseline.sample
     assert sample is not None and reference is not None
@@ -730,7 +731,7 @@ def comparison_record(comparison: "Comparison") -> dict[str, Any]:
     }
 
 
-def write_csv(report: "Report", path: Path) -> None:
+def write_csv(report: Report, path: Path) -> None:
     try:
         with open(path, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
@@ -749,13 +750,13 @@ def write_csv(report: "Report", path: Path) -> None:
         raise FloodError(f"cannot write CSV {path}: {exc.strerror or exc}; pass a writable --csv path") from None
 
 
-def _json_number(value: Optional[float]) -> Optional[float]:
+def _json_number(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def _row_get(row: Optional[Row], key: str) -> Optional[float]:
+def _row_get(row: Row | None, key: str) -> float | None:
     return _json_number(row.get(key)) if row else None
 
 
-def _as_step(value: Optional[float]) -> Optional[int]:
+def _as_step(value: float | None) -> int | None:
     return int(value) if value is not None and math.isfinite(value) else None

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import copy
 import difflib
-from fractions import Fraction
 import re
+from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal, Optional, Union, get_args
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -72,7 +72,7 @@ class TinyBertConfig(_Section):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
-    def _heads_divide_hidden(self) -> "TinyBertConfig":
+    def _heads_divide_hidden(self) -> TinyBertConfig:
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})"
@@ -81,14 +81,14 @@ class TinyBertConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name_or_path: Optional[str] = Field(None, description="Hub model name or local folder")
-    tiny: Optional[TinyBertConfig] = None
-    tokenizer: Optional[str] = Field(
+    name_or_path: str | None = Field(None, description="Hub model name or local folder")
+    tiny: TinyBertConfig | None = None
+    tokenizer: str | None = Field(
         None, description="Tokenizer (Hub name or folder); default: the model's own, or the shipped vocabulary for a tiny model"
     )
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ModelConfig":
+    def _one_source(self) -> ModelConfig:
         if (self.name_or_path is None) == (self.tiny is None):
             raise ValueError("set exactly one of name_or_path (a Hub name or local folder) or tiny (a small BERT built from scratch)")
         return self
@@ -98,34 +98,34 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    dataset: Optional[str] = Field(None, description="Hub dataset name, e.g. glue")
-    subset: Optional[str] = Field(None, description="Hub dataset configuration, e.g. sst2")
-    train_file: Optional[str] = None
-    validation_file: Optional[str] = None
-    test_file: Optional[str] = None
+    dataset: str | None = Field(None, description="Hub dataset name, e.g. glue")
+    subset: str | None = Field(None, description="Hub dataset configuration, e.g. sst2")
+    train_file: str | None = None
+    validation_file: str | None = None
+    test_file: str | None = None
     train_split: str = "train"
-    validation_split: Optional[str] = "validation"
-    test_split: Optional[str] = None
+    validation_split: str | None = "validation"
+    test_split: str | None = None
     validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     split_seed: int = Field(42, description=f"0 to {SEED_MAX}")
     text_column: str = "text"
-    text_pair_column: Optional[str] = None
+    text_pair_column: str | None = None
     label_column: str = "label"
     max_length: int = Field(128, ge=8)
-    max_train_examples: Optional[int] = Field(None, ge=1)
-    max_val_examples: Optional[int] = Field(None, ge=1)
+    max_train_examples: int | None = Field(None, ge=1)
+    max_val_examples: int | None = Field(None, ge=1)
     label_noise: float = Field(
         0.0, ge=0.0, lt=1.0, description="flip this seeded fraction of the training labels (validation and test never)"
     )
     label_noise_seed: int = Field(0, description=f"which labels are flipped: 0 to {SEED_MAX}")
-    holdout: Optional["HoldoutConfig"] = Field(
+    holdout: HoldoutConfig | None = Field(
         None, description="train on every fold of the training split but one (AdaFlood's auxiliary runs write this)"
     )
 
     _split_seed_in_range = field_validator("split_seed", "label_noise_seed")(_seed_in_range)
 
     @model_validator(mode="after")
-    def _one_source(self) -> "DataConfig":
+    def _one_source(self) -> DataConfig:
         if (self.dataset is None) == (self.train_file is None):
             raise ValueError("set exactly one of dataset (a Hub dataset name) or train_file (a local csv/tsv/json/jsonl/parquet file)")
         return self
@@ -168,7 +168,7 @@ class HoldoutConfig(_Section):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _fold_exists(self) -> "HoldoutConfig":
+    def _fold_exists(self) -> HoldoutConfig:
         if self.fold >= self.folds:
             raise ValueError(f"fold {self.fold} does not exist among {self.folds} folds (0 to {self.folds - 1})")
         return self
@@ -179,15 +179,15 @@ DataConfig.model_rebuild()
 
 class TrainConfig(_Section):
     mode: ModeName = "baseline"
-    b: Optional[float] = Field(None, ge=0.0, description="flood level (modes flooding and iflood)")
+    b: float | None = Field(None, ge=0.0, description="flood level (modes flooding and iflood)")
     lr: float = Field(2e-5, gt=0.0, description="learning rate (the descent rate in mode alternate)")
-    ascent_lr: Optional[float] = Field(None, gt=0.0, description="ascent learning rate (mode alternate)")
+    ascent_lr: float | None = Field(None, gt=0.0, description="ascent learning rate (mode alternate)")
     ascent_optimizer: Literal["separate", "shared"] = Field(
         "separate",
         description="mode alternate: ascent steps through a second AdamW with moments of their own (separate), "
         "or with the negated gradient through the descent AdamW (shared)",
     )
-    optimizer: Optional[Literal["adamw", "sgd"]] = Field(
+    optimizer: Literal["adamw", "sgd"] | None = Field(
         None,
         description="the descent optimizer: adamw (the default) or sgd (plain, no momentum; weight decay as L2), "
         "e.g. a baseline to set beside backstitch, which is always SGD",
@@ -198,21 +198,21 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.01, ge=0.0)
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of optimizer steps spent warming up")
     schedule: Literal["linear", "cosine", "constant"] = "linear"
-    max_grad_norm: Optional[float] = Field(1.0, gt=0.0, description="gradient clipping; null turns it off")
+    max_grad_norm: float | None = Field(1.0, gt=0.0, description="gradient clipping; null turns it off")
     grad_accum_steps: int = Field(1, ge=1)
     group_by_length: bool = Field(
         False, description="batches of similar lengths (less padding, faster; changes which examples share a batch)"
     )
     seed: int = Field(42, description=f"0 to {SEED_MAX}")
-    eval_every: Union[int, str] = Field(
+    eval_every: int | str = Field(
         "epoch", description="'epoch', a fraction of an epoch ('0.5 epoch': twice per epoch) or a number of optimizer steps"
     )
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a nan/inf loss stops the run (failed), or skips that optimizer step (costs one sync per step)"
     )
-    adaflood: Optional[AdaFloodConfig] = None
-    backstitch: Optional[BackstitchConfig] = None
-    gradnorm: Optional[GradNormConfig] = None
+    adaflood: AdaFloodConfig | None = None
+    backstitch: BackstitchConfig | None = None
+    gradnorm: GradNormConfig | None = None
 
     _seed_in_range = field_validator("seed")(_seed_in_range)
 
@@ -255,7 +255,7 @@ class TrainConfig(_Section):
         return Fraction(self.eval_every)
 
     @model_validator(mode="after")
-    def _mode_parameters(self) -> "TrainConfig":
+    def _mode_parameters(self) -> TrainConfig:
         flood_modes = ("flooding", "iflood")
         if self.mode in flood_modes and self.b is None:
             raise ValueError(f"mode {self.mode} needs a flood level: set train.b (or pass --b)")
@@ -297,11 +297,11 @@ class RuntimeConfig(_Section):
 
 class OutputConfig(_Section):
     dir: str = "runs"
-    name: Optional[str] = Field(
+    name: str | None = Field(
         None, description=f"run folder name ({NAME_CHARACTERS}; at most {NAME_MAX}); default: generated from mode, b, lr, seed and time"
     )
     save_best_model: bool = False
-    checkpoint_every: Optional[int] = Field(
+    checkpoint_every: int | None = Field(
         None, ge=1, description="also checkpoint every N optimizer steps (always at each evaluation)"
     )
     keep_checkpoint: bool = Field(
@@ -322,7 +322,7 @@ class OutputConfig(_Section):
 
     @field_validator("name")
     @classmethod
-    def _plain_name(cls, value: Optional[str]) -> Optional[str]:
+    def _plain_name(cls, value: str | None) -> str | None:
         # A name is printed, pasted into shells and joined to output.dir: no path
         # separators, no "." or "..", no spaces, line breaks or other control characters.
         if value is not None and not is_plain_name(value):
@@ -460,7 +460,7 @@ def _unusable_path(key: str, path: str, exc: Exception) -> FloodError:
     return FloodError(f"{key}: {shown_repr(path)} is not a usable path ({shown(reason.rstrip('.'))}); fix {key}")
 
 
-def _resolve_relative(path: Optional[str], base: Path, key: str = "path") -> Optional[str]:
+def _resolve_relative(path: str | None, base: Path, key: str = "path") -> str | None:
     if path is None:
         return None
     try:
@@ -496,7 +496,7 @@ def resolve_paths(config: Config, base: Path) -> Config:
 
 
 def _format_validation_error(
-    error: ValidationError, source: str, origins: Optional[dict[str, str]] = None, before: Optional[dict[str, Any]] = None
+    error: ValidationError, source: str, origins: dict[str, str] | None = None, before: dict[str, Any] | None = None
 ) -> str:
     """One line for the first problem, said as coming from ``source``, or from the
     ``--set`` that gave the key (``origins``: dotted key -> that option as given;
@@ -538,7 +538,7 @@ def _format_validation_error(
     return f"{source}: {where + ': ' if where else ''}{message}{got}"
 
 
-def _section_at(loc: list[str]) -> Optional[type[BaseModel]]:
+def _section_at(loc: list[str]) -> type[BaseModel] | None:
     model: type[BaseModel] = Config
     for part in loc:
         field = model.model_fields.get(part)
@@ -553,7 +553,7 @@ def _section_at(loc: list[str]) -> Optional[type[BaseModel]]:
     return model
 
 
-def _origin(loc: list[str], unknown: bool, origins: dict[str, str], before: dict[str, Any]) -> Optional[str]:
+def _origin(loc: list[str], unknown: bool, origins: dict[str, str], before: dict[str, Any]) -> str | None:
     """The --set that put the failing key (or the section above it) in the config."""
     dotted = ".".join(loc)
     for key, origin in origins.items():
@@ -573,7 +573,7 @@ def _has_path(raw: Any, parts: list[str]) -> bool:
 
 
 def validate(
-    raw: dict[str, Any], source: str, origins: Optional[dict[str, str]] = None, before: Optional[dict[str, Any]] = None
+    raw: dict[str, Any], source: str, origins: dict[str, str] | None = None, before: dict[str, Any] | None = None
 ) -> Config:
     try:
         return Config.model_validate(raw)
@@ -582,8 +582,8 @@ def validate(
 
 
 def load_config(
-    path: Union[str, Path],
-    overrides: Optional[dict[str, Any]] = None,
+    path: str | Path,
+    overrides: dict[str, Any] | None = None,
     sets: tuple[str, ...] | list[str] = (),
     new_run: bool = True,
 ) -> Config:

@@ -10,8 +10,9 @@ warnings.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any
 
 from flood_cli.core.reporting import NullReporter
 
@@ -23,14 +24,14 @@ class RichReporter:
     # Reading the loss costs one host-device sync, so the bar asks for it every N steps only.
     live_loss_every = 20
 
-    def __init__(self, console: Optional[Any] = None, get_time: Optional[Callable[[], float]] = None) -> None:
+    def __init__(self, console: Any | None = None, get_time: Callable[[], float] | None = None) -> None:
         from rich.console import Console
 
         self.console = console if console is not None else Console(stderr=True)
         self.progress = _training_progress(self.console, get_time)
-        self.task: Optional[Any] = None
+        self.task: Any | None = None
 
-    def __enter__(self) -> "RichReporter":
+    def __enter__(self) -> RichReporter:
         self.progress.start()
         return self
 
@@ -40,7 +41,7 @@ class RichReporter:
     def start(self, total_steps: int, steps_per_epoch: int, epochs: int) -> None:
         self.task = self.progress.add_task("train", total=total_steps, epoch=0.0, epochs=epochs, loss=None, last_eval=None)
 
-    def step(self, step: int, epoch: float, train_loss: Optional[float]) -> None:
+    def step(self, step: int, epoch: float, train_loss: float | None) -> None:
         """``epoch`` is step / steps_per_epoch, as the CSV's; ``train_loss`` (when read)
         the mean loss since the last evaluation, as the CSV's train_loss."""
         fields: dict[str, Any] = {"epoch": epoch}
@@ -84,7 +85,7 @@ FIT_LEVELS: tuple[dict[str, Any], ...] = (
 )
 
 
-def _clock(seconds: Optional[float]) -> str:
+def _clock(seconds: float | None) -> str:
     if seconds is None:
         return "-:--:--"
     minutes, secs = divmod(int(max(seconds, 0)), 60)
@@ -92,7 +93,7 @@ def _clock(seconds: Optional[float]) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-def _eval_texts(row: Optional[dict[str, Any]]) -> tuple[str, ...]:
+def _eval_texts(row: dict[str, Any] | None) -> tuple[str, ...]:
     if row is None:
         return ("", "", "")
     val, best = f"val_loss {row['val_loss']:.4f}", f"(best {row['best_val_loss']:.4f})"
@@ -127,7 +128,7 @@ def fit_line(task: Any, width: int) -> list[Any]:
     return [(task.completed, task.total, max(BAR_MIN, min(BAR_MAX, width - used))) if cell == "bar" else cell for cell in cells]
 
 
-def _training_progress(console: Any, get_time: Optional[Callable[[], float]]) -> Any:
+def _training_progress(console: Any, get_time: Callable[[], float] | None) -> Any:
     """rich's Progress whose line is laid out by `fit_line` for the console's width at
     each refresh (rich's own columns would squeeze every field alike: `5… 0:1…`)."""
     from rich.progress import Progress, ProgressBar
@@ -177,8 +178,8 @@ class SweepProgress:
 
     def __init__(self, live: bool) -> None:
         self.live = live
-        self.bar: Optional[Any] = None
-        self.task: Optional[Any] = None
+        self.bar: Any | None = None
+        self.task: Any | None = None
         if live:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -192,7 +193,7 @@ class SweepProgress:
                 console=Console(file=sys.stdout),
             )
 
-    def __enter__(self) -> "SweepProgress":
+    def __enter__(self) -> SweepProgress:
         if self.bar is not None:
             self.bar.start()
         return self
@@ -211,7 +212,7 @@ class SweepProgress:
         if self.bar is not None:
             self.task = self.bar.add_task("sweep", total=total, completed=done, eta="")
 
-    def update(self, done: int, eta_s: Optional[float]) -> None:
+    def update(self, done: int, eta_s: float | None) -> None:
         if self.bar is not None and self.task is not None:
             eta = "" if eta_s is None else f"about {_duration(eta_s)} left"
             self.bar.update(self.task, completed=done, eta=eta)

@@ -4,7 +4,7 @@ coordinator, so it imports nothing heavier than typing."""
 
 from __future__ import annotations
 
-from typing import Any, Optional, Protocol
+from typing import Any, Protocol
 
 
 class Reporter(Protocol):
@@ -18,7 +18,7 @@ class Reporter(Protocol):
     # After each optimizer step: ``step`` counts from 1, ``epoch`` is step / steps_per_epoch
     # (as the CSV's epoch), ``train_loss`` the mean training loss over this process's
     # examples since the last evaluation (as the CSV's train_loss), or None between reads.
-    def step(self, step: int, epoch: float, train_loss: Optional[float]) -> None: ...
+    def step(self, step: int, epoch: float, train_loss: float | None) -> None: ...
     def evaluation(self, row: dict[str, Any]) -> None: ...
     # Right before the run writes a row, its summary or a checkpoint: a sweep worker
     # checks there that it still owns the run (and stops at once if it may not).
@@ -34,7 +34,7 @@ class NullReporter:
     def start(self, total_steps: int, steps_per_epoch: int, epochs: int) -> None:
         pass
 
-    def step(self, step: int, epoch: float, loss: Optional[float]) -> None:
+    def step(self, step: int, epoch: float, loss: float | None) -> None:
         pass
 
     def evaluation(self, row: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ expanded value.
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
@@ -55,13 +55,13 @@ class RefusedYaml(yaml.YAMLError):
 class TooDeep(yaml.YAMLError):
     """Nested past what the loader can walk; a YAML error like a syntax error."""
 
-    def __init__(self, mark: Optional[yaml.Mark] = None):
+    def __init__(self, mark: yaml.Mark | None = None):
         self.problem = f"the document is nested too deeply to read (more than {MAX_DEPTH} levels)"
         self.problem_mark = mark
         super().__init__(self.problem)
 
 
-def _where(mark: Optional[yaml.Mark]) -> str:
+def _where(mark: yaml.Mark | None) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "unknown position"
 
 
@@ -134,7 +134,7 @@ class _Loader(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, yaml
         _Resolver.__init__(self)
 
 
-_FastLoader: Optional[type] = None
+_FastLoader: type | None = None
 if getattr(yaml, "__with_libyaml__", False):
 
     class _CLoader(yaml.cyaml.CParser, _Constructor, _Resolver):  # type: ignore[misc, name-defined]

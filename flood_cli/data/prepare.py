@@ -18,11 +18,12 @@ import hashlib
 import io
 import math
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any
 
 from flood_cli.config.schema import DataConfig
 from flood_cli.core.errors import FloodError, shown, shown_repr
@@ -41,7 +42,7 @@ class TokenizedSplit:
 
     input_ids: list[list[int]]
     labels: list[int]
-    token_type_ids: Optional[list[list[int]]] = None
+    token_type_ids: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -64,12 +65,12 @@ class TokenizedSplit:
 class PreparedData:
     train: TokenizedSplit
     validation: TokenizedSplit
-    test: Optional[TokenizedSplit]
+    test: TokenizedSplit | None
     label_names: list[str]
     description: str = ""
     counts: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # said to the user, not fatal
-    _fingerprints: Optional[dict[str, str]] = field(default=None, repr=False)
+    _fingerprints: dict[str, str] | None = field(default=None, repr=False)
 
     def fingerprints(self) -> dict[str, str]:
         """Each split's fingerprint (computed once: a checkpoint stores them, and a resume
@@ -232,7 +233,7 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def _first_non_utf8_line(path: Path) -> Optional[int]:
+def _first_non_utf8_line(path: Path) -> int | None:
     with path.open("rb") as handle:
         for number, line in enumerate(handle, start=1):
             try:
@@ -452,7 +453,7 @@ def prepare_data(cfg: DataConfig, tokenizer: Any) -> PreparedData:
         train, train_labels = train.select(kept), [train_labels[i] for i in kept]
 
     pairs = cfg.text_pair_column is not None
-    splits: dict[str, Optional[TokenizedSplit]] = {}
+    splits: dict[str, TokenizedSplit | None] = {}
     for role, split in (("train", train), ("validation", validation), ("test", test)):
         if split is None:
             splits[role] = None
@@ -516,7 +517,7 @@ def check_files(cfg: DataConfig) -> None:
 HEADER_CHARACTERS = 1 << 16
 
 
-def _header(path: Path) -> Optional[list[str]]:
+def _header(path: Path) -> list[str] | None:
     """The column names of a CSV/TSV (its first non-blank record) or Parquet file; None
     where they cannot be read quickly and surely (the full read then reports)."""
     suffix = path.suffix.lower()
@@ -629,10 +630,10 @@ class Collator:
         self,
         split: TokenizedSplit,
         pad_token_id: int,
-        pad_to_multiple_of: Optional[int] = None,
+        pad_to_multiple_of: int | None = None,
         attention: str = "2d",
         with_index: bool = False,
-        max_positions: Optional[int] = None,
+        max_positions: int | None = None,
     ):
         if attention not in ("2d", "sdpa"):
             raise ValueError(f"unknown attention mask format {attention!r}")
@@ -678,7 +679,7 @@ class EpochShuffleSampler:
 
     MEGA_BATCH = 50
 
-    def __init__(self, size: int, seed: int, lengths: Optional[list[int]] = None, batch_size: int = 1):
+    def __init__(self, size: int, seed: int, lengths: list[int] | None = None, batch_size: int = 1):
         self.size = size
         self.seed = seed
         self.lengths = lengths

@@ -23,9 +23,10 @@ import shutil
 import stat
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Optional
+from typing import IO, Any
 
 import yaml
 
@@ -89,7 +90,7 @@ def run_file_limit(name: str) -> int:
     return {METRICS_FILE: MAX_METRICS_BYTES, SUMMARY_FILE: MAX_SUMMARY_BYTES}.get(name, MAX_CONFIG_BYTES)
 
 
-def read_run_file(path: Path, limit: Optional[int] = None) -> bytes:
+def read_run_file(path: Path, limit: int | None = None) -> bytes:
     """The bytes of a run file, read only if it is a regular file of at most ``limit``
     bytes (default: its cap, `run_file_limit`); RunFileRefused otherwise. Never blocks
     on a named pipe and never reads past the cap (a link to /dev/zero is a device).
@@ -138,7 +139,7 @@ def _check_regular(path: Path, mode: int) -> None:
     raise RunFileRefused(path, f"{path.name} is not a regular file ({kind})")
 
 
-def _too_big(path: Path, limit: int, size: Optional[int] = None) -> RunFileRefused:
+def _too_big(path: Path, limit: int, size: int | None = None) -> RunFileRefused:
     how_big = f"{size:,} bytes" if size is not None else f"more than {limit:,} bytes"
     return RunFileRefused(path, f"{path.name} is too large to read ({how_big}; flood reads at most {_mib(limit)})")
 
@@ -202,7 +203,7 @@ def describe_data(data: dict[str, Any]) -> str:
     return "?"
 
 
-def default_run_name(mode: str, lr: float, seed: int, b: Optional[float] = None, ascent_lr: Optional[float] = None) -> str:
+def default_run_name(mode: str, lr: float, seed: int, b: float | None = None, ascent_lr: float | None = None) -> str:
     parts = [mode]
     if b is not None:
         parts.append(f"b{b:g}")
@@ -236,8 +237,8 @@ class RunDir:
         self.path = path
         self.started = time.time()
         self._metrics_handle = None
-        self._metrics_writer: Optional[csv.DictWriter] = None
-        self._lock_fd: Optional[int] = None
+        self._metrics_writer: csv.DictWriter | None = None
+        self._lock_fd: int | None = None
         self.summary: dict[str, Any] = {}
 
     @staticmethod
@@ -245,7 +246,7 @@ class RunDir:
         return FloodError(f"run folder {path} already exists; pass another --name (runs are never overwritten)")
 
     @classmethod
-    def create(cls, out_dir: Path, name: Optional[str], default_name: str) -> "RunDir":
+    def create(cls, out_dir: Path, name: str | None, default_name: str) -> RunDir:
         """Claim a new run folder atomically (run_training has checked out_dir is writable)."""
         if name is not None:
             path = out_dir / name
@@ -352,7 +353,7 @@ class RunDir:
         os.chmod(fresh, 0o777 & ~_UMASK)
         write(fresh)
         link = self.path / BEST_MODEL_DIR
-        previous: Optional[str] = None
+        previous: str | None = None
         if link.is_symlink():
             previous = os.readlink(link)
         elif link.is_dir():  # a real folder (written by hand): moved aside, kept as the previous one

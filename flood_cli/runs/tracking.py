@@ -32,8 +32,9 @@ import contextlib
 import math
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 from flood_cli.core.errors import FloodError, shown
 
@@ -83,7 +84,7 @@ CHECK_TIMEOUT_S = 5
 RUN_RETRIES, RUN_TIMEOUT_S = 2, 10
 
 
-def check_trackers(names: list[str], out_dir: Path, run_dir: Optional[Path] = None) -> None:
+def check_trackers(names: list[str], out_dir: Path, run_dir: Path | None = None) -> None:
     """Before the data and the model are loaded: each tracker can be written (one line
     naming what is wrong and the fix if not), within seconds. ``run_dir``: a resumed run's
     folder (a new run's is made by flood, in ``out_dir``)."""
@@ -204,10 +205,10 @@ def _open_store(uri: str) -> tuple[Any, str]:
 
 
 # The file each SQLite store's engine was made for, as flood last opened it.
-_SEEN_FILES: dict[str, Optional[tuple[int, int]]] = {}
+_SEEN_FILES: dict[str, tuple[int, int] | None] = {}
 
 
-def _identity(path: Optional[Path]) -> Optional[tuple[int, int]]:
+def _identity(path: Path | None) -> tuple[int, int] | None:
     try:
         return None if path is None else (path.stat().st_dev, path.stat().st_ino)
     except OSError:
@@ -362,9 +363,9 @@ class MlflowTracker:
         self.uri = mlflow_uri(run_dir.parent)
         with _http_limits(RUN_RETRIES, RUN_TIMEOUT_S):
             self.client, self.experiment_id = _open_store(self.uri)
-        self.run_id: Optional[str] = None
+        self.run_id: str | None = None
 
-    def start(self, config: dict[str, Any], resumed: bool, run_id: Optional[str] = None) -> tuple[str, Optional[str]]:
+    def start(self, config: dict[str, Any], resumed: bool, run_id: str | None = None) -> tuple[str, str | None]:
         """This run's MLflow run id, and the id of the one it continues when that one is
         gone from the store (None when it is continued, or for a new run)."""
         with _http_limits(RUN_RETRIES, RUN_TIMEOUT_S):
@@ -416,7 +417,7 @@ class MlflowTracker:
             self.client.set_terminated(self.run_id, status=status)
 
 
-def _sqlite_file(uri: str) -> Optional[Path]:
+def _sqlite_file(uri: str) -> Path | None:
     """The file of a ``sqlite:///PATH`` URI (none for an in-memory one or another database)."""
     if not uri.startswith("sqlite:///"):
         return None
@@ -481,7 +482,7 @@ class Trackers:
     and dropped, and the rows it lacks are kept in the summary (``tracker_gaps``: for
     each tracker, the steps of the rows it lacks and its error) and said at the end."""
 
-    def __init__(self, names: list[str], run: Any, warn: Optional[Callable[[str], None]] = None):
+    def __init__(self, names: list[str], run: Any, warn: Callable[[str], None] | None = None):
         check_available(names)
         self.run = run  # the RunDir: its summary takes the gaps
         self.warn = warn or (lambda text: None)
@@ -552,7 +553,7 @@ class Trackers:
         gap["steps"] = sorted(set(gap["steps"]) | set(steps))
         self.run.summary["tracker_gaps"] = self.gaps  # written with the row's summary
 
-    def finish(self, summary: dict[str, Any], rows: Optional[list[dict[str, Any]]] = None) -> None:
+    def finish(self, summary: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> None:
         """End each tracker with the run's status; then one line per tracker that lacks
         rows (``rows``: all the run's rows, for the count), also kept in summary.json."""
         for name, tracker in list(self.trackers.items()):
@@ -570,7 +571,7 @@ class Trackers:
                 pass  # a full disk: the run's own outcome is the one to report
 
 
-def gap_line(name: str, gap: dict[str, Any], total: Optional[int]) -> str:
+def gap_line(name: str, gap: dict[str, Any], total: int | None) -> str:
     """One line: the rows ``name`` lacks, by step, and why."""
     steps = gap["steps"]
     listed = ", ".join(map(str, steps)) if len(steps) <= 6 else f"{steps[0]}, {steps[1]}, …, {steps[-1]}"

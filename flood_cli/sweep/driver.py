@@ -51,9 +51,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, get_args
+from typing import Any, get_args
 
 import yaml
 
@@ -120,7 +121,7 @@ DIE_AFTER_WRITE = "FLOOD_SWEEP_DIE_AFTER_WRITE"  # tests: os._exit after the k-t
 # What is swept
 
 
-def _mode_key(key: str) -> Optional[str]:
+def _mode_key(key: str) -> str | None:
     """The mode-specific key that ``key`` is or lies in (train.gradnorm.r -> train.gradnorm)."""
     return next((k for k in MODE_KEYS if key == k or key.startswith(k + ".")), None)
 
@@ -208,7 +209,7 @@ def parse_search(text: str) -> Range:
     return Range(key, low, high, log)
 
 
-def _number_kinds(key: str) -> Optional[set]:
+def _number_kinds(key: str) -> set | None:
     """{int}, {float} or set() (no number) for a key of the config; None for a key it
     does not have (validation says so)."""
     from pydantic import BaseModel
@@ -387,7 +388,7 @@ def read_settings(path: Path) -> list[dict[str, Any]]:
     return settings
 
 
-def canonical(spec: "SweepSpec", overrides: dict[str, Any]) -> tuple[Setting, str]:
+def canonical(spec: SweepSpec, overrides: dict[str, Any]) -> tuple[Setting, str]:
     """The setting with each value as the validated config holds it (1e-3 -> 0.001,
     1.0 -> 1 for an int key, 0 -> 0.0 for a float one), keys in the config's order; and
     the run's whole validated config as text, without its name and seed: two settings
@@ -410,7 +411,7 @@ def _given(setting: Setting) -> str:
     return "{" + ", ".join(f"{key}: {value!r}" for key, value in _ordered(setting.overrides)) + "}"
 
 
-def distinct_settings(spec: "SweepSpec", settings: list[Setting], what: str, fix: str = "keep one") -> list[tuple[Setting, str]]:
+def distinct_settings(spec: SweepSpec, settings: list[Setting], what: str, fix: str = "keep one") -> list[tuple[Setting, str]]:
     """Each setting canonical, with its experiment text; two that are one experiment
     (the same values spelt apart, 1 and 1.0 of an int key) are refused in one line."""
     seen: dict[str, Setting] = {}
@@ -515,7 +516,7 @@ CONNECT_TIMEOUT_S = 10  # a PostgreSQL server that accepts and never answers fai
 _URL_PASSWORD = re.compile(r"(?P<head>[\w+]+://[^:/]*):(?P<password>[^@]*)@")  # SQLAlchemy's own reading
 
 
-def split_password(url: str) -> tuple[str, Optional[str]]:
+def split_password(url: str) -> tuple[str, str | None]:
     """A database URL without its password (user:PASSWORD@ or ?password=), and the password."""
     from urllib.parse import parse_qsl, unquote, urlencode
 
@@ -719,7 +720,7 @@ _writes = [0, -1]  # queue writes so far, and DIE_AFTER_WRITE (-1: not read yet)
 
 
 @contextlib.contextmanager
-def _locked(path: Optional[Path]) -> Any:
+def _locked(path: Path | None) -> Any:
     """Hold the sweep's queue lock (flock; the kernel drops it when a process dies).
     Every change of the queue that takes more than one write happens under it, so no
     other process sees it half done unless its writer died (and then reconcile mends it)."""
@@ -760,7 +761,7 @@ def _wrote() -> None:
 class Queue:
     """One study's trials as a work queue (grid trials are enqueued WAITING)."""
 
-    def __init__(self, storage: Any, study: Any, lock: Optional[Path] = None):
+    def __init__(self, storage: Any, study: Any, lock: Path | None = None):
         self.storage = storage
         self.study = study
         self.study_id = storage.get_study_id_from_name(study.study_name)
@@ -772,7 +773,7 @@ class Queue:
     def trial_id(self, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
 
-    def claim(self) -> Optional[Claimed]:
+    def claim(self) -> Claimed | None:
         """Take one WAITING trial: the storage lets only one claimant move it to RUNNING."""
         from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
@@ -788,7 +789,7 @@ class Queue:
                 continue
         return None
 
-    def reclaim_stale(self, grace: Optional[float] = None) -> list[int]:
+    def reclaim_stale(self, grace: float | None = None) -> list[int]:
         """Fail RUNNING trials whose worker is gone and enqueue them again (same run).
         Two writes, under the queue lock; a crash between them leaves a stopped trial
         that :func:`reconcile` queues again."""
@@ -824,7 +825,7 @@ def _defined(trial: Any) -> bool:
 TRIAL_SPEC_KEYS = ("run", "setting", "overrides", "seed", "search")
 
 
-def _pid_namespace() -> Optional[int]:
+def _pid_namespace() -> int | None:
     """This process's PID namespace (Linux): a pid means the same process only inside one.
     A worker in a container or under `unshare --pid` shares the host's name, not its pids."""
     try:
@@ -859,7 +860,7 @@ def _is_stale(trial: Any, grace: float, study: str = "") -> bool:
     return now - seen[1] > grace
 
 
-def _process_start(pid: int) -> Optional[str]:
+def _process_start(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (Linux), to tell a reused pid."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
@@ -867,7 +868,7 @@ def _process_start(pid: int) -> Optional[str]:
         return None
 
 
-def _alive(pid: int, started: Optional[str]) -> bool:
+def _alive(pid: int, started: str | None) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -886,7 +887,7 @@ class Heartbeat:
     run may have a new owner. :meth:`check` is called before each training step's
     writes, so a worker thawed after the grace period stops before its next row."""
 
-    def __init__(self, queue: Queue, trial_id: int, every: Optional[float] = None, what: str = ""):
+    def __init__(self, queue: Queue, trial_id: int, every: float | None = None, what: str = ""):
         self.queue, self.trial_id = queue, trial_id
         self.every = HEARTBEAT_S if every is None else every
         self.what = what or f"trial {trial_id}"
@@ -907,7 +908,7 @@ class Heartbeat:
         self.renewed = time.monotonic()
         self.marked = True
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         if not self.marked:
             self.mark()
         self._thread.start()
@@ -922,7 +923,7 @@ class Heartbeat:
     def _beat(self) -> None:
         from optuna.exceptions import UpdateFinishedTrialError
 
-        failing_since: Optional[float] = None
+        failing_since: float | None = None
         while not self._stop.wait(self.every):
             self.check()  # woken after a freeze: the lease may be another's by now
             started = time.monotonic()
@@ -965,7 +966,7 @@ class _LeaseReporter:
     """Checks the worker's lease before each step's writes (rows, checkpoints), and
     notes each row in the test hook's writer log."""
 
-    def __init__(self, inner: Any, lease: Optional[Heartbeat], run: str):
+    def __init__(self, inner: Any, lease: Heartbeat | None, run: str):
         self.inner, self.lease, self.run = inner, lease, run
         self.live_loss_every = inner.live_loss_every
         self.log = os.environ.get(WRITER_LOG)
@@ -994,17 +995,17 @@ class _LeaseReporter:
 
 def create_sweep(
     config_path: Path,
-    mode: Optional[str],
+    mode: str | None,
     axes: dict[str, list[Any]],
     seeds: list[int],
     search: list[Range],
     trials: int,
     out: Path,
-    name: Optional[str],
-    storage_url: Optional[str],
-    study_name: Optional[str],
+    name: str | None,
+    storage_url: str | None,
+    study_name: str | None,
     prune: bool = False,
-    listed: Optional[list[dict[str, Any]]] = None,
+    listed: list[dict[str, Any]] | None = None,
 ) -> SweepSpec:
     """Validate every run's config, claim the sweep folder, create the study and
     enqueue the grid. Nothing is created when a setting is invalid.
@@ -1013,11 +1014,9 @@ def create_sweep(
     mode (a study of several methods), next to a baseline."""
     from datetime import datetime
 
-    from flood_cli.config.schema import load_config
-    from flood_cli.runs.folder import check_writable
-
-    from flood_cli.config.schema import NAME_CHARACTERS, NAME_MAX, is_plain_name
+    from flood_cli.config.schema import NAME_CHARACTERS, NAME_MAX, is_plain_name, load_config
     from flood_cli.core.errors import shown_repr
+    from flood_cli.runs.folder import check_writable
 
     if name is not None and not is_plain_name(name):
         raise FloodError(
@@ -1204,7 +1203,7 @@ def add_settings(spec: SweepSpec, listed: list[dict[str, Any]]) -> list[str]:
 
 
 # What each field of sweep.yaml holds, checked before anything trusts a hand-edited file.
-SPEC_TYPES: dict[str, tuple[type, Optional[type], str]] = {
+SPEC_TYPES: dict[str, tuple[type, type | None, str]] = {
     "name": (str, None, "a name"),
     "folder": (str, None, "a path"),
     "base": (dict, None, "a mapping (the base config)"),
@@ -1329,7 +1328,7 @@ class _StopSignals:
     write to the storage is cut in half. A second signal stops at once anywhere."""
 
     def __init__(self) -> None:
-        self.signal: Optional[int] = None
+        self.signal: int | None = None
         self.in_trial = False
         self._previous: dict[int, Any] = {}
 
@@ -1339,7 +1338,7 @@ class _StopSignals:
         if self.in_trial or not first:
             raise KeyboardInterrupt
 
-    def __enter__(self) -> "_StopSignals":
+    def __enter__(self) -> _StopSignals:
         if threading.current_thread() is threading.main_thread():
             self._previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
         return self
@@ -1423,13 +1422,13 @@ def _poll_s() -> float:
     return max(0.2, min(LOCK_POLL_S, HEARTBEAT_S))
 
 
-def _pause(stop: "_StopSignals", seconds: float) -> None:
+def _pause(stop: _StopSignals, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while stop.signal is None and time.monotonic() < deadline:
         time.sleep(min(0.2, seconds))
 
 
-def _others_running(grid: Queue, search: Optional[Queue]) -> bool:
+def _others_running(grid: Queue, search: Queue | None) -> bool:
     from optuna.trial import TrialState
 
     return any(queue.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) for queue in filter(None, (grid, search)))
@@ -1458,7 +1457,7 @@ def _integrity_errors() -> tuple:
     return (IntegrityError, DataError, ProgrammingError)
 
 
-def _retrying(spec: "SweepSpec", what: str, call: Callable[[], Any]) -> Any:
+def _retrying(spec: SweepSpec, what: str, call: Callable[[], Any]) -> Any:
     """``call()``, tried again for up to STORAGE_RETRY_S while the storage does not
     answer (a database restarting, a network partition, a full disk), each failure
     said in one line; after that the worker stops with one line (its runs are queued
@@ -1511,7 +1510,7 @@ def _requeue(queue: Queue, claimed: Claimed) -> None:
         _wrote()
 
 
-def _tell(queue: Queue, claimed: Claimed, value: Optional[float] = None, state: Any = None, attrs: Optional[dict] = None) -> bool:
+def _tell(queue: Queue, claimed: Claimed, value: float | None = None, state: Any = None, attrs: dict | None = None) -> bool:
     """Record the claimed trial's end (attributes first, then its state); False when it
     ended already: another worker took it as stale and queued its run again, and that
     retry reports the run (reading it back when it is complete)."""
@@ -1535,7 +1534,7 @@ def _tell(queue: Queue, claimed: Claimed, value: Optional[float] = None, state: 
     return True
 
 
-def _ask(queue: Queue, spec: SweepSpec) -> Optional[Claimed]:
+def _ask(queue: Queue, spec: SweepSpec) -> Claimed | None:
     """A TPE trial, while the budget lasts (retries of interrupted ones first)."""
     waiting = queue.claim()
     if waiting is not None:
@@ -1568,7 +1567,7 @@ def _trials_used(study: Any) -> int:
 
 
 def _run_trial(
-    spec: SweepSpec, claimed: Claimed, reporter_factory: Callable[[], Any], log: Callable[[str], None], lease: Optional[Heartbeat] = None
+    spec: SweepSpec, claimed: Claimed, reporter_factory: Callable[[], Any], log: Callable[[str], None], lease: Heartbeat | None = None
 ) -> tuple[float, dict[str, Any]]:
     """Run the trial's run(s): one for a grid trial, every seed for a search trial."""
     # A search trial's values as asked (kept in its attributes: the retry of an
@@ -1617,9 +1616,9 @@ class _PruningReporter:
 
 def _run_one(spec: SweepSpec, overrides: dict[str, Any], seed: int, name: str, reporter: Any) -> dict[str, Any]:
     """Train one run of the sweep, or continue it, or read it when it is complete."""
-    from flood_cli.train.checkpoint import last_checkpoint
     from flood_cli.core.errors import RunInterrupted, UnresumableRun
     from flood_cli.runs.folder import RunDir, read_metrics
+    from flood_cli.train.checkpoint import last_checkpoint
     from flood_cli.train.loop import resume_training, run_training
 
     run_dir = spec.runs_dir / name
@@ -1660,7 +1659,7 @@ def _run_one(spec: SweepSpec, overrides: dict[str, Any], seed: int, name: str, r
     return RunDir(run_dir).load_summary()
 
 
-def _hold_folder(run_dir: Path) -> Optional[int]:
+def _hold_folder(run_dir: Path) -> int | None:
     """The run folder's lock (RunDir.lock's flock), taken without blocking; None when
     there is no folder. While another process holds it (a live worker whose trial was
     taken as stale, or a `flood train --resume` by hand), the folder is that process's:
@@ -1687,7 +1686,7 @@ def _hold_folder(run_dir: Path) -> Optional[int]:
 # Reconcile: the runs of sweep.yaml are the truth, trials are claims on them
 
 
-def queue_lock(spec: "SweepSpec") -> Optional[Path]:
+def queue_lock(spec: SweepSpec) -> Path | None:
     """The queue lock of the sweep folder (None for a worker that has no sweep folder
     here: one joined over a database from another machine)."""
     folder = Path(spec.folder)
@@ -1725,7 +1724,7 @@ def _summary_completed(path: Path) -> bool:
         return False
 
 
-def _lost(trials: list[Any], runs_dir: Optional[Path]) -> Optional[str]:
+def _lost(trials: list[Any], runs_dir: Path | None) -> str | None:
     """Why a run has neither a result nor a live owner (None when it has one of them):
     its latest trial decides its outcome; a WAITING or RUNNING one owns it (a stale
     RUNNING one was reclaimed before this is asked)."""
@@ -1747,7 +1746,7 @@ def _lost(trials: list[Any], runs_dir: Optional[Path]) -> Optional[str]:
     return f"its trial #{latest.number} stopped (interrupted, or its worker died) and was not queued again"
 
 
-def reconcile(spec: "SweepSpec", storage: Any = None, log: Callable[[str], None] = lambda text: None) -> list[str]:
+def reconcile(spec: SweepSpec, storage: Any = None, log: Callable[[str], None] = lambda text: None) -> list[str]:
     """Queue again every run of sweep.yaml that has no completed result and no live
     owner. Run by --resume and by every worker when it starts, under the queue lock, so
     no crash between two writes of the queue can lose a run. Run folders are looked at
@@ -1802,9 +1801,9 @@ class Finished:
     key: str  # study and trial number
     label: str
     runs: int
-    value: Optional[float]
-    accuracy: Optional[float]
-    error: Optional[str]
+    value: float | None
+    accuracy: float | None
+    error: str | None
     seconds: float
 
 
@@ -1946,7 +1945,7 @@ def _line(item: Finished, done: int, total: int) -> str:
     return f"{where} {item.label}: best val_loss {item.value:.4f}{accuracy} ({item.seconds:.0f} s)"
 
 
-def _eta(started: float, finished_here: int, remaining: int) -> Optional[float]:
+def _eta(started: float, finished_here: int, remaining: int) -> float | None:
     """Seconds left, from the pace of the runs finished since this start."""
     if remaining <= 0:
         return 0.0
@@ -2025,7 +2024,7 @@ def write_results(spec: SweepSpec) -> list[Path]:
     return written
 
 
-def requeue_failed(spec: SweepSpec, log: Optional[Callable[[str], None]] = None) -> int:
+def requeue_failed(spec: SweepSpec, log: Callable[[str], None] | None = None) -> int:
     """On --resume: :func:`reconcile` (runs left without a result or a live owner are
     queued again, each said in one line), then the runs whose latest trial failed with
     an error are tried again (same run folder: continued from its checkpoint where it

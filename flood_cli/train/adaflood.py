@@ -24,9 +24,10 @@ import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 
@@ -162,7 +163,7 @@ def _held_out_losses(cfg: Config, folder: Path, reporter: Any, group: _Processes
         return group.share(losses)
 
 
-def _cached_losses(cfg: Config, path: Path, reporter: Any) -> Optional[torch.Tensor]:
+def _cached_losses(cfg: Config, path: Path, reporter: Any) -> torch.Tensor | None:
     """The held-out losses saved in ``path``, when they are one finite, non-negative
     floating-point loss for each example of the training split; otherwise None, and one
     warning line saying why (they are computed again: a damaged cache is never used, and
@@ -183,7 +184,7 @@ def _cached_losses(cfg: Config, path: Path, reporter: Any) -> Optional[torch.Ten
     return None
 
 
-def _losses_problem(losses: Any, examples: int) -> Optional[str]:
+def _losses_problem(losses: Any, examples: int) -> str | None:
     """What makes ``losses`` unusable as the held-out losses of ``examples`` examples."""
     if not isinstance(losses, torch.Tensor):
         return f"holds a {type(losses).__name__}, not a tensor of losses"
@@ -249,9 +250,9 @@ def _aux_config(cfg: Config, folder: Path, fold: int, folds: int) -> Config:
 def _aux_run(cfg: Config, folder: Path, fold: int, folds: int, reporter: Any, group: _Processes) -> Path:
     """Train (or continue, or reuse) the auxiliary run that holds out ``fold``; the main
     process decides, every process acts."""
-    from flood_cli.train.checkpoint import last_checkpoint
-    from flood_cli.runs.folder import RunDir
     from flood_cli.core.reporting import NullReporter
+    from flood_cli.runs.folder import RunDir
+    from flood_cli.train.checkpoint import last_checkpoint
     from flood_cli.train.loop import resume_training, run_training
 
     run_dir = folder / f"fold-{fold}"

@@ -15,8 +15,9 @@ import random
 import re
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 
@@ -89,7 +90,7 @@ class _WriteErrors:
 
     def __init__(self, handle: Any):
         self.handle = handle
-        self.error: Optional[OSError] = None
+        self.error: OSError | None = None
 
     def write(self, data: Any) -> int:
         try:
@@ -179,11 +180,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _expect(where: str, value: Any, ok: bool, wanted: str) -> Optional[str]:
+def _expect(where: str, value: Any, ok: bool, wanted: str) -> str | None:
     return None if ok else f"{where} is a {_kind(value)}, not {wanted}"
 
 
-def _entry(entries: dict[str, Any], where: str, key: str, check: Callable[[str, Any], Optional[str]], optional: bool = False) -> Optional[str]:
+def _entry(entries: dict[str, Any], where: str, key: str, check: Callable[[str, Any], str | None], optional: bool = False) -> str | None:
     """``check``'s complaint about ``entries[key]``, or that it is missing."""
     if key not in entries:
         if optional:
@@ -192,8 +193,8 @@ def _entry(entries: dict[str, Any], where: str, key: str, check: Callable[[str, 
     return check(f"{where}.{key}" if where else key, entries[key])
 
 
-def _dict_of(check: Callable[[str, Any], Optional[str]], wanted: str) -> Callable[[str, Any], Optional[str]]:
-    def checked(where: str, value: Any) -> Optional[str]:
+def _dict_of(check: Callable[[str, Any], str | None], wanted: str) -> Callable[[str, Any], str | None]:
+    def checked(where: str, value: Any) -> str | None:
         if not isinstance(value, dict):
             return f"{where} is a {_kind(value)}, not {wanted}"
         for key, item in value.items():
@@ -205,23 +206,23 @@ def _dict_of(check: Callable[[str, Any], Optional[str]], wanted: str) -> Callabl
     return checked
 
 
-def _tensor(where: str, value: Any) -> Optional[str]:
+def _tensor(where: str, value: Any) -> str | None:
     return _expect(where, value, isinstance(value, torch.Tensor), "a tensor")
 
 
-def _any_dict(where: str, value: Any) -> Optional[str]:
+def _any_dict(where: str, value: Any) -> str | None:
     return _expect(where, value, isinstance(value, dict), "a dict")
 
 
-def _int(where: str, value: Any) -> Optional[str]:
+def _int(where: str, value: Any) -> str | None:
     return _expect(where, value, _is_int(value), "an int")
 
 
-def _number(where: str, value: Any) -> Optional[str]:
+def _number(where: str, value: Any) -> str | None:
     return _expect(where, value, _is_number(value), "a number")
 
 
-def _optimizers(where: str, value: Any) -> Optional[str]:
+def _optimizers(where: str, value: Any) -> str | None:
     if not isinstance(value, list):
         return f"{where} is a {_kind(value)}, not a list"
     for index, state in enumerate(value):
@@ -235,11 +236,11 @@ def _optimizers(where: str, value: Any) -> Optional[str]:
     return None
 
 
-def _rng(where: str, value: Any) -> Optional[str]:
+def _rng(where: str, value: Any) -> str | None:
     if not isinstance(value, dict):
         return f"{where} is a {_kind(value)}, not a dict"
 
-    def python(where: str, state: Any) -> Optional[str]:
+    def python(where: str, state: Any) -> str | None:
         ok = (
             isinstance(state, (tuple, list)) and len(state) == 3 and _is_int(state[0])
             and isinstance(state[1], (tuple, list)) and len(state[1]) == len(random.getstate()[1])
@@ -247,11 +248,11 @@ def _rng(where: str, value: Any) -> Optional[str]:
         )
         return None if ok else f"{where} is not a Python random state"
 
-    def cpu(where: str, state: Any) -> Optional[str]:
+    def cpu(where: str, state: Any) -> str | None:
         ok = isinstance(state, torch.Tensor) and state.dtype == torch.uint8 and state.shape == torch.get_rng_state().shape
         return None if ok else f"{where} is not a torch random state"
 
-    def numpy(where: str, state: Any) -> Optional[str]:
+    def numpy(where: str, state: Any) -> str | None:
         ok = (
             isinstance(state, (tuple, list)) and len(state) == 5 and state[0] == "MT19937"
             and isinstance(state[1], torch.Tensor) and state[1].shape == (624,) and not state[1].is_floating_point()
@@ -259,7 +260,7 @@ def _rng(where: str, value: Any) -> Optional[str]:
         )
         return None if ok else f"{where} is not a numpy random state"
 
-    def cuda(where: str, state: Any) -> Optional[str]:
+    def cuda(where: str, state: Any) -> str | None:
         ok = isinstance(state, (tuple, list)) and all(isinstance(s, torch.Tensor) for s in state)
         return None if ok else f"{where} is not a list of CUDA random states"
 
@@ -272,7 +273,7 @@ def _rng(where: str, value: Any) -> Optional[str]:
 INTERVAL_TENSORS = ("loss_sum", "objective_sum", "correct")  # and "ascent", or "ascent_steps" before it
 
 
-def _interval(where: str, value: Any) -> Optional[str]:
+def _interval(where: str, value: Any) -> str | None:
     if not isinstance(value, dict):
         return f"{where} is a {_kind(value)}, not a dict"
     tensors = INTERVAL_TENSORS + (("ascent",) if "ascent" in value or "ascent_steps" not in value else ("ascent_steps",))
@@ -285,7 +286,7 @@ def _interval(where: str, value: Any) -> Optional[str]:
     return _entry(value, where, "ascent_of", _number, optional="ascent" not in value)
 
 
-def _processes(where: str, value: Any) -> Optional[str]:
+def _processes(where: str, value: Any) -> str | None:
     if not isinstance(value, list) or not value:
         return f"{where} is a {_kind(value)}{' (empty)' if isinstance(value, list) else ''}, not a list of each process's state"
     for index, state in enumerate(value):
@@ -297,10 +298,10 @@ def _processes(where: str, value: Any) -> Optional[str]:
     return None
 
 
-def _entries(checks: dict[str, Callable[[str, Any], Optional[str]]]) -> Callable[[str, Any], Optional[str]]:
+def _entries(checks: dict[str, Callable[[str, Any], str | None]]) -> Callable[[str, Any], str | None]:
     """A dict with exactly these entries, each passing its check."""
 
-    def checked(where: str, value: Any) -> Optional[str]:
+    def checked(where: str, value: Any) -> str | None:
         if not isinstance(value, dict):
             return f"{where} is a {_kind(value)}, not a dict"
         for key, check in checks.items():
@@ -321,11 +322,11 @@ _progress = _entries(
 )
 
 
-def _optional_dict(where: str, value: Any) -> Optional[str]:
+def _optional_dict(where: str, value: Any) -> str | None:
     return _expect(where, value, value is None or isinstance(value, dict), "a dict or None")
 
 
-def _fingerprints(where: str, value: Any) -> Optional[str]:
+def _fingerprints(where: str, value: Any) -> str | None:
     if value is None:
         return None
     return _dict_of(lambda w, v: _expect(w, v, isinstance(v, str), "a str"), "a dict or None")(where, value)
@@ -334,7 +335,7 @@ def _fingerprints(where: str, value: Any) -> Optional[str]:
 # Each top-level entry a resume reads, in the order it reads them (train.resume_training,
 # Trainer.reopen_run); "data" and "scaler" may be absent (checkpoints before 2026-12-03
 # hold no data fingerprints; fp32 runs have no scaler).
-ENTRIES: dict[str, tuple[Callable[[str, Any], Optional[str]], bool]] = {
+ENTRIES: dict[str, tuple[Callable[[str, Any], str | None], bool]] = {
     "experiment": (_any_dict, False),
     "num_processes": (_int, False),
     "total_steps": (_int, False),
@@ -347,7 +348,7 @@ ENTRIES: dict[str, tuple[Callable[[str, Any], Optional[str]], bool]] = {
 }
 
 
-def check_entries(payload: dict[str, Any]) -> Optional[str]:
+def check_entries(payload: dict[str, Any]) -> str | None:
     """What is wrong with a checkpoint's entries ("it has no optimizers entry",
     "total_steps is a str, not an int"), or None when a resume can read each of them."""
     for key, (check, optional) in ENTRIES.items():
@@ -386,9 +387,9 @@ class BackgroundWriter:
     moment leaves the previous checkpoint whole: the write is atomic."""
 
     def __init__(self) -> None:
-        self._thread: Optional[threading.Thread] = None
-        self._error: Optional[BaseException] = None
-        self._done: Optional[Callable[[], None]] = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._done: Callable[[], None] | None = None
 
     def submit(self, path: Path, payload: dict[str, Any], done: Callable[[], None]) -> None:
         self.wait()

@@ -27,17 +27,19 @@ import platform
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from flood_cli import __version__
-from flood_cli.train import checkpoint
 from flood_cli.config.schema import Config, RuntimeConfig, TrainConfig, changed_keys, changes_text, load_config
+from flood_cli.core.errors import FloodError, RunInterrupted, UnresumableRun, shown
+from flood_cli.core.reporting import NullReporter, Reporter
 from flood_cli.data.prepare import (
     INDEX,
     LABELS,
@@ -51,14 +53,11 @@ from flood_cli.data.prepare import (
     plan_steps,
     prepare_data,
 )
-from flood_cli.core.errors import FloodError, RunInterrupted, UnresumableRun, shown
-from flood_cli.core.reporting import NullReporter, Reporter
 from flood_cli.model import attention_format, build_model, load_tokenizer, quiet_transformers
-from flood_cli.train.objectives import Mode, Pass, clip_and_sign, lr_scale, make_mode
 from flood_cli.runs.folder import (
     CONFIG_FILE,
-    METRICS_FILE,
     METRICS_COLUMNS,
+    METRICS_FILE,
     TEST_COLUMNS,
     RunDir,
     check_writable,
@@ -66,6 +65,9 @@ from flood_cli.runs.folder import (
     now_iso,
     read_metrics,
 )
+from flood_cli.train import checkpoint
+from flood_cli.train.objectives import Mode, Pass, clip_and_sign, lr_scale, make_mode
+
 
 @dataclass
 class RunResult:
@@ -273,7 +275,7 @@ class StopRequest:
     never touches the GPU, and reading it a step late means no process waits for it."""
 
     def __init__(self, num_processes: int):
-        self.signal: Optional[int] = None
+        self.signal: int | None = None
         self._group: Any = None
         self._pending: Any = None
         self._flag = torch.zeros(1, dtype=torch.int32)
@@ -287,7 +289,7 @@ class StopRequest:
             raise KeyboardInterrupt
         self.signal = signum
 
-    def agreed(self) -> Optional[int]:
+    def agreed(self) -> int | None:
         """The signal every process stops for after this step, or None to go on."""
         if self._group is None:
             return self.signal
@@ -335,7 +337,7 @@ class _StepTools:
     the step's mean objective, however unevenly the step is shared out. The figures of
     the step's first pass are what the CSV's training columns average."""
 
-    def __init__(self, trainer: "Trainer", plan: StepBatches, micro_batches: list[dict[str, torch.Tensor]], step: int, scale: float):
+    def __init__(self, trainer: Trainer, plan: StepBatches, micro_batches: list[dict[str, torch.Tensor]], step: int, scale: float):
         self.trainer = trainer
         self.plan = plan
         self.micro_batches = micro_batches
@@ -343,7 +345,7 @@ class _StepTools:
         self.scale = scale
         self.skipped = False
         self._passes = 0
-        self._rng: Optional[tuple[torch.Tensor, Optional[torch.Tensor]]] = None
+        self._rng: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self._checked = False
         self.first_loss_sum: Any = None
         self.first_correct: Any = None
@@ -536,7 +538,7 @@ class Progress:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, reporter: Reporter, levels: Optional[torch.Tensor] = None):
+    def __init__(self, cfg: Config, reporter: Reporter, levels: torch.Tensor | None = None):
         self.cfg = cfg
         self.reporter = reporter
         self.accelerator = make_accelerator(cfg.runtime)
@@ -609,7 +611,7 @@ class Trainer:
         self.interval = _Interval(self.accelerator.device)
         self.progress = Progress()
         self.rows: list[dict[str, Any]] = []
-        self.run: Optional[RunDir] = None
+        self.run: RunDir | None = None
         self.trackers: Any = None
         self.checkpoints = checkpoint.BackgroundWriter()
         self.started = time.time()
@@ -779,7 +781,7 @@ class Trainer:
             return [state]
         import torch.distributed as dist
 
-        gathered: Optional[list[Any]] = [None] * self.accelerator.num_processes if self.accelerator.is_main_process else None
+        gathered: list[Any] | None = [None] * self.accelerator.num_processes if self.accelerator.is_main_process else None
         dist.gather_object(state, gathered, dst=0)
         return gathered or []
 
@@ -999,7 +1001,7 @@ def _fit_and_record(trainer: Trainer) -> RunResult:
             trainer.run.close()
 
 
-def run_training(cfg: Config, reporter: Optional[Reporter] = None) -> RunResult:
+def run_training(cfg: Config, reporter: Reporter | None = None) -> RunResult:
     """Train one run as configured and leave its folder behind; return the best figures."""
     # Before any expensive work (the folder itself is claimed atomically later).
     check_writable(Path(cfg.output.dir))
@@ -1015,7 +1017,7 @@ def run_training(cfg: Config, reporter: Optional[Reporter] = None) -> RunResult:
     return _fit_and_record(trainer)
 
 
-def _mode_levels(cfg: Config, reporter: Reporter) -> Optional[torch.Tensor]:
+def _mode_levels(cfg: Config, reporter: Reporter) -> torch.Tensor | None:
     """Per-example flood levels, for the one mode that needs runs of its own first."""
     if cfg.train.mode != "adaflood":
         return None
@@ -1024,7 +1026,7 @@ def _mode_levels(cfg: Config, reporter: Reporter) -> Optional[torch.Tensor]:
     return adaflood.levels_for(cfg, reporter)
 
 
-def resume_training(run_dir: Path, reporter: Optional[Reporter] = None) -> RunResult:
+def resume_training(run_dir: Path, reporter: Reporter | None = None) -> RunResult:
     """Continue a stopped run (killed, interrupted, failed) from its last checkpoint."""
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_FILE
@@ -1097,7 +1099,7 @@ def _check_same_experiment(run_dir: Path, saved: dict[str, Any], now: dict[str, 
         )
 
 
-def _check_same_data(run_dir: Path, cfg: Config, saved: Optional[dict[str, str]], now: dict[str, str]) -> None:
+def _check_same_data(run_dir: Path, cfg: Config, saved: dict[str, str] | None, now: dict[str, str]) -> None:
     """Refuse a resume whose data changed since the checkpoint (a file rewritten, even at
     the same size and time, another tokenizer): the later rows would be trained on
     other examples than the earlier ones. Checkpoints from before 2026-12-03 hold no

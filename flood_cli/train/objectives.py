@@ -34,8 +34,9 @@ backward. Per-example objectives (iFlood, AdaFlood) are exact by construction.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol, Union
+from typing import Any, Protocol, Union
 
 import torch
 
@@ -52,7 +53,7 @@ class Pass:
 
     loss: torch.Tensor
     objective: torch.Tensor
-    ascending: Union[float, torch.Tensor]
+    ascending: float | torch.Tensor
     examples: int
 
 
@@ -62,7 +63,7 @@ class StepFigures:
     of ``ascent_of`` ascended (1 of 1 step for a flipped step; k of n examples)."""
 
     objective: torch.Tensor
-    ascent: Union[float, torch.Tensor]
+    ascent: float | torch.Tensor
     ascent_of: float = 1.0
 
 
@@ -70,8 +71,8 @@ class StepTools(Protocol):
     step: int
     scale: float
 
-    def forward_backward(self, per_example: Optional[PerExample] = None, same_masks: bool = False) -> Pass: ...
-    def update(self, optimizer: int, lr: float, sign: Optional[Sign] = None, decay: float = 1.0) -> None: ...
+    def forward_backward(self, per_example: PerExample | None = None, same_masks: bool = False) -> Pass: ...
+    def update(self, optimizer: int, lr: float, sign: Sign | None = None, decay: float = 1.0) -> None: ...
     def take_grads(self) -> list[torch.Tensor]: ...
     def grads(self) -> list[torch.Tensor]: ...
     def shift_params(self, direction: list[torch.Tensor], factor: Sign) -> list[torch.Tensor]: ...
@@ -82,7 +83,7 @@ class StepTools(Protocol):
 # Formulas
 
 
-def flood(loss: torch.Tensor, flood_level: Union[float, torch.Tensor]) -> torch.Tensor:
+def flood(loss: torch.Tensor, flood_level: float | torch.Tensor) -> torch.Tensor:
     """The flooded objective of Ishida et al. (2020): ``|L − b| + b``."""
     return (loss - flood_level).abs() + flood_level
 
@@ -92,7 +93,7 @@ def flood_sign(loss: torch.Tensor, flood_level: float) -> torch.Tensor:
     return torch.where(loss < flood_level, -1.0, 1.0).to(loss.dtype)
 
 
-def flood_per_example(losses: torch.Tensor, levels: Union[float, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def flood_per_example(losses: torch.Tensor, levels: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``|ℓ_i − b_i| + b_i`` per example, written so that its gradient is ``sign(ℓ_i − b_i)
     ∇ℓ_i`` with +1 at ``ℓ_i = b_i`` (flooding's convention); and which examples ascend."""
     below = losses < levels
@@ -140,7 +141,7 @@ class Baseline:
     def learning_rate(self, step: int, scale: float) -> float:
         return self.lr * scale
 
-    def gradient_sign(self, step: int, step_loss: torch.Tensor) -> Optional[Sign]:
+    def gradient_sign(self, step: int, step_loss: torch.Tensor) -> Sign | None:
         return None
 
     def step(self, tools: StepTools) -> StepFigures:
@@ -159,10 +160,10 @@ class Flooding:
     optimizers = ("adamw",)
     two_pass = False
 
-    def gradient_sign(self, step: int, step_loss: torch.Tensor) -> Optional[Sign]:
+    def gradient_sign(self, step: int, step_loss: torch.Tensor) -> Sign | None:
         return flood_sign(step_loss, self.flood_level)
 
-    def objective(self, step: int, step_loss: torch.Tensor, sign: Optional[Sign]) -> torch.Tensor:
+    def objective(self, step: int, step_loss: torch.Tensor, sign: Sign | None) -> torch.Tensor:
         return flood(step_loss, self.flood_level)
 
     def step(self, tools: StepTools) -> StepFigures:
@@ -245,16 +246,16 @@ class Alternate:
     def learning_rate(self, step: int, scale: float) -> float:
         return (self.ascent_lr if self.is_ascent(step) else self.lr) * scale
 
-    def gradient_sign(self, step: int, step_loss: torch.Tensor) -> Optional[Sign]:
+    def gradient_sign(self, step: int, step_loss: torch.Tensor) -> Sign | None:
         return -1.0 if self.is_ascent(step) and self.ascent_optimizer == "shared" else None
 
     def optimizer_index(self, step: int) -> int:
         return 1 if self.is_ascent(step) and self.ascent_optimizer == "separate" else 0
 
-    def ascent(self, step: int, sign: Optional[Sign]) -> Union[float, torch.Tensor]:
+    def ascent(self, step: int, sign: Sign | None) -> float | torch.Tensor:
         return 1.0 if self.is_ascent(step) else 0.0
 
-    def objective(self, step: int, step_loss: torch.Tensor, sign: Optional[Sign]) -> torch.Tensor:
+    def objective(self, step: int, step_loss: torch.Tensor, sign: Sign | None) -> torch.Tensor:
         return -step_loss if self.is_ascent(step) else step_loss
 
     def step(self, tools: StepTools) -> StepFigures:
@@ -325,7 +326,7 @@ class GradNorm:
 Mode = Union[Baseline, Flooding, IFlood, AdaFlood, Alternate, Backstitch, GradNorm]
 
 
-def make_mode(train: Any, levels: Optional[torch.Tensor] = None) -> Mode:
+def make_mode(train: Any, levels: torch.Tensor | None = None) -> Mode:
     """Build the mode once from the train section; the loop never asks which mode it runs."""
     mode = train.mode
     if mode == "baseline":
@@ -350,14 +351,14 @@ def make_mode(train: Any, levels: Optional[torch.Tensor] = None) -> Mode:
 # Gradient arithmetic
 
 
-def apply_sign(grads: list[torch.Tensor], sign: Optional[Sign]) -> None:
+def apply_sign(grads: list[torch.Tensor], sign: Sign | None) -> None:
     """Multiply every gradient in place by ``sign`` (no host sync for tensor signs)."""
     if sign is None or not grads:
         return
     torch._foreach_mul_(grads, sign)
 
 
-def clip_and_sign(grads: list[torch.Tensor], sign: Optional[Sign], max_norm: Optional[float]) -> None:
+def clip_and_sign(grads: list[torch.Tensor], sign: Sign | None, max_norm: float | None) -> None:
     """Flip and clip in one pass: multiply the gradients by ``sign × min(1, max_norm /
     (‖g‖ + 1e-6))``, the coefficient torch's clip_grad_norm_ uses. The norm does not
     depend on the sign and multiplying by ±1 is exact, so this equals flipping, then
@@ -371,7 +372,7 @@ def clip_and_sign(grads: list[torch.Tensor], sign: Optional[Sign], max_norm: Opt
     apply_sign(grads, factor)
 
 
-def is_ascent(sign: Optional[Sign]) -> torch.Tensor | float:
+def is_ascent(sign: Sign | None) -> torch.Tensor | float:
     """1 if this step's gradient was flipped, else 0 (a tensor when sign is one)."""
     if sign is None:
         return 0.0
