@@ -21,8 +21,9 @@ from typer.testing import CliRunner
 from flood_cli.cli.main import app
 from flood_cli.compare.command import build_report, compare_command
 from flood_cli.compare.reader import parse_metrics
+from flood_cli.compare.records import CSV_COLUMNS
 from flood_cli.compare.stats import NO_SPREAD, ONE_SEED, OUT_OF_RANGE, student_t_quantile
-from flood_cli.compare.tables import CSV_COLUMNS, DIFF_SEED
+from flood_cli.compare.tables import DIFF_SEED
 from flood_cli.core.errors import FloodError
 from flood_cli.runs.folder import (
     CONFIG_FILE,
@@ -982,7 +983,7 @@ def test_long_names_are_cut_in_the_middle(tmp_path):
 
 
 def test_terminal_width_comes_from_columns_or_the_terminal(monkeypatch):
-    from flood_cli.compare.tables import terminal_width
+    from flood_cli.compare.render import terminal_width
 
     monkeypatch.setenv("COLUMNS", "93")
     assert terminal_width() == 93

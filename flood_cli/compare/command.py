@@ -1,6 +1,7 @@
 """`flood compare`: read run folders and put them side by side, honestly.
 
-The pipeline is discover -> load -> group -> compare -> render, one module each:
+The pipeline is discover -> load -> group -> compare -> render, one module each, all on
+the types of flood_cli.compare.model (Run, Group, Comparison, Report):
 
 * flood_cli.compare.discovery: the arguments -> run folders (parents, sweeps, globs);
 * flood_cli.compare.reader: one run folder -> a Run, tolerating runs in progress and
@@ -8,8 +9,9 @@ The pipeline is discover -> load -> group -> compare -> render, one module each:
 * flood_cli.compare.grouping: runs that differ only by seed form a seed group (one value per
   seed); each group is compared with a baseline group of the same model and data;
 * flood_cli.compare.stats: the interval of each difference (Welch's t), so that seed noise shows;
-* flood_cli.compare.tables: text, Markdown, JSON, CSV; flood_cli.compare.plots draws curves and
-  imports matplotlib only when a plot is asked for.
+* flood_cli.compare.tables builds the tables, flood_cli.compare.render prints them as text
+  or Markdown, flood_cli.compare.records writes JSON and CSV; flood_cli.compare.plots draws
+  curves and imports matplotlib only when a plot is asked for.
 
 Only the standard library and PyYAML are imported, never torch, numpy or pandas: a
 thousand run folders must compare in about a second.
@@ -19,30 +21,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from flood_cli.compare.discovery import discover_runs
 from flood_cli.compare.grouping import (
     HOLM,
     RAW,
-    Comparison,
-    Group,
     compare_with_baselines,
     group_runs,
     replicate_disagreements,
     unready_baselines,
 )
-from flood_cli.compare.reader import Run, load_run
-from flood_cli.compare.tables import (
-    first_few,
-    render_markdown,
-    render_terminal,
-    report_json,
-    report_tables,
-    terminal_width,
-    write_csv,
-)
+from flood_cli.compare.model import Report, Run
+from flood_cli.compare.plots import plot_runs
+from flood_cli.compare.reader import load_run
+from flood_cli.compare.records import report_json, write_csv
+from flood_cli.compare.render import render_markdown, render_terminal, terminal_width
+from flood_cli.compare.tables import first_few, report_tables
 from flood_cli.core.errors import FloodError, escaped
 from flood_cli.runs.folder import METRICS_FILE
 
@@ -58,17 +54,6 @@ class CompareOutput:
 
     text: str
     warnings: list[str]
-
-
-@dataclass
-class Report:
-    runs: list[Run]  # sorted by best validation loss
-    groups: list[Group]  # sorted by mean best validation loss
-    comparisons: list[Comparison]
-    warnings: list[str]
-    # Groups with no baseline to compare with because the matching baseline group has no
-    # complete run yet: group -> those baseline groups.
-    unready_baselines: dict[Group, list[Group]] = field(default_factory=dict)
 
 
 def compare_command(
@@ -104,8 +89,6 @@ def compare_command(
         write_csv(report, csv_path)
         written.append(f"wrote {escaped(str(csv_path))}")
     if plot is not None:
-        from flood_cli.compare.plots import plot_runs
-
         written.append(f"wrote {escaped(str(plot_runs(report, plot, x_axis=x_axis, seeds_as=seeds_as)))}")
     if as_json:
         return CompareOutput(text=report_json(report), warnings=list(report.warnings))

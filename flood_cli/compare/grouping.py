@@ -14,16 +14,13 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
-from flood_cli.compare.reader import Run, canonical
+from flood_cli.compare.model import Comparison, Group, Run
+from flood_cli.compare.reader import canonical
 from flood_cli.compare.stats import (
     ALPHA,
     WITHIN_NOISE,
-    Interval,
-    Sample,
     difference_interval,
     holm_adjust,
     p_verdict,
@@ -36,109 +33,6 @@ from flood_cli.compare.stats import (
 # more than this, relative, disagree far beyond float rounding (eval_batch_size moves a
 # loss by about 1e-9): a warning says so.
 REPLICATE_TOLERANCE = 1e-3
-
-
-@dataclass(eq=False)  # identity, not field equality: groups are dictionary keys
-class Group:
-    """Runs that differ only by seed."""
-
-    id: str
-    label: str
-    runs: list[Run]
-
-    # Every member shares these (they make up its group key), so the first run speaks for all.
-    @property
-    def context_key(self) -> str:
-        return self.runs[0].context_key
-
-    @property
-    def mode(self) -> str | None:
-        return self.runs[0].mode
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        return self.runs[0].settings
-
-    @cached_property
-    def best_losses_by_seed(self) -> dict[Any, list[float]]:
-        """Best validation losses of the complete runs, by seed.
-
-        A run without a known seed stands alone: it cannot be shown to repeat another.
-        """
-        by_seed: dict[Any, list[float]] = {}
-        for run in self.runs:
-            if run.counts_in_statistics:
-                seed = run.seed if run.seed is not None else ("unknown seed", str(run.path))
-                by_seed.setdefault(seed, []).append(run.best_val_loss)  # type: ignore[arg-type]
-        return by_seed
-
-    @cached_property
-    def sample(self) -> Sample | None:
-        """One value per seed: the mean over that seed's replicate runs."""
-        values = tuple(statistics.mean(losses) for losses in self.best_losses_by_seed.values())
-        return Sample(values) if values else None
-
-    @cached_property
-    def seed_values(self) -> dict[Any, float]:
-        """The value of each known seed (the mean of its replicate runs), for pairing."""
-        return {
-            seed: statistics.mean(losses) for seed, losses in self.best_losses_by_seed.items()
-            if not isinstance(seed, tuple)  # ("unknown seed", path): pairs with nothing
-        }
-
-    @property
-    def n_seeds(self) -> int:
-        return self.sample.n if self.sample else 0
-
-    @property
-    def counted_runs(self) -> int:
-        return sum(len(losses) for losses in self.best_losses_by_seed.values())
-
-    @property
-    def left_out(self) -> int:
-        return sum(not run.counts_in_statistics for run in self.runs)
-
-    @property
-    def is_baseline(self) -> bool:
-        return self.mode == "baseline"
-
-
-@dataclass
-class Comparison:
-    """A seed group against its baseline group: difference of mean best validation loss
-    (``interval``: Welch or pooled), and on the seeds both ran, the mean of the per-seed
-    differences (``paired``: Student's t on them). The verdict rests on the paired t test
-    when there is a paired interval (two or more shared seeds with spread), else on
-    Welch's; ``verdict_method`` says which ("paired", "welch" or None: a pooled interval,
-    one side with a single seed, gives no verdict). ``p_value`` is that test's two-sided
-    p; ``p_holm`` the same adjusted by Holm's method over all the comparisons made
-    together (``family``: how many have a p). ``verdict`` follows ``p_holm`` by default,
-    ``p_value`` with ``verdict_rule`` "raw"."""
-
-    group: Group
-    baseline: Group
-    difference: float
-    difference_pct: float | None
-    interval: Interval | None
-    verdict: str
-    notes: list[str] = field(default_factory=list)
-    paired_seeds: list[Any] = field(default_factory=list)
-    paired_differences: list[float] = field(default_factory=list)
-    paired_difference: float | None = None
-    paired_difference_pct: float | None = None
-    paired: Interval | None = None
-    verdict_method: str | None = None
-    unpaired_verdict: str = ""
-    still_improving: list[Run] = field(default_factory=list)
-    p_value: float | None = None
-    p_holm: float | None = None
-    verdict_rule: str = "holm"  # "holm" or "raw"
-    family: int = 0
-
-    @property
-    def tested_difference(self) -> float | None:
-        """The difference the verdict's test is about: the paired mean, or Δ of means."""
-        return self.paired_difference if self.verdict_method == "paired" else self.difference
 
 
 # Verdict rules: Holm-adjusted p over the comparisons made together, or each p alone.

@@ -13,15 +13,12 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from flood_cli.compare.model import Group, Report, Run
+from flood_cli.compare.stats import student_t_quantile
 from flood_cli.compare.tables import seeds_text
 from flood_cli.core.errors import FloodError
-
-if TYPE_CHECKING:
-    from flood_cli.compare.command import Report
-    from flood_cli.compare.grouping import Group
-    from flood_cli.compare.reader import Run
 
 # More groups than this would make the legend taller than the figure; the rest are
 # still drawn, and the legend says how many it leaves out.
@@ -426,8 +423,6 @@ def _mean_curve(curves: Sequence[Sequence[tuple[float, float]]]) -> tuple[list[f
 
 def _mean_and_half_width(values: Sequence[float]) -> tuple[float, float]:
     """Mean and the half width of its 95 % Student t interval (0 for one value)."""
-    from flood_cli.compare.stats import student_t_quantile
-
     mean = sum(values) / len(values)
     if len(values) < 2:
         return mean, 0.0
@@ -557,8 +552,6 @@ def build_sweep_curve(report: Report, key: str) -> tuple[Any, list[str]] | None:
 
 
 def student_t_quantile_975(df: float) -> float:
-    from flood_cli.compare.stats import student_t_quantile
-
     return student_t_quantile(0.975, df)
 
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
+from flood_cli.compare.model import Row, Run
 from flood_cli.core import safe_yaml
 from flood_cli.runs.folder import (
     CONFIG_FILE,
@@ -32,11 +32,6 @@ from flood_cli.runs.folder import (
     describe_model,
     read_run_file,
 )
-
-if TYPE_CHECKING:
-    from flood_cli.compare.grouping import Group
-
-Row = dict[str, float | None]
 
 # The metrics.csv columns compare reads; a row with garbage in one of them is dropped.
 METRICS_USED = ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "val_loss_top10_share")
@@ -50,60 +45,6 @@ STALE_AFTER_S = 3600.0
 
 def _parse_config(text: str) -> Any:
     return safe_yaml.load(text, fast=True)  # libyaml where installed: about 10x faster
-
-
-@dataclass
-class Run:
-    """One run folder, read and summarised. ``rows`` are the metrics.csv evaluations.
-
-    Runs with equal ``group_key`` differ only by seed; ``context_key`` is model + data
-    (what a baseline must share); ``settings`` is the flattened config behind the key.
-    """
-
-    path: Path
-    name: str
-    status: str
-    complete: bool
-    mode: str | None
-    b: float | None
-    lr: float | None
-    ascent_lr: float | None
-    seed: int | None
-    epochs: int | None
-    model: str
-    data: str
-    group_key: str
-    context_key: str
-    settings: dict[str, Any]
-    rows: list[Row]
-    best_row: Row | None = None
-    best_accuracy_row: Row | None = None
-    loss_up_accuracy_up: list[Row] = field(default_factory=list)
-    # Set by grouping.
-    group: Group | None = None
-    diff_to_baseline: float | None = None  # best val_loss − the baseline group's mean
-    diff_to_baseline_pct: float | None = None
-    # best val_loss − that of the baseline group's run(s) with the same seed (their mean)
-    paired_diff_to_baseline: float | None = None
-    paired_diff_to_baseline_pct: float | None = None
-
-    @property
-    def best_val_loss(self) -> float | None:
-        return self.best_row["val_loss"] if self.best_row else None
-
-    @property
-    def final_row(self) -> Row:
-        return self.rows[-1]
-
-    @property
-    def counts_in_statistics(self) -> bool:
-        return self.complete and self.best_val_loss is not None
-
-    @property
-    def still_improving(self) -> bool:
-        """A complete run whose best validation loss is its last evaluation (of two or
-        more): it was still improving when it stopped, so its best is not reached."""
-        return self.complete and len(self.rows) >= 2 and self.best_row is not None and self.best_row is self.rows[-1]
 
 
 def load_run(path: Path, now: float) -> tuple[Run | None, str | None]:
