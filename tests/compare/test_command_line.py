@@ -10,7 +10,6 @@ from flood_cli.cli.main import app
 from tests.compare.helpers import HINT, runner
 from tests.run_factory import write_run
 
-
 # ---------------------------------------------------------------------------
 # The command line
 

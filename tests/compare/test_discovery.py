@@ -8,7 +8,6 @@ from flood_cli.runs.folder import (
 from tests.compare.helpers import compare, report_of, write_seed_group
 from tests.run_factory import write_run
 
-
 # ---------------------------------------------------------------------------
 # Discovery
 

@@ -15,7 +15,6 @@ from flood_cli.compare.stats import NO_SPREAD, ONE_SEED
 from tests.compare.helpers import NOW, compare, report_of, write_readme_seeds, write_seed_group
 from tests.run_factory import write_run
 
-
 # ---------------------------------------------------------------------------
 # Groups, baselines and the honest differences
 

@@ -27,7 +27,6 @@ from tests.compare.helpers import compare, report_of, runner, write_seed_group
 from tests.conftest import ROOT
 from tests.run_factory import write_run
 
-
 # ---------------------------------------------------------------------------
 # Run folders from others: YAML that expands, repeats keys or holds itself; numbers
 # beyond a float; names with line breaks

@@ -19,7 +19,6 @@ from flood_cli.runs.folder import (
 from tests.compare.helpers import HINT, NOW, compare, report_of, write_seed_group
 from tests.run_factory import make_rows, metrics_csv, write_run
 
-
 # ---------------------------------------------------------------------------
 # metrics.csv parsing
 

@@ -19,7 +19,6 @@ from flood_cli.runs.folder import (
 from tests.compare.helpers import compare, runner, write_readme_seeds, write_seed_group
 from tests.run_factory import make_rows, metrics_csv, write_run
 
-
 # ---------------------------------------------------------------------------
 # Output formats
 

@@ -16,7 +16,6 @@ from flood_cli.compare.tables import DIFF_SEED
 from tests.compare.helpers import compare, report_of, runner, write_readme_seeds, write_seed_group
 from tests.run_factory import write_run
 
-
 # ---------------------------------------------------------------------------
 # Paired differences: same seed, same data order and initialisation
 
