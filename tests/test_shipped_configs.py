@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flood_cli.config.schema import load_config
+from flood_cli.config.load import load_config
 from flood_cli.sweep import driver as sweeps
 from tests.conftest import ROOT
 
