@@ -24,9 +24,9 @@ from flood_cli.compare.reader import parse_metrics
 from flood_cli.compare.stats import NO_SPREAD, ONE_SEED, OUT_OF_RANGE, student_t_quantile
 from flood_cli.compare.tables import CSV_COLUMNS, DIFF_SEED
 from flood_cli.core.errors import FloodError
+from flood_cli.config.basics import MAX_CONFIG_BYTES
 from flood_cli.runs.folder import (
     CONFIG_FILE,
-    MAX_CONFIG_BYTES,
     MAX_METRICS_BYTES,
     METRICS_COLUMNS,
     METRICS_FILE,

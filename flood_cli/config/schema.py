@@ -60,11 +60,11 @@ class _Section(BaseModel):
 class TinyBertConfig(_Section):
     """A small BERT built from scratch (random weights): for tests, CI and smoke runs."""
 
-    num_layers: int = Field(2, ge=1)
-    hidden_size: int = Field(64, ge=2)
-    num_heads: int = Field(2, ge=1)
-    intermediate_size: int = Field(128, ge=1)
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    num_layers: int = Field(2, ge=1, description="transformer layers")
+    hidden_size: int = Field(64, ge=2, description="hidden size; a multiple of num_heads")
+    num_heads: int = Field(2, ge=1, description="attention heads")
+    intermediate_size: int = Field(128, ge=1, description="feed-forward size")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout probability (hidden states and attention)")
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> TinyBertConfig:
@@ -76,8 +76,8 @@ class TinyBertConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name_or_path: str | None = Field(None, description="Hub model name or local folder")
-    tiny: TinyBertConfig | None = None
+    name_or_path: str | None = Field(None, description="Hub model name or local save_pretrained folder")
+    tiny: TinyBertConfig | None = Field(None, description="a small BERT built from scratch (random weights): for tests, CI and smoke runs")
     tokenizer: str | None = Field(
         None, description="Tokenizer (Hub name or folder); default: the model's own, or the shipped vocabulary for a tiny model"
     )
@@ -93,26 +93,31 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    dataset: str | None = Field(None, description="Hub dataset name, e.g. glue")
+    dataset: str | None = Field(None, description="Hub dataset name, e.g. glue; with subset and the *_split keys")
     subset: str | None = Field(None, description="Hub dataset configuration, e.g. sst2")
-    train_file: str | None = None
-    validation_file: str | None = None
-    test_file: str | None = None
-    train_split: str = "train"
-    validation_split: str | None = "validation"
-    test_split: str | None = None
-    validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    split_seed: int = Field(42, description=f"0 to {SEED_MAX}")
-    text_column: str = "text"
-    text_pair_column: str | None = None
-    label_column: str = "label"
-    max_length: int = Field(128, ge=8)
-    max_train_examples: int | None = Field(None, ge=1)
-    max_val_examples: int | None = Field(None, ge=1)
+    train_file: str | None = Field(None, description="local training file: .csv .tsv .json .jsonl .parquet")
+    validation_file: str | None = Field(None, description="local validation file (optional)")
+    test_file: str | None = Field(None, description="local test file (optional)")
+    train_split: str = Field("train", description="the Hub dataset's training split")
+    validation_split: str | None = Field("validation", description="the Hub dataset's validation split")
+    test_split: str | None = Field(None, description="the Hub dataset's test split (optional)")
+    validation_fraction: float = Field(
+        0.1, gt=0.0, lt=1.0, description="held out of the training data (stratified) when there is no validation file or split"
+    )
+    split_seed: int = Field(
+        42,
+        description=f"seed of the validation hold-out, 0 to {SEED_MAX}; fixed apart from train.seed: all seeds see the same validation set",
+    )
+    text_column: str = Field("text", description="the column of the text")
+    text_pair_column: str | None = Field(None, description="the column of a second text, for sentence-pair tasks")
+    label_column: str = Field("label", description="the column of the label: strings or integers; names kept (id2label)")
+    max_length: int = Field(128, ge=8, description="tokens per example, longer ones cut")
+    max_train_examples: int | None = Field(None, ge=1, description="train on a seeded random subset of this many (quick runs)")
+    max_val_examples: int | None = Field(None, ge=1, description="validate on a seeded random subset of this many")
     label_noise: float = Field(
         0.0, ge=0.0, lt=1.0, description="flip this seeded fraction of the training labels (validation and test never)"
     )
-    label_noise_seed: int = Field(0, description=f"which labels are flipped: 0 to {SEED_MAX}")
+    label_noise_seed: int = Field(0, description=f"which labels are flipped: 0 to {SEED_MAX}; fixed apart from train.seed, like split_seed")
     holdout: HoldoutConfig | None = Field(
         None, description="train on every fold of the training split but one (AdaFlood's auxiliary runs write this)"
     )
@@ -158,9 +163,9 @@ class HoldoutConfig(_Section):
     """Leave one fold of the training split out: the training examples are cut into
     ``folds`` seeded folds (``seed``), and fold ``fold`` is not trained on."""
 
-    folds: int = Field(ge=2)
-    fold: int = Field(ge=0)
-    seed: int = 0
+    folds: int = Field(ge=2, description="folds the training examples are cut into")
+    fold: int = Field(ge=0, description="the fold left out, 0 to folds - 1")
+    seed: int = Field(0, description="seed of the cut into folds")
 
     @model_validator(mode="after")
     def _fold_exists(self) -> HoldoutConfig:
@@ -187,18 +192,20 @@ class TrainConfig(_Section):
         description="the descent optimizer: adamw (the default) or sgd (plain, no momentum; weight decay as L2), "
         "e.g. a baseline to set beside backstitch, which is always SGD",
     )
-    epochs: int = Field(3, ge=1)
-    batch_size: int = Field(32, ge=1)
-    eval_batch_size: int = Field(128, ge=1)
-    weight_decay: float = Field(0.01, ge=0.0)
+    epochs: int = Field(3, ge=1, description="passes over the training data")
+    batch_size: int = Field(
+        32, ge=1, description="examples per forward pass per process; an optimizer step takes batch_size × grad_accum_steps"
+    )
+    eval_batch_size: int = Field(128, ge=1, description="examples per forward pass in evaluation")
+    weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay (L2 with sgd); not on biases and LayerNorm weights")
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of optimizer steps spent warming up")
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    schedule: Literal["linear", "cosine", "constant"] = Field("linear", description="learning-rate schedule after the warm-up")
     max_grad_norm: float | None = Field(1.0, gt=0.0, description="gradient clipping; null turns it off")
-    grad_accum_steps: int = Field(1, ge=1)
+    grad_accum_steps: int = Field(1, ge=1, description="mini-batches whose gradients add up to one optimizer step")
     group_by_length: bool = Field(
         False, description="batches of similar lengths (less padding, faster; changes which examples share a batch)"
     )
-    seed: int = Field(42, description=f"0 to {SEED_MAX}")
+    seed: int = Field(42, description=f"model init, dropout, data order: 0 to {SEED_MAX}")
     eval_every: int | str = Field(
         "epoch", description="'epoch', a fraction of an epoch ('0.5 epoch': twice per epoch) or a number of optimizer steps"
     )
@@ -283,19 +290,19 @@ class TrainConfig(_Section):
 
 
 class RuntimeConfig(_Section):
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a GPU if there is one")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on a GPU that has it, else fp32")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     pad_to_multiple_of: int = Field(8, ge=1, description="pad each batch's length up to a multiple of this (tensor-core friendly)")
     compile: bool = Field(False, description="torch.compile the model (pays on GPUs; first steps are slow)")
 
 
 class OutputConfig(_Section):
-    dir: str = "runs"
+    dir: str = Field("runs", description="the folder of the run folders (relative: to the working directory)")
     name: str | None = Field(
         None, description=f"run folder name ({NAME_CHARACTERS}; at most {NAME_MAX}); default: generated from mode, b, lr, seed and time"
     )
-    save_best_model: bool = False
+    save_best_model: bool = Field(False, description="save the model at its best validation loss (best_model/)")
     checkpoint_every: int | None = Field(
         None, ge=1, description="also checkpoint every N optimizer steps (always at each evaluation)"
     )
@@ -303,7 +310,7 @@ class OutputConfig(_Section):
         False, description="keep checkpoints/last.pt once the run completes (it is needed only to resume)"
     )
     report_to: list[Literal["tensorboard", "mlflow"]] = Field(
-        default_factory=list, description="trackers that also get every evaluation: tensorboard, mlflow"
+        default_factory=list, description="trackers that also get every evaluation: tensorboard, mlflow (see Tracking)"
     )
 
     @field_validator("report_to", mode="before")
@@ -328,11 +335,13 @@ class OutputConfig(_Section):
 
 
 class Config(_Section):
-    model: ModelConfig
-    data: DataConfig
-    train: TrainConfig = TrainConfig()
-    runtime: RuntimeConfig = RuntimeConfig()
-    output: OutputConfig = OutputConfig()
+    model: ModelConfig = Field(description="what to train: exactly one of name_or_path (a Hub model or folder) or tiny")
+    data: DataConfig = Field(
+        description="what to train on: exactly one of dataset (a Hub dataset) or train_file (a local file)"
+    )
+    train: TrainConfig = Field(TrainConfig(), description="how to train: the mode and its optimization")
+    runtime: RuntimeConfig = Field(RuntimeConfig(), description="how to run it: device, precision and speed options")
+    output: OutputConfig = Field(OutputConfig(), description="where results go")
 
     def experiment_dict(self) -> dict[str, Any]:
         """The resolved config as plain data, as saved in the run folder (next to the
