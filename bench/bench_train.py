@@ -43,7 +43,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from flood_cli.config.schema import load_config  # noqa: E402
+from flood_cli.config.load import load_config  # noqa: E402
 from flood_cli.core.reporting import NullReporter  # noqa: E402
 from flood_cli.train.loop import Trainer  # noqa: E402
 

@@ -72,7 +72,7 @@ import bench_train  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from flood_cli.config.schema import load_config  # noqa: E402
+from flood_cli.config.load import load_config  # noqa: E402
 from flood_cli.core.reporting import NullReporter  # noqa: E402
 from flood_cli.train.loop import Trainer  # noqa: E402
 from tests import oracle  # noqa: E402

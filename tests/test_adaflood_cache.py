@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import torch
 
-from flood_cli.config.schema import load_config
+from flood_cli.config.load import load_config
 from flood_cli.core.errors import FloodError
 from flood_cli.core.progress import QuietReporter
 from flood_cli.train import adaflood

@@ -27,7 +27,7 @@ def only_run(out: Path) -> Path:
 
 
 def test_help_imports_no_torch():
-    code = "import sys; from flood_cli.cli.main import app; import flood_cli.config.schema, flood_cli.runs.folder; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    code = "import sys; from flood_cli.cli.main import app; import flood_cli.config.load, flood_cli.runs.folder; print('torch' in sys.modules, 'transformers' in sys.modules)"
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.split() == ["False", "False"]
     result = subprocess.run([sys.executable, "-m", "flood_cli", "--help"], capture_output=True, text=True)
@@ -237,7 +237,7 @@ def test_the_bars_loss_is_the_csvs_train_loss(tmp_path):
     """The loss the bar gets is the mean since the last evaluation, read every
     live_loss_every steps: at an evaluation's step it equals the CSV's train_loss; the
     epoch is step / steps_per_epoch, as the CSV's."""
-    from flood_cli.config.schema import load_config
+    from flood_cli.config.load import load_config
     from flood_cli.runs.folder import read_metrics
     from flood_cli.train.loop import run_training
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flood_cli.config.schema import load_config, parse_set_option
+from flood_cli.config.load import load_config, parse_set_option
 from flood_cli.core.errors import FloodError
 from tests.conftest import SHIPPED_DATA, TINY_CONFIG, small_config, write_config
 

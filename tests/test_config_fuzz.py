@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from flood_cli.config.schema import Config, TinyBertConfig, load_config
+from flood_cli.config.load import load_config
+from flood_cli.config.schema import Config, TinyBertConfig
 from flood_cli.core.errors import FloodError
 
 # The real section and key names (read from the models, so new keys are fuzzed too),

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flood_cli.config.schema import load_config
+from flood_cli.config.load import load_config
 from flood_cli.runs.folder import TIME_COLUMNS
 from flood_cli.train.loop import run_training
 from tests import oracle

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flood_cli.config.schema import load_config
+from flood_cli.config.load import load_config
 from flood_cli.train import adaflood
 from flood_cli.train.loop import run_training
 from tests.test_distributed import config_for, ragged, rows, run_ranks, summary  # noqa: F401 (ragged: a fixture)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from flood_cli.config.schema import ModelConfig, load_config
+from flood_cli.config.load import load_config
+from flood_cli.config.schema import ModelConfig
 from flood_cli.core.errors import FloodError
 from flood_cli.model import build_model, load_tokenizer
 from tests.conftest import small_config, write_config

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flood_cli.config.schema import load_config
+from flood_cli.config.load import load_config
 from flood_cli.core.reporting import NullReporter
 from flood_cli.data.prepare import INDEX, LABELS
 from flood_cli.train.loop import Trainer

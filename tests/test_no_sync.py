@@ -17,7 +17,7 @@ import torch
 import transformers
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from flood_cli.config.schema import load_config
+from flood_cli.config.load import load_config
 from flood_cli.core.reporting import NullReporter
 from flood_cli.train import loop as train_module
 from flood_cli.train import objectives

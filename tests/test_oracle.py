@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from flood_cli.config.schema import load_config
+from flood_cli.config.load import load_config
 from flood_cli.core.reporting import NullReporter
 from flood_cli.train.loop import Trainer, _fit_and_record
 from tests import oracle

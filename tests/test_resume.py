@@ -16,7 +16,7 @@ import torch
 
 import flood_cli.train.checkpoint as checkpoint_module
 import flood_cli.train.loop as train_module
-from flood_cli.config.schema import load_config
+from flood_cli.config.load import load_config
 from flood_cli.core.errors import FloodError
 from flood_cli.runs.folder import TIME_COLUMNS, RunDir
 from flood_cli.train.loop import resume_training, run_training

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import transformers
 
-from flood_cli.config.schema import load_config
+from flood_cli.config.load import load_config
 from flood_cli.data.prepare import prepare_data
 from flood_cli.model import load_tokenizer
 from flood_cli.runs.folder import TIME_COLUMNS

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import flood_cli.train.loop as train_module
-from flood_cli.config.schema import load_config
+from flood_cli.config.load import load_config
 from flood_cli.core.errors import FloodError
 from flood_cli.train.loop import resume_training, run_training
 from tests.conftest import ROOT, small_config, write_config

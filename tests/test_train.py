@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flood_cli.config.schema import load_config
+from flood_cli.config.load import load_config
 from flood_cli.runs.folder import METRICS_COLUMNS, TIME_COLUMNS
 from flood_cli.train.loop import run_training
 from tests.conftest import small_config, write_config
@@ -362,7 +362,7 @@ def test_a_run_folders_config_runs_the_same_experiment_again_under_a_fresh_name(
     trains the same settings again, next to the first run, without refusing the taken name."""
     import yaml
 
-    from flood_cli.config.schema import load_config
+    from flood_cli.config.load import load_config
 
     first_dir, _, _ = train(tmp_path, "first", train={"epochs": 1})
     saved = yaml.safe_load((first_dir / "config.yaml").read_text())

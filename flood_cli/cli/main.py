@@ -201,7 +201,8 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Fine-tune a classifier and write metrics.csv and summary.json to a new run folder."""
-    from flood_cli.config.schema import MODES, load_config
+    from flood_cli.config.load import load_config
+    from flood_cli.config.schema import MODES
 
     given = {
         "--config": config, "--mode": mode, "--b": b, "--lr": lr, "--ascent-lr": ascent_lr, "--gamma": gamma, "--epochs": epochs,
@@ -450,7 +451,7 @@ def _refuse_given(ctx: typer.Context, why: str, flags: tuple[str, ...], *more: s
 
 
 def _sweep_axes(b: str | None, lr: str | None, ascent_lr: str | None, sets: list[str]) -> dict[str, list[Any]]:
-    from flood_cli.config.schema import parse_set_option
+    from flood_cli.config.load import parse_set_option
     from flood_cli.sweep.driver import FLAG_KEYS, parse_values
 
     axes: dict[str, list[Any]] = {}

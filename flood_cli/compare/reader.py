@@ -22,14 +22,13 @@ from typing import Any
 import yaml
 
 from flood_cli.compare.model import Row, Run
+from flood_cli.config.basics import describe_data, describe_model
 from flood_cli.core import safe_yaml
 from flood_cli.runs.folder import (
     CONFIG_FILE,
     METRICS_FILE,
     SUMMARY_FILE,
     RunFileRefused,
-    describe_data,
-    describe_model,
     read_run_file,
 )
 

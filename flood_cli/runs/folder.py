@@ -30,6 +30,7 @@ from typing import IO, Any
 
 import yaml
 
+from flood_cli.config.basics import MAX_CONFIG_BYTES
 from flood_cli.core.errors import FloodError, shown
 
 METRICS_COLUMNS = (
@@ -65,7 +66,6 @@ BEST_MODEL_DIR = "best_model"
 # refused before it is read: a run folder from someone else cannot stall the reader.
 MAX_METRICS_BYTES = 64 * 2**20
 MAX_SUMMARY_BYTES = 2**20
-MAX_CONFIG_BYTES = 2**20
 # The best model before the current one, kept until the next swap for readers still inside it.
 PREVIOUS_BEST_LINK = ".best_model.previous"
 STAGING_LINK = ".best_model.link.tmp"
@@ -184,23 +184,6 @@ def atomic_write(path: Path, write: Callable[[IO[Any]], None], binary: bool = Fa
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda handle: handle.write(text))
-
-
-def describe_model(model: dict[str, Any]) -> str:
-    """A config's model section in a few characters, as run labels show it."""
-    tiny = model.get("tiny")
-    if isinstance(tiny, dict):
-        return f"tiny-bert(L{tiny.get('num_layers')},H{tiny.get('hidden_size')},A{tiny.get('num_heads')})"
-    return str(model.get("name_or_path") or "?")
-
-
-def describe_data(data: dict[str, Any]) -> str:
-    """A config's data section in a few characters: the dataset, or the training file's name."""
-    if data.get("dataset"):
-        return str(data["dataset"]) + (f"/{data['subset']}" if data.get("subset") else "")
-    if data.get("train_file"):
-        return Path(str(data["train_file"])).name
-    return "?"
 
 
 def default_run_name(mode: str, lr: float, seed: int, b: float | None = None, ascent_lr: float | None = None) -> str:

@@ -488,7 +488,7 @@ def config_for(spec: SweepSpec, overrides: dict[str, Any], seed: int, run_name: 
     """The validated config of one run of the sweep."""
     import copy
 
-    from flood_cli.config.schema import apply_override, validate
+    from flood_cli.config.load import apply_override, validate
 
     raw = copy.deepcopy(spec.base)
     mode = overrides.get("train.mode", raw["train"].get("mode"))
@@ -1014,7 +1014,8 @@ def create_sweep(
     mode (a study of several methods), next to a baseline."""
     from datetime import datetime
 
-    from flood_cli.config.schema import NAME_CHARACTERS, NAME_MAX, is_plain_name, load_config
+    from flood_cli.config.load import load_config
+    from flood_cli.config.schema import NAME_CHARACTERS, NAME_MAX, is_plain_name
     from flood_cli.core.errors import shown_repr
     from flood_cli.runs.folder import check_writable
 
@@ -1035,7 +1036,7 @@ def create_sweep(
         if search or any(len(values) > 1 for values in axes.values()):
             raise FloodError("--settings lists the settings itself; drop --search and --set with several values")
         if axes:
-            from flood_cli.config.schema import apply_override, validate
+            from flood_cli.config.load import apply_override, validate
 
             raw = base.experiment_dict()
             for key, values in axes.items():
@@ -1286,7 +1287,7 @@ def _restore_spec(folder: Path) -> None:
 
 
 def _check_unedited(path: Path, spec: SweepSpec) -> None:
-    from flood_cli.config.schema import changed_keys, changes_text
+    from flood_cli.config.load import changed_keys, changes_text
 
     stored = load_study(open_storage(spec.storage_url), spec.grid_study).user_attrs.get("flood_sweep")
     if not isinstance(stored, dict):

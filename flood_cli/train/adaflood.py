@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from flood_cli.config.schema import Config, validate
+from flood_cli.config.load import validate
+from flood_cli.config.schema import Config
 from flood_cli.core.errors import FloodError
 
 CACHE_DIR = ".adaflood"

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from flood_cli import __version__
-from flood_cli.config.schema import Config, RuntimeConfig, TrainConfig, changed_keys, changes_text, load_config
+from flood_cli.config.load import changed_keys, changes_text, load_config
+from flood_cli.config.schema import Config, RuntimeConfig, TrainConfig
 from flood_cli.core.errors import FloodError, RunInterrupted, UnresumableRun, shown
 from flood_cli.core.reporting import NullReporter, Reporter
 from flood_cli.data.prepare import (
@@ -64,6 +65,7 @@ from flood_cli.runs.folder import (
     default_run_name,
     now_iso,
     read_metrics,
+    read_run_file,
 )
 from flood_cli.train import checkpoint
 from flood_cli.train.objectives import Mode, Pass, clip_and_sign, lr_scale, make_mode
@@ -1051,7 +1053,7 @@ def resume_training(run_dir: Path, reporter: Reporter | None = None) -> RunResul
         state = checkpoint.load(path)
     except checkpoint.UnreadableCheckpoint as exc:
         raise UnresumableRun(str(exc), _start_again(run_dir, rows)) from None
-    cfg = load_config(config_path, new_run=False)
+    cfg = load_config(config_path, new_run=False, read_run_file=read_run_file)
     _check_same_experiment(run_dir, state["experiment"], cfg.experiment_dict())
     if cfg.output.report_to:  # before the data and the model, and before the summary says "running"
         from flood_cli.runs.tracking import check_trackers

@@ -15,10 +15,10 @@ import pytest
 
 from flood_cli.cli.main import app
 from flood_cli.compare.stats import OUT_OF_RANGE
+from flood_cli.config.basics import MAX_CONFIG_BYTES
 from flood_cli.core.errors import FloodError
 from flood_cli.runs.folder import (
     CONFIG_FILE,
-    MAX_CONFIG_BYTES,
     MAX_METRICS_BYTES,
     METRICS_FILE,
     SUMMARY_FILE,
