@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from flood_cli.core.errors import FloodError, RunInterrupted, escaped
+from flood_cli.core.modes import MODE_NAMES
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C
@@ -179,7 +180,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 def train(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config, e.g. configs/tiny.yaml")] = None,
     mode: Annotated[
-        str | None, typer.Option(help="baseline | flooding | iflood | adaflood | alternate | backstitch | gradnorm")
+        str | None, typer.Option(help=" | ".join(MODE_NAMES))
     ] = None,
     b: Annotated[float | None, typer.Option("--b", help="flood level; alone, it switches the mode to flooding")] = None,
     lr: Annotated[float | None, typer.Option(help="learning rate (descent rate in mode alternate)")] = None,
@@ -202,7 +203,6 @@ def train(
 ) -> None:
     """Fine-tune a classifier and write metrics.csv and summary.json to a new run folder."""
     from flood_cli.config.load import load_config
-    from flood_cli.config.schema import MODES
 
     given = {
         "--config": config, "--mode": mode, "--b": b, "--lr": lr, "--ascent-lr": ascent_lr, "--gamma": gamma, "--epochs": epochs,
@@ -223,8 +223,8 @@ def train(
         return
     if config is None:
         raise FloodError("flood train needs --config FILE (e.g. configs/tiny.yaml) or --resume RUN_FOLDER")
-    if mode is not None and mode not in MODES:
-        raise FloodError(f"--mode {mode!r} is not a mode; use {', '.join(MODES[:-1])} or {MODES[-1]}")
+    if mode is not None and mode not in MODE_NAMES:
+        raise FloodError(f"--mode {mode!r} is not a mode; use {', '.join(MODE_NAMES[:-1])} or {MODE_NAMES[-1]}")
     flags = {
         "train.mode": mode,
         "train.b": b,

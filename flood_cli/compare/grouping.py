@@ -28,6 +28,7 @@ from flood_cli.compare.stats import (
     same_up_to_rounding,
     verdict_for,
 )
+from flood_cli.core.modes import BY_NAME
 
 # Replicates of one seed (same settings, same seed) whose best validation losses differ by
 # more than this, relative, disagree far beyond float rounding (eval_batch_size moves a
@@ -278,11 +279,13 @@ def _training_distance(a: Group, b: Group) -> int:
 
 def _optimizer(group: Group) -> str:
     """The optimizer a group's runs stepped with: train.optimizer, else the mode's own
-    (plain SGD for backstitch, AdamW for the rest); so backstitch pairs with an SGD baseline."""
+    (the registry's: plain SGD for backstitch, AdamW for the rest); so backstitch pairs
+    with an SGD baseline."""
     chosen = group.settings.get("train.optimizer")
     if chosen is not None:
         return str(chosen)
-    return "sgd" if group.settings.get("train.mode") == "backstitch" else "adamw"
+    mode = group.settings.get("train.mode")
+    return BY_NAME[mode].optimizer if isinstance(mode, str) and mode in BY_NAME else "adamw"
 
 
 def _group_labels(groups: Sequence[Group]) -> list[str]:

@@ -19,6 +19,7 @@ from flood_cli.compare.model import Group, Report, Run
 from flood_cli.compare.stats import student_t_quantile
 from flood_cli.compare.tables import seeds_text
 from flood_cli.core.errors import FloodError
+from flood_cli.core.modes import FLOOD_LEVEL_MODES
 
 # More groups than this would make the legend taller than the figure; the rest are
 # still drawn, and the legend says how many it leaves out.
@@ -175,7 +176,7 @@ def build_figure(report: Report, x_axis: str = "epoch", seeds_as: str = "band") 
             Line2D([], [], color="black", linewidth=0.6, alpha=0.5, label="one seed"),
         ]
     if notes.flood_levels:
-        handles.append(Line2D([], [], color="black", linestyle=FLOOD_DASHES, linewidth=1.2, label="flood level b (flooding, iflood)"))
+        handles.append(Line2D([], [], color="black", linestyle=FLOOD_DASHES, linewidth=1.2, label=f"flood level b ({', '.join(FLOOD_LEVEL_MODES)})"))
     handles += [
         Line2D([], [], color="black", marker="o", linestyle="none", label="best validation loss"),
         Line2D([], [], color="black", marker="*", markersize=11, linestyle="none", label="best validation accuracy"),
@@ -187,8 +188,6 @@ def build_figure(report: Report, x_axis: str = "epoch", seeds_as: str = "band") 
     return figure, notes
 
 
-# Modes with a flood level b on the training loss.
-FLOOD_LEVEL_MODES = ("flooding", "iflood")
 # Dash-dot, so that it does not read as a training-loss curve (dashed).
 FLOOD_DASHES = (0, (7, 2, 1.5, 2))
 # The zoomed panel leaves out groups whose best is further from the best of all than

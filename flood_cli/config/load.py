@@ -19,6 +19,7 @@ from flood_cli.config.basics import MAX_CONFIG_BYTES
 from flood_cli.config.schema import Config
 from flood_cli.core import safe_yaml
 from flood_cli.core.errors import FloodError, shown, shown_repr
+from flood_cli.core.modes import FLOOD_LEVEL_MODES
 
 
 def flat_values(section: Any, prefix: str = "") -> dict[str, Any]:
@@ -304,13 +305,13 @@ def _apply_flag_rules(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
         return
     train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
     mode = overrides.get("train.mode", train.get("mode", "baseline"))
-    if "train.mode" not in overrides and mode in ("baseline", "flooding", "iflood"):
+    if "train.mode" not in overrides and mode in ("baseline", *FLOOD_LEVEL_MODES):
         overrides["train.mode"] = "flooding" if mode == "baseline" else mode
         return
     if mode == "baseline":
         raise FloodError("--b (flood level) applies only to mode flooding; drop --b or --mode baseline")
-    if mode not in ("flooding", "iflood"):
+    if mode not in FLOOD_LEVEL_MODES:
         raise FloodError(
-            f"--b (flood level) applies only to modes flooding and iflood, but the mode is {mode}; "
+            f"--b (flood level) applies only to modes {' and '.join(FLOOD_LEVEL_MODES)}, but the mode is {mode}; "
             "drop --b or pass --mode flooding"
         )

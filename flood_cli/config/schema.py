@@ -13,13 +13,13 @@ import re
 from fractions import Fraction
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator, model_validator
 
 from flood_cli.config.basics import describe_data, describe_model
 from flood_cli.core.errors import shown_repr
+from flood_cli.core.modes import FLOOD_LEVEL_MODES, MODE_NAMES, MODES, SectionSpec
 
-ModeName = Literal["baseline", "flooding", "iflood", "adaflood", "alternate", "backstitch", "gradnorm"]
-MODES: tuple[str, ...] = get_args(ModeName)
+ModeName = Literal[MODE_NAMES]  # type: ignore[valid-type]
 
 # What numpy, torch and Python's random accept as a seed.
 SEED_MAX = 2**32 - 1
@@ -134,29 +134,16 @@ class DataConfig(_Section):
         return describe_data(self.model_dump())
 
 
-class AdaFloodConfig(_Section):
-    """Mode adaflood: per-example flood levels from auxiliary models trained without each example."""
-
-    gamma: float = Field(0.5, ge=0.0, le=1.0, description="1 is plain training, 0 floods at the held-out loss")
-    folds: int = Field(2, ge=2, le=20, description="auxiliary models, each trained without one fold of the training split")
-
-
-class BackstitchConfig(_Section):
-    """Mode backstitch (Kaldi): a step of −scale·lr, then one of (1 + scale)·lr on the same batch."""
-
-    scale: float = Field(0.3, gt=0.0, description="α; Kaldi's recipes use 0.2–0.3")
-    interval: int = Field(1, ge=1, description="backstitch every n-th mini-batch (plain steps in between)")
-
-
-class GradNormConfig(_Section):
-    """Mode gradnorm: L + λ‖∇L‖ by finite differences, α = λ / r (α = 1 is SAM)."""
-
-    r: float = Field(0.1, gt=0.0, description="the perturbation radius")
-    alpha: float = Field(0.8, ge=0.0, le=1.0, description="weight of the perturbed gradient")
+def _section_model(spec: SectionSpec) -> type[_Section]:
+    """A mode's own section (train.adaflood, ...) as a config model, from its registry entry."""
+    fields: dict[str, Any] = {
+        option.name: (option.type, Field(option.default, description=option.description, **option.bounds)) for option in spec.options
+    }
+    return create_model(spec.model, __base__=_Section, __doc__=spec.doc, __module__=__name__, **fields)
 
 
 # The sections that belong to one mode each (filled with defaults when the mode is chosen).
-MODE_SECTIONS = {"adaflood": AdaFloodConfig, "backstitch": BackstitchConfig, "gradnorm": GradNormConfig}
+MODE_SECTIONS = {mode.name: _section_model(mode.section) for mode in MODES if mode.section is not None}
 
 
 class HoldoutConfig(_Section):
@@ -178,7 +165,7 @@ DataConfig.model_rebuild()
 
 
 class TrainConfig(_Section):
-    mode: ModeName = "baseline"
+    mode: ModeName = Field("baseline", description="the training mode (see The modes; each declared once in flood_cli/core/modes.py)")
     b: float | None = Field(None, ge=0.0, description="flood level (modes flooding and iflood)")
     lr: float = Field(2e-5, gt=0.0, description="learning rate (the descent rate in mode alternate)")
     ascent_lr: float | None = Field(None, gt=0.0, description="ascent learning rate (mode alternate)")
@@ -212,9 +199,9 @@ class TrainConfig(_Section):
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a nan/inf loss stops the run (failed), or skips that optimizer step (costs one sync per step)"
     )
-    adaflood: AdaFloodConfig | None = None
-    backstitch: BackstitchConfig | None = None
-    gradnorm: GradNormConfig | None = None
+    # One optional section per mode that has one (train.adaflood, ...), in the registry's order.
+    __annotations__.update({name: section | None for name, section in MODE_SECTIONS.items()})
+    vars().update(dict.fromkeys(MODE_SECTIONS))
 
     _seed_in_range = field_validator("seed")(_seed_in_range)
 
@@ -258,12 +245,11 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _mode_parameters(self) -> TrainConfig:
-        flood_modes = ("flooding", "iflood")
-        if self.mode in flood_modes and self.b is None:
+        if self.mode in FLOOD_LEVEL_MODES and self.b is None:
             raise ValueError(f"mode {self.mode} needs a flood level: set train.b (or pass --b)")
-        if self.mode not in flood_modes and self.b is not None:
+        if self.mode not in FLOOD_LEVEL_MODES and self.b is not None:
             raise ValueError(
-                f"b (flood level) applies only to modes flooding and iflood, but mode is {self.mode}; "
+                f"b (flood level) applies only to modes {' and '.join(FLOOD_LEVEL_MODES)}, but mode is {self.mode}; "
                 "drop b or use mode flooding"
             )
         for mode, section in MODE_SECTIONS.items():

@@ -60,6 +60,7 @@ import yaml
 
 from flood_cli.core import safe_yaml
 from flood_cli.core.errors import FloodError, RunPruned, shown_repr
+from flood_cli.core.modes import MODE_KEYS_OF, MODES
 
 SPEC_FILE = "sweep.yaml"
 JOURNAL_FILE = "study.journal"
@@ -70,19 +71,11 @@ RESULTS_FILE = "results.md"
 # The keys a flag sweeps, and how a run name shows them.
 FLAG_KEYS = {"b": "train.b", "lr": "train.lr", "ascent_lr": "train.ascent_lr"}
 SHORT_NAMES = {"train.b": "b", "train.lr": "lr", "train.ascent_lr": "alr", "train.mode": ""}
-# Keys that only make sense in one mode: a baseline setting drops them.
-MODE_KEYS_OF = {
-    "flooding": ("train.b",),
-    "iflood": ("train.b",),
-    "alternate": ("train.ascent_lr", "train.ascent_optimizer"),
-    "adaflood": ("train.adaflood",),
-    "backstitch": ("train.backstitch",),
-    "gradnorm": ("train.gradnorm",),
-}
+# Keys that only make sense in one mode (MODE_KEYS_OF, from the registry): a baseline setting drops them.
 MODE_KEYS = tuple(dict.fromkeys(key for keys in MODE_KEYS_OF.values() for key in keys))
 # What a run of one mode must not carry from a base config of another (reset to defaults).
-CLEARED = {"train.b": None, "train.ascent_lr": None, "train.adaflood": None, "train.backstitch": None, "train.gradnorm": None}
-CURVE_KEYS = ("train.b", "train.ascent_lr")
+CLEARED = dict.fromkeys(key for mode in MODES for key in mode.own_keys if key not in mode.options)
+CURVE_KEYS = tuple(dict.fromkeys(mode.curve_key for mode in MODES if mode.curve_key is not None))
 
 # Bounds on what one sweep enqueues (each run is one Optuna trial, a few ms to enqueue).
 MAX_SEEDS = 1000

@@ -34,11 +34,12 @@ import torch
 from flood_cli.config.load import validate
 from flood_cli.config.schema import Config
 from flood_cli.core.errors import FloodError
+from flood_cli.core.modes import MODE_KEYS_OF
 
 CACHE_DIR = ".adaflood"
 LOSSES_FILE = "held_out_losses.pt"
 # Settings of the main run that the auxiliary runs do not depend on.
-AUX_IGNORED_TRAIN = ("mode", "b", "ascent_lr", "ascent_optimizer", "adaflood", "backstitch", "gradnorm", "seed", "eval_every")
+AUX_IGNORED_TRAIN = ("mode", *dict.fromkeys(key.removeprefix("train.") for keys in MODE_KEYS_OF.values() for key in keys), "seed", "eval_every")
 
 
 def aux_experiment(cfg: Config) -> dict[str, Any]:

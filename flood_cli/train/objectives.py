@@ -138,6 +138,10 @@ class Baseline:
     optimizers = ("adamw",)
     two_pass = False
 
+    @classmethod
+    def from_train(cls, train: Any, levels: torch.Tensor | None) -> Baseline:
+        return cls(train.lr)
+
     def learning_rate(self, step: int, scale: float) -> float:
         return self.lr * scale
 
@@ -159,6 +163,10 @@ class Flooding:
     flood_level: float
     optimizers = ("adamw",)
     two_pass = False
+
+    @classmethod
+    def from_train(cls, train: Any, levels: torch.Tensor | None) -> Flooding:
+        return cls(train.lr, train.b)
 
     def gradient_sign(self, step: int, step_loss: torch.Tensor) -> Sign | None:
         return flood_sign(step_loss, self.flood_level)
@@ -195,6 +203,10 @@ class IFlood(_PerExampleFlood):
     lr: float
     flood_level: float
 
+    @classmethod
+    def from_train(cls, train: Any, levels: torch.Tensor | None) -> IFlood:
+        return cls(train.lr, train.b)
+
     def per_example(self, losses: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return flood_per_example(losses, self.flood_level)
 
@@ -207,6 +219,11 @@ class AdaFlood(_PerExampleFlood):
 
     lr: float
     levels: torch.Tensor
+
+    @classmethod
+    def from_train(cls, train: Any, levels: torch.Tensor | None) -> AdaFlood:
+        assert levels is not None, "built by flood_cli.train.adaflood before the mode"
+        return cls(train.lr, levels)
 
     def per_example(self, losses: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return flood_per_example(losses, self.levels[index])
@@ -234,6 +251,10 @@ class Alternate:
     ascent_lr: float
     ascent_optimizer: str = "separate"
     two_pass = False
+
+    @classmethod
+    def from_train(cls, train: Any, levels: torch.Tensor | None) -> Alternate:
+        return cls(train.lr, train.ascent_lr, train.ascent_optimizer)
 
     @property
     def optimizers(self) -> tuple[str, ...]:
@@ -281,6 +302,10 @@ class Backstitch:
     optimizers = ("sgd",)
     two_pass = True
 
+    @classmethod
+    def from_train(cls, train: Any, levels: torch.Tensor | None) -> Backstitch:
+        return cls(train.lr, train.backstitch.scale, train.backstitch.interval)
+
     def step(self, tools: StepTools) -> StepFigures:
         rate = self.lr * tools.scale
         first = tools.forward_backward()
@@ -309,6 +334,10 @@ class GradNorm:
     optimizers = ("adamw",)
     two_pass = True
 
+    @classmethod
+    def from_train(cls, train: Any, levels: torch.Tensor | None) -> GradNorm:
+        return cls(train.lr, train.gradnorm.r, train.gradnorm.alpha)
+
     def step(self, tools: StepTools) -> StepFigures:
         first = tools.forward_backward()
         gradient = tools.take_grads()  # ∇L(θ), all processes (after DDP's all-reduce)
@@ -326,25 +355,24 @@ class GradNorm:
 Mode = Union[Baseline, Flooding, IFlood, AdaFlood, Alternate, Backstitch, GradNorm]
 
 
+# Each mode of flood_cli.core.modes by name (a test checks that both name the same modes).
+OBJECTIVES: dict[str, type[Mode]] = {
+    "baseline": Baseline,
+    "flooding": Flooding,
+    "iflood": IFlood,
+    "adaflood": AdaFlood,
+    "alternate": Alternate,
+    "backstitch": Backstitch,
+    "gradnorm": GradNorm,
+}
+
+
 def make_mode(train: Any, levels: torch.Tensor | None = None) -> Mode:
     """Build the mode once from the train section; the loop never asks which mode it runs."""
-    mode = train.mode
-    if mode == "baseline":
-        return Baseline(train.lr)
-    if mode == "flooding":
-        return Flooding(train.lr, train.b)
-    if mode == "iflood":
-        return IFlood(train.lr, train.b)
-    if mode == "adaflood":
-        assert levels is not None, "built by flood_cli.train.adaflood before the mode"
-        return AdaFlood(train.lr, levels)
-    if mode == "alternate":
-        return Alternate(train.lr, train.ascent_lr, train.ascent_optimizer)
-    if mode == "backstitch":
-        return Backstitch(train.lr, train.backstitch.scale, train.backstitch.interval)
-    if mode == "gradnorm":
-        return GradNorm(train.lr, train.gradnorm.r, train.gradnorm.alpha)
-    raise ValueError(f"unknown mode {mode!r}")
+    objective = OBJECTIVES.get(train.mode)
+    if objective is None:
+        raise ValueError(f"unknown mode {train.mode!r}")
+    return objective.from_train(train, levels)
 
 
 # ---------------------------------------------------------------------------
