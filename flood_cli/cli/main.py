@@ -152,11 +152,11 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise
         except RunInterrupted as exc:
             if not exc.report:
-                raise typer.Exit(EXIT_INTERRUPTED)
+                raise typer.Exit(EXIT_INTERRUPTED) from None
             typer.echo(f"interrupted: {exc}; checkpoint written", err=True)
             if exc.run_dir is not None:
                 typer.echo(f"resume with: flood train --resume {exc.run_dir}", err=True)
-            raise typer.Exit(EXIT_INTERRUPTED)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         except KeyboardInterrupt:
             if _debug["on"]:
                 raise
@@ -381,7 +381,7 @@ def sweep(
             done = sweeps.work(spec, log=lambda text: typer.echo(text), verbose=verbose)
         except sweeps.WorkerInterrupted as exc:
             typer.echo(f"interrupted: {exc}", err=True)
-            raise typer.Exit(EXIT_INTERRUPTED)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         typer.echo(f"worker done: {done} trial(s)")
         return
     if resume is not None:

@@ -587,7 +587,7 @@ def _check_stratifiable(ids: list[int], label_names: list[str], cfg: DataConfig)
     counts = [0] * len(label_names)
     for label_id in ids:
         counts[label_id] += 1
-    rare = [name for name, count in zip(label_names, counts) if count < 2]
+    rare = [name for name, count in zip(label_names, counts, strict=True) if count < 2]
     if rare:
         raise FloodError(
             f"label {rare[0]!r} has only one training example, too few to split off a stratified validation set; "

@@ -565,10 +565,8 @@ class Trackers:
             if gap["steps"]:
                 self.warn(gap_line(name, gap, len(rows) if rows is not None else None))
         if self.gaps:
-            try:
+            with contextlib.suppress(OSError):  # a full disk: the run's own outcome is the one to report
                 self.run.write_summary(tracker_gaps=self.gaps)
-            except OSError:
-                pass  # a full disk: the run's own outcome is the one to report
 
 
 def gap_line(name: str, gap: dict[str, Any], total: int | None) -> str:

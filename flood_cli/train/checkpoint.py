@@ -9,6 +9,7 @@ someone else can hold data, never code that runs when it is loaded.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import pickle
 import random
@@ -425,7 +426,5 @@ class BackgroundWriter:
     def settle_quietly(self) -> None:
         """Wait for the write in flight when the run is already failing: its own error,
         if any, must not hide the one that stopped the run."""
-        try:
+        with contextlib.suppress(Exception):
             self.wait()
-        except Exception:
-            pass

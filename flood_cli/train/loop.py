@@ -702,7 +702,7 @@ class Trainer:
             self.raw_model.load_state_dict(state["model"])
             if len(state["optimizers"]) != len(self.optimizers):
                 raise ValueError(f"{len(state['optimizers'])} optimizer state(s) for the mode's {len(self.optimizers)}")
-            for optimizer, optimizer_state in zip(self.optimizers, state["optimizers"]):
+            for optimizer, optimizer_state in zip(self.optimizers, state["optimizers"], strict=True):
                 optimizer.load_state_dict(optimizer_state)
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             if isinstance(exc, torch.OutOfMemoryError):
