@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Any
 
 import typer
@@ -93,8 +95,9 @@ def version_lines() -> list[str]:
     from flood_cli import __version__
 
     lines = [f"flood {__version__}"]
+    torch: ModuleType | None
     try:
-        import torch
+        torch = importlib.import_module("torch")
     except ImportError:
         torch = None
     lines.append(f"torch {torch.__version__}" if torch is not None else "torch: not installed")

@@ -156,7 +156,7 @@ class GradNormConfig(_Section):
 
 
 # The sections that belong to one mode each (filled with defaults when the mode is chosen).
-MODE_SECTIONS = {"adaflood": AdaFloodConfig, "backstitch": BackstitchConfig, "gradnorm": GradNormConfig}
+MODE_SECTIONS: dict[str, type[_Section]] = {"adaflood": AdaFloodConfig, "backstitch": BackstitchConfig, "gradnorm": GradNormConfig}
 
 
 class HoldoutConfig(_Section):
@@ -627,7 +627,8 @@ def _apply_flag_rules(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
     with a mode that has no flood level it is an error, said in the flag's terms."""
     if overrides.get("train.b") is None:
         return
-    train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    section = raw.get("train")
+    train = section if isinstance(section, dict) else {}
     mode = overrides.get("train.mode", train.get("mode", "baseline"))
     if "train.mode" not in overrides and mode in ("baseline", "flooding", "iflood"):
         overrides["train.mode"] = "flooding" if mode == "baseline" else mode

@@ -209,9 +209,9 @@ def _read_error(exc: Exception, path: Path, role: str) -> FloodError:
         return FloodError(f"{role} file {shown} has no examples (only a header?); it needs at least one row")
     ragged = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", text)
     if ragged:
-        expected, line, saw = ragged.groups()
+        expected, bad_line, saw = ragged.groups()
         return FloodError(
-            f"{role} file {shown}: line {line} has {saw} fields but the header has {expected}; "
+            f"{role} file {shown}: line {bad_line} has {saw} fields but the header has {expected}; "
             f"quote texts that contain {_separator_name(path)}s (\"like, this\") or fix that line"
         )
     kind = path.suffix.lower().lstrip(".")
@@ -255,7 +255,7 @@ def _read_hub(cfg: DataConfig, split: str, role: str) -> Any:
         ) from None
 
 
-def _first_line(exc: Exception) -> str:
+def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:200]
 

@@ -166,12 +166,12 @@ def make_temp_file(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
-def atomic_write(path: Path, write: Callable[[IO[Any]], None], binary: bool = False) -> None:
+def atomic_write(path: Path, write: Callable[[IO[Any]], object], binary: bool = False) -> None:
     """Write a file so that readers, and a process killed at any moment, see the old
     or the new content, never half of it: temporary file, fsync, rename."""
     fd, tmp = make_temp_file(path)
     try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -235,7 +235,7 @@ class RunDir:
     def __init__(self, path: Path):
         self.path = path
         self.started = time.time()
-        self._metrics_handle = None
+        self._metrics_handle: IO[str] | None = None
         self._metrics_writer: csv.DictWriter | None = None
         self._lock_fd: int | None = None
         self.summary: dict[str, Any] = {}
