@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import os
 import signal
 import sys
@@ -97,7 +96,7 @@ def version_lines() -> list[str]:
     lines = [f"flood {__version__}"]
     torch: ModuleType | None
     try:
-        torch = importlib.import_module("torch")
+        import torch
     except ImportError:
         torch = None
     lines.append(f"torch {torch.__version__}" if torch is not None else "torch: not installed")
