@@ -18,6 +18,8 @@ demo: setup
 	$(BIN)/flood train --config configs/tiny.yaml
 
 test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m mypy
 	./scripts/test_services.sh
 	$(BIN)/python -m pytest -q
 

@@ -233,7 +233,7 @@ def paired_mode_overhead(name: str, device: str, rounds: int, block: int, compil
     for mode, times in per_step.items():
         entry: dict[str, Any] = {"ms_per_step": round(1000 * statistics.median(times), 3), "cuda_syncs_per_step": syncs[mode]}
         if mode != "baseline":
-            ratios = [t / b for t, b in zip(times, per_step["baseline"])]
+            ratios = [t / b for t, b in zip(times, per_step["baseline"], strict=True)]
             # 95 % bootstrap interval of the median ratio, over rounds.
             medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
             entry["slowdown_pct"] = round(100 * (statistics.median(ratios) - 1), 2)

@@ -188,7 +188,7 @@ def train_losses(trainer: Trainer, steps: int, device: str) -> tuple[list[float]
     ms = 1000 * (time.perf_counter() - start) / max(1, steps - 1)
     totals = torch.stack(sums).cpu().tolist()
     losses, previous_sum, previous_count = [], 0.0, 0
-    for total, count in zip(totals, counts):
+    for total, count in zip(totals, counts, strict=True):
         # A skipped step (non-finite loss, on_nonfinite: skip) adds no examples.
         losses.append((total - previous_sum) / (count - previous_count) if count > previous_count else math.nan)
         previous_sum, previous_count = total, count
@@ -230,7 +230,7 @@ def stage_precision(folder: Path, settings: dict[str, Any], device: str, compile
             losses, ms = train_losses(trainer, settings["steps"], device)
             val = trainer.evaluate("val")["loss"]
             del trainer
-            diffs = [abs(a - b) / max(1.0, abs(b)) for a, b in zip(losses, fp32)]
+            diffs = [abs(a - b) / max(1.0, abs(b)) for a, b in zip(losses, fp32, strict=True)]
             finite = all(math.isfinite(v) for v in losses + fp32 + [val, fp32_val])
             max_diff = max(diffs) if finite else math.inf
             val_diff = abs(val - fp32_val) / max(1.0, abs(fp32_val))
@@ -411,9 +411,9 @@ def table(report: dict[str, Any]) -> str:
         if "error" in bench:
             rows.append(("bench", bench["error"][:40], "", "FAILED"))
     widths = [max(len(r[i]) for r in rows + [("check", "measured", "target", "status")]) for i in range(4)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(("check", "measured", "target", "status"), widths))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(("check", "measured", "target", "status"), widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     lines.append("")
     lines.append("stage times: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report["stage_seconds"].items())
                  + f"; total {report['total_seconds']:.1f} s")

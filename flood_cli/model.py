@@ -210,7 +210,7 @@ def build_model(cfg: ModelConfig, label_names: list[str], tokenizer: Any, max_le
     label2id = {name: index for index, name in id2label.items()}
     if cfg.tiny is not None:
         tiny = cfg.tiny
-        config = BertConfig(
+        config = BertConfig(  # type: ignore[call-arg]  # transformers' stub lists BertConfig's own fields only; num_labels, id2label, label2id go to PretrainedConfig
             vocab_size=len(tokenizer),
             hidden_size=tiny.hidden_size,
             num_hidden_layers=tiny.num_layers,

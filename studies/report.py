@@ -104,7 +104,7 @@ def settings_table(folder: Path) -> str:
         "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     body = []
-    for line, holm in zip(lines, adjusted):
+    for line, holm in zip(lines, adjusted, strict=True):
         p = line[5]
         line[5] = p_text(p)
         line.insert(6, p_text(holm))
@@ -131,7 +131,7 @@ def diagnostics(folder: Path) -> str:
             wrongs.append(best.get("val_confident_wrong", float("nan")))
             gaps.append(rows[-1]["val_loss"] - best["val_loss"])
             rising += any(
-                b["val_loss"] > a["val_loss"] and b["val_accuracy"] > a["val_accuracy"] for a, b in zip(rows, rows[1:])
+                b["val_loss"] > a["val_loss"] and b["val_accuracy"] > a["val_accuracy"] for a, b in zip(rows, rows[1:], strict=False)
             )
         lines.append(
             f"| {setting} | {len(seeds)} | {statistics.mean(bests):.1f} | {statistics.mean(trains):.3f} | "

@@ -106,15 +106,15 @@ def main(folder: str) -> None:
         # Holm over the study's 9 settings (the baseline has none).
         names = [n for n in documented if n != "baseline"]
         raw = [p if n == SETTING else float(documented[n][5]) for n in names]
-        for name, value, holm in zip(names, raw, holm_adjust(raw)):
+        for name, value, holm in zip(names, raw, holm_adjust(raw), strict=True):
             mark = "  <- rerun" if name == SETTING else ""
             print(f"Holm (9): {name:32s} p {p_text(value):>8s}  Holm p {p_text(holm):>8s} (was {documented[name][6]}){mark}")
-        row[6] = p_text(dict(zip(names, holm_adjust(raw)))[SETTING])
+        row[6] = p_text(dict(zip(names, holm_adjust(raw), strict=True))[SETTING])
         print("\nnew row:\n| " + " | ".join(row) + " |\n")
         # flood compare's family: the 8 comparisons (the SGD control is a baseline group there).
         compared = [n for n in names if n != CONTROL]
         raw8 = [p if n == SETTING else float(documented[n][5]) for n in compared]
-        for name, value, holm in zip(compared, raw8, holm_adjust(raw8)):
+        for name, value, holm in zip(compared, raw8, holm_adjust(raw8), strict=True):
             delta = statistics.mean(differences) if name == SETTING else float(documented[name][4])
             side = "lower (better)" if delta < 0 else "higher (worse)"
             raw_verdict = side if value < 0.05 else "within seed noise"

@@ -68,7 +68,7 @@ def make_rows(
     train_losses = train_losses or [0.7 * 0.7**i for i in range(len(val_losses))]
     rows = []
     best = float("inf")
-    for i, (val_loss, val_accuracy, train_loss) in enumerate(zip(val_losses, val_accuracies, train_losses)):
+    for i, (val_loss, val_accuracy, train_loss) in enumerate(zip(val_losses, val_accuracies, train_losses, strict=True)):
         best = min(best, val_loss)
         step = (i + 1) * STEPS_PER_EPOCH // evaluations_per_epoch
         rows.append({

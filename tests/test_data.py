@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -42,7 +42,7 @@ def frame(n: int, labels=("ham", "spam"), **extra_columns) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
-Content = Union[str, bytes, pd.DataFrame]
+Content = str | bytes | pd.DataFrame
 
 
 def write(path: Path, content: Content) -> Path:
@@ -326,7 +326,7 @@ def test_text_pairs_get_token_type_ids(tmp_path, tokenizer):
     prepared = prepare_data(cfg, tokenizer)
     for split in (prepared.train, prepared.validation):
         assert split.token_type_ids is not None
-        assert all(len(t) == len(i) for t, i in zip(split.token_type_ids, split.input_ids))
+        assert all(len(t) == len(i) for t, i in zip(split.token_type_ids, split.input_ids, strict=True))
         assert all(t[0] == 0 and t[-1] == 1 for t in split.token_type_ids)
     batch = Collator(prepared.train, tokenizer.pad_token_id)([0, 1])
     assert batch["token_type_ids"].shape == batch["input_ids"].shape
@@ -451,7 +451,7 @@ def test_the_step_plan_shares_every_example_out_once_on_any_size(size, batch_siz
     per_step = batch_size * accum * processes
     assert all(len(plan) == -(-size // per_step) for plan in plans)
     used = []
-    for number, steps in enumerate(zip(*plans)):
+    for number, steps in enumerate(zip(*plans, strict=True)):
         examples = min(per_step, size - number * per_step)
         assert {step.examples for step in steps} == {examples}
         shards = [step.local_examples for step in steps]
@@ -546,12 +546,12 @@ def test_label_noise_flips_a_seeded_fifth_of_the_training_labels_and_nothing_els
 
     clean = prepared()
     noisy = prepared(label_noise=0.2, label_noise_seed=7)
-    flipped = [i for i, (a, b) in enumerate(zip(clean.train.labels, noisy.train.labels)) if a != b]
+    flipped = [i for i, (a, b) in enumerate(zip(clean.train.labels, noisy.train.labels, strict=True)) if a != b]
     assert len(flipped) == 30  # exactly a fifth of 150
     assert noisy.validation.labels == clean.validation.labels
     assert noisy.train.input_ids == clean.train.input_ids  # texts untouched
     assert prepared(label_noise=0.2, label_noise_seed=7).train.labels == noisy.train.labels
     other = prepared(label_noise=0.2, label_noise_seed=8)
-    assert [i for i, (a, b) in enumerate(zip(clean.train.labels, other.train.labels)) if a != b] != flipped
+    assert [i for i, (a, b) in enumerate(zip(clean.train.labels, other.train.labels, strict=True)) if a != b] != flipped
     moves = {(clean.train.labels[i], noisy.train.labels[i]) for i in flipped}
     assert all(a != b for a, b in moves) and len(moves) == 6  # every class to both others

@@ -272,7 +272,7 @@ def test_two_processes_train_like_one_with_the_combined_batch_on_ragged_sizes(tm
     got, want = rows(run_dir), rows(reference.run_dir)
     assert [r["step"] for r in got] == [r["step"] for r in want] == ["4", "8", "12", "14"]  # 7 steps per epoch
     assert 0.0 < sum(float(r["flood_active"]) for r in want) < len(want), "b should flood some steps and not others"
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         assert a["flood_active"] == b["flood_active"]
         assert a["val_accuracy"] == b["val_accuracy"] and a["test_accuracy"] == b["test_accuracy"]
         for column in ("train_loss", "train_objective", "train_accuracy", "val_loss", "val_loss_top10_share", "test_loss"):

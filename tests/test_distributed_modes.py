@@ -22,7 +22,7 @@ FLOAT_COLUMNS = ("train_loss", "train_objective", "train_accuracy", "val_loss", 
 
 def assert_rows_match(got: list[dict[str, str]], want: list[dict[str, str]]) -> None:
     assert [r["step"] for r in got] == [r["step"] for r in want]
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         assert a["val_accuracy"] == b["val_accuracy"] and a["test_accuracy"] == b["test_accuracy"]
         for column in FLOAT_COLUMNS:
             assert float(a[column]) == pytest.approx(float(b[column]), rel=1e-4, abs=1e-6), column

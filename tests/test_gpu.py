@@ -100,7 +100,7 @@ def test_backstitch_replays_the_cuda_dropout_masks(tmp_path, dropout):
                 torch.cuda.set_rng_state(rng)
             grads = gradient_at(model, batch)
             with torch.no_grad():
-                for param, grad in zip(model.parameters(), grads):
+                for param, grad in zip(model.parameters(), grads, strict=True):
                     param -= rate * grad
         return model
 
@@ -125,14 +125,14 @@ def test_gradnorm_shifts_restores_and_replays_on_cuda(tmp_path, dropout):
         first = gradient_at(model, batch)
         norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in first]))
         with torch.no_grad():
-            for param, g in zip(model.parameters(), first):
+            for param, g in zip(model.parameters(), first, strict=True):
                 param += r * g / norm
         if replay:
             torch.cuda.set_rng_state(rng)
         second = gradient_at(model, batch)
         restored = copy.deepcopy(start).train()
         optimizer = torch.optim.AdamW(restored.parameters(), lr=LR, weight_decay=0.0, foreach=False)
-        for param, g1, g2 in zip(restored.parameters(), first, second):
+        for param, g1, g2 in zip(restored.parameters(), first, second, strict=True):
             param.grad = (1 - alpha) * g1 + alpha * g2
         optimizer.step()
         return restored
@@ -151,7 +151,7 @@ def test_fused_adamw_step_with_clipping_and_weight_decay(tmp_path):
     (batch,), got, model, _ = one_step(trainer)
     model.train()
     grads = gradient_at(model, batch)
-    for param, grad in zip(model.parameters(), grads):
+    for param, grad in zip(model.parameters(), grads, strict=True):
         param.grad = grad
     torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
     decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -217,7 +217,7 @@ def test_gpu_check_smoke_run_on_the_cpu(tmp_path):
         fp32, bf16 = entry["fp32"]["losses"], entry["bf16"]["losses"]
         assert len(fp32) == len(bf16) == precision["steps"] == 6
         assert all(math.isfinite(v) and 0 < v < 5 for v in fp32 + bf16)
-        diff = max(abs(a - b) / max(1.0, abs(b)) for a, b in zip(bf16, fp32))
+        diff = max(abs(a - b) / max(1.0, abs(b)) for a, b in zip(bf16, fp32, strict=True))
         assert entry["bf16"]["max_rel_diff"] == pytest.approx(diff, rel=1e-12)
         assert 0 < diff <= report["tolerance"]  # bf16 is not fp32: some difference, within the bound
         worst = max(worst, diff, entry["bf16"]["val_rel_diff"])

@@ -61,7 +61,7 @@ def adamw_step(model: torch.nn.Module, objective: Callable[[torch.nn.Module], to
 
 def assert_same_weights(got: dict[str, torch.Tensor], model: torch.nn.Module, atol: float = 2e-7) -> None:
     for name, param in model.named_parameters():
-        torch.testing.assert_close(got[name], param.detach(), rtol=1e-5, atol=atol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got[name], param.detach(), rtol=1e-5, atol=atol, msg=lambda m: f"{name}: {m}")  # noqa: B023 (called at once)
 
 
 def assert_different_weights(got: dict[str, torch.Tensor], model: torch.nn.Module) -> None:
@@ -174,7 +174,7 @@ def test_one_backstitch_step_is_two_sgd_steps_on_the_same_batch_and_masks(tmp_pa
         if max_norm is not None:
             assert torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])) > max_norm, "the clip must act"
         with torch.no_grad():
-            for param, grad in zip(params, grads):
+            for param, grad in zip(params, grads, strict=True):
                 param -= rate * (grad + (l2 * param if param.ndim >= 2 else 0.0))
     assert_same_weights(got, reference, atol=1e-6)
     figures = trainer.interval.read(trainer.accelerator)
@@ -242,7 +242,7 @@ def test_gradnorm_follows_the_papers_finite_difference(tmp_path, dropout, knobs)
         first = gradient_at(model, batch)
         norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in first]))
         with torch.no_grad():
-            for param, g in zip(model.parameters(), first):
+            for param, g in zip(model.parameters(), first, strict=True):
                 param += r * g / norm
         torch.set_rng_state(rng)
         second = gradient_at(model, batch)
@@ -253,8 +253,8 @@ def test_gradnorm_follows_the_papers_finite_difference(tmp_path, dropout, knobs)
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
         ]
         optimizer = torch.optim.AdamW(groups, lr=LR)
-        combined = clipped([weight_first * g1 + (1 - weight_first) * g2 for g1, g2 in zip(first, second)], max_norm)
-        for param, grad in zip(params, combined):
+        combined = clipped([weight_first * g1 + (1 - weight_first) * g2 for g1, g2 in zip(first, second, strict=True)], max_norm)
+        for param, grad in zip(params, combined, strict=True):
             param.grad = grad
         optimizer.step()
         return restored

@@ -52,7 +52,7 @@ def test_flood_sign_times_gradient_equals_gradient_of_flooded_loss():
         loss.backward()
         grads = [p.grad for p in model.parameters()]
         apply_sign(grads, flood_sign(loss.detach(), b))
-        for got, want in zip(grads, expected):
+        for got, want in zip(grads, expected, strict=True):
             torch.testing.assert_close(got, want)
 
 
@@ -87,7 +87,7 @@ def test_flooding_with_accumulation_equals_flooding_the_large_batch():
         grads = [p.grad for p in model.parameters()]
         apply_sign(grads, Flooding(lr=1.0, flood_level=b).gradient_sign(0, step_loss_sum / 10))
 
-    for got, want in zip(grads_of(accumulated), expected):
+    for got, want in zip(grads_of(accumulated), expected, strict=True):
         torch.testing.assert_close(got, want)
 
     def flooded_one_by_one():
@@ -96,7 +96,7 @@ def test_flooding_with_accumulation_equals_flooding_the_large_batch():
             (flood(loss, b) * (part.stop - part.start) / 10).backward()
 
     naive = grads_of(flooded_one_by_one)
-    assert not all(torch.allclose(got, want) for got, want in zip(naive, expected))
+    assert not all(torch.allclose(got, want) for got, want in zip(naive, expected, strict=True))
 
 
 def test_baseline_never_touches_the_gradient():
@@ -193,12 +193,12 @@ def test_clip_and_sign_equals_flipping_then_torch_clipping_bit_for_bit(sign, max
         expected = [g * sign for g in expected]
     if max_norm is not None:
         params = [torch.nn.Parameter(torch.zeros_like(g)) for g in expected]
-        for param, g in zip(params, expected):
+        for param, g in zip(params, expected, strict=True):
             param.grad = g.clone()
         torch.nn.utils.clip_grad_norm_(params, max_norm)
         expected = [p.grad for p in params]
     clip_and_sign(grads, sign, max_norm)
-    for got, want in zip(grads, expected):
+    for got, want in zip(grads, expected, strict=True):
         assert torch.equal(got, want)
 
 

@@ -123,7 +123,7 @@ def test_every_evaluation_row_scores_every_example_once(tmp_path, ragged_files, 
     # best_val_loss is the running minimum of the true losses, and best_model/ holds
     # the model that scored it, as plain transformers loads it.
     running = [min(t.loss for t in truths[: i + 1]) for i in range(len(truths))]
-    for written, best in zip(logged, running):
+    for written, best in zip(logged, running, strict=False):
         assert_matches(written["best_val_loss"], best, f"best_val_loss at step {written['step']}")
     best_index = min(range(len(truths)), key=lambda i: truths[i].loss)
     saved = oracle.figures(oracle.load_model(folder=run_dir / "best_model"), oracle.load_tokenizer(run_dir / "best_model"), validation, MAX_LENGTH)

@@ -39,7 +39,7 @@ def test_eval_batch_size_changes_evaluation_figures_only_by_float_rounding(tmp_p
     is untouched and the accuracy is the same count."""
     plain, other = rows_of(tmp_path, "plain"), rows_of(tmp_path, "eval7", train={"eval_batch_size": 7})
     assert len(plain) == len(other)
-    for a, b in zip(plain, other):
+    for a, b in zip(plain, other, strict=True):
         for column in a:
             if column in ("val_loss", "best_val_loss", "val_loss_top10_share", "val_ece", "val_confidence"):
                 assert a[column] == pytest.approx(b[column], rel=1e-7), column
@@ -133,7 +133,7 @@ def test_compile_trains_the_same_model_up_to_kernel_rounding(tmp_path):
         tmp_path, "compiled", model=no_dropout, runtime={**CPU, "compile": True}, output={"save_best_model": True, "keep_checkpoint": True}
     )
     assert len(compiled) == len(eager)
-    for a, b in zip(eager, compiled):
+    for a, b in zip(eager, compiled, strict=True):
         for column in ("train_loss", "val_loss", "val_accuracy"):
             assert a[column] == pytest.approx(b[column], rel=1e-4, abs=1e-6)
     run = tmp_path / "runs" / "compiled"
@@ -151,7 +151,7 @@ def test_a_data_file_rewritten_with_the_same_size_and_mtime_is_read_again(tmp_pa
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
     data = tmp_path / "emails.csv"
     rows = [("free money now", "spam"), ("lunch at noon", "ham")] * 10
-    data.write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows))
+    data.write_text("text,label\n" + "".join(f"{t},{label}\n" for t, label in rows))
     config = small_config()
     config["data"].update(train_file=str(data), validation_fraction=0.5, max_train_examples=None, max_val_examples=None)
     cfg = load_config(write_config(tmp_path, config))
@@ -160,7 +160,7 @@ def test_a_data_file_rewritten_with_the_same_size_and_mtime_is_read_again(tmp_pa
 
     stat = data.stat()
     edited = [("FREE MONEY NOW", "ham"), ("LUNCH AT NOON", "spam")] * 10  # same size, labels swapped
-    data.write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in edited))
+    data.write_text("text,label\n" + "".join(f"{t},{label}\n" for t, label in edited))
     os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert (data.stat().st_size, data.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
 

@@ -3,6 +3,7 @@ sweep that survives SIGKILL, and the same on a real PostgreSQL server."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -187,10 +188,8 @@ def test_a_sweep_killed_with_sigkill_resumes_without_repeating_a_finished_run(tm
         workers = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
         os.killpg(process.pid, signal.SIGKILL)
         for pid in workers:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # it had ended already
                 os.killpg(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass  # it had ended already
         process.wait()
     interrupted = third()[0]
     assert json.loads((interrupted / "summary.json").read_text())["status"] == "running"
@@ -392,7 +391,7 @@ def test_every_mode_of_the_family_sweeps_its_own_knobs_next_to_a_baseline(tmp_pa
     baseline = sweeps.config_for(spec, settings[0].overrides, 1, names[0])
     assert baseline.train.mode == "baseline" and baseline.train.b is None and baseline.train.gradnorm is None
     (key, values), = axes.items()
-    for setting, value in zip(settings[1:], values):
+    for setting, value in zip(settings[1:], values, strict=False):
         cfg = sweeps.config_for(spec, setting.overrides, 1, setting.run_name(1))
         node = cfg.model_dump()
         for part in key.split("."):

@@ -75,7 +75,7 @@ class Driver:
         self.storage = None
 
     def start(self) -> subprocess.Popen:
-        log = open(Path(self.spec.folder) / "workers" / f"chaos-{len(self.workers) + len(self.ended) + 1}.log", "a")
+        log = open(Path(self.spec.folder) / "workers" / f"chaos-{len(self.workers) + len(self.ended) + 1}.log", "a")  # noqa: SIM115 (the worker's stdout; closed once Popen has it)
         worker = subprocess.Popen(
             [sys.executable, "-m", "flood_cli", "sweep", "--worker", "--resume", self.spec.folder],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

@@ -269,7 +269,7 @@ def test_a_cut_last_journal_line_is_set_aside_and_the_sweep_resumes_again_and_ag
     whole = journal.read_bytes()
     journal.write_bytes(whole[:-60])  # a full disk cut the last operation (the last run's tell)
     cut_line = whole[:-60][whole[:-61].rfind(b"\n") + 1:]
-    for resume in range(3):
+    for _resume in range(3):
         sweeps.requeue_failed(spec)
         sweeps.work(spec)
     err = capsys.readouterr().err

@@ -110,7 +110,7 @@ def test_a_long_or_unsafe_value_never_cuts_off_the_seed_nor_merges_two_settings(
     names = {(path, seed): sweeps.Setting({"train.mode": "baseline", "data.train_file": path}).run_name(seed)
              for path in (long + "/a.csv", long + "/b.csv") for seed in (1, 2)}
     assert len(set(names.values())) == 4
-    for (path, seed), name in names.items():
+    for (_path, seed), name in names.items():
         assert len(name) <= NAME_MAX and name.endswith(f"-s{seed}") and name.startswith("baseline-train_file=_data_xxx")
     # Characters a run name cannot hold: a/b and a_b are two settings, two runs.
     slash, underscore = (sweeps.Setting({"train.mode": "baseline", "data.train_file": f}).run_name(1) for f in ("a/b.csv", "a_b.csv"))

@@ -48,10 +48,10 @@ def test_tensorboard_gets_the_raw_loss_and_the_flooded_objective_apart(tmp_path)
         logged = [(event.step, event.value) for event in events.Scalars(name)]
         expected = csv_column(result.run_dir, column)
         assert [step for step, _ in logged] == [step for step, _ in expected]
-        for (_, got), (_, want) in zip(logged, expected):
+        for (_, got), (_, want) in zip(logged, expected, strict=True):
             assert got == pytest.approx(want, rel=1e-6), column
     raw, flooded = events.Scalars("train/loss"), events.Scalars("train/objective")
-    assert any(abs(a.value - b.value) > 1e-3 for a, b in zip(raw, flooded)), "b should flood some steps: the two must differ"
+    assert any(abs(a.value - b.value) > 1e-3 for a, b in zip(raw, flooded, strict=True)), "b should flood some steps: the two must differ"
     assert "config" in events.Tags()["tensors"] or "config/text_summary" in events.Tags()["tensors"]
 
 
@@ -87,7 +87,7 @@ def test_mlflow_gets_params_every_row_and_the_status_and_a_resume_continues_its_
         history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, column))
         # Rows written before the crash were logged once; the resumed rows once more each.
         assert [step for step, _ in history] == [step for step, _ in csv_column(run_dir, column)]
-        for (_, got), (_, want) in zip(history, csv_column(run_dir, column)):
+        for (_, got), (_, want) in zip(history, csv_column(run_dir, column), strict=True):
             assert got == pytest.approx(want, rel=1e-6), column
     assert len(client.search_runs([client.get_experiment_by_name("flood").experiment_id])) == 1
 
@@ -442,7 +442,7 @@ def test_a_resume_whose_mlflow_store_was_deleted_trains_on_into_a_new_mlflow_run
         history = sorted((m.step, m.value) for m in client.get_metric_history(new_id, column))
         expected = csv_column(run_dir, column)
         assert [step for step, _ in history] == [step for step, _ in expected] == [6, 12, 18, 24]
-        for (_, got), (_, want) in zip(history, expected):
+        for (_, got), (_, want) in zip(history, expected, strict=True):
             assert got == pytest.approx(want, rel=1e-6)
     assert "tracker_gaps" not in summary
 

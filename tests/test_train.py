@@ -266,7 +266,7 @@ def test_replacing_the_best_model_never_leaves_best_model_missing_or_half_writte
         for version in range(1, 31):
             with progress:
                 begun = passes["started"]
-                assert progress.wait_for(lambda: passes["done"] > begun, timeout=60), "the reader stalled"
+                assert progress.wait_for(lambda: passes["done"] > begun, timeout=60), "the reader stalled"  # noqa: B023 (called at once)
             run.replace_best_model(fill_best_model(files, version))
     finally:
         stop.set()

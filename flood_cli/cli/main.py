@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Any
 
 import typer
@@ -94,6 +95,7 @@ def version_lines() -> list[str]:
     from flood_cli import __version__
 
     lines = [f"flood {__version__}"]
+    torch: ModuleType | None
     try:
         import torch
     except ImportError:
@@ -153,11 +155,11 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise
         except RunInterrupted as exc:
             if not exc.report:
-                raise typer.Exit(EXIT_INTERRUPTED)
+                raise typer.Exit(EXIT_INTERRUPTED) from None
             typer.echo(f"interrupted: {exc}; checkpoint written", err=True)
             if exc.run_dir is not None:
                 typer.echo(f"resume with: flood train --resume {exc.run_dir}", err=True)
-            raise typer.Exit(EXIT_INTERRUPTED)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         except KeyboardInterrupt:
             if _debug["on"]:
                 raise
@@ -382,7 +384,7 @@ def sweep(
             done = sweeps.work(spec, log=lambda text: typer.echo(text), verbose=verbose)
         except sweeps.WorkerInterrupted as exc:
             typer.echo(f"interrupted: {exc}", err=True)
-            raise typer.Exit(EXIT_INTERRUPTED)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         typer.echo(f"worker done: {done} trial(s)")
         return
     if resume is not None:

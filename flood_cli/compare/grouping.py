@@ -47,7 +47,7 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
         by_key.setdefault(run.group_key, []).append(run)
     groups = [Group(id="", label="", runs=members) for members in by_key.values()]
     groups.sort(key=lambda g: (g.sample is None, g.sample.mean if g.sample else 0.0, g.runs[0].name))
-    for number, (group, label) in enumerate(zip(groups, _group_labels(groups)), start=1):
+    for number, (group, label) in enumerate(zip(groups, _group_labels(groups), strict=True), start=1):
         group.id, group.label = f"g{number}", label
         for run in group.runs:
             run.group = group
@@ -94,7 +94,7 @@ def apply_verdict_rule(comparisons: Sequence[Comparison], rule: str = HOLM) -> N
         raise ValueError(f"verdict rule {rule!r}: use {HOLM!r} or {RAW!r}")
     adjusted = holm_adjust([c.p_value for c in comparisons])
     family = sum(c.p_value is not None for c in comparisons)
-    for comparison, p_holm in zip(comparisons, adjusted):
+    for comparison, p_holm in zip(comparisons, adjusted, strict=True):
         comparison.p_holm, comparison.verdict_rule, comparison.family = p_holm, rule, family
         if comparison.p_value is None or p_holm is None:
             continue

@@ -103,7 +103,7 @@ def build_figure(report: Report, x_axis: str = "epoch", seeds_as: str = "band") 
 
     notes = FigureNotes()
     groups: Sequence[Group] = [group for group in report.groups if group.runs]
-    colours = dict(zip((group.id for group in groups), group_colours(len(groups))))
+    colours = dict(zip((group.id for group in groups), group_colours(len(groups)), strict=True))
     many = len(report.runs) > MANY_RUNS
     line_width, alpha = (1.0, 0.7) if many else (1.6, 0.9)
 
@@ -252,7 +252,7 @@ def _marker_offsets(runs: Sequence[Run], x_axis: str, count: int) -> list[float]
     if count < 2:
         return [0.0] * count
     xs = sorted({row[x_axis] for run in runs for row in run.rows if _plottable(row, x_axis, "val_loss")})
-    gaps = [b - a for a, b in zip(xs, xs[1:]) if b > a]
+    gaps = [b - a for a, b in zip(xs, xs[1:], strict=False) if b > a]
     if not gaps:
         return [0.0] * count
     step = min(gaps) / 3.0 / (count - 1)
@@ -351,7 +351,7 @@ def _draw_group(
             if thin:
                 target.add_collection(LineCollection(seeds, colors=[colour], linewidths=0.6, linestyles=style, alpha=0.45))
             target.plot(xs, means, color=colour, linewidth=line_width + 0.4, linestyle=style, alpha=opacity)
-            target.fill_between(xs, [m - d for m, d in zip(means, sds)], [m + d for m, d in zip(means, sds)],
+            target.fill_between(xs, [m - d for m, d in zip(means, sds, strict=True)], [m + d for m, d in zip(means, sds, strict=True)],
                                 color=colour, alpha=0.18 if key != "train_loss" else 0.1, linewidth=0)
             if target is zoom_axes:
                 drawn += [y for curve in seeds for _, y in curve] + means
@@ -415,7 +415,7 @@ def _mean_curve(curves: Sequence[Sequence[tuple[float, float]]]) -> tuple[list[f
     means = [sum(at[x]) / len(at[x]) for x in xs]
     sds = [
         math.sqrt(sum((y - mean) ** 2 for y in at[x]) / (len(at[x]) - 1)) if len(at[x]) > 1 else 0.0
-        for x, mean in zip(xs, means)
+        for x, mean in zip(xs, means, strict=True)
     ]
     return xs, means, sds
 
@@ -507,7 +507,7 @@ def build_sweep_curve(report: Report, key: str) -> tuple[Any, list[str]] | None:
                 few_seeds["baseline" + (f" ({differing})" if differing else "")] = len(values)
             axes.axhline(mean, color=colour, linestyle="--", linewidth=1.2, label=label)
             axes.axhspan(clip(mean - half, bounds), clip(mean + half, bounds), color=colour, alpha=0.12, linewidth=0)
-        for colour, (label, points) in zip(colours, sorted(curves.items())):
+        for colour, (label, points) in zip(colours, sorted(curves.items()), strict=False):
             points.sort(key=lambda item: item[0])
             xs, means, halves = [], [], []
             for x, group in points:
@@ -524,8 +524,8 @@ def build_sweep_curve(report: Report, key: str) -> tuple[Any, list[str]] | None:
             counts = sorted({len(_per_seed(group, figure_of)) for _, group in points} - {0})
             seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
             axes.plot(xs, means, color=colour, marker="o", linewidth=1.6, label=f"{label or name}, mean of {seeds} seeds")
-            axes.fill_between(xs, [clip(m - h, bounds) for m, h in zip(means, halves)],
-                              [clip(m + h, bounds) for m, h in zip(means, halves)], color=colour, alpha=0.2, linewidth=0)
+            axes.fill_between(xs, [clip(m - h, bounds) for m, h in zip(means, halves, strict=True)],
+                              [clip(m + h, bounds) for m, h in zip(means, halves, strict=True)], color=colour, alpha=0.2, linewidth=0)
         axes.set_ylabel(ylabel)
         axes.grid(True, alpha=0.3)
         axes.autoscale_view()

@@ -152,7 +152,7 @@ def parse_metrics(text: str) -> tuple[list[Row], list[str]]:
 
 def _parse_row(header: list[str], cells: list[str]) -> Row | None:
     row: Row = {}
-    for name, cell in zip(header, cells):
+    for name, cell in zip(header, cells, strict=True):
         cell = cell.strip()
         if not cell:
             row[name] = None
@@ -337,7 +337,7 @@ def _summarise_curves(run: Run) -> None:
     with_accuracy = [row for row in run.rows if finite(row.get("val_accuracy"))]
     run.best_accuracy_row = max(with_accuracy, key=lambda row: row["val_accuracy"]) if with_accuracy else None  # type: ignore[arg-type,return-value]
     run.loss_up_accuracy_up = []
-    for previous, current in zip(run.rows, run.rows[1:]):
+    for previous, current in zip(run.rows, run.rows[1:], strict=False):
         losses = previous["val_loss"], current["val_loss"]
         accuracies = previous.get("val_accuracy"), current.get("val_accuracy")
         if not all(finite(v) for v in (*losses, *accuracies)):

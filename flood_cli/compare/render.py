@@ -166,7 +166,7 @@ def render_terminal(tables: Sequence[Table], width: int | None = None) -> str:
         right = [column in table.right_aligned for column in table.columns]
 
         def line(cells: Sequence[str]) -> str:
-            padded = (cell.rjust(w) if r else cell.ljust(w) for cell, w, r in zip(cells, widths, right))
+            padded = (cell.rjust(w) if r else cell.ljust(w) for cell, w, r in zip(cells, widths, right, strict=True))  # noqa: B023 (called within this iteration only)
             return " " + COLUMN_GAP.join(padded).rstrip()
 
         rule = " " + "─" * (sum(widths) + len(COLUMN_GAP) * (len(widths) - 1))

@@ -26,7 +26,7 @@ SEED_MAX = 2**32 - 1
 # A run folder name: one path component that any shell, file system and URL takes as is.
 NAME_CHARACTERS = "letters, digits and . _ - + = @ ,"
 NAME_MAX = 200
-_NAME = re.compile(r"[A-Za-z0-9._+=@,-]{1,%d}" % NAME_MAX)
+_NAME = re.compile(rf"[A-Za-z0-9._+=@,-]{{1,{NAME_MAX}}}")
 
 
 def is_plain_name(value: str) -> bool:

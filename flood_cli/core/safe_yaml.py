@@ -137,7 +137,7 @@ class _Loader(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, yaml
 _FastLoader: type | None = None
 if getattr(yaml, "__with_libyaml__", False):
 
-    class _CLoader(yaml.cyaml.CParser, _Constructor, _Resolver):  # type: ignore[misc, name-defined]
+    class _CLoader(yaml.cyaml.CParser, _Constructor, _Resolver):  # type: ignore[name-defined]
         """libyaml's parser and composer (about 10x faster), the same checks and constructor."""
 
         def __init__(self, stream: str):

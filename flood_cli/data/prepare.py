@@ -209,9 +209,9 @@ def _read_error(exc: Exception, path: Path, role: str) -> FloodError:
         return FloodError(f"{role} file {shown} has no examples (only a header?); it needs at least one row")
     ragged = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", text)
     if ragged:
-        expected, line, saw = ragged.groups()
+        expected, bad_line, saw = ragged.groups()
         return FloodError(
-            f"{role} file {shown}: line {line} has {saw} fields but the header has {expected}; "
+            f"{role} file {shown}: line {bad_line} has {saw} fields but the header has {expected}; "
             f"quote texts that contain {_separator_name(path)}s (\"like, this\") or fix that line"
         )
     kind = path.suffix.lower().lstrip(".")
@@ -255,7 +255,7 @@ def _read_hub(cfg: DataConfig, split: str, role: str) -> Any:
         ) from None
 
 
-def _first_line(exc: Exception) -> str:
+def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:200]
 
@@ -587,7 +587,7 @@ def _check_stratifiable(ids: list[int], label_names: list[str], cfg: DataConfig)
     counts = [0] * len(label_names)
     for label_id in ids:
         counts[label_id] += 1
-    rare = [name for name, count in zip(label_names, counts) if count < 2]
+    rare = [name for name, count in zip(label_names, counts, strict=True) if count < 2]
     if rare:
         raise FloodError(
             f"label {rare[0]!r} has only one training example, too few to split off a stratified validation set; "

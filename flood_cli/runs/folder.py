@@ -13,6 +13,7 @@ This module must stay free of torch: `flood compare` reads the same files.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import io
@@ -132,10 +133,8 @@ def _check_regular(path: Path, mode: int) -> None:
         kind = "a device"
     else:
         kind = "not a plain file"
-    try:
+    with contextlib.suppress(OSError):  # not a link
         kind = f"a link to {shown(os.readlink(path))}, {kind}"
-    except OSError:  # not a link
-        pass
     raise RunFileRefused(path, f"{path.name} is not a regular file ({kind})")
 
 
@@ -167,12 +166,12 @@ def make_temp_file(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
-def atomic_write(path: Path, write: Callable[[IO[Any]], None], binary: bool = False) -> None:
+def atomic_write(path: Path, write: Callable[[IO[Any]], object], binary: bool = False) -> None:
     """Write a file so that readers, and a process killed at any moment, see the old
     or the new content, never half of it: temporary file, fsync, rename."""
     fd, tmp = make_temp_file(path)
     try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -219,7 +218,7 @@ class RunDir:
     def __init__(self, path: Path):
         self.path = path
         self.started = time.time()
-        self._metrics_handle = None
+        self._metrics_handle: IO[str] | None = None
         self._metrics_writer: csv.DictWriter | None = None
         self._lock_fd: int | None = None
         self.summary: dict[str, Any] = {}
@@ -273,7 +272,7 @@ class RunDir:
 
     # -- metrics ------------------------------------------------------------
     def open_metrics(self, columns: Iterable[str]) -> None:
-        handle = open(self.path / METRICS_FILE, "w", newline="", encoding="utf-8")
+        handle = open(self.path / METRICS_FILE, "w", newline="", encoding="utf-8")  # noqa: SIM115 (held open while the run writes rows; closed by close())
         self._metrics_handle = handle
         self._metrics_writer = _metrics_writer(handle, columns)
         self._metrics_writer.writeheader()
@@ -291,7 +290,7 @@ class RunDir:
         if len(kept) < keep_rows:
             raise FloodError(f"{path} has {len(kept)} rows but the checkpoint expects {keep_rows}; it cannot be resumed")
         atomic_write_text(path, header + "".join(kept))
-        handle = open(path, "a", newline="", encoding="utf-8")
+        handle = open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115 (held open while the run writes rows; closed by close())
         self._metrics_handle = handle
         self._metrics_writer = _metrics_writer(handle, columns)
         return read_metrics(path)

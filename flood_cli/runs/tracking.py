@@ -32,7 +32,7 @@ import contextlib
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -240,7 +240,7 @@ def _forget_replaced_store(uri: str) -> None:
     from mlflow.tracking._tracking_service.registry import TrackingStoreRegistry
 
     cached = getattr(TrackingStoreRegistry, "_get_store_with_resolved_uri", None)
-    if hasattr(cached, "cache_clear"):
+    if cached is not None and hasattr(cached, "cache_clear"):
         cached.cache_clear()  # every URI's: the others are made again when next used
 
 
@@ -256,11 +256,11 @@ def _http_limits(retries: int, timeout: int, force_retries: bool = False) -> Ite
     try:
         yield
     finally:
-        for name, value in saved.items():
-            if value is None:
+        for name, old in saved.items():
+            if old is None:
                 os.environ.pop(name, None)
             else:
-                os.environ[name] = value
+                os.environ[name] = old
 
 
 # What MLflow's REST client wraps (requests' and urllib3's long messages), said plainly.
@@ -496,7 +496,7 @@ class Trackers:
             except Exception as exc:
                 self._fail(name, exc, "at its start")
 
-    def start(self, config: dict[str, Any], summary: dict[str, Any], rows: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    def start(self, config: dict[str, Any], summary: dict[str, Any], rows: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
         """Start (or continue, on resume) each tracker; returns fields for the summary.
         ``rows`` are a resumed run's earlier rows (a new MLflow run is given them)."""
         fields: dict[str, Any] = {}
@@ -515,7 +515,7 @@ class Trackers:
                 self._fail(name, exc, "at its start")
         return fields
 
-    def _continue_lost_run(self, tracker: MlflowTracker, lost: str, rows: list[dict[str, Any]]) -> None:
+    def _continue_lost_run(self, tracker: MlflowTracker, lost: str, rows: Sequence[dict[str, Any]]) -> None:
         copied = [(row, int(row["step"])) for row in rows if row.get("step") is not None]
         self.warn(
             f"mlflow: the run's MLflow run {lost} is not in {tracker.uri} (the store was deleted or replaced, or "
@@ -565,10 +565,8 @@ class Trackers:
             if gap["steps"]:
                 self.warn(gap_line(name, gap, len(rows) if rows is not None else None))
         if self.gaps:
-            try:
+            with contextlib.suppress(OSError):  # a full disk: the run's own outcome is the one to report
                 self.run.write_summary(tracker_gaps=self.gaps)
-            except OSError:
-                pass  # a full disk: the run's own outcome is the one to report
 
 
 def gap_line(name: str, gap: dict[str, Any], total: int | None) -> str:

@@ -426,7 +426,7 @@ def grid_settings(mode: str, axes: dict[str, list[Any]]) -> list[Setting]:
     """The grid's settings, baseline first: every combination of the axes in ``mode``,
     and a baseline for every combination of the axes that a baseline has too."""
     def product(keys: list[str]) -> list[dict[str, Any]]:
-        return [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
+        return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(axes[k] for k in keys))]
 
     shared = [key for key in axes if _mode_key(key) is None]
     settings = [Setting({"train.mode": "baseline", **point}) for point in product(shared)]
@@ -840,9 +840,8 @@ def _is_stale(trial: Any, grace: float, study: str = "") -> bool:
     machine's clock: a worker whose clock runs behind or ahead is judged the same."""
     attrs = trial.user_attrs
     here = _pid_namespace()
-    if attrs.get("host") == socket.gethostname() and "pid" in attrs and here is not None and attrs.get("pid_ns") == here:
-        if not _alive(int(attrs["pid"]), attrs.get("pid_start")):
-            return True
+    if attrs.get("host") == socket.gethostname() and "pid" in attrs and here is not None and attrs.get("pid_ns") == here and not _alive(int(attrs["pid"]), attrs.get("pid_start")):
+        return True
     beat = (attrs.get("heartbeat"), attrs.get("pid"), attrs.get("host"))
     now = time.monotonic()
     key = (study, trial.number)
@@ -1406,7 +1405,7 @@ def _work(spec: SweepSpec, log: Callable[[str], None], verbose: bool, stop: _Sto
                 continue
             finally:
                 stop.in_trial = False
-        if not _retrying(spec, "record a result", lambda: _tell(queue, claimed, value, attrs=attrs)):
+        if not _retrying(spec, "record a result", lambda: _tell(queue, claimed, value, attrs=attrs)):  # noqa: B023 (called at once)
             log(f"trial {claimed.number} was taken as stale and queued again meanwhile; its retry reports its run(s)")
         done += 1
 
@@ -1567,10 +1566,7 @@ def _run_trial(
     # A search trial's values as asked (kept in its attributes: the retry of an
     # interrupted one is a queued trial, whose params Optuna shows only once suggested).
     overrides = claimed.attrs["overrides"]
-    if claimed.attrs.get("search"):
-        seeds = spec.seeds
-    else:
-        seeds = [claimed.attrs["seed"]]
+    seeds = spec.seeds if claimed.attrs.get("search") else [claimed.attrs["seed"]]
     setting = Setting(overrides)
     losses, accuracies, names = [], [], []
     for index, seed in enumerate(seeds):
@@ -1858,7 +1854,7 @@ def start_workers(spec: SweepSpec, count: int, verbose: bool) -> list[subprocess
             env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
         else:  # torch takes its thread count from here
             env.setdefault("OMP_NUM_THREADS", str(threads))
-        log = open(Path(spec.folder) / WORKERS_DIR / f"worker-{index + 1}.log", "a", encoding="utf-8")
+        log = open(Path(spec.folder) / WORKERS_DIR / f"worker-{index + 1}.log", "a", encoding="utf-8")  # noqa: SIM115 (the worker's stdout; closed once Popen has it)
         command = [sys.executable, "-m", "flood_cli", "sweep", "--worker", "--resume", spec.folder]
         if verbose:
             command.append("--verbose")
@@ -1980,10 +1976,8 @@ def disk_use(folder: Path) -> int:
     total = 0
     for root, _, files in os.walk(folder):
         for name in files:
-            try:
+            with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(root, name)).st_size
-            except OSError:
-                pass
     return total
 
 
@@ -2095,7 +2089,7 @@ def run_sweep(spec: SweepSpec, workers: int, verbose: bool, echo: Callable[[str]
     left = spec.expected_runs - sum(item.runs for item in finished)
     for index, process in enumerate(processes, start=1):
         code = process.returncode
-        if code == WORKER_INTERRUPTED or (code is not None and code < 0) or code == WORKER_FENCED:
+        if code in (WORKER_INTERRUPTED, WORKER_FENCED) or (code is not None and code < 0):
             # Stopped from outside, or it lost its lease: its run was queued again, and
             # another worker may have finished it; the sweep is interrupted if runs are left.
             interrupted = interrupted or left > 0

@@ -52,6 +52,13 @@ def aux_experiment(cfg: Config) -> dict[str, Any]:
     return {"model": raw["model"], "data": raw["data"], "train": train, "runtime": raw["runtime"]}
 
 
+def _settings(cfg: Config) -> Any:
+    """The train.adaflood section: validation fills it in whenever the mode is adaflood."""
+    settings = cfg.train.adaflood
+    assert settings is not None, "train.adaflood is filled in for mode adaflood"
+    return settings
+
+
 def cache_key(cfg: Config) -> str:
     from flood_cli.data.prepare import content_hash
 
@@ -62,7 +69,7 @@ def cache_key(cfg: Config) -> str:
         for key in ("train_file", "validation_file", "test_file")
         if (path := experiment["data"].get(key)) and Path(path).is_file()
     }
-    text = json.dumps({"experiment": experiment, "files": files, "folds": cfg.train.adaflood.folds}, sort_keys=True, default=str)
+    text = json.dumps({"experiment": experiment, "files": files, "folds": _settings(cfg).folds}, sort_keys=True, default=str)
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
@@ -129,7 +136,7 @@ def held_out_losses(cfg: Config, reporter: Any) -> torch.Tensor:
 
 
 def _held_out_losses(cfg: Config, folder: Path, reporter: Any, group: _Processes) -> torch.Tensor:
-    folds = cfg.train.adaflood.folds
+    folds = _settings(cfg).folds
     with _locked(folder) if group.main else nullcontext() as lock:
         losses_path = folder / LOSSES_FILE
         cached = group.share(_cached_losses(cfg, losses_path, reporter) if group.main else None)
@@ -154,12 +161,12 @@ def _held_out_losses(cfg: Config, folder: Path, reporter: Any, group: _Processes
                 from flood_cli.runs.folder import atomic_write
 
                 atomic_write(losses_path, lambda handle: torch.save(losses, handle), binary=True)
-                if lock.removed():  # written into a folder made again meanwhile: not ours to keep
+                if lock is not None and lock.removed():  # written into a folder made again meanwhile: not ours to keep
                     raise FileNotFoundError(losses_path)
         except (OSError, FloodError) as exc:
             # A run's files vanish as "No such file" (or a model "not found") from deep in
             # the loop or the scoring; the lock file, gone too, tells the removal apart.
-            if group.main and lock.removed():
+            if group.main and lock is not None and lock.removed():
                 raise _CacheRemoved(f"adaflood: the cache folder {folder} was removed while {doing}") from exc
             raise
         return group.share(losses)
@@ -177,7 +184,7 @@ def _cached_losses(cfg: Config, path: Path, reporter: Any) -> torch.Tensor | Non
     try:
         losses = read_data(path)
     except UnreadableData as exc:
-        problem = f"{exc.reason} (nothing in it was run)" if exc.code else exc.reason
+        problem: str | None = f"{exc.reason} (nothing in it was run)" if exc.code else exc.reason
     else:
         problem = _losses_problem(losses, _train_size(cfg))
         if problem is None:
@@ -314,4 +321,4 @@ def levels_for(cfg: Config, reporter: Any) -> torch.Tensor:
     """Each training example's flood level for this run's γ."""
     from flood_cli.train.objectives import adaflood_levels
 
-    return adaflood_levels(held_out_losses(cfg, reporter).float(), cfg.train.adaflood.gamma)
+    return adaflood_levels(held_out_losses(cfg, reporter).float(), _settings(cfg).gamma)

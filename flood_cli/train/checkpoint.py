@@ -9,6 +9,7 @@ someone else can hold data, never code that runs when it is loaded.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import pickle
 import random
@@ -37,7 +38,7 @@ def capture_rng() -> dict[str, Any]:
         import numpy
 
         name, keys, position, has_gauss, cached_gaussian = numpy.random.get_state()
-        state["numpy"] = (name, torch.from_numpy(keys.astype(numpy.int64)), position, has_gauss, cached_gaussian)
+        state["numpy"] = (name, torch.from_numpy(keys.astype(numpy.int64)), position, has_gauss, cached_gaussian)  # type: ignore[attr-defined]  # numpy's stub types get_state() as dict | tuple; legacy=True (the default) returns the tuple
     except ImportError:
         pass
     if torch.cuda.is_available():
@@ -74,7 +75,7 @@ def save(path: Path, payload: dict[str, Any]) -> None:
     def write(handle: Any) -> None:
         recorder = _WriteErrors(handle)
         try:
-            torch.save({"format": FORMAT, **payload}, recorder)
+            torch.save({"format": FORMAT, **payload}, recorder)  # type: ignore[arg-type]  # torch's stub wants IO[bytes]; torch.save needs only write() and flush()
         except RuntimeError:
             # torch's zip writer reports a failed write as "unexpected pos …"; the
             # OSError behind it (a full disk, a file-size limit) is the one to tell.
@@ -425,7 +426,5 @@ class BackgroundWriter:
     def settle_quietly(self) -> None:
         """Wait for the write in flight when the run is already failing: its own error,
         if any, must not hide the one that stopped the run."""
-        try:
+        with contextlib.suppress(Exception):
             self.wait()
-        except Exception:
-            pass

@@ -139,7 +139,8 @@ def make_optimizer(
     if kind == "adamw" and train.optimizer == "sgd":
         kind = "sgd"
     ascent = kind == "adamw_ascent"
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 else decay).append(param)
@@ -152,7 +153,9 @@ def make_optimizer(
         return torch.optim.SGD(groups, lr=train.lr, momentum=0.0, fused=fused or None)
     if kind not in ("adamw", "adamw_ascent"):
         raise ValueError(f"unknown optimizer kind {kind!r}")
-    return torch.optim.AdamW(groups, lr=train.ascent_lr if ascent else train.lr, maximize=ascent, fused=fused or None)
+    lr = train.ascent_lr if ascent else train.lr
+    assert lr is not None, "validation requires ascent_lr in mode alternate"
+    return torch.optim.AdamW(groups, lr=lr, maximize=ascent, fused=fused or None)
 
 
 def package_versions() -> dict[str, str]:
@@ -186,8 +189,8 @@ class EvalSplit:
     ):
         self.size = len(split)
         self.batches = eval_shard(length_sorted_batches(split, batch_size), num_processes, rank)
-        self.loader = torch.utils.data.DataLoader(
-            list(range(self.size)),
+        self.loader: torch.utils.data.DataLoader[int] = torch.utils.data.DataLoader(
+            list(range(self.size)),  # type: ignore[arg-type]  # torch's stub wants a Dataset; a list is a map-style one
             batch_sampler=self.batches,
             collate_fn=collate,
             num_workers=workers,
@@ -479,6 +482,10 @@ class _Interval:
     """Figures of the optimizer steps since the last evaluation, kept on the device."""
 
     FIELDS = ("loss_sum", "objective_sum", "correct", "ascent")
+    loss_sum: torch.Tensor
+    objective_sum: torch.Tensor
+    correct: torch.Tensor
+    ascent: torch.Tensor
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -704,7 +711,7 @@ class Trainer:
             self.raw_model.load_state_dict(state["model"])
             if len(state["optimizers"]) != len(self.optimizers):
                 raise ValueError(f"{len(state['optimizers'])} optimizer state(s) for the mode's {len(self.optimizers)}")
-            for optimizer, optimizer_state in zip(self.optimizers, state["optimizers"]):
+            for optimizer, optimizer_state in zip(self.optimizers, state["optimizers"], strict=True):
                 optimizer.load_state_dict(optimizer_state)
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             if isinstance(exc, torch.OutOfMemoryError):
@@ -830,8 +837,8 @@ class Trainer:
         order = self.order.order(epoch)
         steps = plan_steps(order, train.batch_size, train.grad_accum_steps, accelerator.num_processes, accelerator.process_index)
         steps = steps[start:]
-        loader = torch.utils.data.DataLoader(
-            list(range(len(self.data.train))),
+        loader: torch.utils.data.DataLoader[int] = torch.utils.data.DataLoader(
+            list(range(len(self.data.train))),  # type: ignore[arg-type]  # torch's stub wants a Dataset; a list is a map-style one
             batch_sampler=[list(batch) for step in steps for batch in step.micro_batches],
             collate_fn=self.collate,
             num_workers=self.cfg.runtime.num_workers,

@@ -36,11 +36,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 import torch
 
-Sign = Union[float, torch.Tensor]
+Sign = float | torch.Tensor
 # (per-example losses, example indices) -> (per-example objective, per-example "ascends")
 PerExample = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -352,7 +352,7 @@ class GradNorm:
         return StepFigures(first.loss + self.alpha * self.r * norm, 0.0)
 
 
-Mode = Union[Baseline, Flooding, IFlood, AdaFlood, Alternate, Backstitch, GradNorm]
+Mode = Baseline | Flooding | IFlood | AdaFlood | Alternate | Backstitch | GradNorm
 
 
 # Each mode of flood_cli.core.modes by name (a test checks that both name the same modes).

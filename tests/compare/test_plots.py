@@ -186,7 +186,7 @@ def test_flood_levels_are_horizontal_lines_in_the_group_colour(tmp_path):
     flood, iflood = group_id(report, "flooding"), group_id(report, "iflood")
     assert notes.flood_levels == {flood: 0.1, iflood: 0.05}
     loss_axes = figure.axes[0]
-    colours = {group.id: colour for group, colour in zip(report.groups, group_colours(len(report.groups)))}
+    colours = {group.id: colour for group, colour in zip(report.groups, group_colours(len(report.groups)), strict=True)}
     levels = {
         line.get_ydata()[0]: line.get_color() for line in loss_axes.get_lines()
         if list(line.get_xdata()) == [0, 1] and len(set(line.get_ydata())) == 1  # axhline: across the panel

@@ -181,7 +181,7 @@ def test_no_paired_interval_without_spread_or_beyond_a_float(differences, scale)
 def test_a_consistent_paired_difference_is_lower_where_welch_sees_noise():
     group, baseline = Sample((0.79, 0.888, 0.985)), Sample((0.80, 0.90, 1.00))
     assert verdict_for(difference_interval(group, baseline), group, baseline) == WITHIN_NOISE
-    paired = paired_interval([g - b for g, b in zip(group.values, baseline.values)], scale=1.0)
+    paired = paired_interval([g - b for g, b in zip(group.values, baseline.values, strict=True)], scale=1.0)
     assert paired.high < 0 and interval_verdict(paired) == LOWER
 
 

@@ -116,7 +116,7 @@ def test_calibration_at_the_best_evaluation_is_shown_when_runs_log_it(tmp_path):
 
     calibrated = write_run(tmp_path / "runs", "calibrated", val_losses=(0.6, 0.5, 0.55))
     rows = make_rows((0.6, 0.5, 0.55))
-    for row, ece, wrong in zip(rows, (0.08, 0.031, 0.2), (1, 2, 7)):
+    for row, ece, wrong in zip(rows, (0.08, 0.031, 0.2), (1, 2, 7), strict=True):
         row.update(val_ece=ece, val_confidence=0.9, val_confident_wrong=wrong)
     (calibrated / METRICS_FILE).write_text(metrics_csv(rows), encoding="utf-8", newline="")
     write_run(tmp_path / "runs", "older", val_losses=(0.7, 0.65, 0.6), seed=7)

@@ -147,7 +147,7 @@ def write_holm_settings(root):
     for seed, best in baseline.items():
         write_run(root, f"base-s{seed}", val_losses=(best + 0.05, best, best + 0.02), seed=seed)
     for name, diffs in differences.items():
-        for (seed, best), d in zip(baseline.items(), diffs):
+        for (seed, best), d in zip(baseline.items(), diffs, strict=True):
             write_run(root, f"flood-{name}-s{seed}", val_losses=(best + d + 0.05, best + d, best + d + 0.02), seed=seed,
                       mode="flooding", b=float(name[1:]))
     return differences
@@ -219,9 +219,9 @@ def test_welch_verdicts_are_holm_adjusted_too(tmp_path):
     """No shared seeds: Welch's p, from Student's t at Welch's df. Equal n = 3 and equal
     sd give df 4, where p = 1 − x(3 − x²)/2, x = |t|/√(4 + t²)."""
     write_seed_group(tmp_path, "baseline", [0.80, 0.83, 0.86])
-    for seed, best in zip((11, 12, 13), (0.74, 0.77, 0.80)):  # −0.06 below the baseline's mean; −0.08 below
+    for seed, best in zip((11, 12, 13), (0.74, 0.77, 0.80), strict=True):  # −0.06 below the baseline's mean; −0.08 below
         write_run(tmp_path, f"a-s{seed}", val_losses=(best + 0.02, best, best + 0.01), seed=seed, mode="flooding", b=0.1)
-    for seed, best in zip((11, 12, 13), (0.72, 0.75, 0.78)):
+    for seed, best in zip((11, 12, 13), (0.72, 0.75, 0.78), strict=True):
         write_run(tmp_path, f"b-s{seed}", val_losses=(best + 0.02, best, best + 0.01), seed=seed, mode="flooding", b=0.2)
 
     def welch_p(d):
