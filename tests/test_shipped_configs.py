@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from flood_cli.config.schema import load_config
-from flood_cli.sweep import driver as sweeps
+from flood_cli.sweep import create as sweep_create
+from flood_cli.sweep import spec as sweep_spec
 from tests.conftest import ROOT
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -25,8 +26,8 @@ def test_each_shipped_config_validates(path: Path):
 @pytest.mark.parametrize("study", STUDIES)
 def test_each_shipped_study_is_a_valid_sweep(tmp_path, study: str):
     assert STUDIES == ["clean", "noisy"]
-    listed = sweeps.read_settings(ROOT / "studies" / f"methods-{study}.yaml")
-    spec = sweeps.create_sweep(ROOT / "studies" / f"spam-{study}.yaml", None, {}, [1, 2], [], 0, tmp_path, study, None, None, listed=listed)
-    modes = {sweeps.Setting(overrides).mode for overrides in spec.settings}
+    listed = sweep_spec.read_settings(ROOT / "studies" / f"methods-{study}.yaml")
+    spec = sweep_create.create_sweep(ROOT / "studies" / f"spam-{study}.yaml", None, {}, [1, 2], [], 0, tmp_path, study, None, None, listed=listed)
+    modes = {sweep_spec.Setting(overrides).mode for overrides in spec.settings}
     assert modes == {"baseline", "flooding", "iflood", "adaflood", "alternate", "backstitch"}
     assert spec.expected_runs == 2 * len(spec.settings) == 2 * (len(listed) + (0 if {"train.mode": "baseline"} in listed else 1))
