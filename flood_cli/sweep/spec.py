@@ -24,9 +24,12 @@ JOURNAL_FILE = "study.journal"
 RUNS_DIR = "runs"
 WORKERS_DIR = "workers"
 RESULTS_FILE = "results.md"
+QUEUE_LOCK = ".queue.lock"  # in the sweep folder: one process at a time changes the queue
+
 # The keys a flag sweeps, and how a run name shows them.
 FLAG_KEYS = {"b": "train.b", "lr": "train.lr", "ascent_lr": "train.ascent_lr"}
 SHORT_NAMES = {"train.b": "b", "train.lr": "lr", "train.ascent_lr": "alr", "train.mode": ""}
+
 # Keys that only make sense in one mode: a baseline setting drops them.
 MODE_KEYS_OF = {
     "flooding": ("train.b",),
@@ -37,16 +40,17 @@ MODE_KEYS_OF = {
     "gradnorm": ("train.gradnorm",),
 }
 MODE_KEYS = tuple(dict.fromkeys(key for keys in MODE_KEYS_OF.values() for key in keys))
+
 # What a run of one mode must not carry from a base config of another (reset to defaults).
 CLEARED = {"train.b": None, "train.ascent_lr": None, "train.adaflood": None, "train.backstitch": None, "train.gradnorm": None}
 CURVE_KEYS = ("train.b", "train.ascent_lr")
+
 # Bounds on what one sweep enqueues (each run is one Optuna trial, a few ms to enqueue).
 MAX_SEEDS = 1000
 MAX_SETTINGS = 1000
 MAX_SETTINGS_BYTES = 512_000
 MAX_RUNS = 5000
 MAX_SPEC_BYTES = 4 * 2**20  # sweep.yaml: its settings (at most MAX_SETTINGS_BYTES) and the base config
-QUEUE_LOCK = ".queue.lock"  # in the sweep folder: one process at a time changes the queue
 
 
 def _mode_key(key: str) -> str | None:
@@ -429,6 +433,9 @@ def config_for(spec: SweepSpec, overrides: dict[str, Any], seed: int, run_name: 
     apply_override(raw, "output.dir", str(spec.runs_dir))
     apply_override(raw, "output.name", run_name)
     return validate(raw, f"sweep setting {Setting(overrides).label()}")
+
+
+# Text that the sweep's messages share
 
 
 def _first_line(exc: BaseException) -> str:

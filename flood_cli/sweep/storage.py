@@ -30,6 +30,7 @@ def _env_seconds(name: str, default: float) -> float:
 
 STORAGE_RETRY_S = _env_seconds("FLOOD_SWEEP_STORAGE_RETRY_S", 120.0)  # how long a worker waits for a storage that stopped answering
 DIE_AFTER_WRITE = "FLOOD_SWEEP_DIE_AFTER_WRITE"  # tests: os._exit after the k-th queue write
+
 # A password given in a storage URL is used by this process (and handed to the workers it
 # starts, in their environment), never stored (sweep.yaml, the study's attributes) nor
 # printed. Elsewhere the driver finds it itself (PGPASSWORD, ~/.pgpass for PostgreSQL).
