@@ -9,7 +9,7 @@ import torch
 
 from flood_cli.config.schema import MODE_SECTIONS, TrainConfig
 from flood_cli.core.modes import BY_NAME, MODE_KEYS_OF, MODE_NAMES, MODES
-from flood_cli.sweep import driver
+from flood_cli.sweep import spec as sweep_spec
 from flood_cli.train.objectives import OBJECTIVES, make_mode
 
 
@@ -55,7 +55,7 @@ def test_own_keys_are_train_keys_of_that_mode_only(name):
 
 def test_sections_and_sweep_keys_are_the_registrys():
     assert set(MODE_SECTIONS) == {mode.name for mode in MODES if mode.section is not None}
-    assert set(driver.MODE_KEYS) == {key for mode in MODES for key in mode.own_keys}
-    assert driver.MODE_KEYS_OF is MODE_KEYS_OF
-    assert set(driver.CLEARED) == {key for mode in MODES for key in mode.own_keys if key not in mode.options}
-    assert set(driver.CURVE_KEYS) == {mode.curve_key for mode in MODES if mode.curve_key is not None}
+    assert set(sweep_spec.MODE_KEYS) == {key for mode in MODES for key in mode.own_keys}
+    assert sweep_spec.MODE_KEYS_OF is MODE_KEYS_OF
+    assert set(sweep_spec.CLEARED) == {key for mode in MODES for key in mode.own_keys if key not in mode.options}
+    assert set(sweep_spec.CURVE_KEYS) == {mode.curve_key for mode in MODES if mode.curve_key is not None}

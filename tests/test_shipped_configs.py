@@ -14,7 +14,8 @@ import pytest
 
 from flood_cli.config.load import load_config
 from flood_cli.core import safe_yaml
-from flood_cli.sweep import driver as sweeps
+from flood_cli.sweep import create as sweep_create
+from flood_cli.sweep import spec as sweep_spec
 from tests.conftest import ROOT
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -32,9 +33,9 @@ def test_each_shipped_config_validates(path: Path):
 @pytest.mark.parametrize("study", STUDIES)
 def test_each_shipped_study_is_a_valid_sweep(tmp_path, study: str):
     assert STUDIES == ["clean", "noisy"]
-    listed = sweeps.read_settings(ROOT / "studies" / f"methods-{study}.yaml")
-    spec = sweeps.create_sweep(ROOT / "studies" / f"spam-{study}.yaml", None, {}, [1, 2], [], 0, tmp_path, study, None, None, listed=listed)
-    modes = {sweeps.Setting(overrides).mode for overrides in spec.settings}
+    listed = sweep_spec.read_settings(ROOT / "studies" / f"methods-{study}.yaml")
+    spec = sweep_create.create_sweep(ROOT / "studies" / f"spam-{study}.yaml", None, {}, [1, 2], [], 0, tmp_path, study, None, None, listed=listed)
+    modes = {sweep_spec.Setting(overrides).mode for overrides in spec.settings}
     assert modes == {"baseline", "flooding", "iflood", "adaflood", "alternate", "backstitch"}
     assert spec.expected_runs == 2 * len(spec.settings) == 2 * (len(listed) + (0 if {"train.mode": "baseline"} in listed else 1))
 
@@ -46,7 +47,7 @@ def test_each_study_file_validates_as_what_it_is(path: Path):
     if kind == "spam":
         assert load_config(path).train.epochs > 0
     else:
-        assert all("train.mode" in setting for setting in sweeps.read_settings(path))
+        assert all("train.mode" in setting for setting in sweep_spec.read_settings(path))
 
 
 def test_readme_has_yaml_examples():
@@ -60,7 +61,7 @@ def test_each_readme_yaml_example_validates(tmp_path, number: int):
     path.write_text(text, encoding="utf-8")
     data = safe_yaml.load(text)
     if isinstance(data, list):  # a --settings file
-        assert sweeps.read_settings(path)
+        assert sweep_spec.read_settings(path)
     else:
         assert isinstance(data, dict) and "model" in data, f"README yaml example {number + 1} is neither a config nor settings"
         load_config(path)

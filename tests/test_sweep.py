@@ -18,7 +18,12 @@ from pathlib import Path
 import pytest
 
 from flood_cli.core.errors import FloodError
-from flood_cli.sweep import driver as sweeps
+from flood_cli.sweep import create as sweep_create
+from flood_cli.sweep import lease as sweep_lease
+from flood_cli.sweep import queue as sweep_queue
+from flood_cli.sweep import spec as sweep_spec
+from flood_cli.sweep import storage as sweep_storage
+from flood_cli.sweep import worker as sweep_worker
 from tests.conftest import ROOT, small_config, write_config
 
 pytestmark = pytest.mark.distributed
@@ -41,9 +46,9 @@ def run_names(folder: Path) -> list[str]:
     return sorted(p.name for p in (folder / "runs").iterdir())
 
 
-def trials_of(spec: sweeps.SweepSpec) -> list:
-    storage = sweeps.open_storage(spec.storage_url)
-    return sweeps.load_study(storage, spec.study).get_trials(deepcopy=False)
+def trials_of(spec: sweep_spec.SweepSpec) -> list:
+    storage = sweep_storage.open_storage(spec.storage_url)
+    return sweep_storage.load_study(storage, spec.study).get_trials(deepcopy=False)
 
 
 # ---------------------------------------------------------------------------
@@ -51,28 +56,28 @@ def trials_of(spec: sweeps.SweepSpec) -> list:
 
 
 def test_values_seeds_and_ranges_are_parsed_or_refused_in_one_line():
-    assert sweeps.parse_values("0,0.05, 1e-3", "--b") == [0, 0.05, 0.001]
-    assert sweeps.parse_seeds("3") == [1, 2, 3] and sweeps.parse_seeds("1,2,7") == [1, 2, 7]
-    assert sweeps.parse_search("b=0:0.6") == sweeps.Range("train.b", 0.0, 0.6, False)
-    assert sweeps.parse_search("ascent_lr=1e-6:1e-4:log") == sweeps.Range("train.ascent_lr", 1e-6, 1e-4, True)
+    assert sweep_spec.parse_values("0,0.05, 1e-3", "--b") == [0, 0.05, 0.001]
+    assert sweep_spec.parse_seeds("3") == [1, 2, 3] and sweep_spec.parse_seeds("1,2,7") == [1, 2, 7]
+    assert sweep_spec.parse_search("b=0:0.6") == sweep_spec.Range("train.b", 0.0, 0.6, False)
+    assert sweep_spec.parse_search("ascent_lr=1e-6:1e-4:log") == sweep_spec.Range("train.ascent_lr", 1e-6, 1e-4, True)
     for call, message in [
-        (lambda: sweeps.parse_values("0.1,,0.2", "--b"), "--b '0.1,,0.2' has an empty value"),
-        (lambda: sweeps.parse_values("0.1,0.1", "--b"), "--b '0.1,0.1' repeats a value"),
-        (lambda: sweeps.parse_seeds("0"), "--seeds '0': give a number of seeds"),
-        (lambda: sweeps.parse_seeds("1,1"), "seeds must be distinct"),
-        (lambda: sweeps.parse_search("b=0.6:0"), "LOW must be below HIGH"),
-        (lambda: sweeps.parse_search("b"), "expected KEY=LOW:HIGH"),
+        (lambda: sweep_spec.parse_values("0.1,,0.2", "--b"), "--b '0.1,,0.2' has an empty value"),
+        (lambda: sweep_spec.parse_values("0.1,0.1", "--b"), "--b '0.1,0.1' repeats a value"),
+        (lambda: sweep_spec.parse_seeds("0"), "--seeds '0': give a number of seeds"),
+        (lambda: sweep_spec.parse_seeds("1,1"), "seeds must be distinct"),
+        (lambda: sweep_spec.parse_search("b=0.6:0"), "LOW must be below HIGH"),
+        (lambda: sweep_spec.parse_search("b"), "expected KEY=LOW:HIGH"),
     ]:
         with pytest.raises(FloodError, match=message.replace("(", r"\(").replace(")", r"\)")):
             call()
 
 
 def test_a_grid_always_holds_a_baseline_for_each_setting_a_baseline_can_share():
-    flooding = sweeps.grid_settings("flooding", {"train.b": [0.1, 0.2]})
+    flooding = sweep_spec.grid_settings("flooding", {"train.b": [0.1, 0.2]})
     assert [s.overrides for s in flooding] == [
         {"train.mode": "baseline"}, {"train.mode": "flooding", "train.b": 0.1}, {"train.mode": "flooding", "train.b": 0.2}
     ]
-    alternate = sweeps.grid_settings("alternate", {"train.lr": [1e-3, 2e-3], "train.ascent_lr": [1e-4]})
+    alternate = sweep_spec.grid_settings("alternate", {"train.lr": [1e-3, 2e-3], "train.ascent_lr": [1e-4]})
     assert [s.label() for s in alternate] == [
         "baseline lr=0.001", "baseline lr=0.002", "alternate lr=0.001 ascent_lr=0.0001", "alternate lr=0.002 ascent_lr=0.0001"
     ]
@@ -102,7 +107,7 @@ def test_a_2x2_grid_makes_six_runs_a_table_and_a_b_curve(tmp_path):
     assert sum(line.startswith("| g") and " | 2 | 2 | " in line for line in results.splitlines()) == 3  # 3 groups of 2 seeds
     assert (folder / "b-curve.png").stat().st_size > 10_000
     assert result.stdout.splitlines()[-1].startswith("disk: ") and result.stdout.splitlines()[-1].endswith(f" in {folder}")
-    spec = sweeps.read_spec(folder)
+    spec = sweep_create.read_spec(folder)
     states = [t.state.name for t in trials_of(spec)]
     assert states == ["COMPLETE"] * 6
 
@@ -120,10 +125,10 @@ def test_a_2x2_grid_makes_six_runs_a_table_and_a_b_curve(tmp_path):
         "baseline-optimizer=sgd-lr0.05-s1", "baseline-optimizer=sgd-lr0.05-s2"
     ]
     assert {p: p.read_bytes() for p in before} == before
-    spec = sweeps.read_spec(folder)
+    spec = sweep_create.read_spec(folder)
     assert [t.state.name for t in trials_of(spec)] == ["COMPLETE"] * 8 and spec.expected_runs == 8
     runs = folder / "runs"
-    assert sweeps.config_for(spec, spec.settings[-1], 1, "x").train.optimizer == "sgd"
+    assert sweep_spec.config_for(spec, spec.settings[-1], 1, "x").train.optimizer == "sgd"
     assert json.loads((runs / "baseline-optimizer=sgd-lr0.05-s1" / "summary.json").read_text())["status"] == "completed"
     again = flood("sweep", "--resume", str(folder), "--settings", str(extra))
     assert again.returncode == 0 and "added" not in again.stdout.splitlines()[0]
@@ -131,7 +136,7 @@ def test_a_2x2_grid_makes_six_runs_a_table_and_a_b_curve(tmp_path):
     extra.write_text("- {train.mode: flooding, train.b: -1}\n")
     refused = flood("sweep", "--resume", str(folder), "--settings", str(extra))
     assert refused.returncode == 1 and "train.b: input should be greater than or equal to 0 (got -1)" in refused.stderr
-    assert sweeps.read_spec(folder).settings == spec.settings
+    assert sweep_create.read_spec(folder).settings == spec.settings
 
 
 def test_bad_sweeps_are_refused_before_anything_exists(tmp_path):
@@ -200,7 +205,7 @@ def test_a_sweep_killed_with_sigkill_resumes_without_repeating_a_finished_run(tm
     for name, text in finished.items():
         assert (folder / "runs" / name / "summary.json").read_text() == text, f"{name} ran again"
     assert json.loads((interrupted / "summary.json").read_text())["resumed"] == 1
-    states = sorted(t.state.name for t in trials_of(sweeps.read_spec(folder)))
+    states = sorted(t.state.name for t in trials_of(sweep_create.read_spec(folder)))
     assert states.count("COMPLETE") == 4 and states.count("FAIL") == 1  # the dead worker's, queued again
     result = flood("sweep", "--resume", str(folder))  # nothing left: nothing runs
     assert result.returncode == 0 and not [line for line in result.stdout.splitlines() if PROGRESS_LINE.match(line)]
@@ -213,16 +218,16 @@ def test_a_sweep_killed_with_sigkill_resumes_without_repeating_a_finished_run(tm
 def _enqueue(storage_url: str, name: str, count: int) -> None:
     import optuna
 
-    study = optuna.create_study(study_name=name, storage=sweeps.open_storage(storage_url))
+    study = optuna.create_study(study_name=name, storage=sweep_storage.open_storage(storage_url))
     for number in range(count):
         study.enqueue_trial({}, user_attrs={"run": f"run-{number}"})
 
 
 CLAIMER = """
 import json, os, sys, time
-from flood_cli.sweep import driver as sweeps
-storage = sweeps.open_storage(sys.argv[1])
-queue = sweeps.Queue(storage, sweeps.load_study(storage, sys.argv[2]))
+from flood_cli.sweep import spec as sweep_spec, storage as sweep_storage, lease as sweep_lease, queue as sweep_queue, create as sweep_create, worker as sweep_worker
+storage = sweep_storage.open_storage(sys.argv[1])
+queue = sweep_queue.Queue(storage, sweep_storage.load_study(storage, sys.argv[2]))
 print("ready", flush=True)
 while not os.path.exists(sys.argv[3]):  # all claimers start together
     time.sleep(0.001)
@@ -263,7 +268,7 @@ def _three_worker_sweep(tmp_path: Path, *storage: str) -> Path:
     assert result.returncode == 0, result.stderr[-3000:]
     folder = tmp_path / "sweeps" / "three"
     assert len(run_names(folder)) == 9 and len(_completed(folder)) == 9
-    trials = trials_of(sweeps.read_spec(folder))
+    trials = trials_of(sweep_create.read_spec(folder))
     assert sorted(t.user_attrs["run"] for t in trials) == run_names(folder)  # each run in exactly one trial
     assert all(t.state.name == "COMPLETE" for t in trials)
     pids = {t.user_attrs["pid"] for t in trials}
@@ -283,7 +288,7 @@ def test_three_claimers_on_postgresql_take_disjoint_trials(tmp_path, postgres):
 
 def test_three_workers_on_postgresql_run_every_trial_once_and_another_machine_can_join(tmp_path, postgres):
     folder = _three_worker_sweep(tmp_path, "--storage", postgres, "--study", "three-pg")
-    spec = sweeps.read_spec(folder)
+    spec = sweep_create.read_spec(folder)
     assert spec.storage == postgres and spec.study == "three-pg"
     # A worker joining later from "another machine" finds nothing left to do.
     joined = flood("sweep", "--storage", postgres, "--study", "three-pg", "--worker")
@@ -300,9 +305,9 @@ def test_a_search_runs_tpe_trials_over_every_seed_next_to_a_baseline(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     folder = tmp_path / "sweeps" / "tpe"
-    spec = sweeps.read_spec(folder)
-    storage = sweeps.open_storage(spec.storage_url)
-    search = sweeps.load_study(storage, spec.study).get_trials(deepcopy=False)
+    spec = sweep_create.read_spec(folder)
+    storage = sweep_storage.open_storage(spec.storage_url)
+    search = sweep_storage.load_study(storage, spec.study).get_trials(deepcopy=False)
     assert [t.state.name for t in search] == ["COMPLETE"] * 3
     names = run_names(folder)
     assert len(names) == 2 + 3 * 2 and names[:2] == ["baseline-s1", "baseline-s2"]
@@ -321,11 +326,11 @@ def test_a_pruned_search_trial_stops_early_and_says_so(tmp_path, monkeypatch):
 
     monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: self.number == 1)
     folder = tmp_path / "sweeps" / "pruned"
-    spec = sweeps.create_sweep(
-        tiny_config(tmp_path, eval_every=2), None, {}, [1], [sweeps.Range("train.b", 0.1, 0.9)], 2, tmp_path / "sweeps", "pruned", None, None, True
+    spec = sweep_create.create_sweep(
+        tiny_config(tmp_path, eval_every=2), None, {}, [1], [sweep_spec.Range("train.b", 0.1, 0.9)], 2, tmp_path / "sweeps", "pruned", None, None, True
     )
-    assert sweeps.work(spec) == 3  # the baseline run and two search trials
-    trials = sweeps.load_study(sweeps.open_storage(spec.storage_url), spec.study).get_trials(deepcopy=False)
+    assert sweep_worker.work(spec) == 3  # the baseline run and two search trials
+    trials = sweep_storage.load_study(sweep_storage.open_storage(spec.storage_url), spec.study).get_trials(deepcopy=False)
     assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED"]
     pruned = [p for p in (folder / "runs").iterdir() if json.loads((p / "summary.json").read_text())["status"] == "pruned"]
     assert len(pruned) == 1
@@ -338,16 +343,16 @@ def test_a_trial_whose_worker_stopped_beating_is_queued_again_with_its_run(tmp_p
     trial: it is failed and enqueued again with the same run; a beating one is left alone."""
     url = str(tmp_path / "beats.journal")
     _enqueue(url, "beats", 2)
-    storage = sweeps.open_storage(url)
-    queue = sweeps.Queue(storage, sweeps.load_study(storage, "beats"))
+    storage = sweep_storage.open_storage(url)
+    queue = sweep_queue.Queue(storage, sweep_storage.load_study(storage, "beats"))
     silent, beating = queue.claim(), queue.claim()
     for claimed in (silent, beating):
         storage.set_trial_user_attr(claimed.trial_id, "host", "another-machine")
         storage.set_trial_user_attr(claimed.trial_id, "heartbeat", time.time())
     clock = [time.monotonic()]
-    monkeypatch.setattr(sweeps.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(sweep_lease.time, "monotonic", lambda: clock[0])
     assert queue.reclaim_stale() == []  # first seen: not judged yet
-    clock[0] += sweeps.GRACE_S + 1
+    clock[0] += sweep_lease.GRACE_S + 1
     storage.set_trial_user_attr(beating.trial_id, "heartbeat", time.time() + 1)  # it beat meanwhile
     assert queue.reclaim_stale() == [silent.number]
     assert queue.reclaim_stale() == []  # reclaimed once
@@ -358,7 +363,7 @@ def test_a_trial_whose_worker_stopped_beating_is_queued_again_with_its_run(tmp_p
     mine = queue.claim()
     storage.set_trial_user_attr(mine.trial_id, "host", socket.gethostname())
     storage.set_trial_user_attr(mine.trial_id, "pid", 2**22 + 12345)  # no such process
-    storage.set_trial_user_attr(mine.trial_id, "pid_ns", sweeps._pid_namespace())  # in this PID namespace
+    storage.set_trial_user_attr(mine.trial_id, "pid_ns", sweep_lease._pid_namespace())  # in this PID namespace
     storage.set_trial_user_attr(mine.trial_id, "heartbeat", time.time())
     assert queue.reclaim_stale() == [mine.number]
 
@@ -368,7 +373,7 @@ def test_set_sweeps_any_key_crossed_with_the_flood_levels():
 
     axes = _sweep_axes("0.1,0.2", None, None, ["train.weight_decay=0,0.01", "data.max_length=32"])
     assert axes == {"train.b": [0.1, 0.2], "train.weight_decay": [0, 0.01], "data.max_length": [32]}
-    settings = sweeps.grid_settings("flooding", axes)
+    settings = sweep_spec.grid_settings("flooding", axes)
     assert len(settings) == 2 + 4  # a baseline per weight decay, then every flood level with each
     assert settings[0].run_name(1) == "baseline-max_length=32-weight_decay=0-s1"  # keys in the config's order
 
@@ -385,14 +390,14 @@ def test_set_sweeps_any_key_crossed_with_the_flood_levels():
 def test_every_mode_of_the_family_sweeps_its_own_knobs_next_to_a_baseline(tmp_path, mode, axes, names):
     """The settings validate before anything exists, the baseline carries none of the
     mode's settings, and each run's config has exactly the swept value."""
-    spec = sweeps.create_sweep(tiny_config(tmp_path), mode, axes, [1], [], 0, tmp_path / "sweeps", "family", None, None)
-    settings = [sweeps.Setting(overrides) for overrides in spec.settings]
+    spec = sweep_create.create_sweep(tiny_config(tmp_path), mode, axes, [1], [], 0, tmp_path / "sweeps", "family", None, None)
+    settings = [sweep_spec.Setting(overrides) for overrides in spec.settings]
     assert [s.run_name(1) for s in settings] == names
-    baseline = sweeps.config_for(spec, settings[0].overrides, 1, names[0])
+    baseline = sweep_spec.config_for(spec, settings[0].overrides, 1, names[0])
     assert baseline.train.mode == "baseline" and baseline.train.b is None and baseline.train.gradnorm is None
     (key, values), = axes.items()
     for setting, value in zip(settings[1:], values, strict=False):
-        cfg = sweeps.config_for(spec, setting.overrides, 1, setting.run_name(1))
+        cfg = sweep_spec.config_for(spec, setting.overrides, 1, setting.run_name(1))
         node = cfg.model_dump()
         for part in key.split("."):
             node = node[part]
@@ -410,26 +415,26 @@ def test_a_settings_file_sweeps_several_methods_next_to_a_baseline(tmp_path):
         "- {train.mode: alternate, train.ascent_lr: 1.0e-4}\n"
         "- {train.mode: backstitch, train.lr: 0.05}\n"
     )
-    spec = sweeps.create_sweep(tiny_config(tmp_path), None, {}, [1, 2], [], 0, tmp_path / "sweeps", "methods", None, None, False, sweeps.read_settings(listed))
-    names = [sweeps.Setting(s).run_name(1) for s in spec.settings]
+    spec = sweep_create.create_sweep(tiny_config(tmp_path), None, {}, [1, 2], [], 0, tmp_path / "sweeps", "methods", None, None, False, sweep_spec.read_settings(listed))
+    names = [sweep_spec.Setting(s).run_name(1) for s in spec.settings]
     assert names == ["baseline-s1", "flooding-b0.05-s1", "iflood-b0.05-s1", "adaflood-gamma=0.5-s1", "alternate-alr0.0001-s1", "backstitch-lr0.05-s1"]
     assert spec.expected_runs == 12
-    modes = [sweeps.config_for(spec, s, 1, "x").train.mode for s in spec.settings]
+    modes = [sweep_spec.config_for(spec, s, 1, "x").train.mode for s in spec.settings]
     assert modes == ["baseline", "flooding", "iflood", "adaflood", "alternate", "backstitch"]
     # A baseline of other settings (SGD beside backstitch) does not stand in for the plain one.
     listed.write_text("- {train.mode: baseline, train.optimizer: sgd, train.lr: 0.05}\n- {train.mode: backstitch, train.lr: 0.05}\n")
-    spec = sweeps.create_sweep(tiny_config(tmp_path), None, {}, [1], [], 0, tmp_path / "sweeps", "sgd", None, None, False, sweeps.read_settings(listed))
-    assert [sweeps.Setting(s).run_name(1) for s in spec.settings] == ["baseline-s1", "baseline-optimizer=sgd-lr0.05-s1", "backstitch-lr0.05-s1"]
+    spec = sweep_create.create_sweep(tiny_config(tmp_path), None, {}, [1], [], 0, tmp_path / "sweeps", "sgd", None, None, False, sweep_spec.read_settings(listed))
+    assert [sweep_spec.Setting(s).run_name(1) for s in spec.settings] == ["baseline-s1", "baseline-optimizer=sgd-lr0.05-s1", "backstitch-lr0.05-s1"]
     listed.write_text("- {train.mode: baseline}\n- {train.mode: iflood, train.b: 0.05}\n")
-    spec = sweeps.create_sweep(tiny_config(tmp_path), None, {}, [1], [], 0, tmp_path / "sweeps", "listed", None, None, False, sweeps.read_settings(listed))
-    assert [sweeps.Setting(s).run_name(1) for s in spec.settings] == ["baseline-s1", "iflood-b0.05-s1"]
-    search = sweeps.create_sweep(tiny_config(tmp_path), None, {}, [1], [sweeps.parse_search("b=0:0.6")], 2, tmp_path / "sweeps", "search", None, None, False)
+    spec = sweep_create.create_sweep(tiny_config(tmp_path), None, {}, [1], [], 0, tmp_path / "sweeps", "listed", None, None, False, sweep_spec.read_settings(listed))
+    assert [sweep_spec.Setting(s).run_name(1) for s in spec.settings] == ["baseline-s1", "iflood-b0.05-s1"]
+    search = sweep_create.create_sweep(tiny_config(tmp_path), None, {}, [1], [sweep_spec.parse_search("b=0:0.6")], 2, tmp_path / "sweeps", "search", None, None, False)
     with pytest.raises(FloodError, match=r"sweep search is a --search; settings can be added to a grid sweep only"):
-        sweeps.add_settings(search, [{"train.mode": "iflood", "train.b": 0.05}])
+        sweep_create.add_settings(search, [{"train.mode": "iflood", "train.b": 0.05}])
     bad = tmp_path / "bad.yaml"
     bad.write_text("- {train.b: 0.05}\n")
     with pytest.raises(FloodError, match=r"setting 1 must be a mapping with train.mode"):
-        sweeps.read_settings(bad)
+        sweep_spec.read_settings(bad)
     bad.write_text("- {train.mode: iflood, train.b: 0.05}\n- {train.b: 0.05, train.mode: iflood}\n")
     with pytest.raises(FloodError, match=r"--settings: .* are the same experiment once validated \(as iflood b=0.05\); keep one"):
-        sweeps.create_sweep(tiny_config(tmp_path), None, {}, [1], [], 0, tmp_path / "sweeps", "twice", None, None, False, sweeps.read_settings(bad))
+        sweep_create.create_sweep(tiny_config(tmp_path), None, {}, [1], [], 0, tmp_path / "sweeps", "twice", None, None, False, sweep_spec.read_settings(bad))

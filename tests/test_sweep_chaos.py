@@ -19,7 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from flood_cli.sweep import driver as sweeps
+from flood_cli.sweep import create as sweep_create
+from flood_cli.sweep import lease as sweep_lease
+from flood_cli.sweep import queue as sweep_queue
+from flood_cli.sweep import spec as sweep_spec
+from flood_cli.sweep import storage as sweep_storage
 from tests.conftest import ROOT, csv_bytes_without_time, small_config, write_config
 
 pytestmark = pytest.mark.chaos
@@ -37,8 +41,8 @@ def _config(folder: Path) -> Path:
     return write_config(folder, config, "base.yaml")
 
 
-def _sweep(folder: Path, name: str, storage: str | None = None) -> sweeps.SweepSpec:
-    return sweeps.create_sweep(_config(folder), None, {"train.b": [0.5]}, SEEDS, [], 0, folder / "sweeps", name, storage, name if storage else None)
+def _sweep(folder: Path, name: str, storage: str | None = None) -> sweep_spec.SweepSpec:
+    return sweep_create.create_sweep(_config(folder), None, {"train.b": [0.5]}, SEEDS, [], 0, folder / "sweeps", name, storage, name if storage else None)
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +67,12 @@ def _rows(run_dir: Path) -> int:
 
 
 class Driver:
-    def __init__(self, spec: sweeps.SweepSpec, folder: Path, seed: int):
+    def __init__(self, spec: sweep_spec.SweepSpec, folder: Path, seed: int):
         self.spec, self.rng = spec, random.Random(seed)
         self.faults = folder / "faults"
         self.faults.mkdir()
         self.writers = folder / "writers.log"
-        self.env = {**os.environ, **WORKER_ENV, sweeps.FAULTS: str(self.faults), sweeps.WRITER_LOG: str(self.writers)}
+        self.env = {**os.environ, **WORKER_ENV, sweep_lease.FAULTS: str(self.faults), sweep_lease.WRITER_LOG: str(self.writers)}
         self.workers: list[subprocess.Popen] = []
         self.ended: list[int] = []  # exit codes of the workers gone
         self.events: list[str] = []
@@ -96,8 +100,8 @@ class Driver:
         from optuna.trial import TrialState
 
         if self.storage is None:  # opened once: a PostgreSQL storage takes seconds to open under load
-            self.storage = sweeps.open_storage(self.spec.storage_url)
-        study = sweeps.load_study(self.storage, self.spec.grid_study)
+            self.storage = sweep_storage.open_storage(self.spec.storage_url)
+        study = sweep_storage.load_study(self.storage, self.spec.grid_study)
         pids = {worker.pid for worker in self.workers if worker.poll() is None}
         held = {}
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -122,7 +126,7 @@ class Driver:
         return code
 
 
-def _chaos(spec: sweeps.SweepSpec, folder: Path, reference: Path) -> None:
+def _chaos(spec: sweep_spec.SweepSpec, folder: Path, reference: Path) -> None:
     seed = int(os.environ.get("FLOOD_CHAOS_SEED", time.time_ns() % 10_000))
     driver = Driver(spec, folder, seed)
     started = time.time()
@@ -141,7 +145,7 @@ def _chaos(spec: sweeps.SweepSpec, folder: Path, reference: Path) -> None:
         worker.send_signal(signal.SIGSTOP)
         time.sleep(GRACE_S + 1.5)
         worker.send_signal(signal.SIGCONT)
-        assert driver.wait_gone(worker) == sweeps.WORKER_FENCED
+        assert driver.wait_gone(worker) == sweep_lease.WORKER_FENCED
         driver.events.append(f"froze {worker.pid} in {run}")
         handed.append(run)
         driver.start()
@@ -153,7 +157,7 @@ def _chaos(spec: sweeps.SweepSpec, folder: Path, reference: Path) -> None:
         code = driver.wait_gone(worker, timeout=GRACE_S * 4)
         flag.unlink()
         driver.events.append(f"heartbeats of {worker.pid} failed in {run}")
-        assert code == sweeps.WORKER_FENCED or code == 0  # 0: its run ended before the lease lapsed
+        assert code == sweep_lease.WORKER_FENCED or code == 0  # 0: its run ended before the lease lapsed
         # The survivors finish the sweep: each waits for the runs others hold, and takes
         # over those whose worker is gone.
         for worker in list(driver.workers):
@@ -167,11 +171,11 @@ def _chaos(spec: sweeps.SweepSpec, folder: Path, reference: Path) -> None:
     # Every run completed exactly once: one COMPLETE trial each, reported once.
     from optuna.trial import TrialState
 
-    trials = sweeps.load_study(sweeps.open_storage(spec.storage_url), spec.grid_study).get_trials(deepcopy=False)
+    trials = sweep_storage.load_study(sweep_storage.open_storage(spec.storage_url), spec.grid_study).get_trials(deepcopy=False)
     complete = sorted(trial.user_attrs["run"] for trial in trials if trial.state == TrialState.COMPLETE)
     assert complete == RUNS, [(t.number, t.state.name, t.user_attrs.get("run")) for t in trials]
     assert not [t for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)]
-    finished = sweeps.finished_trials(spec, sweeps.open_storage(spec.storage_url))
+    finished = sweep_queue.finished_trials(spec, sweep_storage.open_storage(spec.storage_url))
     assert sorted(item.label for item in finished) == RUNS and not [item for item in finished if item.error]
 
     # No run folder was written by two processes at once: once another process writes a
@@ -212,7 +216,7 @@ def test_a_database_restart_in_the_middle_of_a_sweep_is_waited_out(tmp_path, ref
 
     server = PostgresServer()
     try:
-        spec = sweeps.create_sweep(_config(tmp_path), None, {"train.b": [0.5]}, [1], [], 0, tmp_path / "sweeps", "restart", server.url, "restart")
+        spec = sweep_create.create_sweep(_config(tmp_path), None, {"train.b": [0.5]}, [1], [], 0, tmp_path / "sweeps", "restart", server.url, "restart")
         driver = Driver(spec, tmp_path, 0)
         driver.env["FLOOD_SWEEP_GRACE_S"] = "30"  # the lease outlives the restart
         try:
@@ -230,7 +234,7 @@ def test_a_database_restart_in_the_middle_of_a_sweep_is_waited_out(tmp_path, ref
         assert codes == [0, 0], logs[-3000:]
         assert "the storage did not answer" in logs or "heartbeat of trial" in logs, logs[-3000:]  # the outage was seen
         assert "unexpected" not in logs
-        finished = sweeps.finished_trials(spec, sweeps.open_storage(spec.storage_url))
+        finished = sweep_queue.finished_trials(spec, sweep_storage.open_storage(spec.storage_url))
         runs = ["baseline-s1", "flooding-b0.5-s1"]
         assert sorted(item.label for item in finished) == runs and not [item for item in finished if item.error]
         for run in runs:

@@ -14,15 +14,19 @@ import pytest
 import yaml
 
 from flood_cli.core.errors import FloodError
-from flood_cli.sweep import driver as sweeps
+from flood_cli.sweep import create as sweep_create
+from flood_cli.sweep import queue as sweep_queue
+from flood_cli.sweep import spec as sweep_spec
+from flood_cli.sweep import storage as sweep_storage
+from flood_cli.sweep import worker as sweep_worker
 from tests.conftest import ROOT
 from tests.test_sweep_recovery import RUNS, assert_every_run_completed_once, fake_training, make_sweep, trained  # noqa: F401
 
 
-def finished(tmp_path: Path) -> sweeps.SweepSpec:
+def finished(tmp_path: Path) -> sweep_spec.SweepSpec:
     """A sweep whose four runs are completed (fake training)."""
     spec = make_sweep(tmp_path)
-    sweeps.work(spec)
+    sweep_worker.work(spec)
     return spec
 
 
@@ -48,11 +52,11 @@ def test_a_deleted_runs_folder_queues_every_completed_run_again_in_one_line_each
     assert (report.returncode, report.stdout, report.stderr) == (0, "no completed runs yet\n", "")
     capsys.readouterr()
     fake_training.write_text("")
-    sweeps.requeue_failed(spec)
+    sweep_queue.requeue_failed(spec)
     assert capsys.readouterr().err.splitlines() == [
         f"{run}: it completed, but runs/{run} (or its summary.json) is gone; queued again" for run in RUNS
     ]
-    sweeps.work(spec)
+    sweep_worker.work(spec)
     assert_every_run_completed_once(spec, fake_training)
 
 
@@ -63,12 +67,12 @@ def test_a_deleted_sweep_yaml_is_written_again_from_the_studys_record(tmp_path, 
     path.unlink()
     capsys.readouterr()
     # Before: "… is not a sweep folder (no sweep.yaml); pass the folder that flood sweep printed"
-    again = sweeps.read_spec(Path(spec.folder))
+    again = sweep_create.read_spec(Path(spec.folder))
     assert capsys.readouterr().err == f"{path} was missing: written again from the sweep's record in {Path(spec.folder) / 'study.journal'}\n"
     assert yaml.safe_load(path.read_text()) == before and again == spec
     fake_training.write_text("\n".join(RUNS) + "\n")
-    assert sweeps.requeue_failed(again) == 0
-    sweeps.work(again)
+    assert sweep_queue.requeue_failed(again) == 0
+    sweep_worker.work(again)
     assert capsys.readouterr().err == ""  # nothing queued again, nothing said
     assert_every_run_completed_once(again, fake_training)  # and none trained twice
 
@@ -79,7 +83,7 @@ def test_a_deleted_journal_is_one_line_and_no_empty_journal_is_left(tmp_path, fa
     journal.unlink()
     for _ in range(2):  # before: "holds no study (it is empty or was replaced)", and an empty journal made
         with pytest.raises(FloodError) as caught:
-            sweeps.read_spec(Path(spec.folder))
+            sweep_create.read_spec(Path(spec.folder))
         assert str(caught.value) == (
             f"the sweep journal {journal} is missing (it records which runs are done); restore it from a backup, or start a new "
             f"sweep (the runs in {spec.runs_dir} stay readable: flood compare {spec.runs_dir})"
@@ -94,7 +98,7 @@ def test_sweep_yaml_and_journal_both_gone_or_no_record_is_one_line(tmp_path, fak
     (folder / "sweep.yaml").unlink()
     journal.unlink()
     with pytest.raises(FloodError) as caught:  # before: "… is not a sweep folder (no sweep.yaml)"
-        sweeps.read_spec(folder)
+        sweep_create.read_spec(folder)
     assert str(caught.value) == (
         f"{folder / 'sweep.yaml'} and {journal} are both missing, so nothing says what the sweep is or which runs are done; "
         f"restore them from a backup (a sweep on a database: join it with flood sweep --storage URL --study NAME --worker --out {folder})"
@@ -103,13 +107,13 @@ def test_sweep_yaml_and_journal_both_gone_or_no_record_is_one_line(tmp_path, fak
     journal.write_bytes(b"")
     import optuna
 
-    optuna.create_study(study_name="other", storage=sweeps.open_storage(str(journal)))
+    optuna.create_study(study_name="other", storage=sweep_storage.open_storage(str(journal)))
     with pytest.raises(FloodError) as caught:
-        sweeps.read_spec(folder)
+        sweep_create.read_spec(folder)
     assert str(caught.value) == (
         f"{folder / 'sweep.yaml'} is missing and {journal} holds no record of the sweep to write it from; restore sweep.yaml from a backup"
     )
     # A folder that never was a sweep keeps its message.
     with pytest.raises(FloodError) as caught:
-        sweeps.read_spec(tmp_path / "nothing")
+        sweep_create.read_spec(tmp_path / "nothing")
     assert str(caught.value) == f"{tmp_path / 'nothing'} is not a sweep folder (no sweep.yaml); pass the folder that flood sweep printed"

@@ -21,7 +21,12 @@ from pathlib import Path
 import pytest
 
 from flood_cli.core.errors import FloodError
-from flood_cli.sweep import driver as sweeps
+from flood_cli.sweep import create as sweep_create
+from flood_cli.sweep import lease as sweep_lease
+from flood_cli.sweep import queue as sweep_queue
+from flood_cli.sweep import spec as sweep_spec
+from flood_cli.sweep import storage as sweep_storage
+from flood_cli.sweep import worker as sweep_worker
 from tests.conftest import ROOT, small_config, write_config
 
 # The fake training, also run inside worker processes (see WORKER below).
@@ -72,9 +77,9 @@ exec(FAKE, fake.__dict__)
 WORKER = FAKE + r'''
 sys.path.insert(0, sys.argv[1])
 install(sys.argv[3], sys.argv[4])
-from flood_cli.sweep import driver as sweeps
+from flood_cli.sweep import spec as sweep_spec, storage as sweep_storage, lease as sweep_lease, queue as sweep_queue, create as sweep_create, worker as sweep_worker
 try:
-    sweeps.work(sweeps.read_spec(Path(sys.argv[2])))
+    sweep_worker.work(sweep_create.read_spec(Path(sys.argv[2])))
 except BaseException:
     sys.exit(130)  # interrupted: its run was queued again
 '''
@@ -95,28 +100,28 @@ def fake_training(monkeypatch, tmp_path):
             sys.modules[name] = module
 
 
-def make_sweep(tmp_path: Path, name: str = "sw") -> sweeps.SweepSpec:
+def make_sweep(tmp_path: Path, name: str = "sw") -> sweep_spec.SweepSpec:
     """baseline and flooding b=0.1, seeds 1 and 2: four runs."""
     config = write_config(tmp_path, small_config(), "base.yaml")
-    return sweeps.create_sweep(config, None, {"train.b": [0.1]}, [1, 2], [], 0, tmp_path, name, None, None)
+    return sweep_create.create_sweep(config, None, {"train.b": [0.1]}, [1, 2], [], 0, tmp_path, name, None, None)
 
 
 RUNS = ["baseline-s1", "baseline-s2", "flooding-b0.1-s1", "flooding-b0.1-s2"]
 
 
-def trials(spec: sweeps.SweepSpec) -> list:
-    return sweeps.load_study(sweeps.open_storage(spec.storage_url), spec.grid_study).get_trials(deepcopy=False)
+def trials(spec: sweep_spec.SweepSpec) -> list:
+    return sweep_storage.load_study(sweep_storage.open_storage(spec.storage_url), spec.grid_study).get_trials(deepcopy=False)
 
 
 def trained(log: Path) -> list[str]:
     return sorted(log.read_text().split()) if log.exists() else []
 
 
-def assert_every_run_completed_once(spec: sweeps.SweepSpec, log: Path) -> None:
+def assert_every_run_completed_once(spec: sweep_spec.SweepSpec, log: Path) -> None:
     """Each run of sweep.yaml trained exactly once, and reported once, completed, with
     its own summary's value."""
     assert trained(log) == RUNS
-    finished = sweeps.finished_trials(spec, sweeps.open_storage(spec.storage_url))
+    finished = sweep_queue.finished_trials(spec, sweep_storage.open_storage(spec.storage_url))
     assert sorted(item.label for item in finished) == RUNS
     for item in finished:
         assert item.error is None
@@ -124,17 +129,17 @@ def assert_every_run_completed_once(spec: sweeps.SweepSpec, log: Path) -> None:
         assert summary["status"] == "completed" and item.value == summary["best_val_loss"]
 
 
-def claim_as_dead_worker(spec: sweeps.SweepSpec, number: int) -> None:
+def claim_as_dead_worker(spec: sweep_spec.SweepSpec, number: int) -> None:
     """Trial ``number`` RUNNING, claimed by a worker of this host that is gone."""
-    storage = sweeps.open_storage(spec.storage_url)
-    study = sweeps.load_study(storage, spec.grid_study)
+    storage = sweep_storage.open_storage(spec.storage_url)
+    study = sweep_storage.load_study(storage, spec.grid_study)
     trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
     from optuna.trial import TrialState
 
     assert storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)
     storage.set_trial_user_attr(trial_id, "host", __import__("socket").gethostname())
     storage.set_trial_user_attr(trial_id, "pid", 2**22 + 12345)  # above pid_max: no such process
-    storage.set_trial_user_attr(trial_id, "pid_ns", sweeps._pid_namespace())  # in this PID namespace
+    storage.set_trial_user_attr(trial_id, "pid_ns", sweep_lease._pid_namespace())  # in this PID namespace
 
 
 # ---------------------------------------------------------------------------
@@ -154,9 +159,9 @@ def test_a_worker_waits_for_a_run_folder_another_process_holds_instead_of_replac
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        monkeypatch.setattr(sweeps, "LOCK_POLL_S", 0.05, raising=False)
+        monkeypatch.setattr(sweep_worker, "LOCK_POLL_S", 0.05, raising=False)
         result = {}
-        worker = threading.Thread(target=lambda: result.update(sweeps._run_one(spec, {"train.mode": "baseline"}, 1, "baseline-s1", None)))
+        worker = threading.Thread(target=lambda: result.update(sweep_worker._run_one(spec, {"train.mode": "baseline"}, 1, "baseline-s1", None)))
         worker.start()
         time.sleep(1.5)
         # The reclaiming worker left the folder to its live owner: not deleted, not trained.
@@ -179,7 +184,7 @@ def test_a_folder_whose_owner_died_before_its_first_evaluation_is_trained_anew(t
     run_dir = spec.runs_dir / "baseline-s1"
     run_dir.mkdir()
     (run_dir / "summary.json").write_text(json.dumps({"status": "running"}))
-    summary = sweeps._run_one(spec, {"train.mode": "baseline"}, 1, "baseline-s1", None)
+    summary = sweep_worker._run_one(spec, {"train.mode": "baseline"}, 1, "baseline-s1", None)
     assert summary == {"status": "completed", "best_val_loss": 0.1, "best_val_accuracy": 0.5}
     assert trained(fake_training) == ["baseline-s1"]
 
@@ -191,28 +196,28 @@ def test_a_folder_whose_owner_died_before_its_first_evaluation_is_trained_anew(t
 def test_a_trial_failed_without_its_retry_is_queued_again_by_resume(tmp_path, fake_training):
     """_requeue / reclaim_stale died between "mark FAIL" and "enqueue again"."""
     spec = make_sweep(tmp_path)
-    storage = sweeps.open_storage(spec.storage_url)
-    queue = sweeps.Queue(storage, sweeps.load_study(storage, spec.grid_study))
+    storage = sweep_storage.open_storage(spec.storage_url)
+    queue = sweep_queue.Queue(storage, sweep_storage.load_study(storage, spec.grid_study))
     claimed = queue.claim()
-    queue.study.tell(claimed.number, state=sweeps._state("FAIL"))  # ... and the process died here
-    sweeps.requeue_failed(spec)
-    sweeps.work(spec)
+    queue.study.tell(claimed.number, state=sweep_worker._state("FAIL"))  # ... and the process died here
+    sweep_queue.requeue_failed(spec)
+    sweep_worker.work(spec)
     assert_every_run_completed_once(spec, fake_training)
 
 
 def test_a_worker_that_starts_queues_again_a_run_left_without_a_claim(tmp_path, fake_training):
     spec = make_sweep(tmp_path)
-    storage = sweeps.open_storage(spec.storage_url)
-    queue = sweeps.Queue(storage, sweeps.load_study(storage, spec.grid_study))
+    storage = sweep_storage.open_storage(spec.storage_url)
+    queue = sweep_queue.Queue(storage, sweep_storage.load_study(storage, spec.grid_study))
     claimed = queue.claim()
-    queue.study.tell(claimed.number, state=sweeps._state("FAIL"))
+    queue.study.tell(claimed.number, state=sweep_worker._state("FAIL"))
     lines = []
-    sweeps.work(spec, log=lines.append)  # no --resume: a worker joining the sweep
+    sweep_worker.work(spec, log=lines.append)  # no --resume: a worker joining the sweep
     assert_every_run_completed_once(spec, fake_training)
     assert any(line.startswith("baseline-s1: its trial #0 stopped") and line.endswith("queued again") for line in lines), lines
 
 
-def _worker(spec: sweeps.SweepSpec, log: Path, marker: Path, **env: str) -> subprocess.CompletedProcess:
+def _worker(spec: sweep_spec.SweepSpec, log: Path, marker: Path, **env: str) -> subprocess.CompletedProcess:
     script = log.parent / "worker.py"
     script.write_text(WORKER)
     return subprocess.run(
@@ -227,7 +232,7 @@ def test_a_worker_killed_after_any_write_of_the_protocol_loses_and_doubles_no_ru
     attributes, tell), flooding-b0.1-s2 interrupted (claim, heartbeat, FAIL, enqueue).
     The worker is killed after write k, for every k; a worker started next (after a
     --resume) finishes the sweep: every run completed exactly once."""
-    monkeypatch.setattr(sweeps, "GRACE_S", 0.0)  # a claim the dead worker had no time to mark is stale at once
+    monkeypatch.setattr(sweep_lease, "GRACE_S", 0.0)  # a claim the dead worker had no time to mark is stale at once
     kills = 0
     for k in range(1, 18):
         folder = tmp_path / f"k{k}"
@@ -236,14 +241,14 @@ def test_a_worker_killed_after_any_write_of_the_protocol_loses_and_doubles_no_ru
         claim_as_dead_worker(spec, 0)
         log, marker = folder / "trained.log", folder / "interrupt"
         marker.write_text("flooding-b0.1-s2")
-        done = _worker(spec, log, marker, **{sweeps.DIE_AFTER_WRITE if hasattr(sweeps, "DIE_AFTER_WRITE") else "X": str(k)})
+        done = _worker(spec, log, marker, **{sweep_storage.DIE_AFTER_WRITE if hasattr(sweep_storage, "DIE_AFTER_WRITE") else "X": str(k)})
         kills += done.returncode == 86
         assert done.returncode in (86, 130), done.stderr[-2000:]
         if k == 17:
             assert done.returncode == 130  # every write done: the interrupted run is queued again
         fake.install(str(log))
-        sweeps.requeue_failed(spec)
-        sweeps.work(spec)
+        sweep_queue.requeue_failed(spec)
+        sweep_worker.work(spec)
         try:
             assert_every_run_completed_once(spec, log)
         except AssertionError as exc:
@@ -255,7 +260,7 @@ def test_a_worker_killed_after_any_write_of_the_protocol_loses_and_doubles_no_ru
 # Item 5: a cut journal line
 
 
-def _finished_sweep(tmp_path: Path, log: Path) -> sweeps.SweepSpec:
+def _finished_sweep(tmp_path: Path, log: Path) -> sweep_spec.SweepSpec:
     """A sweep whose four runs a worker process (gone now) completed."""
     spec = make_sweep(tmp_path)
     done = _worker(spec, log, tmp_path / "no-interrupt")
@@ -270,8 +275,8 @@ def test_a_cut_last_journal_line_is_set_aside_and_the_sweep_resumes_again_and_ag
     journal.write_bytes(whole[:-60])  # a full disk cut the last operation (the last run's tell)
     cut_line = whole[:-60][whole[:-61].rfind(b"\n") + 1:]
     for _resume in range(3):
-        sweeps.requeue_failed(spec)
-        sweeps.work(spec)
+        sweep_queue.requeue_failed(spec)
+        sweep_worker.work(spec)
     err = capsys.readouterr().err
     aside = sorted(journal.parent.glob("study.journal.cut-*"))
     assert len(aside) == 1 and aside[0].read_bytes() == cut_line
@@ -287,13 +292,13 @@ def test_a_damaged_or_emptied_journal_is_one_line_naming_it(tmp_path, fake_train
     lines = journal.read_bytes().splitlines(keepends=True)
     journal.write_bytes(b"".join(lines[:3] + [b"{not json\n"] + lines[3:]))
     with pytest.raises(FloodError, match=rf"the sweep journal {re.escape(str(journal))} is damaged at line 4 of {len(lines) + 1}; .*head -n 3"):
-        sweeps.requeue_failed(spec)
+        sweep_queue.requeue_failed(spec)
     journal.write_bytes(b"")
     with pytest.raises(FloodError, match=rf"the sweep journal {re.escape(str(journal))} holds no study .*restore it from a backup"):
-        sweeps.requeue_failed(spec)
+        sweep_queue.requeue_failed(spec)
     journal.write_bytes(b"\x00\x01garbage" * 100)
     with pytest.raises(FloodError, match=rf"the sweep journal {re.escape(str(journal))} "):
-        sweeps.requeue_failed(spec)
+        sweep_queue.requeue_failed(spec)
 
 
 # ---------------------------------------------------------------------------
@@ -303,15 +308,15 @@ def test_a_damaged_or_emptied_journal_is_one_line_naming_it(tmp_path, fake_train
 def test_runs_that_failed_then_completed_on_resume_are_completed(tmp_path, fake_training):
     spec = make_sweep(tmp_path)
     fake.install(str(fake_training), fail=OSError(28, "No space left on device"))
-    sweeps.work(spec)
-    finished = sweeps.finished_trials(spec, sweeps.open_storage(spec.storage_url))
+    sweep_worker.work(spec)
+    finished = sweep_queue.finished_trials(spec, sweep_storage.open_storage(spec.storage_url))
     assert sorted(item.label for item in finished) == RUNS
     assert all(item.error == "OSError: [Errno 28] No space left on device" for item in finished)
     fake.install(str(fake_training))
-    assert sweeps.requeue_failed(spec) == 4
-    sweeps.work(spec)
+    assert sweep_queue.requeue_failed(spec) == 4
+    sweep_worker.work(spec)
     assert_every_run_completed_once(spec, fake_training)
-    assert sweeps.requeue_failed(spec) == 0  # and on every later resume
+    assert sweep_queue.requeue_failed(spec) == 0  # and on every later resume
 
 
 # ---------------------------------------------------------------------------
@@ -320,14 +325,14 @@ def test_runs_that_failed_then_completed_on_resume_are_completed(tmp_path, fake_
 
 def test_a_completed_run_whose_folder_is_gone_is_named_and_trained_again(tmp_path, fake_training, capsys):
     spec = make_sweep(tmp_path)
-    sweeps.work(spec)
+    sweep_worker.work(spec)
     import shutil
 
     shutil.rmtree(spec.runs_dir / "baseline-s2")
     fake_training.write_text("\n".join(run for run in RUNS if run != "baseline-s2") + "\n")
-    sweeps.requeue_failed(spec)
+    sweep_queue.requeue_failed(spec)
     assert "baseline-s2: it completed, but runs/baseline-s2 (or its summary.json) is gone; queued again" in capsys.readouterr().err
-    sweeps.work(spec)
+    sweep_worker.work(spec)
     assert_every_run_completed_once(spec, fake_training)
 
 
@@ -343,7 +348,7 @@ def test_a_damaged_run_in_a_sweep_says_what_a_sweep_can_do(tmp_path):
     (run_dir / "metrics.csv").write_text("epoch,step,val_loss\n1,6,0.5\n")
     (run_dir / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(FloodError) as excinfo:
-        sweeps._run_one(spec, {"train.mode": "baseline"}, 1, "baseline-s1", None)
+        sweep_worker._run_one(spec, {"train.mode": "baseline"}, 1, "baseline-s1", None)
     message = str(excinfo.value)
     assert message.startswith(f"checkpoint {run_dir / 'checkpoints' / 'last.pt'} is damaged")
     assert message.endswith(
@@ -363,13 +368,13 @@ def test_a_live_trial_of_a_worker_in_another_pid_namespace_is_not_stolen(tmp_pat
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     fresh = {"host": socket.gethostname(), "pid": dead.pid, "heartbeat": time.time()}
-    here = sweeps._pid_namespace()
+    here = sweep_lease._pid_namespace()
     assert here is not None
     numbers = iter(range(1000))
     trial = lambda **attrs: types.SimpleNamespace(user_attrs={**fresh, **attrs}, datetime_start=None, number=next(numbers))  # noqa: E731
-    assert not sweeps._is_stale(trial(pid_ns=here + 1), grace=60)  # its pid is not ours to look up
-    assert not sweeps._is_stale(trial(), grace=60)  # a worker of before pid_ns was recorded: the heartbeat decides
-    assert sweeps._is_stale(trial(pid_ns=here), grace=60)  # same namespace, the pid is gone: stale at once
+    assert not sweep_lease._is_stale(trial(pid_ns=here + 1), grace=60)  # its pid is not ours to look up
+    assert not sweep_lease._is_stale(trial(), grace=60)  # a worker of before pid_ns was recorded: the heartbeat decides
+    assert sweep_lease._is_stale(trial(pid_ns=here), grace=60)  # same namespace, the pid is gone: stale at once
 
 
 def test_staleness_is_measured_on_the_observers_clock_so_clock_skew_makes_no_second_owner(monkeypatch):
@@ -377,22 +382,22 @@ def test_staleness_is_measured_on_the_observers_clock_so_clock_skew_makes_no_sec
     an hour behind (or ahead) is live while its heartbeat changes, and stale once this
     process has seen it unchanged for the grace period by its own monotonic clock."""
     clock = [1000.0]
-    monkeypatch.setattr(sweeps.time, "monotonic", lambda: clock[0])
-    monkeypatch.setattr(sweeps, "_SEEN", {})
+    monkeypatch.setattr(sweep_lease.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(sweep_lease, "_SEEN", {})
 
     def trial(beat):
         return types.SimpleNamespace(user_attrs={"host": "another-machine", "pid": 7, "heartbeat": beat}, datetime_start=None, number=3)
 
     behind = time.time() - 3600  # the owner's clock is an hour behind this one's
     for tick in range(10):  # beating every 10 s for 100 s: never stale
-        assert not sweeps._is_stale(trial(behind + 10 * tick), grace=60, study="s")
+        assert not sweep_lease._is_stale(trial(behind + 10 * tick), grace=60, study="s")
         clock[0] += 10
     ahead = time.time() + 3600  # then it stops, with a clock an hour ahead: stale after 60 s seen
-    assert not sweeps._is_stale(trial(ahead), grace=60, study="s")
+    assert not sweep_lease._is_stale(trial(ahead), grace=60, study="s")
     clock[0] += 59
-    assert not sweeps._is_stale(trial(ahead), grace=60, study="s")
+    assert not sweep_lease._is_stale(trial(ahead), grace=60, study="s")
     clock[0] += 2
-    assert sweeps._is_stale(trial(ahead), grace=60, study="s")
+    assert sweep_lease._is_stale(trial(ahead), grace=60, study="s")
 
 
 def test_failing_heartbeats_are_logged_and_their_recovery_too(capsys):
@@ -406,7 +411,7 @@ def test_failing_heartbeats_are_logged_and_their_recovery_too(capsys):
                 raise OSError("database is gone")
 
     storage = Flaky()
-    beat = sweeps.Heartbeat(types.SimpleNamespace(storage=storage), 7, every=0.01)
+    beat = sweep_lease.Heartbeat(types.SimpleNamespace(storage=storage), 7, every=0.01)
     beat._thread.start()
     deadline = time.time() + 10
     while storage.calls < 5 and time.time() < deadline:

@@ -15,7 +15,11 @@ from typer.testing import CliRunner
 from flood_cli.cli.main import app
 from flood_cli.config.schema import NAME_MAX
 from flood_cli.core.errors import FloodError
-from flood_cli.sweep import driver as sweeps
+from flood_cli.sweep import create as sweep_create
+from flood_cli.sweep import queue as sweep_queue
+from flood_cli.sweep import spec as sweep_spec
+from flood_cli.sweep import storage as sweep_storage
+from flood_cli.sweep import worker as sweep_worker
 from tests.conftest import ROOT, small_config, write_config
 
 
@@ -24,13 +28,13 @@ def tiny_config(tmp_path: Path, **train) -> Path:
     return write_config(tmp_path, config, "base.yaml")
 
 
-def grid(tmp_path: Path, axes: dict, seeds=(1,), name: str = "grid", **kwargs) -> sweeps.SweepSpec:
-    return sweeps.create_sweep(tiny_config(tmp_path), None, axes, list(seeds), [], 0, tmp_path / "sweeps", name, None, None, **kwargs)
+def grid(tmp_path: Path, axes: dict, seeds=(1,), name: str = "grid", **kwargs) -> sweep_spec.SweepSpec:
+    return sweep_create.create_sweep(tiny_config(tmp_path), None, axes, list(seeds), [], 0, tmp_path / "sweeps", name, None, None, **kwargs)
 
 
-def queued_runs(spec: sweeps.SweepSpec) -> list[str]:
-    storage = sweeps.open_storage(spec.storage_url)
-    return [t.user_attrs["run"] for t in sweeps.load_study(storage, spec.grid_study).get_trials(deepcopy=False)]
+def queued_runs(spec: sweep_spec.SweepSpec) -> list[str]:
+    storage = sweep_storage.open_storage(spec.storage_url)
+    return [t.user_attrs["run"] for t in sweep_storage.load_study(storage, spec.grid_study).get_trials(deepcopy=False)]
 
 
 def refused(*args: str) -> subprocess.CompletedProcess:
@@ -51,19 +55,19 @@ def test_resume_settings_in_another_key_order_or_spelling_add_nothing(tmp_path):
     listed = tmp_path / "more.yaml"
     listed.write_text("- {train.mode: flooding, train.lr: 0.001, train.b: 0.1}\n- {train.mode: flooding, train.lr: 1e-3, train.b: 1.0e-1}\n"
                       "- {train.mode: baseline, train.lr: 0.0010}\n")
-    assert sweeps.add_settings(spec, sweeps.read_settings(listed)[:1]) == []
-    assert sweeps.add_settings(spec, sweeps.read_settings(listed)[1:]) == []
-    assert queued_runs(spec) == before and len(sweeps.read_spec(Path(spec.folder)).settings) == 2
+    assert sweep_create.add_settings(spec, sweep_spec.read_settings(listed)[:1]) == []
+    assert sweep_create.add_settings(spec, sweep_spec.read_settings(listed)[1:]) == []
+    assert queued_runs(spec) == before and len(sweep_create.read_spec(Path(spec.folder)).settings) == 2
     # What it lacks is added once, named in the config's order of keys.
     listed.write_text("- {train.mode: flooding, train.lr: 0.001, train.b: 0.2}\n")
-    assert sweeps.add_settings(spec, sweeps.read_settings(listed)) == ["flooding b=0.2 lr=0.001"]
+    assert sweep_create.add_settings(spec, sweep_spec.read_settings(listed)) == ["flooding b=0.2 lr=0.001"]
     assert queued_runs(spec)[4:] == ["flooding-b0.2-lr0.001-s1", "flooding-b0.2-lr0.001-s2"]
-    assert sweeps.add_settings(spec, sweeps.read_settings(listed)) == [] and len(queued_runs(spec)) == 6
+    assert sweep_create.add_settings(spec, sweep_spec.read_settings(listed)) == [] and len(queued_runs(spec)) == 6
 
 
 def test_run_names_and_labels_do_not_follow_key_order():
-    one = sweeps.Setting({"train.mode": "flooding", "train.b": 0.1, "train.lr": 0.001})
-    other = sweeps.Setting({"train.lr": 0.001, "train.b": 0.1, "train.mode": "flooding"})
+    one = sweep_spec.Setting({"train.mode": "flooding", "train.b": 0.1, "train.lr": 0.001})
+    other = sweep_spec.Setting({"train.lr": 0.001, "train.b": 0.1, "train.mode": "flooding"})
     assert one.run_name(1) == other.run_name(1) == "flooding-b0.1-lr0.001-s1"
     assert one.label() == other.label() == "flooding b=0.1 lr=0.001" and one.identity() == other.identity()
 
@@ -72,13 +76,13 @@ def test_a_settings_file_listing_one_experiment_twice_is_refused(tmp_path):
     listed = tmp_path / "methods.yaml"
     listed.write_text("- {train.mode: flooding, train.b: 0.1, train.lr: 0.001}\n- {train.mode: flooding, train.lr: 1e-3, train.b: 0.1}\n")
     with pytest.raises(FloodError, match=r"--settings: .* are the same experiment once validated \(as flooding b=0.1 lr=0.001\); keep one"):
-        grid(tmp_path, {}, listed=sweeps.read_settings(listed))
+        grid(tmp_path, {}, listed=sweep_spec.read_settings(listed))
     assert not (tmp_path / "sweeps" / "grid").exists()
     # A listed baseline that is the base config's own (its lr spelt out) stands in for it.
     base_lr = small_config()["train"]["lr"]
     listed.write_text(f"- {{train.mode: baseline, train.lr: {base_lr}}}\n- {{train.mode: flooding, train.b: 0.1}}\n")
-    spec = grid(tmp_path, {}, listed=sweeps.read_settings(listed))
-    assert [sweeps.Setting(s).run_name(1) for s in spec.settings] == [f"baseline-lr{base_lr:g}-s1", "flooding-b0.1-s1"]
+    spec = grid(tmp_path, {}, listed=sweep_spec.read_settings(listed))
+    assert [sweep_spec.Setting(s).run_name(1) for s in spec.settings] == [f"baseline-lr{base_lr:g}-s1", "flooding-b0.1-s1"]
 
 
 # ---------------------------------------------------------------------------
@@ -102,29 +106,29 @@ def test_values_are_kept_as_the_validated_config_holds_them(tmp_path):
     assert [type(v) for v in spec.settings[1].values()] == [str, int, float]
     # Keys in the config's order, the flags' keys (b, lr, ascent_lr) last.
     assert queued_runs(spec) == ["baseline-epochs=2-s1", "flooding-epochs=2-b1-s1"]
-    assert sweeps.Setting({"train.lr": 0.2, "train.optimizer": "sgd", "train.mode": "baseline"}).run_name(1) == "baseline-optimizer=sgd-lr0.2-s1"
+    assert sweep_spec.Setting({"train.lr": 0.2, "train.optimizer": "sgd", "train.mode": "baseline"}).run_name(1) == "baseline-optimizer=sgd-lr0.2-s1"
 
 
 def test_a_long_or_unsafe_value_never_cuts_off_the_seed_nor_merges_two_settings():
     long = "/data/" + "x" * 190
-    names = {(path, seed): sweeps.Setting({"train.mode": "baseline", "data.train_file": path}).run_name(seed)
+    names = {(path, seed): sweep_spec.Setting({"train.mode": "baseline", "data.train_file": path}).run_name(seed)
              for path in (long + "/a.csv", long + "/b.csv") for seed in (1, 2)}
     assert len(set(names.values())) == 4
     for (_path, seed), name in names.items():
         assert len(name) <= NAME_MAX and name.endswith(f"-s{seed}") and name.startswith("baseline-train_file=_data_xxx")
     # Characters a run name cannot hold: a/b and a_b are two settings, two runs.
-    slash, underscore = (sweeps.Setting({"train.mode": "baseline", "data.train_file": f}).run_name(1) for f in ("a/b.csv", "a_b.csv"))
+    slash, underscore = (sweep_spec.Setting({"train.mode": "baseline", "data.train_file": f}).run_name(1) for f in ("a/b.csv", "a_b.csv"))
     assert slash != underscore and underscore == "baseline-train_file=a_b.csv-s1"
     # A text with '-' could read as two keys: hashed. Keys sharing their last part too.
-    dash = sweeps.Setting({"train.mode": "baseline", "data.text_column": "x-lr0.1"}).run_name(1)
-    plain = sweeps.Setting({"train.mode": "baseline", "data.text_column": "x", "train.lr": 0.1}).run_name(1)
+    dash = sweep_spec.Setting({"train.mode": "baseline", "data.text_column": "x-lr0.1"}).run_name(1)
+    plain = sweep_spec.Setting({"train.mode": "baseline", "data.text_column": "x", "train.lr": 0.1}).run_name(1)
     assert dash != plain and plain == "baseline-text_column=x-lr0.1-s1"
-    folds = {sweeps.Setting({"train.mode": "adaflood", key: 3}).run_name(1) for key in ("train.adaflood.folds", "data.holdout.folds")}
+    folds = {sweep_spec.Setting({"train.mode": "adaflood", key: 3}).run_name(1) for key in ("train.adaflood.folds", "data.holdout.folds")}
     assert len(folds) == 2
     # The common names are as before.
-    assert sweeps.Setting({"train.mode": "alternate", "train.lr": 1e-3, "train.ascent_lr": 1e-4}).run_name(3) == "alternate-lr0.001-alr0.0001-s3"
-    assert sweeps.Setting({"train.mode": "gradnorm", "train.gradnorm.alpha": 1.0}).run_name(1) == "gradnorm-alpha=1-s1"
-    assert sweeps.Setting({"train.mode": "flooding", "train.b": 2e-05}).run_name(5) == "flooding-b2e-05-s5"
+    assert sweep_spec.Setting({"train.mode": "alternate", "train.lr": 1e-3, "train.ascent_lr": 1e-4}).run_name(3) == "alternate-lr0.001-alr0.0001-s3"
+    assert sweep_spec.Setting({"train.mode": "gradnorm", "train.gradnorm.alpha": 1.0}).run_name(1) == "gradnorm-alpha=1-s1"
+    assert sweep_spec.Setting({"train.mode": "flooding", "train.b": 2e-05}).run_name(5) == "flooding-b2e-05-s5"
 
 
 # ---------------------------------------------------------------------------
@@ -143,9 +147,9 @@ def test_keys_the_sweep_sets_itself_are_refused(tmp_path):
     listed = tmp_path / "seeded.yaml"
     listed.write_text("- {train.mode: flooding, train.b: 0.1, train.seed: 7}\n")
     with pytest.raises(FloodError, match=r"setting 1 sets train.seed, which a sweep sets itself: .* give --seeds"):
-        sweeps.read_settings(listed)
+        sweep_spec.read_settings(listed)
     with pytest.raises(FloodError, match=r"--settings sets train.seed"):
-        sweeps.add_settings(grid(tmp_path, {"train.b": [0.1]}), [{"train.mode": "flooding", "train.b": 0.2, "train.seed": 7}])
+        sweep_create.add_settings(grid(tmp_path, {"train.b": [0.1]}), [{"train.mode": "flooding", "train.b": 0.2, "train.seed": 7}])
     assert [p.name for p in (tmp_path / "sweeps").iterdir()] == ["grid"]
 
 
@@ -179,76 +183,76 @@ def test_resume_names_every_ignored_flag_in_one_line(tmp_path):
 # Item 12: a search and a grid always end, and bad counts are refused
 
 
-def _search(tmp_path: Path, text: str, trials: int) -> tuple[sweeps.SweepSpec, sweeps.Queue]:
-    spec = sweeps.create_sweep(tiny_config(tmp_path), None, {}, [1], [sweeps.parse_search(text)], trials, tmp_path / "sweeps", "tpe", None, None)
-    storage = sweeps.open_storage(spec.storage_url)
-    return spec, sweeps.Queue(storage, sweeps.load_study(storage, spec.study))
+def _search(tmp_path: Path, text: str, trials: int) -> tuple[sweep_spec.SweepSpec, sweep_queue.Queue]:
+    spec = sweep_create.create_sweep(tiny_config(tmp_path), None, {}, [1], [sweep_spec.parse_search(text)], trials, tmp_path / "sweeps", "tpe", None, None)
+    storage = sweep_storage.open_storage(spec.storage_url)
+    return spec, sweep_queue.Queue(storage, sweep_storage.load_study(storage, spec.study))
 
 
 def test_an_integer_key_is_searched_over_integers_and_failed_trials_count(tmp_path):
     spec, queue = _search(tmp_path, "train.batch_size=8:32", 2)
     assert spec.search == [{"key": "train.batch_size", "low": 8, "high": 32, "log": False, "integer": True}]
     for _ in range(2):
-        claimed = sweeps._ask(queue, spec)
+        claimed = sweep_worker._ask(queue, spec)
         value = claimed.params["train.batch_size"]
         assert type(value) is int and 8 <= value <= 32
-        assert sweeps.config_for(spec, claimed.attrs["overrides"], 1, "probe").train.batch_size == value
+        assert sweep_spec.config_for(spec, claimed.attrs["overrides"], 1, "probe").train.batch_size == value
         queue.storage.set_trial_user_attr(claimed.trial_id, "error", "FloodError: failed")
-        queue.study.tell(claimed.number, state=sweeps._state("FAIL"))
-    assert sweeps._ask(queue, spec) is None  # two failed trials used the budget of 2
+        queue.study.tell(claimed.number, state=sweep_worker._state("FAIL"))
+    assert sweep_worker._ask(queue, spec) is None  # two failed trials used the budget of 2
 
 
 def test_failed_trials_count_and_an_interrupted_one_counts_once(tmp_path):
     spec, queue = _search(tmp_path, "b=0:0.6", 2)
-    first = sweeps._ask(queue, spec)
-    queue.study.tell(first.number, state=sweeps._state("FAIL"))  # failed: counts
-    second = sweeps._ask(queue, spec)
-    sweeps._requeue(queue, second)  # interrupted: its retry counts, once
-    retry = sweeps._ask(queue, spec)
+    first = sweep_worker._ask(queue, spec)
+    queue.study.tell(first.number, state=sweep_worker._state("FAIL"))  # failed: counts
+    second = sweep_worker._ask(queue, spec)
+    sweep_queue._requeue(queue, second)  # interrupted: its retry counts, once
+    retry = sweep_worker._ask(queue, spec)
     assert retry.attrs["retry_of"] == second.number and retry.attrs["overrides"] == second.attrs["overrides"]
     queue.study.tell(retry.number, 0.5)
-    assert sweeps._ask(queue, spec) is None
+    assert sweep_worker._ask(queue, spec) is None
 
 
 def test_the_retry_of_an_interrupted_search_trial_trains_its_own_values(tmp_path, monkeypatch):
     """The retry is a queued trial whose params Optuna leaves empty until suggested: it
     must still train the b it was asked with (it trained the base config's)."""
     spec, queue = _search(tmp_path, "b=0:0.6", 2)
-    first = sweeps._ask(queue, spec)
-    sweeps._requeue(queue, first)
-    retry = sweeps._ask(queue, spec)
+    first = sweep_worker._ask(queue, spec)
+    sweep_queue._requeue(queue, first)
+    retry = sweep_worker._ask(queue, spec)
     assert retry.attrs["retry_of"] == first.number
     trained = []
-    monkeypatch.setattr(sweeps, "_run_one", lambda spec, overrides, seed, name, reporter: trained.append((overrides, name)) or {"best_val_loss": 0.5})
-    sweeps._run_trial(spec, retry, lambda: __import__("contextlib").nullcontext(__import__("types").SimpleNamespace(live_loss_every=0)), lambda text: None)
-    assert trained == [(first.attrs["overrides"], sweeps.Setting(first.attrs["overrides"]).run_name(1))]
+    monkeypatch.setattr(sweep_worker, "_run_one", lambda spec, overrides, seed, name, reporter: trained.append((overrides, name)) or {"best_val_loss": 0.5})
+    sweep_worker._run_trial(spec, retry, lambda: __import__("contextlib").nullcontext(__import__("types").SimpleNamespace(live_loss_every=0)), lambda text: None)
+    assert trained == [(first.attrs["overrides"], sweep_spec.Setting(first.attrs["overrides"]).run_name(1))]
     assert trained[0][0]["train.b"] == first.params["train.b"]
 
 
 def test_search_bounds_of_whole_number_and_non_number_keys(tmp_path):
-    assert sweeps.parse_search("b=0:0.6").integer is False
+    assert sweep_spec.parse_search("b=0:0.6").integer is False
     for text, message in [
         ("train.batch_size=8.5:32", "train.batch_size is a whole number; give whole bounds"),
         ("train.schedule=0:1", "train.schedule is not a number"),
         ("b=0:inf", "LOW must be below HIGH"),
     ]:
         with pytest.raises(FloodError, match=message):
-            sweeps.parse_search(text)
+            sweep_spec.parse_search(text)
 
 
 def test_bad_counts_are_refused_at_once(tmp_path):
     with pytest.raises(FloodError, match=r"--trials -1: give the number of settings TPE may try \(1 or more\)"):
-        sweeps.create_sweep(tiny_config(tmp_path), None, {}, [1], [sweeps.parse_search("b=0:0.6")], -1, tmp_path / "sweeps", "neg", None, None)
+        sweep_create.create_sweep(tiny_config(tmp_path), None, {}, [1], [sweep_spec.parse_search("b=0:0.6")], -1, tmp_path / "sweeps", "neg", None, None)
     assert not (tmp_path / "sweeps").exists()
     for text, message in [
         ("1_0", "in plain digits"), ("1,2_0", "in plain digits"), ("+3", "in plain digits"), ("", "in plain digits"),
-        ("99999999999", f"at most {sweeps.MAX_SEEDS} seeds per setting"), ("1,4294967296", "seeds must be distinct, from 0 to 4294967295"),
+        ("99999999999", f"at most {sweep_spec.MAX_SEEDS} seeds per setting"), ("1,4294967296", "seeds must be distinct, from 0 to 4294967295"),
     ]:
         with pytest.raises(FloodError, match=message):
-            sweeps.parse_seeds(text)
-    assert sweeps.parse_seeds(" 2 ") == [1, 2] and sweeps.parse_seeds("0,7") == [0, 7]
+            sweep_spec.parse_seeds(text)
+    assert sweep_spec.parse_seeds(" 2 ") == [1, 2] and sweep_spec.parse_seeds("0,7") == [0, 7]
     # 20 baselines (one per lr) + 100 × 20 flooding settings, × 3 seeds: 6060 runs.
-    with pytest.raises(FloodError, match=rf"this sweep would make 6060 runs \(2020 setting\(s\) or trial\(s\) × 3 seed\(s\)\), more than {sweeps.MAX_RUNS}"):
+    with pytest.raises(FloodError, match=rf"this sweep would make 6060 runs \(2020 setting\(s\) or trial\(s\) × 3 seed\(s\)\), more than {sweep_spec.MAX_RUNS}"):
         grid(tmp_path, {"train.b": [i / 1000 for i in range(1, 101)], "train.lr": [i / 1e5 for i in range(1, 21)]}, seeds=(1, 2, 3))
     assert not (tmp_path / "sweeps" / "grid").exists()
 
@@ -257,13 +261,13 @@ def test_a_huge_settings_file_is_refused_quickly(tmp_path):
     huge = tmp_path / "huge.yaml"
     huge.write_text("".join(f"- {{train.mode: flooding, train.b: {i / 1e6}}}\n" for i in range(200_000)))
     started = time.monotonic()
-    with pytest.raises(FloodError, match=rf"is 8\.\d MB; a sweep takes at most {sweeps.MAX_SETTINGS} settings"):
-        sweeps.read_settings(huge)
+    with pytest.raises(FloodError, match=rf"is 8\.\d MB; a sweep takes at most {sweep_spec.MAX_SETTINGS} settings"):
+        sweep_spec.read_settings(huge)
     assert time.monotonic() - started < 2
     many = tmp_path / "many.yaml"
-    many.write_text("".join(f"- {{train.mode: flooding, train.b: {i / 1e4}}}\n" for i in range(sweeps.MAX_SETTINGS + 1)))
-    with pytest.raises(FloodError, match=rf"lists {sweeps.MAX_SETTINGS + 1} settings; a sweep takes at most {sweeps.MAX_SETTINGS}"):
-        sweeps.read_settings(many)
+    many.write_text("".join(f"- {{train.mode: flooding, train.b: {i / 1e4}}}\n" for i in range(sweep_spec.MAX_SETTINGS + 1)))
+    with pytest.raises(FloodError, match=rf"lists {sweep_spec.MAX_SETTINGS + 1} settings; a sweep takes at most {sweep_spec.MAX_SETTINGS}"):
+        sweep_spec.read_settings(many)
 
 
 # ---------------------------------------------------------------------------
@@ -275,7 +279,7 @@ def test_an_edited_sweep_yaml_is_refused_naming_the_keys(tmp_path):
     runs at the new lr and compare them with the old baseline. Refused in one line, as
     flood train --resume refuses an edited config; put back, it resumes."""
     spec = grid(tmp_path, {"train.b": [0.1]})
-    path = Path(spec.folder) / sweeps.SPEC_FILE
+    path = Path(spec.folder) / sweep_spec.SPEC_FILE
     original = path.read_text()
     lr = spec.base["train"]["lr"]
     path.write_text(original.replace(f"lr: {lr}", "lr: 0.5", 1))
@@ -287,7 +291,7 @@ def test_an_edited_sweep_yaml_is_refused_naming_the_keys(tmp_path):
         "new sweep\n"
     )
     path.write_text(original)
-    assert sweeps.read_spec(Path(spec.folder)).base["train"]["lr"] == lr
+    assert sweep_create.read_spec(Path(spec.folder)).base["train"]["lr"] == lr
 
 
 @pytest.mark.parametrize(
@@ -303,12 +307,12 @@ def test_a_sweep_yaml_with_fields_of_the_wrong_type_is_one_line(tmp_path, field,
     import yaml
 
     spec = grid(tmp_path, {"train.b": [0.1]})
-    path = Path(spec.folder) / sweeps.SPEC_FILE
+    path = Path(spec.folder) / sweep_spec.SPEC_FILE
     data = yaml.safe_load(path.read_text())
     data[field] = value
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(FloodError) as excinfo:
-        sweeps.read_spec(Path(spec.folder))
+        sweep_create.read_spec(Path(spec.folder))
     assert str(excinfo.value) == (
         f"{path}: {message}; it was not written by flood sweep, or was edited: put back what flood sweep wrote"
     )

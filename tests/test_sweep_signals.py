@@ -20,7 +20,10 @@ import pytest
 import yaml
 
 from flood_cli.core.errors import FloodError
-from flood_cli.sweep import driver as sweeps
+from flood_cli.sweep import create as sweep_create
+from flood_cli.sweep import driver as sweep_driver
+from flood_cli.sweep import spec as sweep_spec
+from flood_cli.sweep import storage as sweep_storage
 from tests.conftest import ROOT, small_config, write_config
 
 pytestmark = pytest.mark.distributed
@@ -113,7 +116,7 @@ def test_a_second_ctrl_c_while_the_workers_stop_kills_them_at_once(tmp_path):
         timer.start()
         started = time.time()
         try:
-            killed = sweeps.stop_workers(workers, timeout=120)
+            killed = sweep_driver.stop_workers(workers, timeout=120)
         except KeyboardInterrupt:
             killed = "the second Ctrl-C escaped stop_workers"
         timer.join()
@@ -136,7 +139,7 @@ def test_sweep_names_are_plain_folder_names(tmp_path):
     out.mkdir()
     for name in ("../x", "a\nb", "..", "a/b"):
         with pytest.raises(FloodError) as caught:
-            sweeps.create_sweep(base, None, {"train.b": [0.1]}, [1], [], 0, out, name, None, None)
+            sweep_create.create_sweep(base, None, {"train.b": [0.1]}, [1], [], 0, out, name, None, None)
         message = str(caught.value)
         assert message.startswith("--name ") and "plain folder name" in message and "\n" not in message, message
     assert list(out.iterdir()) == [] and not (tmp_path / "x").exists()
@@ -145,13 +148,13 @@ def test_sweep_names_are_plain_folder_names(tmp_path):
 def test_sweep_yaml_is_staged_in_a_file_no_other_writer_shares(tmp_path):
     """Two `--resume --settings` at once each stage sweep.yaml: a fixed temporary name
     would let one overwrite, then rename away, the other's staged file."""
-    spec = sweeps.SweepSpec(name="s", folder=str(tmp_path), base={}, mode="flooding", settings=[], seeds=[1])
-    other = tmp_path / f".{sweeps.SPEC_FILE}.tmp"  # the file another writer is staging
+    spec = sweep_spec.SweepSpec(name="s", folder=str(tmp_path), base={}, mode="flooding", settings=[], seeds=[1])
+    other = tmp_path / f".{sweep_spec.SPEC_FILE}.tmp"  # the file another writer is staging
     other.write_text("the other writer's sweep.yaml")
-    sweeps._write_spec(spec)
+    sweep_spec._write_spec(spec)
     assert other.read_text() == "the other writer's sweep.yaml"
-    assert yaml.safe_load((tmp_path / sweeps.SPEC_FILE).read_text())["name"] == "s"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([other.name, sweeps.SPEC_FILE])
+    assert yaml.safe_load((tmp_path / sweep_spec.SPEC_FILE).read_text())["name"] == "s"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([other.name, sweep_spec.SPEC_FILE])
 
 
 # ---------------------------------------------------------------------------
@@ -164,18 +167,18 @@ def test_a_storage_password_is_never_printed(tmp_path):
         port = sock.getsockname()[1]
     url = f"postgresql://flood:s3cr%40t-pw@127.0.0.1:{port}/sweeps"
     with pytest.raises(FloodError) as caught:
-        sweeps.open_storage(url)
+        sweep_storage.open_storage(url)
     message = str(caught.value)
     assert "s3cr" not in message and f"postgresql://flood@127.0.0.1:{port}/sweeps" in message, message
-    assert sweeps.split_password(url) == (f"postgresql://flood@127.0.0.1:{port}/sweeps", "s3cr@t-pw")
-    assert sweeps.split_password("postgresql://u@h/db?password=pw&sslmode=require") == ("postgresql://u@h/db?sslmode=require", "pw")
-    assert sweeps.split_password("postgresql://u@h:5432/db") == ("postgresql://u@h:5432/db", None)
+    assert sweep_storage.split_password(url) == (f"postgresql://flood@127.0.0.1:{port}/sweeps", "s3cr@t-pw")
+    assert sweep_storage.split_password("postgresql://u@h/db?password=pw&sslmode=require") == ("postgresql://u@h/db?sslmode=require", "pw")
+    assert sweep_storage.split_password("postgresql://u@h:5432/db") == ("postgresql://u@h:5432/db", None)
 
 
 def test_a_server_that_accepts_and_never_answers_fails_in_bounded_time(tmp_path, monkeypatch):
     """A PostgreSQL URL whose server accepts the connection and never answers: one line
     within the connect timeout, not a wait without end."""
-    monkeypatch.setattr(sweeps, "CONNECT_TIMEOUT_S", 2, raising=False)  # libpq's least
+    monkeypatch.setattr(sweep_storage, "CONNECT_TIMEOUT_S", 2, raising=False)  # libpq's least
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(8)
@@ -186,7 +189,7 @@ def test_a_server_that_accepts_and_never_answers_fails_in_bounded_time(tmp_path,
 
     def connect() -> None:
         try:
-            sweeps.open_storage(f"postgresql://flood:pw@127.0.0.1:{port}/sweeps")
+            sweep_storage.open_storage(f"postgresql://flood:pw@127.0.0.1:{port}/sweeps")
         except FloodError as exc:
             outcome["error"] = str(exc)
 
@@ -212,10 +215,10 @@ def test_a_storage_password_is_stored_nowhere_and_given_to_the_workers_in_their_
     base = write_config(tmp_path, small_config(), "base.yaml")
     host_part = postgres.split("://", 1)[1]  # flood@127.0.0.1:PORT/sweeps
     url = "postgresql://" + host_part.replace("flood@", "flood:s3cret-pw@", 1)
-    spec = sweeps.create_sweep(base, None, {"train.b": [0.1]}, [1], [], 0, tmp_path / "sweeps", "pw", url, "pw-study")
+    spec = sweep_create.create_sweep(base, None, {"train.b": [0.1]}, [1], [], 0, tmp_path / "sweeps", "pw", url, "pw-study")
     assert spec.storage == postgres
-    assert "s3cret" not in (Path(spec.folder) / sweeps.SPEC_FILE).read_text()
-    study = sweeps.load_study(sweeps.open_storage(postgres), "pw-study")
+    assert "s3cret" not in (Path(spec.folder) / sweep_spec.SPEC_FILE).read_text()
+    study = sweep_storage.load_study(sweep_storage.open_storage(postgres), "pw-study")
     assert "s3cret" not in json.dumps(study.user_attrs) and study.user_attrs["flood_sweep"]["storage"] == postgres
-    assert sweeps.worker_env(spec.storage) == {sweeps.PASSWORD_ENV: "s3cret-pw"}
-    assert sweeps.spec_from_study(url, "pw-study").storage == postgres
+    assert sweep_storage.worker_env(spec.storage) == {sweep_storage.PASSWORD_ENV: "s3cret-pw"}
+    assert sweep_create.spec_from_study(url, "pw-study").storage == postgres

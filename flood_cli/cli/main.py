@@ -358,13 +358,17 @@ def sweep(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show each run's own progress bar")] = False,
 ) -> None:
     """Run a grid of settings × seeds (or a TPE search) as ordinary runs, and report the grouped result."""
-    from flood_cli.sweep import driver as sweeps
+    from flood_cli.sweep.create import add_settings, create_sweep, read_spec, spec_from_study
+    from flood_cli.sweep.driver import run_sweep, write_results
+    from flood_cli.sweep.queue import requeue_failed
+    from flood_cli.sweep.spec import human_bytes, parse_search, parse_seeds, read_settings
+    from flood_cli.sweep.worker import WorkerInterrupted, work
 
     if workers < 1:
         raise FloodError(f"--workers {workers}: give at least 1")
     if report is not None:
-        spec = sweeps.read_spec(report)
-        _print_results(spec, sweeps.write_results(spec))
+        spec = read_spec(report)
+        _print_results(spec, write_results(spec))
         return
     if worker:
         _refuse_given(
@@ -372,17 +376,17 @@ def sweep(
             *(("--out", "--storage", "--study") if resume is not None else ()),
         )
         if resume is not None:
-            spec = sweeps.read_spec(resume)
+            spec = read_spec(resume)
         elif storage and study:
-            spec = sweeps.spec_from_study(storage, study)
+            spec = spec_from_study(storage, study)
             if out != Path("sweeps"):
                 spec.folder = str(out.resolve())
         else:
             raise FloodError("--worker joins a sweep: give --storage URL and --study NAME (or --resume FOLDER)")
         _apply_thread_share()
         try:
-            done = sweeps.work(spec, log=lambda text: typer.echo(text), verbose=verbose)
-        except sweeps.WorkerInterrupted as exc:
+            done = work(spec, log=lambda text: typer.echo(text), verbose=verbose)
+        except WorkerInterrupted as exc:
             typer.echo(f"interrupted: {exc}", err=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         typer.echo(f"worker done: {done} trial(s)")
@@ -393,9 +397,9 @@ def sweep(
             "--storage", "--study", "--out", "--report",
             fix=" (--settings FILE adds the settings it lists that the sweep lacks)",
         )
-        spec = sweeps.read_spec(resume)
-        added = sweeps.add_settings(spec, sweeps.read_settings(settings)) if settings is not None else []
-        retried = sweeps.requeue_failed(spec)
+        spec = read_spec(resume)
+        added = add_settings(spec, read_settings(settings)) if settings is not None else []
+        retried = requeue_failed(spec)
         typer.echo(
             f"sweep {spec.name}: resuming {spec.describe()}"
             + (f"; added {len(added)} setting(s): {'; '.join(added)}" if added else "")
@@ -404,10 +408,10 @@ def sweep(
     else:
         if config is None:
             raise FloodError("flood sweep needs --config FILE (the base config), --resume FOLDER or --report FOLDER")
-        spec = sweeps.create_sweep(
-            config, mode, _sweep_axes(b, lr, ascent_lr, set_ or []), sweeps.parse_seeds(seeds),
-            [sweeps.parse_search(item) for item in search or []], trials, out, name, storage, study, prune,
-            sweeps.read_settings(settings) if settings is not None else None,
+        spec = create_sweep(
+            config, mode, _sweep_axes(b, lr, ascent_lr, set_ or []), parse_seeds(seeds),
+            [parse_search(item) for item in search or []], trials, out, name, storage, study, prune,
+            read_settings(settings) if settings is not None else None,
         )
         typer.echo(f"sweep {spec.name}: {spec.describe()}, {workers} worker(s) → {spec.folder}")
         if storage:  # without its password (PGPASSWORD or ~/.pgpass give it there)
@@ -415,9 +419,9 @@ def sweep(
     from flood_cli.core.progress import make_sweep_progress
 
     progress = make_sweep_progress()
-    outcome = sweeps.run_sweep(spec, workers, verbose, progress.echo, progress)
+    outcome = run_sweep(spec, workers, verbose, progress.echo, progress)
     _print_results(spec, outcome.results)
-    typer.echo(f"disk: {sweeps.human_bytes(outcome.disk_bytes)} in {spec.folder}")
+    typer.echo(f"disk: {human_bytes(outcome.disk_bytes)} in {spec.folder}")
     if outcome.interrupted:
         if outcome.killed:
             typer.echo("interrupted: the workers were stopped at once; --resume continues each run from its last checkpoint", err=True)
@@ -454,7 +458,7 @@ def _refuse_given(ctx: typer.Context, why: str, flags: tuple[str, ...], *more: s
 
 def _sweep_axes(b: str | None, lr: str | None, ascent_lr: str | None, sets: list[str]) -> dict[str, list[Any]]:
     from flood_cli.config.load import parse_set_option
-    from flood_cli.sweep.driver import FLAG_KEYS, parse_values
+    from flood_cli.sweep.spec import FLAG_KEYS, parse_values
 
     axes: dict[str, list[Any]] = {}
     for flag, text in (("b", b), ("lr", lr), ("ascent_lr", ascent_lr)):

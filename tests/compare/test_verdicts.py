@@ -246,14 +246,15 @@ def test_welch_verdicts_are_holm_adjusted_too(tmp_path):
 
 
 def test_a_sweeps_results_md_holds_holm_verdicts_and_says_so(tmp_path):
-    from flood_cli.sweep import driver as sweep
+    from flood_cli.sweep import driver as sweep_driver
+    from flood_cli.sweep.spec import SweepSpec
 
     folder = tmp_path / "sweep"
     write_holm_settings(folder / "runs")
-    spec = sweep.SweepSpec(name="holm", folder=str(folder), base={}, mode="flooding",
+    spec = SweepSpec(name="holm", folder=str(folder), base={}, mode="flooding",
                            settings=[{"train.mode": "baseline"}, *({"train.mode": "flooding", "train.b": b} for b in (0.1, 0.2, 0.3))],
                            seeds=[1, 2, 3])
-    sweep.write_results(spec)
+    sweep_driver.write_results(spec)
     results = " ".join((folder / "results.md").read_text().split())
     assert "Verdicts: lower or higher when the Holm-adjusted p (Holm p) over the 3 comparisons in this table" in results
     assert "| within seed noise (paired) | [1] |" in results  # b = 0.2: better alone, not after Holm
