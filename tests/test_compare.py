@@ -24,11 +24,11 @@ from flood_cli.compare.reader import parse_metrics
 from flood_cli.compare.stats import NO_SPREAD, ONE_SEED, OUT_OF_RANGE, student_t_quantile
 from flood_cli.compare.tables import CSV_COLUMNS, DIFF_SEED
 from flood_cli.core.errors import FloodError
+from flood_cli.runs.columns import METRICS_COLUMNS
 from flood_cli.runs.folder import (
     CONFIG_FILE,
     MAX_CONFIG_BYTES,
     MAX_METRICS_BYTES,
-    METRICS_COLUMNS,
     METRICS_FILE,
     SUMMARY_FILE,
 )

@@ -12,7 +12,7 @@ import transformers
 from flood_cli.config.schema import load_config
 from flood_cli.data.prepare import prepare_data
 from flood_cli.model import load_tokenizer
-from flood_cli.runs.folder import TIME_COLUMNS
+from flood_cli.runs.columns import TIME_COLUMNS
 from flood_cli.train.loop import run_training
 from tests.conftest import small_config, write_config
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from flood_cli.config.schema import load_config
-from flood_cli.runs.folder import METRICS_COLUMNS, TIME_COLUMNS
+from flood_cli.runs.columns import METRICS_COLUMNS, TIME_COLUMNS
 from flood_cli.train.loop import run_training
 from tests.conftest import small_config, write_config
 

@@ -54,11 +54,10 @@ from flood_cli.data.prepare import (
     prepare_data,
 )
 from flood_cli.model import attention_format, build_model, load_tokenizer, quiet_transformers
+from flood_cli.runs.columns import columns_for
 from flood_cli.runs.folder import (
     CONFIG_FILE,
-    METRICS_COLUMNS,
     METRICS_FILE,
-    TEST_COLUMNS,
     RunDir,
     check_writable,
     default_run_name,
@@ -619,7 +618,7 @@ class Trainer:
     # -- run folder -----------------------------------------------------------
     @property
     def columns(self) -> tuple[str, ...]:
-        return METRICS_COLUMNS + (TEST_COLUMNS if self.data.test is not None else ())
+        return columns_for(self.data.test is not None)
 
     def open_new_run(self) -> None:
         if not self.accelerator.is_main_process:
