@@ -11,7 +11,7 @@ import pytest
 from flood_cli.config.schema import load_config
 from flood_cli.runs.columns import COLUMNS, METRICS_COLUMNS, SCALARS, TEST_COLUMNS, Column
 from flood_cli.runs.tracking import MlflowTracker, TensorBoardTracker
-from flood_cli.train.loop import run_training
+from flood_cli.train.entry import run_training
 from tests import oracle
 from tests.conftest import ROOT, SHIPPED_DATA, small_config, write_config
 
