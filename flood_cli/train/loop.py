@@ -1,6 +1,10 @@
-"""The training loop, on 🤗 Accelerate: optimizer steps, evaluation, checkpoints, resume.
+"""The training loop, on 🤗 Accelerate: fit -> train_step -> after_step -> evaluate_and_log,
+and the checkpoint a run resumes from.
 
-Reads top to bottom like nanoGPT's train.py. The mode (baseline, flooding, alternate)
+Reads top to bottom like nanoGPT's train.py. Around it: setup (accelerator, optimizers,
+data and model), evaluate (figures over a split), stop (SIGINT/SIGTERM agreed between
+processes), recorder (metrics.csv rows, summary.json, trackers) and entry (run_training,
+resume_training). The mode (baseline, flooding, alternate)
 is decided once, as an object from ``objectives``; the loop only asks it for the
 learning rate and the gradient sign of each step. Per-step figures are accumulated on
 the device and read once per evaluation, so the hot path has no host-device sync.
