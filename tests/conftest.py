@@ -56,7 +56,7 @@ def config_file(tmp_path: Path) -> Path:
 def csv_bytes_without_time(run_dir: Path) -> list[bytes]:
     """A run's metrics.csv as bytes, line by line, without the time column: what a resumed
     run must reproduce exactly (line endings included)."""
-    from flood_cli.runs.folder import TIME_COLUMNS
+    from flood_cli.runs.columns import TIME_COLUMNS
 
     content = (run_dir / "metrics.csv").read_bytes()
     lines = content.split(b"\n")

@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from flood_cli.runs.folder import CONFIG_FILE, METRICS_COLUMNS, METRICS_FILE, SUMMARY_FILE
+from flood_cli.runs.columns import METRICS_COLUMNS
+from flood_cli.runs.folder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
 DEFAULT_VAL_LOSSES = (0.62, 0.55, 0.58)
 DEFAULT_VAL_ACCURACIES = (0.80, 0.84, 0.86)

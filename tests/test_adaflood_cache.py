@@ -24,7 +24,7 @@ from flood_cli.config.load import load_config
 from flood_cli.core.errors import FloodError
 from flood_cli.core.progress import QuietReporter
 from flood_cli.train import adaflood
-from flood_cli.train.loop import run_training
+from flood_cli.train.entry import resume_training, run_training
 from tests.conftest import SHIPPED_DATA, csv_bytes_without_time, small_config, write_config
 from tests.test_modes import TINY
 
@@ -115,7 +115,7 @@ def test_damaged_held_out_losses_are_computed_again_with_one_warning(clean, tmp_
     damage(path)
     capsys.readouterr()
 
-    losses = adaflood.held_out_losses(cfg, QuietReporter())
+    losses = adaflood.held_out_losses(cfg, QuietReporter(), run_training, resume_training)
 
     lines = capsys.readouterr().err.splitlines()
     warning = f"warning: adaflood: {path} {problem}"
@@ -128,7 +128,7 @@ def test_damaged_held_out_losses_are_computed_again_with_one_warning(clean, tmp_
     # and the cache repaired: the next run reuses it.
     assert torch.equal(losses, clean["losses"])
     assert torch.equal(torch.load(path, weights_only=True), clean["losses"])
-    assert torch.equal(adaflood.held_out_losses(cfg, QuietReporter()), clean["losses"])
+    assert torch.equal(adaflood.held_out_losses(cfg, QuietReporter(), run_training, resume_training), clean["losses"])
     assert capsys.readouterr().err.splitlines() == [f"adaflood: reusing the held-out losses of 2 auxiliary runs in {folder}"]
 
 
@@ -172,7 +172,7 @@ def test_a_cache_folder_removed_while_an_auxiliary_run_trains_is_built_again(cle
     shutil.rmtree(folder)  # start empty
     removed = _remove_at_first_row(folder, 1, monkeypatch)
 
-    losses = adaflood.held_out_losses(cfg, QuietReporter())
+    losses = adaflood.held_out_losses(cfg, QuietReporter(), run_training, resume_training)
 
     assert removed == ["fold-0"]
     training = [f"adaflood: training auxiliary run {k + 1} of 2, without fold {k} ({folder / f'fold-{k}'})" for k in range(2)]
@@ -190,7 +190,7 @@ def test_a_cache_folder_removed_twice_is_one_error_line(clean, tmp_path, monkeyp
     shutil.rmtree(folder)
     _remove_at_first_row(folder, 2, monkeypatch)
     with pytest.raises(FloodError) as raised:
-        adaflood.held_out_losses(cfg, QuietReporter())
+        adaflood.held_out_losses(cfg, QuietReporter(), run_training, resume_training)
     assert str(raised.value) == (
         f"adaflood: the cache folder {folder} was removed while auxiliary run 1 of 2 trained, a second time; "
         "stop what removes it, then run the command again"

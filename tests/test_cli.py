@@ -239,7 +239,7 @@ def test_the_bars_loss_is_the_csvs_train_loss(tmp_path):
     epoch is step / steps_per_epoch, as the CSV's."""
     from flood_cli.config.load import load_config
     from flood_cli.runs.folder import read_metrics
-    from flood_cli.train.loop import run_training
+    from flood_cli.train.entry import run_training
 
     # 10 steps an epoch, an evaluation every 5 steps: the loss is read at each evaluation.
     config = small_config(output={"dir": str(tmp_path / "runs"), "name": "bar"})

@@ -28,8 +28,8 @@ import pytest
 import yaml
 
 from flood_cli.config.load import load_config
-from flood_cli.runs.folder import TIME_COLUMNS
-from flood_cli.train.loop import run_training
+from flood_cli.runs.columns import TIME_COLUMNS
+from flood_cli.train.entry import run_training
 from tests import oracle
 from tests.conftest import ROOT, SHIPPED_DATA, csv_bytes_without_time, small_config, write_config
 

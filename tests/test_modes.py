@@ -280,7 +280,7 @@ def test_adaflood_levels_are_the_held_out_losses_of_its_auxiliary_runs(tmp_path,
     from flood_cli.core.progress import QuietReporter
     from flood_cli.data.prepare import fold_members
     from flood_cli.train import adaflood
-    from flood_cli.train.loop import run_training
+    from flood_cli.train.entry import run_training
     from tests import oracle
     from tests.conftest import SHIPPED_DATA
 

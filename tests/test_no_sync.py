@@ -19,8 +19,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from flood_cli.config.load import load_config
 from flood_cli.core.reporting import NullReporter
-from flood_cli.train import loop as train_module
 from flood_cli.train import objectives
+from flood_cli.train import setup as train_setup
 from flood_cli.train.loop import Trainer
 from tests.conftest import small_config, write_config
 
@@ -118,7 +118,7 @@ def test_the_loop_itself_reads_nothing_from_the_device(tmp_path, monkeypatch, ma
 def test_a_2d_padding_mask_makes_transformers_read_the_device(tmp_path, monkeypatch):
     """Why batches carry the SDPA mask format: given the usual 2-D mask, transformers 5
     asks the device whether any token is padding, once per forward pass."""
-    monkeypatch.setattr(train_module, "attention_format", lambda model: "2d")
+    monkeypatch.setattr(train_setup, "attention_format", lambda model: "2d")
     trainer = without_optimizer_step(trainer_for(tmp_path, 48, mode="flooding", b=0.5), monkeypatch)
     assert host_reads_per_step(trainer, monkeypatch)["item/bool/float/int"] == 4
 

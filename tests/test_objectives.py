@@ -206,7 +206,7 @@ def test_separate_ascent_keeps_moments_of_its_own_and_climbs():
     """ascent_optimizer: separate (the default) — as the trainer builds them: a descent
     AdamW and an ascent AdamW with maximize=True over the same parameters."""
     from flood_cli.config.schema import TrainConfig
-    from flood_cli.train.loop import make_optimizer
+    from flood_cli.train.setup import make_optimizer
 
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1, bias=False)

@@ -20,7 +20,8 @@ import pytest
 
 from flood_cli.config.load import load_config
 from flood_cli.core.reporting import NullReporter
-from flood_cli.train.loop import Trainer, _fit_and_record
+from flood_cli.train.entry import _fit_and_record
+from flood_cli.train.loop import Trainer
 from tests import oracle
 from tests.conftest import SHIPPED_DATA, small_config, write_config
 
@@ -100,7 +101,7 @@ def test_every_evaluation_row_scores_every_example_once(tmp_path, ragged_files, 
         train={**MODES[mode], "epochs": 2, "batch_size": 16, "eval_batch_size": 16, "eval_every": 3},
         output={"save_best_model": True},
     )
-    run_dir = trainer.run.path
+    run_dir = trainer.recorder.run.path
     logged = csv_rows(run_dir)
     assert [int(r["step"]) for r in logged] == [3, 6, 9, 12, 14]
     assert [r["epoch"] for r in logged] == [round(s / 7, 4) for s in (3, 6, 9, 12, 14)]
@@ -146,7 +147,7 @@ def test_gradient_accumulation_rows_score_every_example_once(tmp_path, ragged_fi
         tmp_path, ragged_files, "accum",
         train={"epochs": 1, "batch_size": 8, "grad_accum_steps": 3, "eval_batch_size": 16, "eval_every": 2},
     )
-    logged = csv_rows(trainer.run.path)
+    logged = csv_rows(trainer.recorder.run.path)
     assert [int(r["step"]) for r in logged] == [2, 4, 5]
     tokenizer = oracle.load_tokenizer()
     validation = oracle.read_examples(ragged_files["validation"])
@@ -179,7 +180,7 @@ def test_training_figures_equal_the_mean_over_every_training_example(tmp_path, r
         model=NO_DROPOUT,
         train={**FROZEN, "batch_size": 16, "epochs": 2, "warmup_ratio": 0.0, "schedule": "linear", **train},
     )
-    logged = csv_rows(trainer.run.path)
+    logged = csv_rows(trainer.recorder.run.path)
     steps_per_epoch = math.ceil(100 / (train.get("batch_size", 16)))
     assert [int(r["step"]) for r in logged] == [steps_per_epoch, 2 * steps_per_epoch]
     model = oracle.load_model(copy.deepcopy(trainer.raw_model.state_dict()), config=trainer.raw_model.config)
@@ -221,7 +222,7 @@ def test_flood_active_of_a_per_example_mode_is_the_share_of_examples_that_ascend
     trainer, _ = train_with_snapshots(
         tmp_path, ragged_files, mode, model=NO_DROPOUT, train={**FROZEN, "epochs": 2, "batch_size": 16, **train}, levels=levels
     )
-    logged = csv_rows(trainer.run.path)
+    logged = csv_rows(trainer.recorder.run.path)
     assert len(logged) == 2
     for written in logged:
         assert written["flood_active"] == pytest.approx(sum(loss < b for loss in losses) / 100, abs=1e-8)
@@ -253,7 +254,7 @@ def test_calibration_error_by_hand():
     0.95, 0.99 and 1.0 (two right): ECE = 2/5·|0.5 − 0.635| + 3/5·|0.667 − 0.98|."""
     import torch
 
-    from flood_cli.train.loop import calibration_error
+    from flood_cli.train.evaluate import calibration_error
 
     confidence = torch.tensor([0.62, 0.65, 0.95, 0.99, 1.0], dtype=torch.float64)
     right = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0], dtype=torch.float64)

@@ -18,8 +18,9 @@ import flood_cli.train.checkpoint as checkpoint_module
 import flood_cli.train.loop as train_module
 from flood_cli.config.load import load_config
 from flood_cli.core.errors import FloodError
-from flood_cli.runs.folder import TIME_COLUMNS, RunDir
-from flood_cli.train.loop import resume_training, run_training
+from flood_cli.runs.columns import TIME_COLUMNS
+from flood_cli.runs.folder import RunDir
+from flood_cli.train.entry import resume_training, run_training
 from tests.conftest import ROOT, csv_bytes_without_time, small_config, write_config
 
 MODES = {

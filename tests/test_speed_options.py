@@ -12,8 +12,8 @@ import transformers
 from flood_cli.config.load import load_config
 from flood_cli.data.prepare import prepare_data
 from flood_cli.model import load_tokenizer
-from flood_cli.runs.folder import TIME_COLUMNS
-from flood_cli.train.loop import run_training
+from flood_cli.runs.columns import TIME_COLUMNS
+from flood_cli.train.entry import run_training
 from tests.conftest import small_config, write_config
 
 
@@ -105,10 +105,10 @@ def test_the_sdpa_mask_format_gives_bit_identical_csv(tmp_path, monkeypatch, max
     """Batches carry no mask or a 4-D boolean one (no device read per step); the run
     is bit for bit the run with the usual 2-D mask, dropout on."""
     from flood_cli.model import attention_format
-    from flood_cli.train import loop as train_module
+    from flood_cli.train import setup as train_setup
 
     fast = rows_of(tmp_path, "sdpa", data={"max_length": max_length})
-    monkeypatch.setattr(train_module, "attention_format", lambda model: "2d")
+    monkeypatch.setattr(train_setup, "attention_format", lambda model: "2d")
     assert fast == rows_of(tmp_path, "2d", data={"max_length": max_length})
     trainer_model = build_tiny_model()
     expected = "sdpa" if int(transformers.__version__.split(".")[0]) >= 5 else "2d"

@@ -36,7 +36,7 @@ from pathlib import Path
 
 
 def install(log_path, interrupt_marker=None, fail=None):
-    """flood_cli.train.loop / flood_cli.train.checkpoint without torch: a run writes a completed
+    """flood_cli.train.entry / flood_cli.train.checkpoint without torch: a run writes a completed
     summary (best_val_loss = seed / 10) and one line in log_path. The run named in
     interrupt_marker's file stops once as a signal would (KeyboardInterrupt); fail, an
     exception to raise instead of training."""
@@ -62,13 +62,13 @@ def install(log_path, interrupt_marker=None, fail=None):
     def resume_training(run_dir, reporter):
         train(Path(run_dir), int(Path(run_dir).name.rsplit("-s", 1)[1]))
 
-    train_module = types.ModuleType("flood_cli.train.loop")
+    train_module = types.ModuleType("flood_cli.train.entry")
     train_module.NullReporter = NullReporter
     train_module.run_training = run_training
     train_module.resume_training = resume_training
     checkpoint_module = types.ModuleType("flood_cli.train.checkpoint")
     checkpoint_module.last_checkpoint = lambda run_dir: Path(run_dir) / "checkpoints" / "last.pt"
-    sys.modules["flood_cli.train.loop"] = train_module
+    sys.modules["flood_cli.train.entry"] = train_module
     sys.modules["flood_cli.train.checkpoint"] = checkpoint_module
 '''
 fake = types.ModuleType("fake_training")
@@ -89,7 +89,7 @@ except BaseException:
 def fake_training(monkeypatch, tmp_path):
     """Install the fake training in this process; returns the trained.log path."""
     log = tmp_path / "trained.log"
-    saved = {name: sys.modules.get(name) for name in ("flood_cli.train.loop", "flood_cli.train.checkpoint", "flood_cli.core.progress")}
+    saved = {name: sys.modules.get(name) for name in ("flood_cli.train.entry", "flood_cli.train.checkpoint", "flood_cli.core.progress")}
     fake.install(str(log))
     sys.modules.pop("flood_cli.core.progress", None)
     yield log

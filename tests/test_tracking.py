@@ -17,7 +17,8 @@ import pytest
 import flood_cli.train.loop as train_module
 from flood_cli.config.load import load_config
 from flood_cli.core.errors import FloodError
-from flood_cli.train.loop import resume_training, run_training
+from flood_cli.core.reporting import NullReporter
+from flood_cli.train.entry import resume_training, run_training
 from tests.conftest import ROOT, small_config, write_config
 
 FLOODING = {"mode": "flooding", "b": 0.66, "epochs": 2, "eval_every": 6}
@@ -269,7 +270,7 @@ def run_files(run_dir: Path) -> dict[str, bytes]:
     return {name: (run_dir / name).read_bytes() for name in ("summary.json", "metrics.csv")}
 
 
-class Warnings(train_module.NullReporter):
+class Warnings(NullReporter):
     def __init__(self):
         self.lines: list[str] = []
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from flood_cli.config.load import load_config
-from flood_cli.runs.folder import METRICS_COLUMNS, TIME_COLUMNS
-from flood_cli.train.loop import run_training
+from flood_cli.runs.columns import METRICS_COLUMNS, TIME_COLUMNS
+from flood_cli.train.entry import run_training
 from tests.conftest import small_config, write_config
 
 
@@ -322,7 +322,7 @@ def test_sharded_accelerate_setups_are_refused_in_one_line(monkeypatch, kind, sh
 
     from flood_cli.config.schema import RuntimeConfig
     from flood_cli.core.errors import FloodError
-    from flood_cli.train.loop import make_accelerator
+    from flood_cli.train.setup import make_accelerator
 
     monkeypatch.setattr(accelerate.Accelerator, "distributed_type", property(lambda self: DistributedType[kind]))
     with pytest.raises(FloodError) as caught:

@@ -219,7 +219,7 @@ def train(
             )
         if not resume.exists():
             raise FloodError(f"run folder {resume} does not exist; pass the folder that flood train printed (run folder: …)")
-        from flood_cli.train.loop import resume_training
+        from flood_cli.train.entry import resume_training
 
         _train_and_report(lambda reporter: resume_training(resume, reporter=reporter), quiet)
         return
@@ -249,7 +249,7 @@ def train(
     check_files(cfg.data)
     check_sources(cfg.model)
     with _removed_if_left_empty(Path(cfg.output.dir)):
-        from flood_cli.train.loop import run_training
+        from flood_cli.train.entry import run_training
 
         _train_and_report(lambda reporter: run_training(cfg, reporter=reporter), quiet)
 

@@ -34,27 +34,6 @@ import yaml
 from flood_cli.config.basics import MAX_CONFIG_BYTES
 from flood_cli.core.errors import FloodError, shown
 
-METRICS_COLUMNS = (
-    "epoch",
-    "step",
-    "train_loss",
-    "train_objective",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "best_val_loss",
-    "lr",
-    "flood_active",
-    "val_loss_top10_share",
-    "val_ece",
-    "val_confidence",
-    "val_confident_wrong",
-    "skipped_steps",
-    "elapsed_s",
-)
-TEST_COLUMNS = ("test_loss", "test_accuracy")
-TIME_COLUMNS = ("elapsed_s",)
-
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"

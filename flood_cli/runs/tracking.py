@@ -37,27 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from flood_cli.core.errors import FloodError, shown
+from flood_cli.runs.columns import SCALARS
 
 TENSORBOARD_DIR = "tensorboard"
 MLFLOW_EXPERIMENT = "flood"
-# CSV column -> scalar name (train/ and val/ prefixes group them in both UIs).
-SCALARS = {
-    "train_loss": "train/loss",
-    "train_objective": "train/objective",
-    "train_accuracy": "train/accuracy",
-    "val_loss": "val/loss",
-    "val_accuracy": "val/accuracy",
-    "best_val_loss": "val/best_loss",
-    "val_loss_top10_share": "val/loss_top10_share",
-    "val_ece": "val/ece",
-    "val_confidence": "val/confidence",
-    "val_confident_wrong": "val/confident_wrong",
-    "test_loss": "test/loss",
-    "test_accuracy": "test/accuracy",
-    "lr": "train/lr",
-    "flood_active": "train/flood_active",
-    "epoch": "epoch",
-}
 INSTALL = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
 
 

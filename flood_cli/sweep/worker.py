@@ -233,7 +233,7 @@ def _run_one(spec: SweepSpec, overrides: dict[str, Any], seed: int, name: str, r
     from flood_cli.core.errors import RunInterrupted, UnresumableRun
     from flood_cli.runs.folder import RunDir, read_metrics
     from flood_cli.train.checkpoint import last_checkpoint
-    from flood_cli.train.loop import resume_training, run_training
+    from flood_cli.train.entry import resume_training, run_training
 
     run_dir = spec.runs_dir / name
     try:

@@ -24,7 +24,7 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -35,10 +35,15 @@ from flood_cli.config.load import validate
 from flood_cli.config.schema import Config
 from flood_cli.core.errors import FloodError
 from flood_cli.core.modes import MODE_KEYS_OF
+from flood_cli.train.setup import make_accelerator
 
 CACHE_DIR = ".adaflood"
 LOSSES_FILE = "held_out_losses.pt"
 # Settings of the main run that the auxiliary runs do not depend on.
+# How the auxiliary runs are trained: entry.run_training and entry.resume_training,
+# handed in by the entry point (adaflood never imports the loop or the entry points).
+TrainRun = Callable[[Config, Any], Any]
+ResumeRun = Callable[[Path, Any], Any]
 AUX_IGNORED_TRAIN = ("mode", *dict.fromkeys(key.removeprefix("train.") for keys in MODE_KEYS_OF.values() for key in keys), "seed", "eval_every")
 
 
@@ -108,7 +113,7 @@ def _locked(folder: Path) -> Iterator[_LockFile]:
             return
 
 
-def held_out_losses(cfg: Config, reporter: Any) -> torch.Tensor:
+def held_out_losses(cfg: Config, reporter: Any, train: TrainRun, resume: ResumeRun) -> torch.Tensor:
     """``ℓ_aux,i`` for every training example, in the order of the prepared training split.
 
     With several processes (torchrun, accelerate launch) every process trains each
@@ -124,18 +129,18 @@ def held_out_losses(cfg: Config, reporter: Any) -> torch.Tensor:
     folder = Path(cfg.output.dir) / CACHE_DIR / cache_key(cfg)
     group = _Processes(cfg)
     try:
-        return _held_out_losses(cfg, folder, reporter, group)
+        return _held_out_losses(cfg, folder, reporter, group, train, resume)
     except _CacheRemoved as exc:
         if group.count > 1:
             raise FloodError(f"{exc}; run the command again to train the auxiliary runs anew") from None
         reporter.warning(f"{exc}; training the auxiliary runs again")
     try:
-        return _held_out_losses(cfg, folder, reporter, group)
+        return _held_out_losses(cfg, folder, reporter, group, train, resume)
     except _CacheRemoved as exc:
         raise FloodError(f"{exc}, a second time; stop what removes it, then run the command again") from None
 
 
-def _held_out_losses(cfg: Config, folder: Path, reporter: Any, group: _Processes) -> torch.Tensor:
+def _held_out_losses(cfg: Config, folder: Path, reporter: Any, group: _Processes, train: TrainRun, resume: ResumeRun) -> torch.Tensor:
     folds = _settings(cfg).folds
     with _locked(folder) if group.main else nullcontext() as lock:
         losses_path = folder / LOSSES_FILE
@@ -149,7 +154,7 @@ def _held_out_losses(cfg: Config, folder: Path, reporter: Any, group: _Processes
             run_dirs = []
             for fold in range(folds):
                 doing = f"auxiliary run {fold + 1} of {folds} trained"
-                run_dirs.append(_aux_run(cfg, folder, fold, folds, reporter, group))
+                run_dirs.append(_aux_run(cfg, folder, fold, folds, reporter, group, train, resume))
             losses = None
             if group.main:
                 doing = "the held-out losses were computed"
@@ -229,8 +234,6 @@ class _Processes:
         self.count = int(os.environ.get("WORLD_SIZE", "1"))
         self.main = True
         if self.count > 1:
-            from flood_cli.train.loop import make_accelerator
-
             state = make_accelerator(cfg.runtime).state  # joins the process group, as the runs will
             self.count, self.main = state.num_processes, state.is_main_process
 
@@ -256,13 +259,14 @@ def _aux_config(cfg: Config, folder: Path, fold: int, folds: int) -> Config:
     return validate(raw, f"adaflood auxiliary run fold-{fold}")
 
 
-def _aux_run(cfg: Config, folder: Path, fold: int, folds: int, reporter: Any, group: _Processes) -> Path:
+def _aux_run(
+    cfg: Config, folder: Path, fold: int, folds: int, reporter: Any, group: _Processes, train: TrainRun, resume: ResumeRun
+) -> Path:
     """Train (or continue, or reuse) the auxiliary run that holds out ``fold``; the main
     process decides, every process acts."""
     from flood_cli.core.reporting import NullReporter
     from flood_cli.runs.folder import RunDir
     from flood_cli.train.checkpoint import last_checkpoint
-    from flood_cli.train.loop import resume_training, run_training
 
     run_dir = folder / f"fold-{fold}"
     action = None
@@ -282,9 +286,9 @@ def _aux_run(cfg: Config, folder: Path, fold: int, folds: int, reporter: Any, gr
     action = group.share(action)
     group.wait()  # a stale folder is gone before any process looks for it
     if action == "continue":
-        resume_training(run_dir, NullReporter())
+        resume(run_dir, NullReporter())
     elif action == "train":
-        run_training(_aux_config(cfg, folder, fold, folds), NullReporter())
+        train(_aux_config(cfg, folder, fold, folds), NullReporter())
     return run_dir
 
 
@@ -317,8 +321,9 @@ def _score_fold(cfg: Config, run_dir: Path, fold: int, folds: int) -> tuple[torc
     return torch.cat(losses), members
 
 
-def levels_for(cfg: Config, reporter: Any) -> torch.Tensor:
-    """Each training example's flood level for this run's γ."""
+def levels_for(cfg: Config, reporter: Any, train: TrainRun, resume: ResumeRun) -> torch.Tensor:
+    """Each training example's flood level for this run's γ; ``train`` and ``resume``
+    train the auxiliary runs (entry.run_training and entry.resume_training)."""
     from flood_cli.train.objectives import adaflood_levels
 
-    return adaflood_levels(held_out_losses(cfg, reporter).float(), _settings(cfg).gamma)
+    return adaflood_levels(held_out_losses(cfg, reporter, train, resume).float(), _settings(cfg).gamma)

@@ -11,8 +11,8 @@ import pytest
 from flood_cli.compare.command import compare_command
 from flood_cli.compare.reader import parse_metrics
 from flood_cli.core.errors import FloodError
+from flood_cli.runs.columns import METRICS_COLUMNS
 from flood_cli.runs.folder import (
-    METRICS_COLUMNS,
     METRICS_FILE,
     SUMMARY_FILE,
 )
