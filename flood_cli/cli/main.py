@@ -69,7 +69,6 @@ def _plain_help() -> None:
 
         option.display_type_rich = display_type_rich
     if argument is not None and hasattr(argument, "_usage_display_name"):
-
         def usage_display_name(self: Any) -> str:
             name = self.metavar or self.name.upper()
             return (name if self.required else f"[{name}]") + ("..." if self.nargs != 1 else "")

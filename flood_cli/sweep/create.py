@@ -12,8 +12,11 @@ from typing import Any
 
 import yaml
 
+from flood_cli.config.load import apply_override, changed_keys, changes_text, load_config, validate
+from flood_cli.config.schema import NAME_CHARACTERS, NAME_MAX, is_plain_name
 from flood_cli.core import safe_yaml
 from flood_cli.core.errors import FloodError, shown_repr
+from flood_cli.runs.folder import check_writable, read_run_file
 from flood_cli.sweep.spec import (
     JOURNAL_FILE,
     MAX_RUNS,
@@ -60,11 +63,6 @@ def create_sweep(
     mode (a study of several methods), next to a baseline."""
     from datetime import datetime
 
-    from flood_cli.config.load import load_config
-    from flood_cli.config.schema import NAME_CHARACTERS, NAME_MAX, is_plain_name
-    from flood_cli.core.errors import shown_repr
-    from flood_cli.runs.folder import check_writable
-
     if name is not None and not is_plain_name(name):
         raise FloodError(
             f"--name {shown_repr(name)} is not a plain folder name; use 1 to {NAME_MAX} {NAME_CHARACTERS} (not . or ..)"
@@ -82,8 +80,6 @@ def create_sweep(
         if search or any(len(values) > 1 for values in axes.values()):
             raise FloodError("--settings lists the settings itself; drop --search and --set with several values")
         if axes:
-            from flood_cli.config.load import apply_override, validate
-
             raw = base.experiment_dict()
             for key, values in axes.items():
                 apply_override(raw, key, values[0])
@@ -265,7 +261,6 @@ def read_spec(folder: Path) -> SweepSpec:
     if not path.is_file():
         _restore_spec(folder)
     not_ours = "it was not written by flood sweep, or was edited: put back what flood sweep wrote"
-    from flood_cli.runs.folder import read_run_file
 
     try:  # a regular file of at most MAX_SPEC_BYTES (a named pipe never blocks a resume)
         data = safe_yaml.load(read_run_file(path, MAX_SPEC_BYTES).decode("utf-8"))
@@ -325,8 +320,6 @@ def _restore_spec(folder: Path) -> None:
 
 
 def _check_unedited(path: Path, spec: SweepSpec) -> None:
-    from flood_cli.config.load import changed_keys, changes_text
-
     stored = load_study(open_storage(spec.storage_url), spec.grid_study).user_attrs.get("flood_sweep")
     if not isinstance(stored, dict):
         return

@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flood_cli.compare.command import build_report, compare_command
+from flood_cli.compare.plots import plot_sweep_curve
 from flood_cli.core.errors import FloodError
+from flood_cli.runs.tracking import check_trackers
 from flood_cli.sweep.lease import WORKER_FENCED
 from flood_cli.sweep.queue import Finished, finished_trials
 from flood_cli.sweep.spec import CURVE_KEYS, RESULTS_FILE, WORKERS_DIR, SweepSpec, _first_line
@@ -181,8 +184,6 @@ def disk_use(folder: Path) -> int:
 
 def write_results(spec: SweepSpec) -> list[Path]:
     """The grouped table (results.md) and a curve per swept flood level or ascent rate."""
-    from flood_cli.compare.command import build_report, compare_command
-    from flood_cli.compare.plots import plot_sweep_curve
 
     folder = Path(spec.folder)
     runs = spec.runs_dir
@@ -223,8 +224,6 @@ def run_sweep(spec: SweepSpec, workers: int, verbose: bool, echo: Callable[[str]
     is queued again for --resume); a second one stops them at once."""
     trackers = list((spec.base.get("output") or {}).get("report_to") or [])
     if trackers:  # one line now, rather than every run of the sweep failing on it
-        from flood_cli.runs.tracking import check_trackers
-
         spec.runs_dir.mkdir(parents=True, exist_ok=True)
         check_trackers(trackers, spec.runs_dir)
     processes = start_workers(spec, workers, verbose)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flood_cli.core.errors import FloodError
+from flood_cli.runs.folder import read_run_file
 from flood_cli.sweep import lease
 from flood_cli.sweep.spec import QUEUE_LOCK, SPEC_FILE, Setting, SweepSpec
 from flood_cli.sweep.storage import _wrote, load_study, open_storage
@@ -195,8 +196,6 @@ def _claims(study: Any) -> dict[tuple, list[Any]]:
 
 def _summary_completed(path: Path) -> bool:
     try:
-        from flood_cli.runs.folder import read_run_file
-
         return json.loads(read_run_file(path / "summary.json")).get("status") == "completed"
     except (OSError, ValueError, AttributeError, FloodError):  # not a summary flood can read: not completed
         return False

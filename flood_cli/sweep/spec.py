@@ -16,9 +16,12 @@ from typing import Any, get_args
 
 import yaml
 
+from flood_cli.config.load import apply_override, validate
+from flood_cli.config.schema import NAME_MAX, SEED_MAX, Config
 from flood_cli.core import safe_yaml
 from flood_cli.core.errors import FloodError
 from flood_cli.core.modes import MODE_KEYS_OF, MODES
+from flood_cli.runs.folder import atomic_write_text
 
 SPEC_FILE = "sweep.yaml"
 JOURNAL_FILE = "study.journal"
@@ -78,7 +81,6 @@ _WHOLE_NUMBER = re.compile(r"[0-9]+")
 def parse_seeds(text: str) -> list[int]:
     """``5`` -> seeds 1..5; ``1,2,7`` -> those seeds. Plain digits only (Python's int()
     would take ``1_0`` as 10), at most MAX_SEEDS seeds, each a valid train.seed."""
-    from flood_cli.config.schema import SEED_MAX
 
     items = [item.strip() for item in text.split(",")]
     if not all(_WHOLE_NUMBER.fullmatch(item) for item in items):
@@ -139,8 +141,6 @@ def _number_kinds(key: str) -> set | None:
     does not have (validation says so)."""
     from pydantic import BaseModel
 
-    from flood_cli.config.schema import Config
-
     model: Any = Config
     annotation: Any = None
     for part in key.split("."):
@@ -158,8 +158,6 @@ def _key_order() -> tuple[dict[str, tuple[int, ...]], frozenset[str]]:
     order the config declares them), and the last parts that more than one key ends
     with (folds: train.adaflood.folds, data.holdout.folds)."""
     from pydantic import BaseModel
-
-    from flood_cli.config.schema import Config
 
     places: dict[str, tuple[int, ...]] = {}
 
@@ -226,7 +224,6 @@ class Setting:
         otherwise (a value that needs characters a run name cannot hold, or a name past
         NAME_MAX) the readable part cut short and a hash of the whole setting, so that
         two settings never share a run and the seed is never cut off."""
-        from flood_cli.config.schema import NAME_MAX
 
         _, shared_lasts = _key_order()
         parts, exact = [self.mode], True
@@ -413,8 +410,6 @@ def config_for(spec: SweepSpec, overrides: dict[str, Any], seed: int, run_name: 
     """The validated config of one run of the sweep."""
     import copy
 
-    from flood_cli.config.load import apply_override, validate
-
     raw = copy.deepcopy(spec.base)
     mode = overrides.get("train.mode", raw["train"].get("mode"))
     own = MODE_KEYS_OF.get(mode, ())
@@ -439,7 +434,6 @@ def _first_line(exc: BaseException) -> str:
 def _write_spec(spec: SweepSpec) -> None:
     """sweep.yaml, replaced in one rename (a reader never sees half of it), staged in a
     temporary file of its own (two processes writing at once never share one)."""
-    from flood_cli.runs.folder import atomic_write_text
 
     atomic_write_text(Path(spec.folder) / SPEC_FILE, yaml.safe_dump(asdict(spec), sort_keys=False))
 

@@ -14,7 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flood_cli.core.errors import FloodError, RunPruned
+from flood_cli.core.errors import FloodError, RunInterrupted, RunPruned, UnresumableRun
+from flood_cli.core.progress import make_reporter
+from flood_cli.runs.folder import RunDir, read_metrics
 from flood_cli.sweep.lease import HEARTBEAT_S, Heartbeat, _LeaseReporter
 from flood_cli.sweep.queue import Claimed, Queue, _defined, _requeue, _tell, queue_lock, reconcile
 from flood_cli.sweep.spec import Setting, SweepSpec, config_for
@@ -69,7 +71,6 @@ def _work(spec: SweepSpec, log: Callable[[str], None], verbose: bool, stop: _Sto
     grid = Queue(storage, load_study(storage, spec.grid_study), lock)
     search = Queue(storage, load_study(storage, spec.study, spec.prune), lock) if spec.search else None
     reconcile(spec, storage, log)  # runs a crash left without a claim are queued again
-    from flood_cli.core.progress import make_reporter
 
     reporter_factory = lambda: make_reporter(quiet=not verbose)  # noqa: E731
     done = 0
@@ -230,8 +231,6 @@ class _PruningReporter:
 
 def _run_one(spec: SweepSpec, overrides: dict[str, Any], seed: int, name: str, reporter: Any) -> dict[str, Any]:
     """Train one run of the sweep, or continue it, or read it when it is complete."""
-    from flood_cli.core.errors import RunInterrupted, UnresumableRun
-    from flood_cli.runs.folder import RunDir, read_metrics
     from flood_cli.train.checkpoint import last_checkpoint
     from flood_cli.train.entry import resume_training, run_training
 

@@ -35,6 +35,12 @@ from flood_cli.config.load import validate
 from flood_cli.config.schema import Config
 from flood_cli.core.errors import FloodError
 from flood_cli.core.modes import MODE_KEYS_OF
+from flood_cli.core.reporting import NullReporter
+from flood_cli.data.prepare import Collator, content_hash, fold_members, prepare_data
+from flood_cli.model import load_tokenizer, quiet_transformers
+from flood_cli.runs.folder import RunDir, atomic_write
+from flood_cli.train.checkpoint import last_checkpoint
+from flood_cli.train.objectives import adaflood_levels
 from flood_cli.train.setup import make_accelerator
 
 CACHE_DIR = ".adaflood"
@@ -65,8 +71,6 @@ def _settings(cfg: Config) -> Any:
 
 
 def cache_key(cfg: Config) -> str:
-    from flood_cli.data.prepare import content_hash
-
     experiment = aux_experiment(cfg)
     experiment.pop("runtime")  # how the runs ran does not change what they learned
     files = {
@@ -163,7 +167,6 @@ def _held_out_losses(cfg: Config, folder: Path, reporter: Any, group: _Processes
                 for fold_losses, members in scored:
                     losses[torch.tensor(members)] = fold_losses.double()
                 assert not torch.isnan(losses).any(), "every example lies in exactly one fold"
-                from flood_cli.runs.folder import atomic_write
 
                 atomic_write(losses_path, lambda handle: torch.save(losses, handle), binary=True)
                 if lock is not None and lock.removed():  # written into a folder made again meanwhile: not ours to keep
@@ -219,8 +222,6 @@ def _losses_problem(losses: Any, examples: int) -> str | None:
 def _train_size(cfg: Config) -> int:
     """How many examples the prepared training split holds (Datasets' cache makes the
     run's own preparation, after this one, a read)."""
-    from flood_cli.data.prepare import prepare_data
-    from flood_cli.model import load_tokenizer, quiet_transformers
 
     quiet_transformers()
     return len(prepare_data(cfg.data, load_tokenizer(cfg.model)).train)
@@ -264,10 +265,6 @@ def _aux_run(
 ) -> Path:
     """Train (or continue, or reuse) the auxiliary run that holds out ``fold``; the main
     process decides, every process acts."""
-    from flood_cli.core.reporting import NullReporter
-    from flood_cli.runs.folder import RunDir
-    from flood_cli.train.checkpoint import last_checkpoint
-
     run_dir = folder / f"fold-{fold}"
     action = None
     if group.main:
@@ -298,9 +295,6 @@ def _score_fold(cfg: Config, run_dir: Path, fold: int, folds: int) -> tuple[torc
     import torch.nn.functional as F
     from transformers import AutoModelForSequenceClassification
 
-    from flood_cli.data.prepare import Collator, fold_members, prepare_data
-    from flood_cli.model import load_tokenizer, quiet_transformers
-
     quiet_transformers()
     tokenizer = load_tokenizer(cfg.model)
     data = prepare_data(cfg.data, tokenizer)
@@ -324,6 +318,5 @@ def _score_fold(cfg: Config, run_dir: Path, fold: int, folds: int) -> tuple[torc
 def levels_for(cfg: Config, reporter: Any, train: TrainRun, resume: ResumeRun) -> torch.Tensor:
     """Each training example's flood level for this run's γ; ``train`` and ``resume``
     train the auxiliary runs (entry.run_training and entry.resume_training)."""
-    from flood_cli.train.objectives import adaflood_levels
 
     return adaflood_levels(held_out_losses(cfg, reporter, train, resume).float(), _settings(cfg).gamma)

@@ -14,6 +14,7 @@ from flood_cli.config.schema import Config
 from flood_cli.core.errors import FloodError, RunInterrupted, UnresumableRun
 from flood_cli.core.reporting import NullReporter, Reporter
 from flood_cli.runs.folder import CONFIG_FILE, RunDir, check_writable, read_run_file
+from flood_cli.runs.tracking import check_trackers
 from flood_cli.train import adaflood, checkpoint
 from flood_cli.train.loop import RunResult, Trainer
 from flood_cli.train.recorder import rows_written, start_again
@@ -47,8 +48,6 @@ def run_training(cfg: Config, reporter: Reporter | None = None) -> RunResult:
     # Before any expensive work (the folder itself is claimed atomically later).
     check_writable(Path(cfg.output.dir))
     if cfg.output.report_to:
-        from flood_cli.runs.tracking import check_trackers
-
         check_trackers(list(cfg.output.report_to), Path(cfg.output.dir))
     if cfg.output.name is not None and (Path(cfg.output.dir) / cfg.output.name).exists():
         raise RunDir.name_taken(Path(cfg.output.dir) / cfg.output.name)
@@ -93,8 +92,6 @@ def resume_training(run_dir: Path, reporter: Reporter | None = None) -> RunResul
     cfg = load_config(config_path, new_run=False, read_run_file=read_run_file)
     _check_same_experiment(run_dir, state["experiment"], cfg.experiment_dict())
     if cfg.output.report_to:  # before the data and the model, and before the summary says "running"
-        from flood_cli.runs.tracking import check_trackers
-
         check_trackers(list(cfg.output.report_to), run_dir.parent, run_dir)
     reporter = reporter or NullReporter()
     trainer = Trainer(cfg, reporter, _mode_levels(cfg, reporter))

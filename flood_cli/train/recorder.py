@@ -14,6 +14,7 @@ from typing import Any
 from flood_cli.config.schema import Config
 from flood_cli.core.reporting import Reporter
 from flood_cli.runs.folder import CONFIG_FILE, METRICS_FILE, RunDir, default_run_name, now_iso, read_metrics
+from flood_cli.runs.tracking import Trackers
 
 
 class RunRecorder:
@@ -86,7 +87,6 @@ class RunRecorder:
         """TensorBoard and MLflow, when output.report_to names them (main process only)."""
         if not self.cfg.output.report_to:
             return
-        from flood_cli.runs.tracking import Trackers
 
         self.trackers = Trackers(list(self.cfg.output.report_to), self.run, self.reporter.warning)
         fields = self.trackers.start(experiment, self.run.summary, self.rows)
