@@ -170,7 +170,7 @@ def time_flood(cfg: Any, workload: dict[str, Any], device: str) -> dict[str, flo
 
 def cuda_syncs_per_step(trainer: Trainer, stream: Any, steps: int = 5) -> float | None:
     """Host-device synchronisations per training step, as CUDA's sync debug mode counts
-    them (None off CUDA; on the CPU, tests/test_no_sync.py counts host reads instead)."""
+    them (None off CUDA; on the CPU, tests/train/test_no_sync.py counts host reads instead)."""
     if not torch.cuda.is_available() or trainer.accelerator.device.type != "cuda":
         return None
     import warnings

@@ -11,7 +11,7 @@ Stages (each one timed; FLOOD_GPU_CHECK_STAGES picks some, comma-separated):
   validation examples in batches of 16, 23 test examples), against tests/oracle.py
   (plain transformers on the CPU, one example at a time): fp32 to float rounding, bf16
   (eager and compiled) to the bf16 tolerance.
-* pytest: `pytest -m gpu tests/test_gpu.py` (two-pass modes' RNG replay and parameter
+* pytest: `pytest -m gpu tests/train/test_gpu.py` (two-pass modes' RNG replay and parameter
   shifts on CUDA, fused optimizers, against hand-written references).
 * bench: bench/bench_train.py's GPU workloads (one repeat each, a short paired mode
   timing), eager first, then compiled, as long as the time budget lasts; the speed
@@ -99,7 +99,7 @@ def modes(lr: float) -> dict[str, dict[str, Any]]:
     makes them ascend at every step (every example, for iflood), which runs the sign
     path. A b near the loss would make bf16 and fp32 choose different signs on some
     steps, a real difference but not a rounding one. Which examples flip is tested on
-    the CPU (tests/test_modes.py)."""
+    the CPU (tests/train/test_modes.py)."""
     return {
         "baseline": {"mode": "baseline"},
         "flooding": {"mode": "flooding", "b": 1.0},
@@ -254,7 +254,7 @@ FIGURES = ("loss", "top10_share", "confidence", "ece")
 
 
 def compare_with_oracle(got: dict[str, Any], truth: oracle.Figures, rows: list[tuple[float, bool, float]], exact: bool, tol: float) -> dict[str, Any]:
-    """fp32 (exact=True): the figures to float rounding (as tests/test_oracle.py), counts
+    """fp32 (exact=True): the figures to float rounding (as tests/train/test_oracle.py), counts
     equal. bf16: loss, top-10 share and confidence within the bf16 tolerance, and the
     correct count off by at most the examples whose oracle confidence is within the
     tolerance of a tie (0.5 with two labels: the only ones bf16 rounding can flip)."""
@@ -304,7 +304,7 @@ def stage_oracle(folder: Path, settings: dict[str, Any], device: str, compiled: 
 
 def stage_pytest() -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/test_gpu.py"],
+        [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/train/test_gpu.py"],
         cwd=ROOT, capture_output=True, text=True,
     )
     tail = (done.stdout + done.stderr).strip().splitlines()

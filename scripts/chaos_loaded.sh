@@ -11,7 +11,7 @@ busy & B2=$!
 trap 'kill $B1 $B2 2>/dev/null' EXIT
 for i in $(seq 1 "$N"); do
     start=$(date +%s)
-    out=$(HF_HUB_OFFLINE=1 "$PY" -m pytest -q -m chaos tests/test_sweep_chaos.py -s -p no:cacheprovider 2>&1)
+    out=$(HF_HUB_OFFLINE=1 "$PY" -m pytest -q -m chaos tests/sweep/test_sweep_chaos.py -s -p no:cacheprovider 2>&1)
     code=$?
     seeds=$(echo "$out" | grep -o "chaos seed [0-9]*: .*s$" | sed 's/: \[.*\]; / /' | tr '\n' ';')
     echo "round $i: exit $code, $(( $(date +%s) - start )) s; ${seeds}"

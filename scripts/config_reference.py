@@ -5,7 +5,7 @@ the Field's description). The models are the documentation; this only lays them 
     python scripts/config_reference.py            # print the reference
     python scripts/config_reference.py --write    # put it in README.md between the markers
 
-tests/test_config_reference.py fails when README.md's block differs from this output.
+tests/config/test_config_reference.py fails when README.md's block differs from this output.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ have it, and the scalar the trackers (TensorBoard, MLflow) log it as, or why the
 
 The CSV's column order is the order here; the loop fills a row's values by name, the
 trackers take ``SCALARS``, and the README's table of columns lists exactly these
-(tests/test_columns.py). A new column is one entry here plus the code that computes it.
+(tests/runs/test_columns.py). A new column is one entry here plus the code that computes it.
 
 This module must stay free of torch: `flood compare` reads the same files.
 """

@@ -13,7 +13,7 @@ import torch
 from flood_cli.config.load import load_config
 from flood_cli.train import adaflood
 from flood_cli.train.entry import run_training
-from tests.test_distributed import config_for, ragged, rows, run_ranks, summary  # noqa: F401 (ragged: a fixture)
+from tests.train.test_distributed import config_for, ragged, rows, run_ranks, summary  # noqa: F401 (ragged: a fixture)
 
 pytestmark = pytest.mark.distributed
 

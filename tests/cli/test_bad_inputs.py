@@ -2,7 +2,7 @@
 one line `error: ...` on stderr, exit code 1, no traceback, and leave nothing behind
 (no run folder; files that existed before are untouched byte for byte).
 
-The function-level tables (tests/test_config.py, test_data.py, test_model.py) pin the
+The function-level tables (tests/config/test_config.py, test_data.py, test_model.py) pin the
 exact messages; this table checks the CLI contract across config files, flags, data
 files and model paths. No case may start training: each fails before the first step.
 """

@@ -26,7 +26,7 @@ from flood_cli.core.progress import QuietReporter
 from flood_cli.train import adaflood
 from flood_cli.train.entry import resume_training, run_training
 from tests.conftest import SHIPPED_DATA, csv_bytes_without_time, small_config, write_config
-from tests.test_modes import TINY
+from tests.train.test_modes import TINY
 
 TRAIN_EXAMPLES = 40
 

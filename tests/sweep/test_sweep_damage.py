@@ -20,7 +20,7 @@ from flood_cli.sweep import spec as sweep_spec
 from flood_cli.sweep import storage as sweep_storage
 from flood_cli.sweep import worker as sweep_worker
 from tests.conftest import ROOT
-from tests.test_sweep_recovery import RUNS, assert_every_run_completed_once, fake_training, make_sweep, trained  # noqa: F401
+from tests.sweep.test_sweep_recovery import RUNS, assert_every_run_completed_once, fake_training, make_sweep, trained  # noqa: F401
 
 
 def finished(tmp_path: Path) -> sweep_spec.SweepSpec:

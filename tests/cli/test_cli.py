@@ -134,7 +134,7 @@ def test_missing_data_file_and_missing_column_are_one_line(tmp_path):
     assert result.exit_code == 1
     assert result.stderr.strip() == f"error: train file {tmp_path / 'missing.csv'} not found; fix data.train_file"
 
-    config["data"]["train_file"] = str(Path(__file__).resolve().parents[1] / "data" / "spam-assassin-small.csv")
+    config["data"]["train_file"] = str(Path(__file__).resolve().parents[2] / "data" / "spam-assassin-small.csv")
     config["data"]["text_column"] = "body"
     result = invoke("train", "-c", write_config(tmp_path, config), "-q")
     assert result.exit_code == 1

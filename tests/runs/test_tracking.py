@@ -170,7 +170,7 @@ def test_a_two_worker_sweep_reporting_to_a_fresh_mlflow_store_runs_both(tmp_path
     import yaml
     from mlflow.tracking import MlflowClient
 
-    from tests.test_sweep import flood, tiny_config
+    from tests.sweep.test_sweep import flood, tiny_config
 
     base = tiny_config(tmp_path)
     raw = yaml.safe_load(base.read_text())

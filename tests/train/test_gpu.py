@@ -1,5 +1,5 @@
 """On a CUDA GPU: the parts of the loop that behave differently there than on the CPU,
-each against a hand-written torch reference (as tests/test_modes.py does on the CPU).
+each against a hand-written torch reference (as tests/train/test_modes.py does on the CPU).
 
 * the two-pass modes replay the first pass's dropout masks through the CUDA generator
   (torch.cuda.set_rng_state), not the CPU one;
