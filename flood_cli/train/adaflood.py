@@ -36,7 +36,8 @@ from flood_cli.config.schema import Config
 from flood_cli.core.errors import FloodError
 from flood_cli.core.modes import MODE_KEYS_OF
 from flood_cli.core.reporting import NullReporter
-from flood_cli.data.prepare import Collator, content_hash, fold_members, prepare_data
+from flood_cli.data.batches import Collator
+from flood_cli.data.prepare import content_hash, fold_members, prepare_data
 from flood_cli.model import load_tokenizer, quiet_transformers
 from flood_cli.runs.folder import RunDir, atomic_write
 from flood_cli.train.checkpoint import last_checkpoint

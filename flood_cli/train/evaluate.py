@@ -9,7 +9,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from flood_cli.data.prepare import INDEX, LABELS, Collator, TokenizedSplit, eval_shard, length_sorted_batches
+from flood_cli.data.batches import Collator, eval_shard, length_sorted_batches
+from flood_cli.data.prepare import INDEX, LABELS, TokenizedSplit
 
 
 def step_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

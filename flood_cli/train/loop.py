@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from flood_cli.config.schema import Config
 from flood_cli.core.errors import FloodError, RunInterrupted, UnresumableRun, shown
 from flood_cli.core.reporting import Reporter
-from flood_cli.data.prepare import INDEX, LABELS, PreparedData, StepBatches, plan_steps
+from flood_cli.data.batches import StepBatches, plan_steps
+from flood_cli.data.prepare import INDEX, LABELS, PreparedData
 from flood_cli.runs.columns import columns_for
 from flood_cli.train import checkpoint, setup
 from flood_cli.train.evaluate import evaluate, step_loss_sum

@@ -13,7 +13,8 @@ from flood_cli import __version__
 from flood_cli.config.schema import Config, RuntimeConfig, TrainConfig
 from flood_cli.core.errors import FloodError
 from flood_cli.core.reporting import Reporter
-from flood_cli.data.prepare import Collator, EpochShuffleSampler, PreparedData, prepare_data
+from flood_cli.data.batches import Collator, EpochShuffleSampler
+from flood_cli.data.prepare import PreparedData, prepare_data
 from flood_cli.model import attention_format, build_model, load_tokenizer, quiet_transformers
 from flood_cli.runs.folder import now_iso
 from flood_cli.train.evaluate import EvalSplit

@@ -17,16 +17,8 @@ from hypothesis import strategies as st
 
 from flood_cli.config.schema import DataConfig, ModelConfig
 from flood_cli.core.errors import FloodError
-from flood_cli.data.prepare import (
-    Collator,
-    EpochShuffleSampler,
-    TokenizedSplit,
-    eval_shard,
-    length_sorted_batches,
-    plan_steps,
-    prepare_data,
-    read_splits,
-)
+from flood_cli.data.batches import Collator, EpochShuffleSampler, eval_shard, length_sorted_batches, plan_steps
+from flood_cli.data.prepare import TokenizedSplit, prepare_data, read_splits
 from flood_cli.model import load_tokenizer
 
 

@@ -60,7 +60,7 @@ def test_padding_multiple_is_neutral_up_to_rounding_without_dropout(tmp_path):
 
 
 def test_group_by_length_batches_similar_lengths_and_is_seeded(tmp_path):
-    from flood_cli.data.prepare import EpochShuffleSampler
+    from flood_cli.data.batches import EpochShuffleSampler
 
     lengths = [(i * 37) % 101 for i in range(400)]
     sampler = EpochShuffleSampler(400, seed=1, lengths=lengths, batch_size=4)
@@ -173,7 +173,8 @@ def test_a_data_file_rewritten_with_the_same_size_and_mtime_is_read_again(tmp_pa
 def test_padding_never_goes_past_the_models_positions(tmp_path):
     """max_length 513 rounds up to 520 with pad_to_multiple_of 8, past a 513-position
     model; a multiple of 1000 would pass any BERT's 512. Both now train."""
-    from flood_cli.data.prepare import Collator, TokenizedSplit
+    from flood_cli.data.batches import Collator
+    from flood_cli.data.prepare import TokenizedSplit
 
     split = TokenizedSplit(input_ids=[[1] * 513, [1] * 30], labels=[0, 1])
     assert Collator(split, 0, 8, max_positions=513)([0, 1])["input_ids"].shape == (2, 513)
