@@ -10,12 +10,12 @@ from __future__ import annotations
 import math
 import os
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flood_cli.compare.model import Group, Report, Run
+from flood_cli.compare.model import Group, Report, Row, Run
 from flood_cli.compare.stats import student_t_quantile
 from flood_cli.compare.tables import seeds_text
 from flood_cli.core.errors import FloodError
@@ -52,15 +52,35 @@ def group_colours(count: int) -> list[Any]:
 PLOTTABLE_UP_TO = 1e100
 
 
-def _plottable(row: dict[str, Any] | None, x_key: str, y_key: str) -> bool:
+def _xy(row: Row | None, x_key: str, y_key: str) -> tuple[float, float] | None:
+    """The row's (x, y) when both are there, finite and within PLOTTABLE_UP_TO; else None."""
     if row is None:
-        return False
+        return None
     x, y = row.get(x_key), row.get(y_key)
-    return all(value is not None and math.isfinite(value) and abs(value) <= PLOTTABLE_UP_TO for value in (x, y))
+    if x is None or y is None or not all(math.isfinite(value) and abs(value) <= PLOTTABLE_UP_TO for value in (x, y)):
+        return None
+    return x, y
+
+
+def _plottable(row: Row | None, x_key: str, y_key: str) -> bool:
+    return _xy(row, x_key, y_key) is not None
+
+
+def _pairs(rows: Iterable[Row | None], x_key: str, y_key: str) -> list[tuple[float, float]]:
+    """The (x, y) of the plottable rows, in order."""
+    return [xy for row in rows if (xy := _xy(row, x_key, y_key)) is not None]
 
 
 def _points(run: Run, x_key: str, y_key: str) -> list[tuple[float, float]]:
-    return [(row[x_key], row[y_key]) for row in run.rows if _plottable(row, x_key, y_key)]  # type: ignore[misc]
+    return _pairs(run.rows, x_key, y_key)
+
+
+def _required(row: Row, key: str) -> float:
+    """``row[key]`` for a column the reader guarantees (rows without epoch or val_loss are dropped)."""
+    value = row[key]
+    if value is None:
+        raise TypeError(f"metrics row without {key}")
+    return value
 
 
 @dataclass
@@ -96,6 +116,7 @@ def build_figure(report: Report, x_axis: str = "epoch", seeds_as: str = "band") 
     group so that markers at one evaluation do not hide each other. Flooding and iflood
     groups show their flood level b as a dashed horizontal line on the training-loss panel.
     """
+    from matplotlib.artist import Artist
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -138,7 +159,7 @@ def build_figure(report: Report, x_axis: str = "epoch", seeds_as: str = "band") 
     loss_axes.set(xlabel=x_label, ylabel="loss", title="validation loss (solid), training loss (dashed)")
     zoom_axes.set(xlabel=x_label, ylabel="validation loss", title="validation loss, zoomed on the best runs")
     accuracy_axes.set(xlabel=x_label, ylabel="validation accuracy", title="validation accuracy")
-    whole_epochs = x_axis == "epoch" and all(float(row["epoch"]).is_integer() for run in report.runs for row in run.rows)
+    whole_epochs = x_axis == "epoch" and all(_required(row, "epoch").is_integer() for run in report.runs for row in run.rows)
     for axes in panels:
         axes.autoscale_view()  # line collections do not rescale the axes by themselves
         axes.grid(True, alpha=0.3)
@@ -158,7 +179,7 @@ def build_figure(report: Report, x_axis: str = "epoch", seeds_as: str = "band") 
 
     hidden_under = _hidden_under(groups)
     wrap = len(groups) <= WRAP_UP_TO_GROUPS
-    handles = [
+    handles: list[Artist] = [
         Line2D([], [], color=colours[group.id], linewidth=2.5, label=_legend_label(group, hidden_under.get(group.id), wrap))
         for group in groups[:MAX_LEGEND_GROUPS]
     ]
@@ -183,7 +204,7 @@ def build_figure(report: Report, x_axis: str = "epoch", seeds_as: str = "band") 
     ]
     figure.legend(handles=handles, loc="outside right upper", fontsize="small", frameon=False)
     # A tall legend gets a taller figure rather than being cut off at the bottom.
-    legend_lines = sum(handle.get_label().count("\n") + 1 for handle in handles) + len(handles) // 2
+    legend_lines = sum(str(handle.get_label()).count("\n") + 1 for handle in handles) + len(handles) // 2
     figure.set_figheight(max(5.5, 0.15 * legend_lines + 0.8))
     return figure, notes
 
@@ -251,7 +272,7 @@ def _marker_offsets(runs: Sequence[Run], x_axis: str, count: int) -> list[float]
     the distance between evaluations, so that markers at one evaluation stay visible."""
     if count < 2:
         return [0.0] * count
-    xs = sorted({row[x_axis] for run in runs for row in run.rows if _plottable(row, x_axis, "val_loss")})
+    xs = sorted({x for run in runs for x, _ in _points(run, x_axis, "val_loss")})
     gaps = [b - a for a, b in zip(xs, xs[1:], strict=False) if b > a]
     if not gaps:
         return [0.0] * count
@@ -302,7 +323,7 @@ def _hidden_under(groups: Sequence[Group]) -> dict[str, str]:
             drawn_by.setdefault(_curve_key(run), group.id)
     hidden = {}
     for index, group in enumerate(groups):
-        on_top = {drawn_by.get(_curve_key(run)) for run in group.runs}
+        on_top = {drawn_by[_curve_key(run)] for run in group.runs}  # every run is in drawn_by
         later = {other.id for other in groups[index + 1:]}
         if len(on_top) == 1 and on_top <= later:
             hidden[group.id] = on_top.pop()
@@ -381,14 +402,15 @@ def _draw_group(
 
     marker_style = dict(color=colour, markeredgecolor="black", markeredgewidth=0.7, linestyle="none")
     best_rows = [run.best_row for run in runs if _plottable(run.best_row, x_axis, "val_loss")]
+    best_loss = _pairs(best_rows, x_axis, "val_loss")
     for target in (loss_axes, zoom_axes):
-        target.plot([row[x_axis] + x_offset for row in best_rows], [row["val_loss"] for row in best_rows],  # type: ignore[index]
+        target.plot([x + x_offset for x, _ in best_loss], [y for _, y in best_loss],
                     marker="o", markersize=6, zorder=3, **marker_style)
-    at_best_loss = [row for row in best_rows if _plottable(row, x_axis, "val_accuracy")]
-    accuracy_axes.plot([row[x_axis] + x_offset for row in at_best_loss], [row["val_accuracy"] for row in at_best_loss],  # type: ignore[index]
+    at_best_loss = _pairs(best_rows, x_axis, "val_accuracy")
+    accuracy_axes.plot([x + x_offset for x, _ in at_best_loss], [y for _, y in at_best_loss],
                        marker="o", markersize=6, zorder=3, **marker_style)
-    best_accuracy = [run.best_accuracy_row for run in runs if _plottable(run.best_accuracy_row, x_axis, "val_accuracy")]
-    accuracy_axes.plot([row[x_axis] + x_offset for row in best_accuracy], [row["val_accuracy"] for row in best_accuracy],
+    best_accuracy = _pairs((run.best_accuracy_row for run in runs), x_axis, "val_accuracy")
+    accuracy_axes.plot([x + x_offset for x, _ in best_accuracy], [y for _, y in best_accuracy],
                        marker="*", markersize=11, zorder=4, **marker_style)
     return drawn
 
@@ -509,13 +531,17 @@ def build_sweep_curve(report: Report, key: str) -> tuple[Any, list[str]] | None:
             axes.axhspan(clip(mean - half, bounds), clip(mean + half, bounds), color=colour, alpha=0.12, linewidth=0)
         for colour, (label, points) in zip(colours, sorted(curves.items()), strict=False):
             points.sort(key=lambda item: item[0])
-            xs, means, halves = [], [], []
+            xs: list[float] = []
+            means: list[float] = []
+            halves: list[float] = []
             for x, group in points:
                 values = _per_seed(group, figure_of)
                 if not values:
                     continue
                 mean, half = _mean_and_half_width(values)
-                xs.append(x), means.append(mean), halves.append(half)
+                xs.append(x)
+                means.append(mean)
+                halves.append(half)
                 axes.scatter([x] * len(values), values, color=colour, s=9, alpha=0.45, linewidths=0)
                 if len(values) < READABLE_BAND_SEEDS:
                     few_seeds[f"{label + ' ' if label else ''}{name} = {x:g}"] = len(values)

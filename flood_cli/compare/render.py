@@ -98,7 +98,7 @@ def fit_table(table: Table, width: int | None) -> Table:
     def cut_elastic(floor: int | None) -> None:
         """Cut the widest elastic column by one character at a time until the table
         fits or every elastic column is at its floor (its own width, or ``floor``)."""
-        excess = _table_width(columns, rows) - width  # type: ignore[operator]
+        excess = _table_width(columns, rows) - width
         widths = {i: max([len(columns[i]), *(len(row[i]) for row in rows)]) for i, key in enumerate(keys) if key in table.elastic}
         floors = {i: max(len(columns[i]), MIN_CUT_WIDTH, table.elastic[keys[i]] if floor is None else floor) for i in widths}
         while excess > 0:

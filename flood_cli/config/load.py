@@ -303,7 +303,8 @@ def _apply_flag_rules(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
     with a mode that has no flood level it is an error, said in the flag's terms."""
     if overrides.get("train.b") is None:
         return
-    train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    section = raw.get("train")
+    train = section if isinstance(section, dict) else {}
     mode = overrides.get("train.mode", train.get("mode", "baseline"))
     if "train.mode" not in overrides and mode in ("baseline", *FLOOD_LEVEL_MODES):
         overrides["train.mode"] = "flooding" if mode == "baseline" else mode

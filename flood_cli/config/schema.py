@@ -235,6 +235,11 @@ class TrainConfig(_Section):
             raise ValueError(problem)
         return value
 
+    def section(self, mode: str) -> Any:
+        """Mode ``mode``'s own section (train.adaflood, ...), None unless it is the mode.
+        Its fields are made from the mode registry, so a type checker does not see them."""
+        return getattr(self, mode)
+
     def evaluation_period(self, steps_per_epoch: int) -> Fraction:
         """Optimizer steps between evaluations (a fraction: '0.5 epoch' of 7 steps is 3.5)."""
         if self.eval_every == "epoch":

@@ -11,7 +11,16 @@ keyed by the same names. Plain data: importing it costs nothing (no pydantic, no
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
+
+
+class Bounds(TypedDict, total=False):
+    """An option's bounds, as pydantic's Field takes them."""
+
+    ge: float
+    gt: float
+    le: float
+    lt: float
 
 
 @dataclass(frozen=True)
@@ -23,7 +32,7 @@ class Option:
     type: type
     default: Any
     description: str
-    bounds: dict[str, float] = field(default_factory=dict)  # ge, gt, le, lt
+    bounds: Bounds = field(default_factory=Bounds)
 
 
 @dataclass(frozen=True)

@@ -187,7 +187,7 @@ def write_results(spec: SweepSpec) -> list[Path]:
 
     folder = Path(spec.folder)
     runs = spec.runs_dir
-    written = []
+    written: list[Path] = []
     if not runs.is_dir() or not any(runs.iterdir()):  # (deleted by hand: --resume makes it again)
         return written
     output = compare_command([runs], markdown=True)

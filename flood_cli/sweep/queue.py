@@ -232,14 +232,16 @@ def reconcile(spec: SweepSpec, storage: Any = None, log: Callable[[str], None] =
     storage = storage or open_storage(spec.storage_url)
     lock = queue_lock(spec)
     runs_dir = spec.runs_dir if lock is not None else None
-    queued = []
+    queued: list[str] = []
     with _locked(lock):
         for study_name, _ in _studies(spec):
             queue = Queue(storage, load_study(storage, study_name), lock)
             queue.reclaim_stale()
             claims = _claims(queue.study)
+            # Each run's trial attributes (a grid run's, from sweep.yaml); None for a search
+            # run, which is in claims, so has a trial whose attributes are taken below.
+            wanted: dict[tuple, dict[str, Any] | None] = {}
             if study_name == spec.grid_study:
-                wanted = {}
                 for overrides in spec.settings:
                     setting = Setting(overrides)
                     for seed in spec.seeds:
@@ -259,6 +261,7 @@ def reconcile(spec: SweepSpec, storage: Any = None, log: Callable[[str], None] =
                     params = dict(latest.params)
                 else:
                     params = {}
+                    assert attrs is not None, f"{key}: a run without a trial is a grid run, whose attributes are known"
                 queue.study.enqueue_trial(params, user_attrs=attrs)
                 _wrote()
                 name = attrs.get("run") or attrs.get("setting") or f"trial {key[1]}"

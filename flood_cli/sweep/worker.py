@@ -195,9 +195,10 @@ def _run_trial(
     setting = Setting(overrides)
     losses, accuracies, names = [], [], []
     for index, seed in enumerate(seeds):
-        name = claimed.attrs.get("run") if not claimed.attrs.get("search") else setting.run_name(seed)
+        # A grid trial is queued with its run's name (create, reconcile); a search trial's are made here.
+        name: str = claimed.attrs["run"] if not claimed.attrs.get("search") else setting.run_name(seed)
         with reporter_factory() as shown:
-            reporter = _LeaseReporter(shown, lease, name)
+            reporter: _LeaseReporter | _PruningReporter = _LeaseReporter(shown, lease, name)
             if spec.prune and claimed.study is not None and index == 0:
                 reporter = _PruningReporter(reporter, claimed)  # judged on its first seed's curve
             summary = _run_one(spec, overrides, seed, name, reporter)

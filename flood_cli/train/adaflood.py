@@ -66,7 +66,7 @@ def aux_experiment(cfg: Config) -> dict[str, Any]:
 
 def _settings(cfg: Config) -> Any:
     """The train.adaflood section: validation fills it in whenever the mode is adaflood."""
-    settings = cfg.train.adaflood
+    settings = cfg.train.section("adaflood")
     assert settings is not None, "train.adaflood is filled in for mode adaflood"
     return settings
 

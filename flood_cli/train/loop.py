@@ -292,9 +292,8 @@ class Trainer:
         model, optimizers = pieces.model, pieces.optimizers
         # The plain module: its state_dict and save_pretrained, whatever wraps it for speed.
         self.raw_model = model
-        if cfg.runtime.compile:
-            model = torch.compile(model)
-        self.model, *self.optimizers = self.accelerator.prepare(model, *optimizers)
+        compiled = torch.compile(model) if cfg.runtime.compile else model
+        self.model, *self.optimizers = self.accelerator.prepare(compiled, *optimizers)
         # Evaluation runs each process's own batches through the model without the DDP
         # wrapper (whose forward may talk to the other processes); compiled and
         # autocast as training is.

@@ -25,6 +25,12 @@ class RunRecorder:
         self.rows: list[dict[str, Any]] = rows if rows is not None else []
         self.trackers: Any = None
 
+    def _folder(self) -> RunDir:
+        """The run folder, for what only the main process (which has one) does."""
+        if self.run is None:
+            raise AttributeError("this process keeps no run folder")
+        return self.run
+
     @classmethod
     def create(
         cls, cfg: Config, reporter: Reporter, columns: tuple[str, ...], meta: Callable[[], dict[str, Any]], data: Any, total_steps: int
@@ -88,10 +94,11 @@ class RunRecorder:
         if not self.cfg.output.report_to:
             return
 
-        self.trackers = Trackers(list(self.cfg.output.report_to), self.run, self.reporter.warning)
-        fields = self.trackers.start(experiment, self.run.summary, self.rows)
+        run = self._folder()
+        self.trackers = Trackers(list(self.cfg.output.report_to), run, self.reporter.warning)
+        fields = self.trackers.start(experiment, run.summary, self.rows)
         if fields:
-            self.run.write_summary(**fields)
+            run.write_summary(**fields)
 
     def record(self, row: dict[str, Any], progress: Any) -> None:
         """An evaluation row: kept, appended to metrics.csv, logged, summed up in summary.json."""
@@ -116,9 +123,10 @@ class RunRecorder:
         )
 
     def completed(self) -> None:
-        self.run.check_intact()
+        run = self._folder()
+        run.check_intact()
         self.reporter.before_write()
-        self.run.write_summary(status="completed", finished_at=now_iso())
+        run.write_summary(status="completed", finished_at=now_iso())
 
     def stopped_by(self, name: str) -> None:
         """The run was stopped by signal ``name`` (its checkpoint is written)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,6 +19,9 @@ from flood_cli.model import attention_format, build_model, load_tokenizer, quiet
 from flood_cli.runs.folder import now_iso
 from flood_cli.train.evaluate import EvalSplit
 from flood_cli.train.objectives import Mode, make_mode
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # Accelerate set-ups that shard the model or its gradients. Flooding's sign, clipping
 # and the ascent steps work on whole gradients after the all-reduce; under these each
@@ -110,7 +113,7 @@ class Pieces:
 
     tokenizer: Any
     data: PreparedData
-    model: torch.nn.Module  # the plain model, not yet compiled or prepared by Accelerate
+    model: PreTrainedModel  # the plain model, not yet compiled or prepared by Accelerate
     mode: Mode
     optimizers: list[torch.optim.Optimizer]
     pin: bool  # pinned batches copy to the GPU without blocking
