@@ -10,6 +10,8 @@ from tests.conftest import ROOT
 sys.path.insert(0, str(ROOT / "bench"))
 import bench_train  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains models (pytest -m "not slow" leaves it out)
+
 
 @pytest.mark.parametrize("data", ["shipped", ("short", 12)], ids=["shipped e-mails", "synthetic short texts"])
 def test_bench_runs_every_side_and_the_paired_mode_timing(monkeypatch, data):

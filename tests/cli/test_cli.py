@@ -34,6 +34,7 @@ def test_help_imports_no_torch():
     assert result.returncode == 0 and "train" in result.stdout and "compare" in result.stdout
 
 
+@pytest.mark.slow
 def test_train_prints_the_run_folder_and_best_loss(config_file, tmp_path):
     result = invoke("train", "--config", config_file, "--quiet", "--epochs", "1", "--name", "first")
     assert result.exit_code == 0, result.output
@@ -45,6 +46,7 @@ def test_train_prints_the_run_folder_and_best_loss(config_file, tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_flags_override_the_file_and_b_alone_switches_to_flooding(config_file, tmp_path):
     out = tmp_path / "elsewhere"
     result = invoke(
@@ -60,6 +62,7 @@ def test_flags_override_the_file_and_b_alone_switches_to_flooding(config_file, t
     assert "batch_size: 32" in saved and f"name: {run_dir.name}" in saved
 
 
+@pytest.mark.slow
 def test_alternate_mode_from_flags(config_file, tmp_path):
     result = invoke("train", "-c", config_file, "-q", "--mode", "alternate", "--lr", "1e-3", "--ascent-lr", "1e-4", "--epochs", "1", "--name", "alt")
     assert result.exit_code == 0, result.output
@@ -67,6 +70,7 @@ def test_alternate_mode_from_flags(config_file, tmp_path):
     assert (summary["mode"], summary["ascent_lr"], summary["b"]) == ("alternate", 1e-4, None)
 
 
+@pytest.mark.slow
 def test_saved_config_trains_again(config_file, tmp_path):
     assert invoke("train", "-c", config_file, "-q", "--epochs", "1", "--name", "one").exit_code == 0
     saved = tmp_path / "runs" / "one" / "config.yaml"
@@ -141,6 +145,7 @@ def test_missing_data_file_and_missing_column_are_one_line(tmp_path):
     assert result.stderr.strip() == "error: train data has no column 'body' (columns: text, label, group); set data.text_column"
 
 
+@pytest.mark.slow
 def test_an_existing_run_name_is_refused_and_kept(config_file, tmp_path):
     assert invoke("train", "-c", config_file, "-q", "--epochs", "1", "--name", "kept").exit_code == 0
     metrics = (tmp_path / "runs" / "kept" / "metrics.csv").read_bytes()
@@ -233,6 +238,7 @@ class _Recorder:
     warning = notice = before_write = lambda self, *args: None
 
 
+@pytest.mark.slow
 def test_the_bars_loss_is_the_csvs_train_loss(tmp_path):
     """The loss the bar gets is the mean since the last evaluation, read every
     live_loss_every steps: at an evaluation's step it equals the CSV's train_loss; the

@@ -21,6 +21,8 @@ from flood_cli.core.reporting import NullReporter
 from flood_cli.train.entry import resume_training, run_training
 from tests.conftest import ROOT, small_config, write_config
 
+pytestmark = pytest.mark.slow  # trains models (pytest -m "not slow" leaves it out)
+
 FLOODING = {"mode": "flooding", "b": 0.66, "epochs": 2, "eval_every": 6}
 
 

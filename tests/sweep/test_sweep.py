@@ -26,7 +26,7 @@ from flood_cli.sweep import storage as sweep_storage
 from flood_cli.sweep import worker as sweep_worker
 from tests.conftest import ROOT, small_config, write_config
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 PROGRESS_LINE = re.compile(r"\[\d+/\d+\] ")  # "[3/6] flooding-b0.3-s1: best val_loss …"
 

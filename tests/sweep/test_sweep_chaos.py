@@ -26,7 +26,7 @@ from flood_cli.sweep import spec as sweep_spec
 from flood_cli.sweep import storage as sweep_storage
 from tests.conftest import ROOT, csv_bytes_without_time, small_config, write_config
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
 BEAT_S, GRACE_S = 0.5, 8.0  # the owner fences at 4 s without a renewal: slack for a loaded machine
 WORKER_ENV = {"FLOOD_SWEEP_HEARTBEAT_S": str(BEAT_S), "FLOOD_SWEEP_GRACE_S": str(GRACE_S), "OMP_NUM_THREADS": "1"}

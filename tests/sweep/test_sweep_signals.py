@@ -26,7 +26,7 @@ from flood_cli.sweep import spec as sweep_spec
 from flood_cli.sweep import storage as sweep_storage
 from tests.conftest import ROOT, small_config, write_config
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
 def _wait(condition, timeout: float = 300, what: str = "") -> None:

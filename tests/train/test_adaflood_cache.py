@@ -28,6 +28,8 @@ from flood_cli.train.entry import resume_training, run_training
 from tests.conftest import SHIPPED_DATA, csv_bytes_without_time, small_config, write_config
 from tests.train.test_modes import TINY
 
+pytestmark = pytest.mark.slow  # trains models (pytest -m "not slow" leaves it out)
+
 TRAIN_EXAMPLES = 40
 
 

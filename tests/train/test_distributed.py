@@ -33,7 +33,7 @@ from flood_cli.train.entry import run_training
 from tests import oracle
 from tests.conftest import ROOT, SHIPPED_DATA, csv_bytes_without_time, small_config, write_config
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 NO_DROPOUT = {"tiny": {"num_layers": 2, "hidden_size": 64, "num_heads": 2, "intermediate_size": 128, "dropout": 0.0}}
 FLOODING = {"mode": "flooding", "b": 0.68}

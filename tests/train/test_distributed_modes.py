@@ -15,7 +15,7 @@ from flood_cli.train import adaflood
 from flood_cli.train.entry import run_training
 from tests.train.test_distributed import config_for, ragged, rows, run_ranks, summary  # noqa: F401 (ragged: a fixture)
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 FLOAT_COLUMNS = ("train_loss", "train_objective", "train_accuracy", "val_loss", "test_loss")
 

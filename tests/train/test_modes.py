@@ -23,6 +23,8 @@ from flood_cli.data.prepare import INDEX, LABELS
 from flood_cli.train.loop import Trainer
 from tests.conftest import small_config, write_config
 
+pytestmark = pytest.mark.slow  # trains models (pytest -m "not slow" leaves it out)
+
 TINY = {"num_layers": 2, "hidden_size": 64, "num_heads": 2, "intermediate_size": 128}
 
 

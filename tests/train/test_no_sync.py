@@ -24,6 +24,8 @@ from flood_cli.train import setup as train_setup
 from flood_cli.train.loop import Trainer
 from tests.conftest import small_config, write_config
 
+pytestmark = pytest.mark.slow  # trains models (pytest -m "not slow" leaves it out)
+
 READS = ("item", "tolist", "cpu", "numpy")
 TRANSFORMERS_5 = pytest.mark.skipif(
     int(transformers.__version__.split(".")[0]) < 5, reason="the SDPA mask format needs transformers 5"

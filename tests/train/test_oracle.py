@@ -25,6 +25,8 @@ from flood_cli.train.loop import Trainer
 from tests import oracle
 from tests.conftest import SHIPPED_DATA, small_config, write_config
 
+pytestmark = pytest.mark.slow  # trains models (pytest -m "not slow" leaves it out)
+
 NO_DROPOUT = {"tiny": {"num_layers": 2, "hidden_size": 64, "num_heads": 2, "intermediate_size": 128, "dropout": 0.0}}
 MAX_LENGTH = 48
 MODES = {

@@ -23,6 +23,8 @@ from flood_cli.runs.folder import RunDir
 from flood_cli.train.entry import resume_training, run_training
 from tests.conftest import ROOT, csv_bytes_without_time, small_config, write_config
 
+pytestmark = pytest.mark.slow  # trains models (pytest -m "not slow" leaves it out)
+
 MODES = {
     "baseline": {"mode": "baseline"},
     "flooding": {"mode": "flooding", "b": 0.55},

@@ -16,6 +16,8 @@ from flood_cli.runs.columns import TIME_COLUMNS
 from flood_cli.train.entry import run_training
 from tests.conftest import small_config, write_config
 
+pytestmark = pytest.mark.slow  # trains models (pytest -m "not slow" leaves it out)
+
 
 def rows_of(tmp_path: Path, name: str, **sections) -> list[dict]:
     config = small_config(**sections)

@@ -14,6 +14,8 @@ from flood_cli.runs.columns import METRICS_COLUMNS, TIME_COLUMNS
 from flood_cli.train.entry import run_training
 from tests.conftest import small_config, write_config
 
+pytestmark = pytest.mark.slow  # trains models (pytest -m "not slow" leaves it out)
+
 
 def train(tmp_path: Path, name: str, overrides: dict | None = None, **sections) -> tuple[Path, list[dict], dict]:
     sections["output"] = {"dir": str(tmp_path / "runs"), "name": name, **sections.get("output", {})}
