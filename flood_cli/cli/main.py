@@ -114,11 +114,16 @@ def version_lines() -> list[str]:
     return lines
 
 
+def app_help(modes: tuple[str, ...] = MODE_NAMES) -> str:
+    """The top-level help line, naming every training mode of the registry."""
+    return f"Fine-tune BERT classifiers in the modes {', '.join(modes[:-1])} or {modes[-1]}; sweep settings and compare the runs."
+
+
 app = typer.Typer(
     cls=FloodGroup,
     add_completion=False,
     no_args_is_help=True,
-    help="Fine-tune BERT classifiers with baseline training, flooding or alternating descent/ascent, and compare the runs.",
+    help=app_help(),
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

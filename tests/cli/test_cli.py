@@ -364,3 +364,16 @@ def test_data_errors_come_before_torch_is_imported(tmp_path, data, expected):
     assert result.stderr.strip() == expected.format(tmp=tmp_path)
     assert result.stdout.split() == ["1", "[]"]
     assert not (tmp_path / "runs").exists()
+
+
+def test_top_level_help_names_every_mode_of_the_registry():
+    from flood_cli.core.modes import MODE_NAMES
+
+    result = _flood("--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.replace("│", " ").split())
+    assert "Fine-tune BERT classifiers in the modes baseline, flooding, iflood, adaflood, alternate, backstitch or gradnorm;" in text
+    assert all(mode in text for mode in MODE_NAMES)
+    from flood_cli.cli.main import app_help  # built from the registry: a new mode appears by itself
+
+    assert app_help(("a", "b", "new")) == "Fine-tune BERT classifiers in the modes a, b or new; sweep settings and compare the runs."
