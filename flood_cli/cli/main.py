@@ -87,6 +87,9 @@ def _print_versions(value: bool) -> None:
     raise typer.Exit()
 
 
+VERSIONED_PACKAGES = ("transformers", "accelerate", "datasets", "optuna")
+
+
 def version_lines() -> list[str]:
     """flood's version and those of what it trains with; torch is imported for this only."""
     from importlib import metadata
@@ -100,10 +103,11 @@ def version_lines() -> list[str]:
     except ImportError:
         torch = None
     lines.append(f"torch {torch.__version__}" if torch is not None else "torch: not installed")
-    try:
-        lines.append(f"transformers {metadata.version('transformers')}")
-    except metadata.PackageNotFoundError:
-        lines.append("transformers: not installed")
+    for package in VERSIONED_PACKAGES:  # read from the installed metadata, not imported
+        try:
+            lines.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            lines.append(f"{package}: not installed")
     if torch is not None and torch.cuda.is_available():
         count = torch.cuda.device_count()
         lines.append(f"CUDA {torch.version.cuda} ({count} GPU{'s' if count > 1 else ''}: {torch.cuda.get_device_name(0)})")
@@ -135,7 +139,7 @@ def _options(
         bool,
         typer.Option(
             "--version", is_eager=True, callback=_print_versions,
-            help="print the versions of flood, torch, transformers and CUDA, and exit",
+            help="print the versions of flood, torch, transformers, accelerate, datasets, optuna and CUDA, and exit",
         ),
     ] = False,
 ) -> None:

@@ -272,7 +272,10 @@ def test_flood_alone_prints_the_help_once():
     assert result.stderr == ""
 
 
-def test_version_names_flood_torch_transformers_and_cuda():
+def test_version_names_flood_torch_transformers_accelerate_datasets_optuna_and_cuda():
+    import accelerate
+    import datasets
+    import optuna
     import torch
     import transformers
 
@@ -282,15 +285,38 @@ def test_version_names_flood_torch_transformers_and_cuda():
     assert result.returncode == 0, result.stderr
     cuda = f"CUDA {torch.version.cuda}" if torch.cuda.is_available() else "CUDA: not available"
     lines = result.stdout.splitlines()
-    assert lines[:3] == [f"flood {__version__}", f"torch {torch.__version__}", f"transformers {transformers.__version__}"]
-    assert lines[3].startswith(cuda) and len(lines) == 4
+    assert lines[:6] == [
+        f"flood {__version__}", f"torch {torch.__version__}", f"transformers {transformers.__version__}",
+        f"accelerate {accelerate.__version__}", f"datasets {datasets.__version__}", f"optuna {optuna.__version__}",
+    ]
+    assert lines[6].startswith(cuda) and len(lines) == 7
+
+
+def test_version_says_not_installed_for_a_missing_package(monkeypatch):
+    from importlib import metadata
+
+    from flood_cli.cli.main import version_lines
+
+    real = metadata.version
+
+    def version(name: str) -> str:
+        if name in ("datasets", "optuna"):
+            raise metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(metadata, "version", version)
+    lines = version_lines()
+    assert lines[4:6] == ["datasets: not installed", "optuna: not installed"]
+    assert lines[3] == f"accelerate {real('accelerate')}"
 
 
 def test_help_imports_no_torch_but_version_does():
     """`-X importtime` lists every module a command imports, on stderr."""
     imported = lambda result: {line.split("|")[-1].strip() for line in result.stderr.splitlines()}  # noqa: E731
     assert "torch" not in imported(subprocess.run([sys.executable, "-X", "importtime", "-m", "flood_cli", "--help"], capture_output=True, text=True))
-    assert "torch" in imported(subprocess.run([sys.executable, "-X", "importtime", "-m", "flood_cli", "--version"], capture_output=True, text=True))
+    by_version = imported(subprocess.run([sys.executable, "-X", "importtime", "-m", "flood_cli", "--version"], capture_output=True, text=True))
+    assert "torch" in by_version
+    assert not {"transformers", "accelerate", "datasets", "optuna"} & by_version  # their versions come from the metadata
 
 
 def test_debug_works_before_and_after_the_command(tmp_path):
