@@ -308,13 +308,17 @@ def compare(
     raw_verdicts: Annotated[bool, typer.Option(
         "--raw-verdicts",
         help="judge each comparison alone (p < 0.05) instead of Holm-adjusting the p values of all the comparisons shown")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q",
+        help="no warning lines on stderr (skipped, damaged or unfinished runs); the table and errors still print, "
+        "and --json keeps the warnings in its output")] = False,
 ) -> None:
     """Put runs side by side: best validation loss, seed noise, loss-up-accuracy-up evaluations."""
     from flood_cli.compare.command import compare_command
 
     output = compare_command(paths, plot=plot, csv_path=csv, markdown=markdown, as_json=json_, x_axis=x,
                              wide=wide, seeds_as=seeds_as, raw_verdicts=raw_verdicts)
-    for warning in output.warnings:  # a path may hold a line break: one line each all the same
+    for warning in [] if quiet else output.warnings:  # a path may hold a line break: one line each all the same
         typer.echo(f"warning: {escaped(warning)}", err=True)
     typer.echo(output.text)
 

@@ -32,6 +32,22 @@ def test_cli_prints_warnings_on_stderr_and_the_table_on_stdout(tmp_path):
     assert result.stdout.startswith("Runs, sorted by best validation loss")
 
 
+def test_cli_quiet_hides_the_warnings_but_not_the_table_or_errors(tmp_path):
+    write_run(tmp_path, "good")
+    (tmp_path / "junk").mkdir()
+    loud = runner.invoke(app, ["compare", str(tmp_path / "good"), str(tmp_path / "junk")])
+    for flag in ("-q", "--quiet"):
+        result = runner.invoke(app, ["compare", flag, str(tmp_path / "good"), str(tmp_path / "junk")])
+        assert (result.exit_code, result.stderr) == (0, ""), result.output
+        assert result.stdout == loud.stdout
+    result = runner.invoke(app, ["compare", "-q", str(tmp_path / "good"), str(tmp_path / "junk"), "--json"])
+    assert result.stderr == ""
+    assert json.loads(result.stdout)["warnings"] == [f"{tmp_path / 'junk'}: an empty folder; skipped"]
+    result = runner.invoke(app, ["compare", "-q", str(tmp_path / "junk")])
+    assert result.exit_code == 1
+    assert result.stderr == f"error: no runs found in {tmp_path / 'junk'} (an empty folder){HINT}\n"
+
+
 def test_cli_missing_folder_says_so(tmp_path):
     result = runner.invoke(app, ["compare", str(tmp_path / "runs")])
     assert (result.exit_code, result.stdout) == (1, "")
