@@ -368,6 +368,7 @@ def sweep(
     resume: Annotated[Path | None, typer.Option(help="continue a sweep folder: queued and interrupted runs; completed runs never rerun")] = None,
     report: Annotated[Path | None, typer.Option(help="write a sweep folder's results (results.md, curves) and print them")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show each run's own progress bar")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no overall progress bar; the line of each finished run stays")] = False,
 ) -> None:
     """Run a grid of settings × seeds (or a TPE search) as ordinary runs, and report the grouped result."""
     from flood_cli.sweep.create import add_settings, create_sweep, read_spec, spec_from_study
@@ -378,6 +379,8 @@ def sweep(
 
     if workers < 1:
         raise FloodError(f"--workers {workers}: give at least 1")
+    if quiet and verbose:
+        raise FloodError("--quiet hides the progress bars that --verbose shows; pick one")
     if report is not None:
         spec = read_spec(report)
         _print_results(spec, write_results(spec))
@@ -428,9 +431,9 @@ def sweep(
         typer.echo(f"sweep {spec.name}: {spec.describe()}, {workers} worker(s) → {spec.folder}")
         if storage:  # without its password (PGPASSWORD or ~/.pgpass give it there)
             typer.echo(f"other machines join with: flood sweep --storage {spec.storage} --study {spec.study} --worker")
-    from flood_cli.core.progress import make_sweep_progress
+    from flood_cli.core.progress import SweepProgress, make_sweep_progress
 
-    progress = make_sweep_progress()
+    progress = SweepProgress(live=False) if quiet else make_sweep_progress()
     outcome = run_sweep(spec, workers, verbose, progress.echo, progress)
     _print_results(spec, outcome.results)
     typer.echo(f"disk: {human_bytes(outcome.disk_bytes)} in {spec.folder}")

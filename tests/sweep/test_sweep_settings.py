@@ -316,3 +316,34 @@ def test_a_sweep_yaml_with_fields_of_the_wrong_type_is_one_line(tmp_path, field,
     assert str(excinfo.value) == (
         f"{path}: {message}; it was not written by flood sweep, or was edited: put back what flood sweep wrote"
     )
+
+
+# ---------------------------------------------------------------------------
+# -q / --quiet: no overall progress bar
+
+
+@pytest.mark.parametrize("flag", [None, "-q", "--quiet"])
+def test_quiet_sweep_shows_no_progress_bar(tmp_path, monkeypatch, flag):
+    from flood_cli.core import progress as core_progress
+    from flood_cli.sweep import driver
+
+    # A terminal: the sweep would draw its overall bar.
+    monkeypatch.setattr(core_progress, "make_sweep_progress", lambda: core_progress.SweepProgress(live=True))
+    seen = []
+
+    def run_sweep(spec, workers, verbose, echo, progress):
+        seen.append(progress.bar is not None)
+        return driver.SweepOutcome(spec, [], [], 0)
+
+    monkeypatch.setattr(driver, "run_sweep", run_sweep)
+    args = ["sweep", "-c", str(tiny_config(tmp_path)), "--b", "0.1", "--seeds", "1", "--out", str(tmp_path / "sweeps")]
+    result = CliRunner().invoke(app, [*args, *([flag] if flag else [])])
+    assert result.exit_code == 0, result.output
+    assert seen == [flag is None]
+    assert "no completed runs yet" in result.stdout
+
+
+def test_quiet_and_verbose_are_refused_together(tmp_path):
+    result = CliRunner().invoke(app, ["sweep", "--resume", str(tmp_path), "-q", "--verbose"])
+    assert result.exit_code == 1
+    assert result.stderr == "error: --quiet hides the progress bars that --verbose shows; pick one\n"
