@@ -221,7 +221,13 @@ class SweepOutcome:
 def run_sweep(spec: SweepSpec, workers: int, verbose: bool, echo: Callable[[str], None], progress: Any) -> SweepOutcome:
     """Start the workers, report trials as they end, write the results. Ctrl-C or
     SIGTERM stop every worker after its current step (each run keeps a checkpoint and
-    is queued again for --resume); a second one stops them at once."""
+    is queued again for --resume); a second one stops them at once. A sweep whose
+    runs all completed (a resume of a finished sweep) starts no worker and says so."""
+    ended = finished_trials(spec, open_storage(spec.storage_url))
+    done = sum(item.runs for item in ended)
+    if done >= spec.expected_runs and not any(item.error for item in ended):
+        echo(f"nothing left to run: {done} of {spec.expected_runs} runs complete")
+        return SweepOutcome(spec, ended, _results(spec), disk_use(Path(spec.folder)))
     trackers = list((spec.base.get("output") or {}).get("report_to") or [])
     if trackers:  # one line now, rather than every run of the sweep failing on it
         spec.runs_dir.mkdir(parents=True, exist_ok=True)
@@ -257,8 +263,11 @@ def run_sweep(spec: SweepSpec, workers: int, verbose: bool, echo: Callable[[str]
             interrupted = interrupted or left > 0
         elif code:
             worker_errors.append(f"worker {index} ended with exit code {code} (see {Path(spec.folder) / WORKERS_DIR / f'worker-{index}.log'})")
+    return SweepOutcome(spec, finished, _results(spec), disk_use(Path(spec.folder)), interrupted, killed, worker_errors)
+
+
+def _results(spec: SweepSpec) -> list[Path]:
     try:
-        results = write_results(spec)
+        return write_results(spec)
     except FloodError:
-        results = []  # no run has an evaluation yet (stopped early): nothing to compare
-    return SweepOutcome(spec, finished, results, disk_use(Path(spec.folder)), interrupted, killed, worker_errors)
+        return []  # no run has an evaluation yet (stopped early): nothing to compare

@@ -421,3 +421,23 @@ def test_failing_heartbeats_are_logged_and_their_recovery_too(capsys):
     assert lines[0].startswith("heartbeat of trial 7 failed (OSError: database is gone); failing for ")
     assert lines[1].startswith("heartbeat of trial 7 failed (OSError: database is gone)")
     assert lines[2] == "heartbeat of trial 7 written again"
+
+
+# ---------------------------------------------------------------------------
+# --resume of a finished sweep
+
+
+def test_resume_of_a_finished_sweep_says_nothing_is_left_and_starts_no_worker(tmp_path, fake_training):
+    from typer.testing import CliRunner
+
+    from flood_cli.cli.main import app
+
+    spec = make_sweep(tmp_path)
+    sweep_worker.work(spec)
+    assert_every_run_completed_once(spec, fake_training)
+    result = CliRunner().invoke(app, ["sweep", "--resume", spec.folder])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[:2] == [f"sweep sw: resuming {spec.describe()}", "nothing left to run: 4 of 4 runs complete"]
+    assert not list((Path(spec.folder) / "workers").glob("worker-*.log"))  # no worker was started
+    assert_every_run_completed_once(spec, fake_training)
