@@ -37,10 +37,14 @@ def flood(*args: str) -> subprocess.CompletedProcess:
 def test_a_deleted_workers_folder_is_made_again_without_a_word(tmp_path, fake_training):
     spec = finished(tmp_path)
     shutil.rmtree(Path(spec.folder) / "workers")
-    result = flood("sweep", "--resume", spec.folder)
-    # Before: "error: cannot write or read …/workers/worker-1.log: No such file or directory; check the disk and permissions"
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stderr == ""
+    result = flood("sweep", "--resume", spec.folder)  # finished: it starts no worker, and needs no workers/
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr[-2000:]
+    from flood_cli.sweep.driver import start_workers
+
+    # A sweep with runs left starts its workers. Before: "error: cannot write or read
+    # …/workers/worker-1.log: No such file or directory; check the disk and permissions"
+    workers = start_workers(spec, 1, verbose=False)
+    assert [worker.wait(timeout=300) for worker in workers] == [0]  # nothing to claim: it ends
     assert (Path(spec.folder) / "workers" / "worker-1.log").is_file()
 
 
