@@ -94,10 +94,18 @@ def fake_training(monkeypatch, tmp_path):
     sys.modules.pop("flood_cli.core.progress", None)
     yield log
     for name, module in saved.items():
+        # The package's attribute too: `from flood_cli.core import progress` reads it, and
+        # it would otherwise stay the module imported while the fake was installed.
+        parent, _, child = name.rpartition(".")
+        package = sys.modules.get(parent)
         if module is None:
             sys.modules.pop(name, None)
+            if package is not None and hasattr(package, child):
+                delattr(package, child)
         else:
             sys.modules[name] = module
+            if package is not None:
+                setattr(package, child, module)
 
 
 def make_sweep(tmp_path: Path, name: str = "sw") -> sweep_spec.SweepSpec:
