@@ -61,21 +61,8 @@ def test_tensorboard_gets_the_raw_loss_and_the_flooded_objective_apart(tmp_path)
 def test_mlflow_gets_params_every_row_and_the_status_and_a_resume_continues_its_run(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    real = train_module.step_loss_sum
-    calls = {"n": 0}
-
-    def crash_at_step_15(logits, labels):
-        calls["n"] += 1
-        if calls["n"] == 15:
-            raise RuntimeError("injected crash")
-        return real(logits, labels)
-
-    monkeypatch.setattr(train_module, "step_loss_sum", crash_at_step_15)
-    with pytest.raises(RuntimeError):
-        run_training(load_config(config(tmp_path, "ml", ["mlflow"], checkpoint_every=3)))
-    monkeypatch.undo()
+    run_dir = crashed_run(tmp_path, "ml", ["mlflow"], monkeypatch)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    run_dir = tmp_path / "runs" / "ml"
     summary = json.loads((run_dir / "summary.json").read_text())
     client = MlflowClient(summary["mlflow_tracking_uri"])
     assert summary["mlflow_tracking_uri"] == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
