@@ -329,7 +329,7 @@ def sweep(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="base YAML config of every run")] = None,
     mode: Annotated[str | None, typer.Option(help="any mode of flood train [default: the config's]")] = None,
-    b: Annotated[str | None, typer.Option("--b", help="flood levels to try: 0,0.05,0.1 (a baseline group is always added)")] = None,
+    b: Annotated[str | None, typer.Option("--b", help="flood levels to try: 0,0.05,0.1 (a baseline group is always added); auto[:0.5,1,2]: multiples of the baseline's train loss at its best evaluation")] = None,
     lr: Annotated[str | None, typer.Option(help="learning rates to try: 1e-5,2e-5")] = None,
     ascent_lr: Annotated[str | None, typer.Option(help="ascent learning rates to try (mode alternate): 1e-6,5e-6")] = None,
     set_: Annotated[
@@ -423,10 +423,11 @@ def sweep(
     else:
         if config is None:
             raise FloodError("flood sweep needs --config FILE (the base config), --resume FOLDER or --report FOLDER")
+        b_auto = _auto_b(b, mode)
         spec = create_sweep(
-            config, mode, _sweep_axes(b, lr, ascent_lr, set_ or []), parse_seeds(seeds),
+            config, mode, _sweep_axes(None if b_auto else b, lr, ascent_lr, set_ or []), parse_seeds(seeds),
             [parse_search(item) for item in search or []], trials, out, name, storage, study, prune,
-            read_settings(settings) if settings is not None else None,
+            read_settings(settings) if settings is not None else None, b_auto,
         )
         typer.echo(f"sweep {spec.name}: {spec.describe()}, {workers} worker(s) → {spec.folder}")
         if storage:  # without its password (PGPASSWORD or ~/.pgpass give it there)
@@ -469,6 +470,21 @@ def _refuse_given(ctx: typer.Context, why: str, flags: tuple[str, ...], *more: s
     if given:
         them = "it" if len(given) == 1 else "them"
         raise FloodError(f"{why}, so {', '.join(given)} cannot be given; drop {them}{fix}")
+
+
+def _auto_b(b: str | None, mode: str | None) -> list[float] | None:
+    """--b auto[:MULTIPLIERS] -> the multipliers (None for flood levels given as values);
+    a malformed one, or one with a mode that has no flood level, exits 2 in one line."""
+    from flood_cli.core.modes import FLOOD_LEVEL_MODES
+    from flood_cli.sweep.auto_b import parse_auto_b
+
+    try:
+        multipliers = parse_auto_b(b)
+    except FloodError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    if multipliers is not None and mode is not None and mode not in FLOOD_LEVEL_MODES:
+        _fail(f"--b auto places flood levels, which mode {mode} has none of; pass --mode {' or --mode '.join(FLOOD_LEVEL_MODES)}", EXIT_USAGE)
+    return multipliers
 
 
 def _sweep_axes(b: str | None, lr: str | None, ascent_lr: str | None, sets: list[str]) -> dict[str, list[Any]]:

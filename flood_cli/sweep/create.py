@@ -55,12 +55,14 @@ def create_sweep(
     study_name: str | None,
     prune: bool = False,
     listed: list[dict[str, Any]] | None = None,
+    b_auto: list[float] | None = None,
 ) -> SweepSpec:
     """Validate every run's config, claim the sweep folder, create the study and
     enqueue the grid. Nothing is created when a setting is invalid.
 
     ``listed`` settings (from --settings FILE) are taken as they are, each with its own
-    mode (a study of several methods), next to a baseline."""
+    mode (a study of several methods), next to a baseline. ``b_auto`` (multipliers, from
+    --b auto) makes the baseline only: the flood levels come from it (sweep.auto_b)."""
     from datetime import datetime
 
     if name is not None and not is_plain_name(name):
@@ -86,6 +88,8 @@ def create_sweep(
             base = validate(raw, f"config error in {config_path} with --set")
         axes = {}
         mode = mode or "study"
+    if b_auto is not None:
+        base, axes, mode = _auto_b_base(base, axes, mode, search, listed, config_path)
     searched = {r.key for r in search}
     if mode is None:  # as `flood train --b X` switches to flooding, so do flood levels here
         owners = [owner for owner in map(_mode_key, (*axes, *searched)) if owner is not None]
@@ -102,14 +106,16 @@ def create_sweep(
         raise FloodError("--trials applies to --search; for a grid give the values (--b 0,0.1) instead")
     if prune and not search:
         raise FloodError("--prune applies to --search (a grid runs every setting to the end)")
-    if not axes and not search and listed is None:
+    if not axes and not search and listed is None and b_auto is None:
         raise FloodError(
             "nothing to sweep; give values (--b 0,0.05,0.1, --ascent-lr, --lr, --set key=v1,v2), --search or --settings FILE"
         )
-    if mode == "flooding" and "train.b" not in axes and base.train.b is None and not any(r.key == "train.b" for r in search):
+    if b_auto is None and mode == "flooding" and "train.b" not in axes and base.train.b is None and not any(r.key == "train.b" for r in search):
         raise FloodError("mode flooding needs flood levels: --b 0,0.05,0.1 or --search b=0:0.6")
     if listed is not None:
         grid_size = len(listed) + 1
+    elif b_auto is not None:
+        grid_size = 1 + len(b_auto)
     else:  # as grid_settings makes them, counted before a grid of them is built
         shared = math.prod(len(values) for key, values in axes.items() if _mode_key(key) is None)
         own = math.prod(len(values) for values in axes.values()) if axes else int(not search)
@@ -123,7 +129,7 @@ def create_sweep(
         settings = [Setting(overrides) for overrides in listed]
     else:
         settings = grid_settings(mode, axes) if axes else [Setting({"train.mode": "baseline"})]
-        if not axes and mode != "baseline" and not search:
+        if not axes and mode != "baseline" and not search and b_auto is None:
             settings.append(Setting({"train.mode": mode}))
     check_writable(out)
     folder_name = name or f"sweep-{mode}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -140,6 +146,7 @@ def create_sweep(
         prune=prune,
         storage=public_url(storage_url) if storage_url else "",  # never its password
         study=study_name or folder_name,
+        b_auto={"multipliers": b_auto} if b_auto is not None else {},
     )
     # Every config must be valid before anything exists; each setting is kept as its
     # validated config holds it, and one experiment is never two settings (nor two runs).
@@ -153,6 +160,8 @@ def create_sweep(
     spec.settings = [setting.overrides for setting, _ in made]
     for setting, _ in made:
         config_for(spec, setting.overrides, seeds[0], setting.run_name(seeds[0]))
+    if b_auto is not None:  # the flooding runs to come: valid with this base config
+        config_for(spec, {"train.mode": mode, "train.b": 0.1}, seeds[0], "probe")
     if search:
         probe = {r.key: (int((r.low + r.high) // 2) if r.integer else (r.low + r.high) / 2) for r in search}
         config_for(spec, {"train.mode": mode, **probe}, seeds[0], "probe")
@@ -169,6 +178,34 @@ def create_sweep(
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return spec
+
+
+def _auto_b_base(
+    base: Any, axes: dict[str, list[Any]], mode: str | None, search: list[Range], listed: Any, config_path: Path
+) -> tuple[Any, dict[str, list[Any]], str]:
+    """--b auto: its mode (the config's where it has a flood level, else flooding), and
+    one-valued --set flags folded into the base config; what it cannot be combined with
+    refused in one line."""
+    from flood_cli.core.modes import FLOOD_LEVEL_MODES
+
+    if search or listed is not None:
+        raise FloodError("--b auto places the flood levels from the sweep's baseline; drop --search and --settings, or give --b values")
+    several = next((key for key, values in axes.items() if len(values) > 1), None)
+    if several is not None:
+        raise FloodError(
+            f"--b auto places the flood levels from one baseline, so {several} takes one value here; "
+            "sweep its values in a sweep each, or give --b values"
+        )
+    if axes:
+        raw = base.experiment_dict()
+        for key, values in axes.items():
+            apply_override(raw, key, values[0])
+        base = validate(raw, f"config error in {config_path} with --set")
+    if mode is None:
+        mode = base.train.mode if base.train.mode in FLOOD_LEVEL_MODES else "flooding"
+    if mode not in FLOOD_LEVEL_MODES:
+        raise FloodError(f"--b auto places flood levels, which mode {mode} has none of; pass --mode {' or --mode '.join(FLOOD_LEVEL_MODES)}")
+    return base, {}, mode
 
 
 def _create_studies(spec: SweepSpec) -> None:
@@ -250,6 +287,7 @@ SPEC_TYPES: dict[str, tuple[type, type | None, str]] = {
     "prune": (bool, None, "true or false"),
     "storage": (str, None, "a database URL or empty"),
     "study": (str, None, "a study name"),
+    "b_auto": (dict, None, "a mapping (the flood levels of --b auto)"),
 }
 
 

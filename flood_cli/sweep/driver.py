@@ -219,6 +219,23 @@ class SweepOutcome:
 
 
 def run_sweep(spec: SweepSpec, workers: int, verbose: bool, echo: Callable[[str], None], progress: Any) -> SweepOutcome:
+    """:func:`run_phase`; for an --b auto sweep whose flood levels are not placed yet,
+    first the baseline (run, or found complete), then the levels placed from it (one
+    line), then the flooding runs."""
+    from flood_cli.sweep.auto_b import baselines_done, levels_pending, place_levels
+
+    if levels_pending(spec):
+        if not baselines_done(spec, open_storage(spec.storage_url)):
+            outcome = run_phase(spec, workers, verbose, echo, progress)
+            if outcome.interrupted or outcome.worker_errors:
+                return outcome
+        place_levels(spec, echo)  # one line naming a baseline seed that failed
+        if getattr(progress, "bar", None) is not None and getattr(progress, "task", None) is not None:
+            progress.bar.remove_task(progress.task)  # the second phase starts its own bar
+    return run_phase(spec, workers, verbose, echo, progress)
+
+
+def run_phase(spec: SweepSpec, workers: int, verbose: bool, echo: Callable[[str], None], progress: Any) -> SweepOutcome:
     """Start the workers, report trials as they end, write the results. Ctrl-C or
     SIGTERM stop every worker after its current step (each run keeps a checkpoint and
     is queued again for --resume); a second one stops them at once. A sweep whose

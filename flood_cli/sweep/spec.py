@@ -379,6 +379,8 @@ class SweepSpec:
     prune: bool = False  # a search's median pruner on intermediate validation loss
     storage: str = ""  # a database URL; empty: the journal file in the sweep folder
     study: str = ""
+    # --b auto: {multipliers}; once the baseline is done also train_loss, seeds and levels
+    b_auto: dict[str, Any] = field(default_factory=dict)
 
     @property
     def storage_url(self) -> str:
@@ -395,7 +397,8 @@ class SweepSpec:
 
     @property
     def expected_runs(self) -> int:
-        return len(self.settings) * len(self.seeds) + self.trials * len(self.seeds)
+        pending = len(self.b_auto["multipliers"]) if self.b_auto and "levels" not in self.b_auto else 0
+        return (len(self.settings) + pending) * len(self.seeds) + self.trials * len(self.seeds)
 
     def describe(self) -> str:
         labels = "; ".join(Setting(s).label() for s in self.settings)
@@ -403,6 +406,10 @@ class SweepSpec:
         if self.search:
             ranges = ", ".join(f"{r['key'].split('.')[-1]} in [{r['low']:g}, {r['high']:g}]{' log' if r['log'] else ''}" for r in self.search)
             what += f" + {self.trials} TPE trial(s) over {ranges}"
+        if self.b_auto:
+            from flood_cli.sweep.auto_b import describe_auto
+
+            what += describe_auto(self)
         return f"{what} × {len(self.seeds)} seed(s) = {self.expected_runs} runs"
 
 
