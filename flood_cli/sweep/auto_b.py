@@ -17,7 +17,10 @@ from typing import Any
 
 from flood_cli.core.errors import FloodError, shown_repr
 from flood_cli.runs.folder import read_metrics
+from flood_cli.sweep.create import add_settings
+from flood_cli.sweep.queue import _claims, _locked, queue_lock
 from flood_cli.sweep.spec import Setting, SweepSpec
+from flood_cli.sweep.storage import load_study, open_storage
 
 DEFAULT_MULTIPLIERS = (0.5, 1.0, 2.0)
 AUTO_EXAMPLE = "e.g. --b auto or --b auto:0.5,1,2"
@@ -61,23 +64,11 @@ def parse_auto_b(text: str | None) -> list[float] | None:
 
 
 def levels_pending(spec: SweepSpec) -> bool:
-    """An --b auto sweep whose flood levels are not placed yet."""
-    return bool(spec.b_auto) and "levels" not in spec.b_auto
+    return spec.levels_pending
 
 
 def _numbers(values: list[float]) -> str:
     return ", ".join(f"{value:g}" for value in values)
-
-
-def describe_auto(spec: SweepSpec) -> str:
-    """How the flood levels of an --b auto sweep are (or will be) placed."""
-    multipliers = _numbers(spec.b_auto["multipliers"])
-    if levels_pending(spec):
-        return (
-            f" + {spec.mode} at {multipliers} x the baseline's train loss at its best evaluation "
-            f"({len(spec.b_auto['multipliers'])} setting(s), placed once the baseline is done)"
-        )
-    return f" (flood levels {multipliers} x the baseline's train loss {spec.b_auto['train_loss']:.4g})"
 
 
 def _baseline_runs(spec: SweepSpec) -> list[tuple[int, str]]:
@@ -87,9 +78,6 @@ def _baseline_runs(spec: SweepSpec) -> list[tuple[int, str]]:
 
 def baselines_state(spec: SweepSpec, storage: Any) -> dict[str, tuple[str, str | None]]:
     """Each baseline run's latest trial: its state name and error (if it failed)."""
-    from flood_cli.sweep.queue import _claims
-    from flood_cli.sweep.storage import load_study
-
     claims = _claims(load_study(storage, spec.grid_study))
     state = {}
     for _, name in _baseline_runs(spec):
@@ -119,10 +107,6 @@ def place_levels(spec: SweepSpec, echo: Callable[[str], None]) -> list[float]:
     """Once every baseline seed is complete: the flood levels from their train loss,
     stored in sweep.yaml and the study, and their settings queued for every seed. Under
     the queue lock: a second process placing them at once takes the stored ones."""
-    from flood_cli.sweep.create import add_settings
-    from flood_cli.sweep.queue import _locked, queue_lock
-    from flood_cli.sweep.storage import load_study, open_storage
-
     storage = open_storage(spec.storage_url)
     with _locked(queue_lock(spec)):
         record = load_study(storage, spec.grid_study).user_attrs.get("flood_sweep")

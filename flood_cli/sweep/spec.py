@@ -396,8 +396,13 @@ class SweepSpec:
         return f"{self.study}:baseline" if self.search else self.study
 
     @property
+    def levels_pending(self) -> bool:
+        """An --b auto sweep whose flood levels are not placed yet (sweep.auto_b)."""
+        return bool(self.b_auto) and "levels" not in self.b_auto
+
+    @property
     def expected_runs(self) -> int:
-        pending = len(self.b_auto["multipliers"]) if self.b_auto and "levels" not in self.b_auto else 0
+        pending = len(self.b_auto["multipliers"]) if self.levels_pending else 0
         return (len(self.settings) + pending) * len(self.seeds) + self.trials * len(self.seeds)
 
     def describe(self) -> str:
@@ -406,10 +411,15 @@ class SweepSpec:
         if self.search:
             ranges = ", ".join(f"{r['key'].split('.')[-1]} in [{r['low']:g}, {r['high']:g}]{' log' if r['log'] else ''}" for r in self.search)
             what += f" + {self.trials} TPE trial(s) over {ranges}"
-        if self.b_auto:
-            from flood_cli.sweep.auto_b import describe_auto
-
-            what += describe_auto(self)
+        if self.b_auto:  # --b auto: how its flood levels are (or will be) placed
+            multipliers = ", ".join(f"{value:g}" for value in self.b_auto["multipliers"])
+            if self.levels_pending:
+                what += (
+                    f" + {self.mode} at {multipliers} x the baseline's train loss at its best evaluation "
+                    f"({len(self.b_auto['multipliers'])} setting(s), placed once the baseline is done)"
+                )
+            else:
+                what += f" (flood levels {multipliers} x the baseline's train loss {self.b_auto['train_loss']:.4g})"
         return f"{what} × {len(self.seeds)} seed(s) = {self.expected_runs} runs"
 
 
