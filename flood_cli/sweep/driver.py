@@ -23,6 +23,7 @@ from flood_cli.runs.tracking import check_trackers
 from flood_cli.sweep.lease import WORKER_FENCED
 from flood_cli.sweep.queue import Finished, finished_trials
 from flood_cli.sweep.spec import CURVE_KEYS, RESULTS_FILE, WORKERS_DIR, SweepSpec, _first_line
+from flood_cli.sweep.steps import STEPS_DIR, StepCount
 from flood_cli.sweep.storage import _storage_error, masked, open_storage, worker_env
 from flood_cli.sweep.worker import WORKER_INTERRUPTED
 
@@ -91,14 +92,17 @@ def follow(
     progress: Any,
     poll_s: float = 1.0,
 ) -> list[Finished]:
-    """Report each trial as it ends, until every worker has stopped."""
+    """Report each trial as it ends, until every worker has stopped. The bar counts
+    the runs' steps (see sweep/steps.py), so that it and its ETA move from the first step."""
     storage = open_storage(spec.storage_url)
     before = finished_trials(spec, storage)  # ended before this start (a resumed sweep)
     seen = {item.key for item in before}
     done = sum(item.runs for item in before)
-    started, finished_here = time.time(), 0
+    started = time.time()
     total = spec.expected_runs
-    progress.start(total, done)
+    steps = StepCount(Path(spec.folder) / WORKERS_DIR / STEPS_DIR)
+    steps_total, steps_done, _ = steps.progress(total, done)
+    progress.start(steps_total, steps_done)
     failing = False
     while True:
         alive = any(worker.poll() is None for worker in workers)
@@ -119,10 +123,11 @@ def follow(
             if item.key in seen:
                 continue
             seen.add(item.key)
-            finished_here += item.runs
             done += item.runs
             echo(_line(item, done, total))
-            progress.update(done, _eta(started, finished_here, total - done))
+        steps_total, steps_done, steps_here = steps.progress(total, done)
+        remaining = None if steps_total is None else steps_total - steps_done
+        progress.update(steps_done, _eta(started, steps_here, remaining), steps_total, f"{done}/{total} runs")
         if not alive:
             return ended
         time.sleep(poll_s)
@@ -136,13 +141,15 @@ def _line(item: Finished, done: int, total: int) -> str:
     return f"{where} {item.label}: best val_loss {item.value:.4f}{accuracy} ({item.seconds:.0f} s)"
 
 
-def _eta(started: float, finished_here: int, remaining: int) -> float | None:
-    """Seconds left, from the pace of the runs finished since this start."""
+def _eta(started: float, steps_here: int, remaining: int | None) -> float | None:
+    """Seconds left, from the pace of the steps taken since this start."""
+    if remaining is None:
+        return None
     if remaining <= 0:
         return 0.0
-    if finished_here == 0:
+    if steps_here <= 0:
         return None
-    return (time.time() - started) / finished_here * remaining
+    return (time.time() - started) / steps_here * remaining
 
 
 def stop_workers(workers: list[subprocess.Popen], timeout: float = 600) -> bool:
