@@ -47,7 +47,8 @@ def start_workers(spec: SweepSpec, count: int, verbose: bool) -> list[subprocess
     else an equal share of the CPU cores each. Each runs in a session of its own, so a
     terminal's Ctrl-C reaches the sweep only, which stops each worker with one SIGTERM."""
     gpus = _visible_gpus()
-    threads = max(1, (os.cpu_count() or 1) // count)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // count)  # of the cores this process may use
     (Path(spec.folder) / WORKERS_DIR).mkdir(exist_ok=True)  # deleted by hand: it holds only logs
     workers = []
     for index in range(count):
