@@ -287,6 +287,7 @@ def _train_and_report(job: Any, quiet: bool) -> None:
     from flood_cli.core.progress import make_reporter
 
     with make_reporter(quiet=quiet) as reporter:
+        reporter.say_threads = typer.echo  # a CPU run's thread count, one line on stdout (not in sweep workers)
         result = job(reporter)
     if not result.is_main_process:  # under `accelerate launch`, one process reports
         return

@@ -112,8 +112,8 @@ def build_figure(report: Report, x_axis: str = "epoch", seeds_as: str = "band") 
     One colour per seed group. With ``seeds_as="band"`` a group of two or more seeds is
     drawn as its mean curve over seeds with a ±1 sd band, each seed a thin line; with
     ``"lines"`` (and for one-seed groups) one line per run. A circle marks each run's best
-    validation loss, a star its best validation accuracy, shifted a little sideways per
-    group so that markers at one evaluation do not hide each other. Flooding and iflood
+    validation loss, a star its best validation accuracy, each at its exact point; only
+    markers that would overlap on the image are moved apart sideways. Flooding and iflood
     groups show their flood level b as a dashed horizontal line on the training-loss panel.
     """
     from matplotlib.artist import Artist
@@ -137,16 +137,15 @@ def build_figure(report: Report, x_axis: str = "epoch", seeds_as: str = "band") 
     panels = figure.subplots(1, 4 if calibrated else 3)
     loss_axes, zoom_axes, accuracy_axes = panels[:3]
     ece_axes = panels[3] if calibrated else None
-    offsets = _marker_offsets(report.runs, x_axis, len(groups))
     zoom_values: dict[str, list[float]] = {}
-    for index, group in enumerate(groups):
+    for group in groups:
         colour = colours[group.id]
         banded = seeds_as == "band" and len(_seed_curves(group.runs, x_axis, "val_loss")) >= 2
         if banded:
             notes.banded.append(group.id)
         zoom_values[group.id] = _draw_group(
             group.runs, (loss_axes, zoom_axes, accuracy_axes, ece_axes), x_axis, colour, line_width, alpha,
-            banded=banded, x_offset=offsets[index],
+            banded=banded,
         )
         b = group.runs[0].b
         if group.mode in FLOOD_LEVEL_MODES and b is not None and math.isfinite(b) and abs(b) <= PLOTTABLE_UP_TO:
@@ -206,6 +205,9 @@ def build_figure(report: Report, x_axis: str = "epoch", seeds_as: str = "band") 
     # A tall legend gets a taller figure rather than being cut off at the bottom.
     legend_lines = sum(str(handle.get_label()).count("\n") + 1 for handle in handles) + len(handles) // 2
     figure.set_figheight(max(5.5, 0.15 * legend_lines + 0.8))
+    figure.draw_without_rendering()  # the final layout: where each marker lands on the image
+    for axes in panels:
+        separate_markers(axes)
     return figure, notes
 
 
@@ -267,17 +269,68 @@ def _draw_flood_levels(axes: Any, levels: dict[str, float], colours: dict[str, A
                   color=colours[group_ids[0]])
 
 
-def _marker_offsets(runs: Sequence[Run], x_axis: str, count: int) -> list[float]:
-    """Sideways shifts of each group's best-point markers: groups spread over a third of
-    the distance between evaluations, so that markers at one evaluation stay visible."""
-    if count < 2:
-        return [0.0] * count
-    xs = sorted({x for run in runs for x, _ in _points(run, x_axis, "val_loss")})
-    gaps = [b - a for a, b in zip(xs, xs[1:], strict=False) if b > a]
-    if not gaps:
-        return [0.0] * count
-    step = min(gaps) / 3.0 / (count - 1)
-    return [(index - (count - 1) / 2.0) * step for index in range(count)]
+BEST_MARKER = "best-marker"  # the gid of the best-point marker series
+
+
+def separate_markers(axes: Any) -> None:
+    """Best-point markers stay at their exact points unless two would overlap on the
+    image (centres closer than their mean size, in display coordinates): each such
+    cluster is then spread sideways, one marker size apart, around where it was. A
+    group's circle and star at one point mark one row and stay on it, the star on top."""
+    import numpy as np
+
+    lines = [line for line in axes.get_lines() if line.get_gid() == BEST_MARKER]
+    scale = axes.figure.dpi / 72.0  # points to pixels
+    points = []  # (line, index, display x, display y, size in pixels)
+    data: list[tuple[float, float]] = []
+    for line in lines:
+        xs, ys = np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
+        shown = axes.transData.transform(np.column_stack([xs, ys])) if len(xs) else np.empty((0, 2))
+        points += [(line, i, float(x), float(y), line.get_markersize() * scale) for i, (x, y) in enumerate(shown)]
+        data += list(zip(xs.tolist(), ys.tolist(), strict=True))
+    parent = list(range(len(points)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def same_row(i: int, j: int) -> bool:
+        return data[i] == data[j] and points[i][0].get_color() == points[j][0].get_color() and points[i][0] is not points[j][0]
+
+    cell = max((point[4] for point in points), default=1.0)
+    buckets: dict[tuple[int, int], list[int]] = {}
+    for i, (_, _, x, y, size) in enumerate(points):
+        if not (math.isfinite(x) and math.isfinite(y)):
+            continue
+        key = (int(x // cell), int(y // cell))
+        for dx in (-1, 0, 1):
+            for dy in (-1, 0, 1):
+                for j in buckets.get((key[0] + dx, key[1] + dy), ()):
+                    if same_row(i, j):
+                        continue  # one group's circle and star at one point: one row, drawn as one
+                    if math.hypot(x - points[j][2], y - points[j][3]) < (size + points[j][4]) / 2:
+                        parent[root(i)] = root(j)
+        buckets.setdefault(key, []).append(i)
+    clusters: dict[int, list[int]] = {}
+    for i in range(len(points)):
+        clusters.setdefault(root(i), []).append(i)
+    moved: dict[Any, tuple[Any, Any]] = {}
+    for members in clusters.values():
+        if len(members) < 2:
+            continue
+        members.sort(key=lambda i: (points[i][2], lines.index(points[i][0])))
+        step = max(points[i][4] for i in members)
+        centre = sum(points[i][2] for i in members) / len(members)
+        for rank, i in enumerate(members):
+            line, index, _, y, _ = points[i]
+            x = centre + (rank - (len(members) - 1) / 2.0) * step
+            data_x = axes.transData.inverted().transform((x, y))[0]
+            xs, ys = moved.setdefault(line, (np.asarray(line.get_xdata(), float).copy(), np.asarray(line.get_ydata(), float)))
+            xs[index] = data_x
+    for line, (xs, ys) in moved.items():
+        line.set_data(xs, ys)
 
 
 def image_path(path: Path) -> Path:
@@ -342,7 +395,6 @@ def _draw_group(
     line_width: float,
     alpha: float,
     banded: bool = False,
-    x_offset: float = 0.0,
 ) -> list[float]:
     """All runs of one seed group; returns the validation losses drawn on the zoomed panel.
 
@@ -400,17 +452,17 @@ def _draw_group(
                 target.add_collection(LineCollection(curves, colors=[colour], linewidths=line_width, linestyles=style, alpha=opacity))
         drawn += [y for curve in val_loss for _, y in curve]
 
-    marker_style = dict(color=colour, markeredgecolor="black", markeredgewidth=0.7, linestyle="none")
+    marker_style = dict(color=colour, markeredgecolor="black", markeredgewidth=0.7, linestyle="none", gid=BEST_MARKER)
     best_rows = [run.best_row for run in runs if _plottable(run.best_row, x_axis, "val_loss")]
     best_loss = _pairs(best_rows, x_axis, "val_loss")
     for target in (loss_axes, zoom_axes):
-        target.plot([x + x_offset for x, _ in best_loss], [y for _, y in best_loss],
+        target.plot([x for x, _ in best_loss], [y for _, y in best_loss],
                     marker="o", markersize=6, zorder=3, **marker_style)
     at_best_loss = _pairs(best_rows, x_axis, "val_accuracy")
-    accuracy_axes.plot([x + x_offset for x, _ in at_best_loss], [y for _, y in at_best_loss],
+    accuracy_axes.plot([x for x, _ in at_best_loss], [y for _, y in at_best_loss],
                        marker="o", markersize=6, zorder=3, **marker_style)
     best_accuracy = _pairs((run.best_accuracy_row for run in runs), x_axis, "val_accuracy")
-    accuracy_axes.plot([x + x_offset for x, _ in best_accuracy], [y for _, y in best_accuracy],
+    accuracy_axes.plot([x for x, _ in best_accuracy], [y for _, y in best_accuracy],
                        marker="*", markersize=11, zorder=4, **marker_style)
     return drawn
 

@@ -174,7 +174,8 @@ def make_reporter(quiet: bool) -> Iterator[Any]:
 
 class SweepProgress:
     """A sweep's own line per finished run, and on a terminal an overall bar below the
-    lines: runs done and remaining, elapsed time and an ETA from the runs so far."""
+    lines: the runs' steps done of their planned total (an estimate until every run has
+    started), runs done, elapsed time and an ETA from the steps taken so far."""
 
     def __init__(self, live: bool) -> None:
         self.live = live
@@ -185,9 +186,10 @@ class SweepProgress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.bar = Progress(
-                TextColumn("runs"),
+                TextColumn("steps"),
                 BarColumn(),
                 MofNCompleteColumn(),
+                TextColumn("{task.fields[runs]}"),
                 TimeElapsedColumn(),
                 TextColumn("{task.fields[eta]}"),
                 console=Console(file=sys.stdout),
@@ -208,14 +210,15 @@ class SweepProgress:
         else:
             print(text, flush=True)
 
-    def start(self, total: int, done: int) -> None:
+    def start(self, total: int | None, done: int) -> None:
+        """``total`` steps (None while no run has said how many it plans), ``done`` of them."""
         if self.bar is not None:
-            self.task = self.bar.add_task("sweep", total=total, completed=done, eta="")
+            self.task = self.bar.add_task("sweep", total=total, completed=done, eta="", runs="")
 
-    def update(self, done: int, eta_s: float | None) -> None:
+    def update(self, done: int, eta_s: float | None, total: int | None = None, runs: str = "") -> None:
         if self.bar is not None and self.task is not None:
             eta = "" if eta_s is None else f"about {_duration(eta_s)} left"
-            self.bar.update(self.task, completed=done, eta=eta)
+            self.bar.update(self.task, completed=done, eta=eta, runs=runs, **({"total": total} if total is not None else {}))
 
 
 def _duration(seconds: float) -> str:

@@ -23,6 +23,7 @@ from flood_cli.runs.tracking import check_trackers
 from flood_cli.sweep.lease import WORKER_FENCED
 from flood_cli.sweep.queue import Finished, finished_trials
 from flood_cli.sweep.spec import CURVE_KEYS, RESULTS_FILE, WORKERS_DIR, SweepSpec, _first_line
+from flood_cli.sweep.steps import STEPS_DIR, StepCount
 from flood_cli.sweep.storage import _storage_error, masked, open_storage, worker_env
 from flood_cli.sweep.worker import WORKER_INTERRUPTED
 
@@ -46,7 +47,8 @@ def start_workers(spec: SweepSpec, count: int, verbose: bool) -> list[subprocess
     else an equal share of the CPU cores each. Each runs in a session of its own, so a
     terminal's Ctrl-C reaches the sweep only, which stops each worker with one SIGTERM."""
     gpus = _visible_gpus()
-    threads = max(1, (os.cpu_count() or 1) // count)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // count)  # of the cores this process may use
     (Path(spec.folder) / WORKERS_DIR).mkdir(exist_ok=True)  # deleted by hand: it holds only logs
     workers = []
     for index in range(count):
@@ -91,14 +93,17 @@ def follow(
     progress: Any,
     poll_s: float = 1.0,
 ) -> list[Finished]:
-    """Report each trial as it ends, until every worker has stopped."""
+    """Report each trial as it ends, until every worker has stopped. The bar counts
+    the runs' steps (see sweep/steps.py), so that it and its ETA move from the first step."""
     storage = open_storage(spec.storage_url)
     before = finished_trials(spec, storage)  # ended before this start (a resumed sweep)
     seen = {item.key for item in before}
     done = sum(item.runs for item in before)
-    started, finished_here = time.time(), 0
+    started = time.time()
     total = spec.expected_runs
-    progress.start(total, done)
+    steps = StepCount(Path(spec.folder) / WORKERS_DIR / STEPS_DIR)
+    steps_total, steps_done, _ = steps.progress(total, done)
+    progress.start(steps_total, steps_done)
     failing = False
     while True:
         alive = any(worker.poll() is None for worker in workers)
@@ -119,10 +124,11 @@ def follow(
             if item.key in seen:
                 continue
             seen.add(item.key)
-            finished_here += item.runs
             done += item.runs
             echo(_line(item, done, total))
-            progress.update(done, _eta(started, finished_here, total - done))
+        steps_total, steps_done, steps_here = steps.progress(total, done)
+        remaining = None if steps_total is None else steps_total - steps_done
+        progress.update(steps_done, _eta(started, steps_here, remaining), steps_total, f"{done}/{total} runs")
         if not alive:
             return ended
         time.sleep(poll_s)
@@ -136,13 +142,15 @@ def _line(item: Finished, done: int, total: int) -> str:
     return f"{where} {item.label}: best val_loss {item.value:.4f}{accuracy} ({item.seconds:.0f} s)"
 
 
-def _eta(started: float, finished_here: int, remaining: int) -> float | None:
-    """Seconds left, from the pace of the runs finished since this start."""
+def _eta(started: float, steps_here: int, remaining: int | None) -> float | None:
+    """Seconds left, from the pace of the steps taken since this start."""
+    if remaining is None:
+        return None
     if remaining <= 0:
         return 0.0
-    if finished_here == 0:
+    if steps_here <= 0:
         return None
-    return (time.time() - started) / finished_here * remaining
+    return (time.time() - started) / steps_here * remaining
 
 
 def stop_workers(workers: list[subprocess.Popen], timeout: float = 600) -> bool:

@@ -19,7 +19,8 @@ from flood_cli.core.progress import make_reporter
 from flood_cli.runs.folder import RunDir, read_metrics
 from flood_cli.sweep.lease import HEARTBEAT_S, Heartbeat, _LeaseReporter
 from flood_cli.sweep.queue import Claimed, Queue, _defined, _requeue, _tell, queue_lock, reconcile
-from flood_cli.sweep.spec import Setting, SweepSpec, config_for
+from flood_cli.sweep.spec import WORKERS_DIR, Setting, SweepSpec, config_for
+from flood_cli.sweep.steps import STEPS_DIR, StepNotes
 from flood_cli.sweep.storage import _retrying, load_study, masked, open_storage
 
 LOCK_POLL_S = 5.0  # how often a worker looks whether a locked run folder was let go
@@ -198,10 +199,18 @@ def _run_trial(
         # A grid trial is queued with its run's name (create, reconcile); a search trial's are made here.
         name: str = claimed.attrs["run"] if not claimed.attrs.get("search") else setting.run_name(seed)
         with reporter_factory() as shown:
-            reporter: _LeaseReporter | _PruningReporter = _LeaseReporter(shown, lease, name)
+            notes = StepNotes(_LeaseReporter(shown, lease, name), Path(spec.folder) / WORKERS_DIR / STEPS_DIR, name)
+            reporter: StepNotes | _PruningReporter = notes
             if spec.prune and claimed.study is not None and index == 0:
                 reporter = _PruningReporter(reporter, claimed)  # judged on its first seed's curve
-            summary = _run_one(spec, overrides, seed, name, reporter)
+            try:
+                summary = _run_one(spec, overrides, seed, name, reporter)
+            except (_Interrupted, KeyboardInterrupt):
+                raise  # queued again: its steps so far stay noted
+            except Exception:
+                notes.ended()  # failed or pruned: the sweep's bar counts it as done
+                raise
+            notes.ended()
         losses.append(float(summary["best_val_loss"]))
         accuracies.append(float(summary.get("best_val_accuracy") or math.nan))
         names.append(name)

@@ -284,6 +284,9 @@ class Trainer:
         self.cfg = cfg
         self.reporter = reporter
         self.accelerator = make_accelerator(cfg.runtime)
+        # A CPU run's thread count (one per core it may use; see setup.cpu_threads),
+        # said when training starts where the reporter asks (flood train's: on stdout).
+        self.threads_line = setup.set_cpu_threads() if self.accelerator.device.type == "cpu" else None
         pieces = setup.build(cfg, reporter, self.accelerator, levels)
         self.tokenizer = pieces.tokenizer
         self.data: PreparedData = pieces.data
@@ -410,6 +413,9 @@ class Trainer:
     # -- training ------------------------------------------------------------
     def fit(self) -> RunResult:
         train, progress, reporter = self.cfg.train, self.progress, self.reporter
+        say_threads = getattr(reporter, "say_threads", None)
+        if self.threads_line and self.accelerator.is_main_process and say_threads is not None:
+            say_threads(self.threads_line)
         reporter.start(self.total_steps, self.steps_per_epoch, train.epochs)
         self.model.train()
         with stop_requests(self.accelerator.num_processes) as stop:

@@ -3,6 +3,7 @@ batching that the loop trains with; the package versions a run records."""
 
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,33 @@ if TYPE_CHECKING:
 # and the ascent steps work on whole gradients after the all-reduce; under these each
 # process would hold only a shard of them.
 SHARDED = {"DEEPSPEED": "DeepSpeed", "FSDP": "FSDP", "MEGATRON_LM": "Megatron-LM", "XLA": "XLA"}
+
+
+def cpu_threads(omp_num_threads: str | None, available: int, torch_default: int) -> tuple[int, str]:
+    """A CPU run's thread count and the line that says why. OMP_NUM_THREADS, when set to
+    a whole number (a sweep sets each worker's share), decides; otherwise one thread per
+    core this process may use (its CPU affinity), at most torch's default (its count of
+    physical cores): more threads than cores only contend."""
+    if omp_num_threads is not None and omp_num_threads.strip().isdigit() and int(omp_num_threads) > 0:
+        threads = int(omp_num_threads)
+        return threads, f"CPU: {threads} thread{'s' * (threads != 1)} (OMP_NUM_THREADS={threads})"
+    threads = max(1, min(available, torch_default))
+    why = f"the {available} core(s) this process may use" if threads == available else f"torch's default, below the {available} cores this process may use"
+    return threads, f"CPU: {threads} thread{'s' * (threads != 1)} ({why}; set OMP_NUM_THREADS to change)"
+
+
+_TORCH_DEFAULT_THREADS: list[int] = []  # torch's own count, read before flood first sets it
+
+
+def set_cpu_threads() -> str:
+    """Sets torch's thread count for a CPU run (see `cpu_threads`); returns the line to show."""
+    if not _TORCH_DEFAULT_THREADS:
+        _TORCH_DEFAULT_THREADS.append(torch.get_num_threads())
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads, line = cpu_threads(os.environ.get("OMP_NUM_THREADS"), available, _TORCH_DEFAULT_THREADS[0])
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return line
 
 
 def make_accelerator(runtime: RuntimeConfig) -> Any:

@@ -40,7 +40,11 @@ def test_train_prints_the_run_folder_and_best_loss(config_file, tmp_path):
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "runs" / "first"
     summary = json.loads((run_dir / "summary.json").read_text())
+    from flood_cli.train import setup
+
+    threads = setup.cpu_threads(os.environ.get("OMP_NUM_THREADS"), len(os.sched_getaffinity(0)), setup._TORCH_DEFAULT_THREADS[0])
     assert result.stdout.splitlines() == [
+        threads[1],  # a CPU run says its thread count
         f"run folder: {run_dir}",
         f"best val_loss: {summary['best_val_loss']:.6f} (epoch 1, step {summary['best_step']})",
     ]
@@ -403,3 +407,13 @@ def test_top_level_help_names_every_mode_of_the_registry():
     from flood_cli.cli.main import app_help  # built from the registry: a new mode appears by itself
 
     assert app_help(("a", "b", "new")) == "Fine-tune BERT classifiers in the modes a, b or new; sweep settings and compare the runs."
+
+
+def test_a_cpu_run_takes_one_thread_per_core_it_may_use_at_most_torchs_default():
+    from flood_cli.train.setup import cpu_threads
+
+    assert cpu_threads(None, 2, 8) == (2, "CPU: 2 threads (the 2 core(s) this process may use; set OMP_NUM_THREADS to change)")
+    assert cpu_threads(None, 16, 8) == (8, "CPU: 8 threads (torch's default, below the 16 cores this process may use; set OMP_NUM_THREADS to change)")
+    assert cpu_threads("", 1, 4) == (1, "CPU: 1 thread (the 1 core(s) this process may use; set OMP_NUM_THREADS to change)")
+    assert cpu_threads("3", 16, 8) == (3, "CPU: 3 threads (OMP_NUM_THREADS=3)")  # a sweep worker's share, or the user's
+    assert cpu_threads("many", 4, 8)[0] == 4

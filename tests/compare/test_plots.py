@@ -195,14 +195,45 @@ def test_flood_levels_are_horizontal_lines_in_the_group_colour(tmp_path):
     assert sorted(text.get_text() for text in loss_axes.texts) == ["b=0.05", "b=0.1"]
 
 
+def _markers(axes, marker: str = "o") -> list[tuple[float, float]]:
+    return [(x, y) for line in axes.get_lines() if line.get_marker() == marker for x, y in zip(line.get_xdata(), line.get_ydata(), strict=True)]
+
+
+def _apart_on_the_image(axes, points: list[tuple[float, float]], size_pt: float) -> bool:
+    import math
+
+    shown = [axes.transData.transform(point) for point in points]
+    size = size_pt * axes.figure.dpi / 72
+    return all(math.dist(a, b) >= size - 1e-6 for i, a in enumerate(shown) for b in shown[i + 1:])
+
+
 def test_best_markers_at_one_evaluation_do_not_hide_each_other(tmp_path):
-    write_seed_groups(tmp_path)
+    write_seed_groups(tmp_path)  # every run is best at epoch 4, the bests 0.01 to 0.02 apart
     _, figure, _ = figure_of(tmp_path)
     markers = [line for line in figure.axes[1].get_lines() if line.get_marker() == "o"]
     assert len(markers) == 3 and all(line.get_markeredgecolor() == "black" for line in markers)
-    xs = [set(line.get_xdata()) for line in markers]  # every run is best at epoch 4
-    assert all(len(x) == 1 for x in xs) and len({x.pop() for x in xs}) == 3
-    assert all(abs(x - 4) < 0.2 for line in markers for x in line.get_xdata())
+    points = _markers(figure.axes[1])
+    assert len(points) == 9 and all(abs(x - 4) < 0.2 for x, _ in points)
+    assert _apart_on_the_image(figure.axes[1], points, 6)
+
+
+def test_best_markers_sit_on_the_best_points_unless_two_collide(tmp_path):
+    # Far apart: best at epoch 2 (0.30) and at epoch 5 (0.20): the markers are the best points.
+    far = tmp_path / "far"
+    write_run(far, "base-s1", val_losses=(0.5, 0.3, 0.4, 0.45, 0.5), val_accuracies=(0.6, 0.9, 0.8, 0.7, 0.65), epochs=5)
+    write_run(far, "flood-s1", val_losses=(0.6, 0.5, 0.4, 0.3, 0.2), val_accuracies=(0.5, 0.6, 0.7, 0.8, 0.95), epochs=5, mode="flooding", b=0.1)
+    _, figure, _ = figure_of(far)
+    for axes in figure.axes[:2]:
+        assert sorted(_markers(axes)) == [(2.0, 0.3), (5.0, 0.2)]
+    assert sorted(_markers(figure.axes[2], "*")) == [(2.0, 0.9), (5.0, 0.95)]
+    # Colliding: both best at epoch 3 with losses 0.0001 apart: moved apart sideways.
+    near = tmp_path / "near"
+    write_run(near, "base-s1", val_losses=(0.5, 0.4, 0.3, 0.4, 0.5), epochs=5)
+    write_run(near, "flood-s1", val_losses=(0.5, 0.4, 0.3001, 0.4, 0.5), epochs=5, mode="flooding", b=0.1)
+    _, figure, _ = figure_of(near)
+    points = _markers(figure.axes[0])
+    assert sorted(y for _, y in points) == [0.3, 0.3001] and all(x != 3.0 and abs(x - 3) < 0.2 for x, _ in points)
+    assert _apart_on_the_image(figure.axes[0], points, 6)
 
 
 def test_seeds_as_must_be_band_or_lines(tmp_path):

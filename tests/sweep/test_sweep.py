@@ -110,6 +110,11 @@ def test_a_2x2_grid_makes_six_runs_a_table_and_a_b_curve(tmp_path):
     spec = sweep_create.read_spec(folder)
     states = [t.state.name for t in trials_of(spec)]
     assert states == ["COMPLETE"] * 6
+    # Each run's steps, noted for the sweep's bar: all done, of the total its summary planned.
+    for run in (folder / "runs").iterdir():
+        note = json.loads((folder / "workers" / "steps" / f"{run.name}.json").read_text())
+        total = json.loads((run / "summary.json").read_text())["total_steps"]
+        assert note == {"step": total, "total": total, "ended": True}
 
     # --resume --settings adds what the sweep lacks, runs only that, and leaves the rest.
     before = {p: p.read_bytes() for p in (folder / "runs").glob("*/metrics.csv")}
