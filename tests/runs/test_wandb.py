@@ -226,3 +226,25 @@ def test_a_wandb_path_that_is_a_file_refuses_the_resume_in_one_line(tmp_path, mo
         f"{run_dir / 'wandb'} is not a folder (W&B writes its run files there); move it away, or drop wandb from --report-to"
     )
     assert run_files(run_dir) == before
+
+
+def test_a_sweeps_runs_are_a_wandb_group_named_after_the_sweep(tmp_path):
+    """The real thing: flood sweep's worker process trains both runs of the sweep."""
+    import yaml
+
+    from tests.sweep.test_sweep import flood, tiny_config
+
+    base = tiny_config(tmp_path)
+    raw = yaml.safe_load(base.read_text())
+    raw["output"]["report_to"] = ["wandb"]
+    base.write_text(yaml.safe_dump(raw))
+    result = flood("sweep", "-c", str(base), "--b", "0.2", "--seeds", "1", "--workers", "1", "--out", str(tmp_path / "sweeps"), "--name", "wbsw", env=dict(os.environ))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    runs = tmp_path / "sweeps" / "wbsw" / "runs"
+    logged = {path.name: offline_runs(path) for path in sorted(runs.iterdir())}
+    assert {name: [(run.group, run.name, run.exit_code) for run in found] for name, found in logged.items()} == {
+        "baseline-s1": [("wbsw", "baseline-s1", 0)],
+        "flooding-b0.2-s1": [("wbsw", "flooding-b0.2-s1", 0)],
+    }
+    for name, [run] in logged.items():
+        assert_rows_match_csv(run.history, runs / name)
