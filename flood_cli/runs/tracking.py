@@ -118,10 +118,11 @@ def _check_wandb(run_dir: Path | None) -> None:
         _check_writable_folder(target, f"W&B's folder {folder}" if folder.is_dir() else f"the run folder {run_dir}", "wandb")
     if _wandb_mode() in ("offline", "dryrun", "disabled"):
         return
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE") or _netrc_has(_wandb_host()):
+    netrc_file = os.environ.get("NETRC") or "~/.netrc"  # where wandb login writes the key
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE") or _netrc_has(netrc_file, _wandb_host()):
         return
     raise FloodError(
-        "W&B has no API key (WANDB_API_KEY is not set and ~/.netrc has no entry for "
+        f"W&B has no API key (WANDB_API_KEY is not set and {netrc_file} has no entry for "
         f"{_wandb_host()}); run wandb login, or set WANDB_MODE=offline (wandb sync uploads later), "
         "or drop wandb from --report-to"
     )
@@ -138,12 +139,11 @@ def _wandb_host() -> str:
     return urlparse(base).hostname or base
 
 
-def _netrc_has(host: str) -> bool:
+def _netrc_has(path: str, host: str) -> bool:
     import netrc
 
-    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
     try:
-        return netrc.netrc(path).authenticators(host) is not None
+        return netrc.netrc(os.path.expanduser(path)).authenticators(host) is not None
     except (OSError, netrc.NetrcParseError):
         return False
 

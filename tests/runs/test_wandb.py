@@ -201,15 +201,29 @@ def test_wandb_not_installed_is_one_line_before_any_work(tmp_path, monkeypatch):
 
 def test_wandb_online_without_an_api_key_is_one_line_before_the_data_is_loaded(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE")
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine example.org login user password secret\n")  # a key, but for another host
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
     no_loading(monkeypatch)
     with pytest.raises(FloodError) as caught:  # wandb.init would ask for a key at the terminal
         run_training(load_config(config(tmp_path, "nokey", ["wandb"])))
     assert str(caught.value) == (
-        "W&B has no API key (WANDB_API_KEY is not set and ~/.netrc has no entry for api.wandb.ai); run wandb login, "
+        f"W&B has no API key (WANDB_API_KEY is not set and {netrc} has no entry for api.wandb.ai); run wandb login, "
         "or set WANDB_MODE=offline (wandb sync uploads later), or drop wandb from --report-to"
     )
     assert not (tmp_path / "runs" / "nokey").exists()
+
+
+def test_wandb_online_with_a_key_in_netrc_passes_the_check(tmp_path, monkeypatch):
+    from flood_cli.runs.tracking import check_trackers
+
+    monkeypatch.delenv("WANDB_MODE")
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine api.wandb.ai login user password " + "k" * 40 + "\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    check_trackers(["wandb"], tmp_path)  # no error: wandb login was done
 
 
 def test_a_wandb_path_that_is_a_file_refuses_the_resume_in_one_line(tmp_path, monkeypatch):
