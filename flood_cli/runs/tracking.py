@@ -497,6 +497,13 @@ class WandbTracker:
         )
         self.run.finish(exit_code=0 if summary.get("status") == "completed" else 1)
 
+    def abandon(self) -> None:
+        """A W&B run that failed is ended as failed, not left open in the process (a
+        sweep's worker goes on to other runs)."""
+        if self.run is not None:
+            with contextlib.suppress(Exception):
+                self.run.finish(exit_code=1)
+
 
 def _sqlite_file(uri: str) -> Path | None:
     """The file of a ``sqlite:///PATH`` URI (none for an in-memory one or another database)."""
@@ -625,7 +632,9 @@ class Trackers:
 
     def _fail(self, name: str, exc: BaseException, when: str) -> None:
         """Warn once, drop the tracker; training goes on."""
-        self.trackers.pop(name, None)
+        tracker = self.trackers.pop(name, None)
+        if hasattr(tracker, "abandon"):
+            tracker.abandon()
         self.failed.add(name)
         error = shown(_first_line(exc), 200)
         self.gaps.setdefault(name, {"steps": []})["error"] = error

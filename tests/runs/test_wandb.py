@@ -262,3 +262,33 @@ def test_a_sweeps_runs_are_a_wandb_group_named_after_the_sweep(tmp_path):
     }
     for name, [run] in logged.items():
         assert_rows_match_csv(run.history, runs / name)
+
+
+def test_wandb_that_fails_mid_run_is_warned_once_and_its_run_ended_and_the_flood_run_completes(tmp_path, monkeypatch):
+    from wandb.sdk.wandb_run import Run
+
+    from tests.runs.test_tracking import Warnings
+
+    real = Run.log
+    calls = {"n": 0}
+
+    def fails_after_the_first_row(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise OSError(28, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "log", fails_after_the_first_row)
+    warnings = Warnings()
+    result = run_training(load_config(config(tmp_path, "wbfull", ["wandb"])), warnings)
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    error = "OSError: [Errno 28] No space left on device"
+    assert summary["tracker_gaps"] == {"wandb": {"steps": [12, 18, 24], "error": error}}
+    assert warnings.lines == [
+        f"wandb failed at step 12 ({error}); training goes on without it, metrics.csv keeps every row",
+        f"wandb lacks 3 of 4 evaluation row(s), at step(s) 12, 18, 24 ({error}); metrics.csv has every row",
+    ]
+    [run] = finished(result.run_dir)
+    assert [row["_step"] for row in run.history] == [6]
+    assert run.exit_code == 1  # ended when it failed, not left open
