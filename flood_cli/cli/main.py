@@ -207,7 +207,7 @@ def train(
         Path | None, typer.Option(help="continue a stopped run from its last checkpoint, with its saved config")
     ] = None,
     report_to: Annotated[
-        str | None, typer.Option("--report-to", help="also log every evaluation to tensorboard and/or mlflow: tensorboard,mlflow")
+        str | None, typer.Option("--report-to", help="also log every evaluation to tensorboard, mlflow and/or wandb: tensorboard,mlflow,wandb")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:

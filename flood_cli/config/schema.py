@@ -300,8 +300,8 @@ class OutputConfig(_Section):
     keep_checkpoint: bool = Field(
         False, description="keep checkpoints/last.pt once the run completes (it is needed only to resume)"
     )
-    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
-        default_factory=list, description="trackers that also get every evaluation: tensorboard, mlflow (see Tracking)"
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list, description="trackers that also get every evaluation: tensorboard, mlflow, wandb (see Tracking)"
     )
 
     @field_validator("report_to", mode="before")

@@ -1,4 +1,5 @@
-"""Experiment tracking where users already look: TensorBoard and MLflow (`output.report_to`).
+"""Experiment tracking where users already look: TensorBoard, MLflow and Weights & Biases
+(`output.report_to`).
 
 Each evaluation row goes to the trackers as scalars at its optimizer step, the resolved
 config as parameters (MLflow) or text (TensorBoard), and the summary at the end. The
@@ -13,6 +14,12 @@ makes flooding look like it fits worse than it does.
   A SQLite store's first use (MLflow creates its tables then, by a chain of migrations
   that several processes must not run at once: workers of a sweep, runs started by hand
   side by side) is taken under a lock file beside it, ``mlflow.db.lock``.
+* Weights & Biases: one W&B run per flood run, in project ``WANDB_PROJECT`` (else
+  ``flood``), its files in ``<run>/wandb/`` (nothing written elsewhere); the config as the
+  W&B config, the run's summary fields as its summary, a sweep's runs grouped under the
+  sweep's name. Its id is kept in summary.json (``wandb_run_id``): a resume continues that
+  W&B run. ``WANDB_MODE=offline`` logs without an account or network (``wandb sync``
+  uploads later); online, an API key must be there (``wandb login`` or ``WANDB_API_KEY``).
 
 Before the data and the model are loaded, `check_trackers` makes sure each tracker can be
 written, within seconds: a folder that cannot be written, an ``mlflow.db`` that is a
@@ -23,7 +30,7 @@ the rows it lacks are listed at the end (a line, and ``tracker_gaps`` in summary
 A resume whose MLflow run is gone (the store deleted or replaced) logs to a new MLflow
 run tagged with the one it continues, the earlier rows copied from metrics.csv.
 
-Both are optional extras (``pip install 'flood-cli[tensorboard]'`` / ``[mlflow]``).
+All are optional extras (``pip install 'flood-cli[tensorboard]'`` / ``[mlflow]`` / ``[wandb]``).
 """
 
 from __future__ import annotations
@@ -41,13 +48,17 @@ from flood_cli.runs.columns import SCALARS
 
 TENSORBOARD_DIR = "tensorboard"
 MLFLOW_EXPERIMENT = "flood"
-INSTALL = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+WANDB_DIR = "wandb"
+WANDB_PROJECT = "flood"  # when WANDB_PROJECT is not set
+# A sweep's worker names its sweep here: its runs' W&B group.
+SWEEP_ENV = "FLOOD_SWEEP"
+INSTALL = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 
 
 def check_available(names: list[str]) -> None:
     """Before any work: a tracker whose package is missing is one line with the fix."""
     for name in names:
-        module = "tensorboard" if name == "tensorboard" else "mlflow"
+        module = INSTALL[name]
         try:
             __import__(module)
         except ImportError:
@@ -76,6 +87,8 @@ def check_trackers(names: list[str], out_dir: Path, run_dir: Path | None = None)
         _check_tensorboard(run_dir)
     if "mlflow" in names:
         _check_mlflow(out_dir)
+    if "wandb" in names:
+        _check_wandb(run_dir)
 
 
 def _check_tensorboard(run_dir: Path) -> None:
@@ -89,6 +102,50 @@ def _check_tensorboard(run_dir: Path) -> None:
         _check_writable_folder(folder, f"TensorBoard's folder {folder}", "tensorboard")
     else:
         _check_writable_folder(run_dir, f"the run folder {run_dir} (TensorBoard makes its folder there)", "tensorboard")
+
+
+def _check_wandb(run_dir: Path | None) -> None:
+    """Online, W&B needs an API key: without one, wandb.init would ask for it at the
+    terminal (or fail) once the data and the model are loaded. A resumed run's
+    ``wandb/`` folder can be written."""
+    if run_dir is not None:
+        folder = run_dir / WANDB_DIR
+        if folder.exists() and not folder.is_dir():
+            raise FloodError(
+                f"{folder} is not a folder (W&B writes its run files there); move it away, or drop wandb from --report-to"
+            )
+        target = folder if folder.is_dir() else run_dir
+        _check_writable_folder(target, f"W&B's folder {folder}" if folder.is_dir() else f"the run folder {run_dir}", "wandb")
+    if _wandb_mode() in ("offline", "dryrun", "disabled"):
+        return
+    netrc_file = os.environ.get("NETRC") or "~/.netrc"  # where wandb login writes the key
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE") or _netrc_has(netrc_file, _wandb_host()):
+        return
+    raise FloodError(
+        f"W&B has no API key (WANDB_API_KEY is not set and {netrc_file} has no entry for "
+        f"{_wandb_host()}); run wandb login, or set WANDB_MODE=offline (wandb sync uploads later), "
+        "or drop wandb from --report-to"
+    )
+
+
+def _wandb_mode() -> str:
+    return (os.environ.get("WANDB_MODE") or "online").strip().lower()
+
+
+def _wandb_host() -> str:
+    from urllib.parse import urlparse
+
+    base = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    return urlparse(base).hostname or base
+
+
+def _netrc_has(path: str, host: str) -> bool:
+    import netrc
+
+    try:
+        return netrc.netrc(os.path.expanduser(path)).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 def _check_writable_folder(folder: Path, subject: str, tracker: str) -> None:
@@ -400,6 +457,54 @@ class MlflowTracker:
             self.client.set_terminated(self.run_id, status=status)
 
 
+class WandbTracker:
+    """One W&B run per flood run, its files in ``<run>/wandb/``; continued on resume."""
+
+    def __init__(self, run_dir: Path):
+        import wandb
+
+        self.wandb = wandb
+        self.run_dir = run_dir
+        self.project = os.environ.get("WANDB_PROJECT") or WANDB_PROJECT
+        self.run: Any = None
+
+    def start(self, config: dict[str, Any], run_id: str | None = None) -> str:
+        """This run's W&B run id: ``run_id`` (a resumed run's) continued, else a new one."""
+        self.run = self.wandb.init(
+            project=self.project,
+            dir=str(self.run_dir),  # W&B makes its folder, wandb/, inside
+            name=self.run_dir.name,
+            group=os.environ.get(SWEEP_ENV) or None,
+            config=config,
+            id=run_id,
+            resume="allow" if run_id else None,
+            reinit="create_new",  # a sweep's worker runs one flood run after another
+            settings=self.wandb.Settings(silent=True, console="off"),  # flood's terminal stays flood's
+        )
+        return str(self.run.id)
+
+    def log_row(self, row: dict[str, Any], step: int) -> None:
+        scalars = {
+            name: float(value)
+            for column, name in SCALARS.items()
+            if isinstance(value := row.get(column), (int, float)) and math.isfinite(value)
+        }
+        self.run.log(scalars, step=step)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        self.run.summary.update(
+            {key: value for key, value in summary.items() if isinstance(value, (str, int, float, bool)) and key != "tracker_gaps"}
+        )
+        self.run.finish(exit_code=0 if summary.get("status") == "completed" else 1)
+
+    def abandon(self) -> None:
+        """A W&B run that failed is ended as failed, not left open in the process (a
+        sweep's worker goes on to other runs)."""
+        if self.run is not None:
+            with contextlib.suppress(Exception):
+                self.run.finish(exit_code=1)
+
+
 def _sqlite_file(uri: str) -> Path | None:
     """The file of a ``sqlite:///PATH`` URI (none for an in-memory one or another database)."""
     if not uri.startswith("sqlite:///"):
@@ -475,7 +580,7 @@ class Trackers:
         self.failed: set[str] = set()
         for name in names:
             try:
-                self.trackers[name] = TensorBoardTracker(run.path) if name == "tensorboard" else MlflowTracker(run.path)
+                self.trackers[name] = TRACKERS[name](run.path)
             except Exception as exc:
                 self._fail(name, exc, "at its start")
 
@@ -492,6 +597,9 @@ class Trackers:
                     if lost:
                         fields["mlflow_continues_run_id"] = lost
                         self._continue_lost_run(tracker, lost, rows)
+                elif name == "wandb":
+                    fields["wandb_run_id"] = tracker.start(config, summary.get("wandb_run_id"))
+                    fields["wandb_project"] = tracker.project
                 else:
                     tracker.start(config, bool(summary.get("resumed")))
             except Exception as exc:
@@ -524,7 +632,9 @@ class Trackers:
 
     def _fail(self, name: str, exc: BaseException, when: str) -> None:
         """Warn once, drop the tracker; training goes on."""
-        self.trackers.pop(name, None)
+        tracker = self.trackers.pop(name, None)
+        if hasattr(tracker, "abandon"):
+            tracker.abandon()
         self.failed.add(name)
         error = shown(_first_line(exc), 200)
         self.gaps.setdefault(name, {"steps": []})["error"] = error
@@ -550,6 +660,9 @@ class Trackers:
         if self.gaps:
             with contextlib.suppress(OSError):  # a full disk: the run's own outcome is the one to report
                 self.run.write_summary(tracker_gaps=self.gaps)
+
+
+TRACKERS: dict[str, Callable[[Path], Any]] = {"tensorboard": TensorBoardTracker, "mlflow": MlflowTracker, "wandb": WandbTracker}
 
 
 def gap_line(name: str, gap: dict[str, Any], total: int | None) -> str:

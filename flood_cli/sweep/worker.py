@@ -17,6 +17,7 @@ from typing import Any
 from flood_cli.core.errors import FloodError, RunInterrupted, RunPruned, UnresumableRun
 from flood_cli.core.progress import make_reporter
 from flood_cli.runs.folder import RunDir, read_metrics
+from flood_cli.runs.tracking import SWEEP_ENV
 from flood_cli.sweep.lease import HEARTBEAT_S, Heartbeat, _LeaseReporter
 from flood_cli.sweep.queue import Claimed, Queue, _defined, _requeue, _tell, queue_lock, reconcile
 from flood_cli.sweep.spec import WORKERS_DIR, Setting, SweepSpec, config_for
@@ -62,8 +63,16 @@ def work(spec: SweepSpec, log: Callable[[str], None] = lambda text: None, verbos
     """Run trials until none is left; return how many this worker finished. SIGINT or
     SIGTERM stops the run after its current step with a checkpoint, queues its trial
     again and raises WorkerInterrupted."""
-    with _StopSignals() as stop:
-        return _work(spec, log, verbose, stop)
+    saved = os.environ.get(SWEEP_ENV)
+    os.environ[SWEEP_ENV] = spec.name  # the sweep's runs are a group in W&B
+    try:
+        with _StopSignals() as stop:
+            return _work(spec, log, verbose, stop)
+    finally:
+        if saved is None:
+            os.environ.pop(SWEEP_ENV, None)
+        else:
+            os.environ[SWEEP_ENV] = saved
 
 
 def _work(spec: SweepSpec, log: Callable[[str], None], verbose: bool, stop: _StopSignals) -> int:

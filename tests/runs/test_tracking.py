@@ -96,11 +96,11 @@ def test_a_tracker_that_is_not_installed_is_one_line_before_any_work(tmp_path, m
 def test_report_to_takes_a_comma_list_and_refuses_unknown_trackers_in_one_line(tmp_path):
     from flood_cli.config.schema import OutputConfig
 
-    assert OutputConfig(report_to="tensorboard, mlflow").report_to == ["tensorboard", "mlflow"]
-    path = config(tmp_path, "wandb", ["tensorboard"])
+    assert OutputConfig(report_to="tensorboard, mlflow,wandb").report_to == ["tensorboard", "mlflow", "wandb"]
+    path = config(tmp_path, "comet", ["tensorboard"])
     with pytest.raises(FloodError) as caught:
-        load_config(path, sets=["output.report_to=wandb"])
-    assert str(caught.value).endswith("output.report_to.0: input should be 'tensorboard' or 'mlflow' (got 'wandb')")
+        load_config(path, sets=["output.report_to=comet"])
+    assert str(caught.value).endswith("output.report_to.0: input should be 'tensorboard', 'mlflow' or 'wandb' (got 'comet')")
 
 
 # Each child imports MLflow once, then makes a tracker for every folder it is sent on
