@@ -123,7 +123,7 @@ RESUMABLE_CHANGES = ("output.", "runtime.device", "runtime.num_workers")
 
 # Keys added since checkpoints were first written, at their defaults: a checkpoint from
 # before holds none of them and resumes as it was.
-ADDED_SINCE = (("train.metrics", None, []),)
+ADDED_SINCE: tuple[tuple[str, Any, Any], ...] = (("train.metrics", None, []),)
 
 
 def _check_same_experiment(run_dir: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:

@@ -129,7 +129,7 @@ class RunRecorder:
         or the lowest where lower is better) with that evaluation's epoch and step, and
         its last value; None where undefined."""
         fields: dict[str, Any] = {}
-        at_best = next((kept for kept in reversed(self.rows) if kept["step"] == best_loss_step), {})
+        at_best: dict[str, Any] = next((kept for kept in reversed(self.rows) if kept["step"] == best_loss_step), {})
         for name in self.cfg.train.metrics:
             column = f"val_{name}"
             sign = 1.0 if BY_NAME[name].higher_is_better else -1.0
