@@ -118,3 +118,9 @@ def readme_columns() -> list[str]:
 
 def test_the_readme_table_of_metrics_columns_lists_exactly_the_registry():
     assert readme_columns() == [column.name for column in COLUMNS]
+
+
+def test_the_readme_quotes_the_definitions_of_the_optional_metrics():
+    from flood_cli.core.metrics import DEFINITIONS
+
+    assert DEFINITIONS in (ROOT / "README.md").read_text(encoding="utf-8")
