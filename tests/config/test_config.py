@@ -317,7 +317,7 @@ VALUE_CASES = [
     (
         "long unknown key",
         _set("train." + "k" * 500, 1),
-        f"unknown key 'train.{'k' * 47}…{'k' * 26}'; known keys: mode, b, lr, ascent_lr, ascent_optimizer, optimizer, epochs, batch_size, eval_batch_size, weight_decay, warmup_ratio, schedule, max_grad_norm, grad_accum_steps, group_by_length, seed, eval_every, on_nonfinite, adaflood, backstitch, gradnorm",
+        f"unknown key 'train.{'k' * 47}…{'k' * 26}'; known keys: mode, b, lr, ascent_lr, ascent_optimizer, optimizer, epochs, batch_size, eval_batch_size, weight_decay, warmup_ratio, schedule, max_grad_norm, grad_accum_steps, group_by_length, seed, eval_every, on_nonfinite, metrics, adaflood, backstitch, gradnorm",
     ),
     ("unknown device", _set("runtime.device", "tpu"), "runtime.device: input should be 'auto', 'cpu' or 'cuda' (got 'tpu')"),
     (
