@@ -108,3 +108,31 @@ def figures(model: Any, tokenizer: Any, examples: list[tuple[str, str]], max_len
         ece=ece,
         confident_wrong=sum(1 for _, right, c in rows if not right and c > 0.9),
     )
+
+
+@torch.no_grad()
+def probabilities(model: Any, tokenizer: Any, examples: list[tuple[str, str]], max_length: int) -> tuple[list[list[float]], list[int]]:
+    """Each example's class probabilities (scored alone) and its label's index."""
+    label2id = {str(name): int(i) for name, i in model.config.label2id.items()}
+    probs, labels = [], []
+    for text, label in examples:
+        encoded = tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")
+        probs.append(model(**encoded).logits.float()[0].softmax(dim=-1).double().tolist())
+        labels.append(label2id[label])
+    return probs, labels
+
+
+def sklearn_metrics(probs: list[list[float]], labels: list[int]) -> dict[str, float]:
+    """The five optional metrics by scikit-learn (two classes: of the second's probability)."""
+    import numpy as np
+    from sklearn import metrics
+
+    table, truth = np.asarray(probs), np.asarray(labels)
+    predicted = table.argmax(axis=1)
+    return {
+        "f1_macro": metrics.f1_score(truth, predicted, average="macro"),
+        "f1_weighted": metrics.f1_score(truth, predicted, average="weighted"),
+        "auroc": metrics.roc_auc_score(truth, table[:, 1]),
+        "auprc": metrics.average_precision_score(truth, table[:, 1]),
+        "mcc": metrics.matthews_corrcoef(truth, predicted),
+    }

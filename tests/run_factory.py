@@ -120,17 +120,23 @@ def write_run(
     with_config: bool = True,
     with_metrics: bool = True,
     with_summary: bool = True,
+    extra_columns: dict[str, Sequence[float | None]] | None = None,
     **config_fields: Any,
 ) -> Path:
-    """Write one run folder ``root/name``; ``config_fields`` go to make_config."""
+    """Write one run folder ``root/name``; ``config_fields`` go to make_config;
+    ``extra_columns`` (e.g. val_f1_macro: a value per row) are appended to metrics.csv."""
     path = root / name
     path.mkdir(parents=True)
     config = make_config(**config_fields)
     rows = make_rows(val_losses, val_accuracies, train_losses, evaluations_per_epoch)
+    for column, values in (extra_columns or {}).items():
+        for row, value in zip(rows, values, strict=True):
+            row[column] = value
     if with_config:
         (path / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     if with_metrics:
-        (path / METRICS_FILE).write_text(metrics_csv(rows), encoding="utf-8", newline="")
+        columns = (*METRICS_COLUMNS, *(extra_columns or {}))
+        (path / METRICS_FILE).write_text(metrics_csv(rows, columns), encoding="utf-8", newline="")
     if with_summary:
         summary = make_summary(name, config, rows, status=status, **(summary_fields or {}))
         (path / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

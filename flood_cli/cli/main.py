@@ -309,6 +309,10 @@ def compare(
     raw_verdicts: Annotated[bool, typer.Option(
         "--raw-verdicts",
         help="judge each comparison alone (p < 0.05) instead of Holm-adjusting the p values of all the comparisons shown")] = False,
+    metric: Annotated[str, typer.Option(
+        "--metric",
+        help="what groups are judged on: loss (val_loss, lowest best), accuracy, or one of train.metrics "
+        "(f1_macro, f1_weighted, auroc, auprc, mcc: highest best)")] = "loss",
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q",
         help="no warning lines on stderr (skipped, damaged or unfinished runs); the table and errors still print, "
@@ -318,7 +322,7 @@ def compare(
     from flood_cli.compare.command import compare_command
 
     output = compare_command(paths, plot=plot, csv_path=csv, markdown=markdown, as_json=json_, x_axis=x,
-                             wide=wide, seeds_as=seeds_as, raw_verdicts=raw_verdicts)
+                             wide=wide, seeds_as=seeds_as, raw_verdicts=raw_verdicts, metric=metric)
     for warning in [] if quiet else output.warnings:  # a path may hold a line break: one line each all the same
         typer.echo(f"warning: {escaped(warning)}", err=True)
     typer.echo(output.text)

@@ -33,13 +33,14 @@ from flood_cli.compare.grouping import (
     replicate_disagreements,
     unready_baselines,
 )
-from flood_cli.compare.model import Report, Run
+from flood_cli.compare.model import LOSS, Judged, Report, Run
 from flood_cli.compare.plots import plot_runs
-from flood_cli.compare.reader import load_run
+from flood_cli.compare.reader import judge, load_run
 from flood_cli.compare.records import report_json, write_csv
 from flood_cli.compare.render import render_markdown, render_terminal, terminal_width
 from flood_cli.compare.tables import first_few, report_tables
-from flood_cli.core.errors import FloodError, escaped
+from flood_cli.core.errors import FloodError, escaped, shown_repr
+from flood_cli.core.metrics import BY_NAME, METRIC_NAMES
 from flood_cli.runs.folder import METRICS_FILE
 
 X_AXES = ("epoch", "step")
@@ -68,6 +69,7 @@ def compare_command(
     width: int | None = None,
     seeds_as: str = "band",
     raw_verdicts: bool = False,
+    metric: str = "loss",
 ) -> CompareOutput:
     """Compare run folders; what `flood compare` prints, plus files for --plot / --csv.
 
@@ -75,7 +77,8 @@ def compare_command(
     when stdout is one; no limit in a pipe) by leaving out and abbreviating the least
     useful columns; ``wide`` prints every column. Markdown, JSON and CSV are complete.
     The verdicts are Holm-adjusted over the comparisons of the report; ``raw_verdicts``
-    judges each comparison alone.
+    judges each comparison alone. ``metric`` is what groups are judged on: the validation
+    loss, accuracy or one of train.metrics (the best of a run is its highest value then).
     """
     if x_axis not in X_AXES:
         raise FloodError(f"--x {x_axis!r} is not an axis; use epoch or step")
@@ -83,7 +86,8 @@ def compare_command(
         raise FloodError(f"--seeds-as {seeds_as!r} is not a choice; use band (mean ± sd of a seed group) or lines (one per run)")
     if markdown and as_json:
         raise FloodError("--markdown and --json print different formats; pick one")
-    report = build_report(paths, now=now, rule=RAW if raw_verdicts else HOLM)
+    judged = judged_metric(metric)
+    report = build_report(paths, now=now, rule=RAW if raw_verdicts else HOLM, judged=judged)
     written = []
     if csv_path is not None:
         write_csv(report, csv_path)
@@ -100,9 +104,23 @@ def compare_command(
     return CompareOutput(text="\n\n".join([text, *written]) if written else text, warnings=list(report.warnings))
 
 
-def build_report(paths: Sequence[Path], now: float | None = None, rule: str = HOLM) -> Report:
-    """Discover, load, group and compare (verdicts by ``rule``: Holm-adjusted or raw).
-    Raises FloodError when no run is usable."""
+def judged_metric(name: str) -> Judged:
+    """What --metric names: loss (the default), accuracy or one of train.metrics, with or
+    without val_ in front."""
+    bare = name.strip().removeprefix("val_")
+    if bare == "loss":
+        return LOSS
+    if bare == "accuracy":
+        return Judged("val_accuracy", higher_is_better=True)
+    if bare in BY_NAME:
+        return Judged(f"val_{bare}", higher_is_better=BY_NAME[bare].higher_is_better)
+    raise FloodError(f"--metric {shown_repr(name)} is not a metric; use loss, accuracy or one of {', '.join(METRIC_NAMES)}")
+
+
+def build_report(paths: Sequence[Path], now: float | None = None, rule: str = HOLM, judged: Judged = LOSS) -> Report:
+    """Discover, load, group and compare (verdicts by ``rule``: Holm-adjusted or raw),
+    judging groups on ``judged``. Raises FloodError when no run is usable, or none has
+    the judged column."""
     now = time.time() if now is None else now
     discovery = discover_runs(paths)
     if not discovery.run_dirs:
@@ -123,12 +141,14 @@ def build_report(paths: Sequence[Path], now: float | None = None, rule: str = HO
         more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
         raise FloodError(f"no usable runs in {shown}: {skipped[0]}{more}")
     _disambiguate_names(runs)
+    if judged != LOSS:
+        _judge_runs(runs, judged, warnings)
     groups = group_runs(runs)
     comparisons = compare_with_baselines(groups, rule)
     warnings.extend(replicate_disagreements(groups))
     runs.sort(key=_by_best_loss)
     return Report(runs=runs, groups=groups, comparisons=comparisons, warnings=warnings,
-                  unready_baselines=unready_baselines(groups))
+                  unready_baselines=unready_baselines(groups), judged=judged)
 
 
 def _no_runs_message(paths: Sequence[Path], skipped: list[tuple[str, str]]) -> str:
@@ -138,9 +158,26 @@ def _no_runs_message(paths: Sequence[Path], skipped: list[tuple[str, str]]) -> s
     return f"no runs found in {where}; pass run folders or folders that hold them (each has {METRICS_FILE})"
 
 
+def _judge_runs(runs: Sequence[Run], judged: Judged, warnings: list[str]) -> None:
+    """Each run judged on ``judged``; a run without its column is listed but left out
+    of the statistics (one warning line), and none having it is an error."""
+    lacking = [run for run in runs if not judge(run, judged)]
+    metric = judged.column.removeprefix("val_")
+    if len(lacking) == len(runs):
+        raise FloodError(
+            f"--metric {metric}: no run has a {judged.column} column in its {METRICS_FILE}; "
+            f"train with train.metrics: [{metric}] to compare on it, or leave --metric out to compare on val_loss"
+        )
+    if lacking:
+        warnings.append(
+            f"{first_few([run.name for run in lacking], ERROR_SHOWS)}: no {judged.column} column "
+            f"(trained without train.metrics: [{metric}]); listed, left out of the statistics"
+        )
+
+
 def _by_best_loss(run: Run) -> tuple[bool, float, str]:
-    best = run.best_val_loss
-    return (best is None, best if best is not None else 0.0, str(run.path))
+    best = run.score
+    return (best is None, run.judged.sort_key(best) if best is not None else 0.0, str(run.path))
 
 
 def _disambiguate_names(runs: Sequence[Run]) -> None:

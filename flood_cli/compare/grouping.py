@@ -20,6 +20,8 @@ from flood_cli.compare.model import Comparison, Group, Run
 from flood_cli.compare.reader import canonical
 from flood_cli.compare.stats import (
     ALPHA,
+    HIGHER,
+    LOWER,
     WITHIN_NOISE,
     difference_interval,
     holm_adjust,
@@ -41,12 +43,13 @@ HOLM, RAW = "holm", "raw"
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
-    """Seed groups, ordered by mean best validation loss (groups without one last)."""
+    """Seed groups, best first by their mean best judged value (validation loss by
+    default; groups without one last)."""
     by_key: dict[str, list[Run]] = {}
     for run in runs:
         by_key.setdefault(run.group_key, []).append(run)
     groups = [Group(id="", label="", runs=members) for members in by_key.values()]
-    groups.sort(key=lambda g: (g.sample is None, g.sample.mean if g.sample else 0.0, g.runs[0].name))
+    groups.sort(key=lambda g: (g.sample is None, g.judged.sort_key(g.sample.mean) if g.sample else 0.0, g.runs[0].name))
     for number, (group, label) in enumerate(zip(groups, _group_labels(groups), strict=True), start=1):
         group.id, group.label = f"g{number}", label
         for run in group.runs:
@@ -67,11 +70,11 @@ def compare_with_baselines(groups: Sequence[Group], rule: str = HOLM) -> list[Co
         reference = baseline.sample.mean  # type: ignore[union-attr]
         same_seed = baseline.seed_values
         for run in group.runs:
-            if run.best_val_loss is not None:
-                run.diff_to_baseline = run.best_val_loss - reference
+            if run.score is not None:
+                run.diff_to_baseline = run.score - reference
                 run.diff_to_baseline_pct = _percent(run.diff_to_baseline, reference)
                 if run.seed is not None and run.seed in same_seed:
-                    run.paired_diff_to_baseline = run.best_val_loss - same_seed[run.seed]
+                    run.paired_diff_to_baseline = run.score - same_seed[run.seed]
                     run.paired_diff_to_baseline_pct = _percent(run.paired_diff_to_baseline, same_seed[run.seed])
         if group.sample is not None:
             comparisons.append(_compare(group, baseline, others))
@@ -106,6 +109,14 @@ def apply_verdict_rule(comparisons: Sequence[Comparison], rule: str = HOLM) -> N
                 f"(p {format_p(comparison.p_value)}), but not after Holm's adjustment for the {family} comparisons "
                 f"made together (p {format_p(p_holm)}): within seed noise"
             )
+    for comparison in comparisons:
+        if comparison.group.judged.higher_is_better:
+            comparison.verdict = HIGHER_IS_BETTER.get(comparison.verdict, comparison.verdict)
+            comparison.unpaired_verdict = HIGHER_IS_BETTER.get(comparison.unpaired_verdict, comparison.unpaired_verdict)
+
+
+# The verdicts' words when higher is better (the F1 scores, AUROC, ...): the direction stays, the judgement flips.
+HIGHER_IS_BETTER = {LOWER: "lower (worse)", HIGHER: "higher (better)"}
 
 
 def format_p(p: float) -> str:
@@ -157,7 +168,7 @@ def replicate_disagreements(groups: Sequence[Group]) -> list[str]:
     for group in groups:
         for seed in group.seed_values:
             runs = [run for run in group.runs if run.counts_in_statistics and run.seed == seed]
-            losses = [run.best_val_loss for run in runs]
+            losses = [run.score for run in runs]
             if len(losses) < 2 or not all(math.isfinite(v) for v in losses):  # type: ignore[arg-type]
                 continue
             low, high = min(losses), max(losses)  # type: ignore[type-var]
@@ -167,7 +178,7 @@ def replicate_disagreements(groups: Sequence[Group]) -> list[str]:
                 names = ", ".join(run.name for run in runs)
                 values = ", ".join(f"{value:.6g}" for value in losses)
                 warnings.append(
-                    f"{names}: replicates (same settings, seed {seed}; group {group.id}) whose best val_loss "
+                    f"{names}: replicates (same settings, seed {seed}; group {group.id}) whose best {group.judged.column} "
                     f"disagree: {values}, {apart:.2%} apart, far beyond float noise ({REPLICATE_TOLERANCE:.1%}); "
                     "averaged as one seed all the same. Something compare does not see differs (precision, "
                     "device, code version) or training is nondeterministic"

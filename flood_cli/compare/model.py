@@ -6,6 +6,7 @@ records and plots all work on these types. Standard library and compare.stats on
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -15,6 +16,27 @@ from typing import Any
 from flood_cli.compare.stats import Interval, Sample
 
 Row = dict[str, float | None]
+
+
+@dataclass(frozen=True)
+class Judged:
+    """What groups are judged on (``flood compare --metric``): a metrics.csv column, and
+    which way is better. The best of a run is its lowest value, or its highest."""
+
+    column: str = "val_loss"
+    higher_is_better: bool = False
+
+    def best(self, rows: list[Row]) -> Row | None:
+        """The row with the best finite value (the first of equals), None without one."""
+        sign = -1.0 if self.higher_is_better else 1.0
+        finite = [row for row in rows if (value := row.get(self.column)) is not None and math.isfinite(value)]
+        return min(finite, key=lambda row: sign * row[self.column]) if finite else None  # type: ignore[operator]
+
+    def sort_key(self, value: float) -> float:
+        return -value if self.higher_is_better else value
+
+
+LOSS = Judged()
 
 
 @dataclass
@@ -43,10 +65,13 @@ class Run:
     rows: list[Row]
     best_row: Row | None = None
     best_accuracy_row: Row | None = None
+    # What the statistics take of this run: its best row under ``judged`` (best_row for the loss).
+    judged: Judged = LOSS
+    judged_row: Row | None = None
     loss_up_accuracy_up: list[Row] = field(default_factory=list)
     # Set by grouping.
     group: Group | None = None
-    diff_to_baseline: float | None = None  # best val_loss − the baseline group's mean
+    diff_to_baseline: float | None = None  # best judged value (val_loss) − the baseline group's mean
     diff_to_baseline_pct: float | None = None
     # best val_loss − that of the baseline group's run(s) with the same seed (their mean)
     paired_diff_to_baseline: float | None = None
@@ -57,18 +82,23 @@ class Run:
         return self.best_row["val_loss"] if self.best_row else None
 
     @property
+    def score(self) -> float | None:
+        """The run's best value of the judged column (its best val_loss by default)."""
+        return self.judged_row[self.judged.column] if self.judged_row else None
+
+    @property
     def final_row(self) -> Row:
         return self.rows[-1]
 
     @property
     def counts_in_statistics(self) -> bool:
-        return self.complete and self.best_val_loss is not None
+        return self.complete and self.score is not None
 
     @property
     def still_improving(self) -> bool:
-        """A complete run whose best validation loss is its last evaluation (of two or
+        """A complete run whose best judged value is its last evaluation (of two or
         more): it was still improving when it stopped, so its best is not reached."""
-        return self.complete and len(self.rows) >= 2 and self.best_row is not None and self.best_row is self.rows[-1]
+        return self.complete and len(self.rows) >= 2 and self.judged_row is not None and self.judged_row is self.rows[-1]
 
 
 @dataclass(eq=False)  # identity, not field equality: groups are dictionary keys
@@ -92,9 +122,13 @@ class Group:
     def settings(self) -> dict[str, Any]:
         return self.runs[0].settings
 
+    @property
+    def judged(self) -> Judged:
+        return self.runs[0].judged
+
     @cached_property
     def best_losses_by_seed(self) -> dict[Any, list[float]]:
-        """Best validation losses of the complete runs, by seed.
+        """Best judged values (validation losses by default) of the complete runs, by seed.
 
         A run without a known seed stands alone: it cannot be shown to repeat another.
         """
@@ -102,7 +136,7 @@ class Group:
         for run in self.runs:
             if run.counts_in_statistics:
                 seed = run.seed if run.seed is not None else ("unknown seed", str(run.path))
-                by_seed.setdefault(seed, []).append(run.best_val_loss)  # type: ignore[arg-type]
+                by_seed.setdefault(seed, []).append(run.score)  # type: ignore[arg-type]
         return by_seed
 
     @cached_property
@@ -176,10 +210,11 @@ class Comparison:
 
 @dataclass
 class Report:
-    runs: list[Run]  # sorted by best validation loss
-    groups: list[Group]  # sorted by mean best validation loss
+    runs: list[Run]  # sorted by best judged value (validation loss by default), best first
+    groups: list[Group]  # sorted by mean best judged value, best first
     comparisons: list[Comparison]
     warnings: list[str]
     # Groups with no baseline to compare with because the matching baseline group has no
     # complete run yet: group -> those baseline groups.
     unready_baselines: dict[Group, list[Group]] = field(default_factory=dict)
+    judged: Judged = LOSS  # what the groups are judged on (--metric)

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from flood_cli.compare.model import Row, Run
+from flood_cli.compare.model import LOSS, Judged, Row, Run
 from flood_cli.config.basics import describe_data, describe_model
 from flood_cli.core import safe_yaml
 from flood_cli.runs.folder import (
@@ -334,6 +334,7 @@ def _summarise_curves(run: Run) -> None:
     """Best loss, best accuracy and the evaluations where loss and accuracy rose together."""
     finite_loss = [row for row in run.rows if finite(row["val_loss"])]
     run.best_row = min(finite_loss, key=lambda row: row["val_loss"]) if finite_loss else None  # type: ignore[arg-type,return-value]
+    run.judged_row = run.judged.best(run.rows) if run.judged != LOSS else run.best_row
     with_accuracy = [row for row in run.rows if finite(row.get("val_accuracy"))]
     run.best_accuracy_row = max(with_accuracy, key=lambda row: row["val_accuracy"]) if with_accuracy else None  # type: ignore[arg-type,return-value]
     run.loss_up_accuracy_up = []
@@ -344,3 +345,11 @@ def _summarise_curves(run: Run) -> None:
             continue
         if losses[1] > losses[0] and accuracies[1] > accuracies[0]:  # type: ignore[operator]
             run.loss_up_accuracy_up.append(current)
+
+
+def judge(run: Run, judged: Judged) -> bool:
+    """Judge ``run`` on ``judged``: its best row by that column. False when its
+    metrics.csv has no such column (it did not compute that metric)."""
+    run.judged = judged
+    run.judged_row = judged.best(run.rows)
+    return not run.rows or judged.column in run.rows[0]

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from flood_cli.compare.model import Comparison, Group, Report, Row, Run
+from flood_cli.compare.model import LOSS, Comparison, Group, Report, Row, Run
 from flood_cli.compare.reader import format_epoch
 from flood_cli.compare.stats import CI_LEVEL
 from flood_cli.core.errors import FloodError
@@ -36,6 +36,8 @@ def report_json(report: Report) -> str:
         "comparisons": [comparison_record(c) for c in report.comparisons],
         "warnings": list(report.warnings),
     }
+    if report.judged != LOSS:  # --metric: what the groups, differences and comparisons are judged on
+        document["metric"] = report.judged.column
     return json.dumps(document, indent=2, allow_nan=False, default=str)
 
 
@@ -86,11 +88,13 @@ def run_record(run: Run) -> dict[str, Any]:
         "paired_diff_to_baseline": _json_number(run.paired_diff_to_baseline),
         "paired_diff_to_baseline_pct": _json_number(run.paired_diff_to_baseline_pct),
         "still_improving": run.still_improving,
+        # with --metric f1_macro: best_val_f1_macro (its highest value), what the differences are of
+        **({f"best_{run.judged.column}": _json_number(run.score)} if run.judged != LOSS else {}),
     }
 
 
 def group_record(group: Group) -> dict[str, Any]:
-    sample = group.sample
+    sample, judged = group.sample, group.judged.column
     return {
         "id": group.id,
         "label": group.label,
@@ -100,10 +104,11 @@ def group_record(group: Group) -> dict[str, Any]:
         "n": group.n_seeds,
         "n_runs": group.counted_runs,
         "n_left_out": group.left_out,
-        "best_val_loss_mean": _json_number(sample.mean) if sample else None,
-        "best_val_loss_sd": _json_number(sample.sd) if sample else None,
-        "best_val_loss_min": _json_number(min(sample.values)) if sample else None,
-        "best_val_loss_max": _json_number(max(sample.values)) if sample else None,
+        # best_val_loss_mean ..., or best_val_f1_macro_mean ... with --metric f1_macro
+        f"best_{judged}_mean": _json_number(sample.mean) if sample else None,
+        f"best_{judged}_sd": _json_number(sample.sd) if sample else None,
+        f"best_{judged}_min": _json_number(min(sample.values)) if sample else None,
+        f"best_{judged}_max": _json_number(max(sample.values)) if sample else None,
         "settings": group.settings,
     }
 

@@ -9,15 +9,22 @@ import math
 from collections.abc import Sequence
 
 from flood_cli.compare.grouping import HOLM, format_p
-from flood_cli.compare.model import Comparison, Group, Report, Row, Run
+from flood_cli.compare.model import LOSS, Comparison, Group, Judged, Report, Row, Run
 from flood_cli.compare.reader import format_epoch
 from flood_cli.compare.render import CUT, IMPROVING, Table
 from flood_cli.compare.stats import ALPHA, CI_LEVEL, Interval
 
-IMPROVING_NOTE = (
-    f"{IMPROVING} best val_loss at the last evaluation: the run was still improving when it stopped, "
-    "its best is not reached; a verdict on it is premature (train longer)."
-)
+
+def improving_note(column: str = "val_loss") -> str:
+    return (
+        f"{IMPROVING} best {column} at the last evaluation: the run was still improving when it stopped, "
+        "its best is not reached; a verdict on it is premature (train longer)."
+    )
+
+
+def judged_noun(judged: Judged) -> str:
+    """How titles name what groups are judged on."""
+    return "validation loss" if judged == LOSS else f"{judged.column} ({'higher' if judged.higher_is_better else 'lower'} is better)"
 
 
 # ---------------------------------------------------------------------------
@@ -27,7 +34,7 @@ IMPROVING_NOTE = (
 def report_tables(report: Report) -> list[Table]:
     tables = [runs_table(report), groups_table(report)]
     if report.comparisons:
-        tables.append(comparisons_table(report.comparisons))
+        tables.append(comparisons_table(report.comparisons, report.judged))
     tables.append(curves_table(report.runs))
     return tables
 
@@ -39,8 +46,10 @@ DIFF_SEED = "Δ vs same-seed baseline"
 def runs_table(report: Report) -> Table:
     has_baseline = any(run.diff_to_baseline is not None for run in report.runs)
     has_paired = any(run.paired_diff_to_baseline is not None for run in report.runs)
-    columns = ["run", "group", "mode", "b", "lr", "ascent_lr", "seed", "epochs", "best val_loss",
-               DIFF_MEAN, DIFF_SEED, "final val_loss", "status"]
+    column = report.judged.column
+    best_column, final_column = f"best {column}", f"final {column}"
+    columns = ["run", "group", "mode", "b", "lr", "ascent_lr", "seed", "epochs", best_column,
+               DIFF_MEAN, DIFF_SEED, final_column, "status"]
     rows = [
         [
             run.name,
@@ -51,10 +60,10 @@ def runs_table(report: Report) -> Table:
             _format_g(run.ascent_lr),
             "" if run.seed is None else str(run.seed),
             "" if run.epochs is None else str(run.epochs),
-            _format_number(run.best_val_loss) if run.best_row else "nan",
+            _format_number(run.score) if run.judged_row else "nan",
             _difference_cell(run.diff_to_baseline, run.diff_to_baseline_pct),
             _difference_cell(run.paired_diff_to_baseline, run.paired_diff_to_baseline_pct),
-            _format_number(run.final_row["val_loss"]),
+            _format_number(run.final_row.get(column)),
             _status_cell(run),
         ]
         for run in report.runs
@@ -68,23 +77,23 @@ def runs_table(report: Report) -> Table:
     if not has_baseline and not report.unready_baselines and any(run.mode != "baseline" for run in report.runs):
         footnotes.append("No baseline of the same model and data among these runs: no differences shown.")
     if any(run.still_improving for run in report.runs):
-        footnotes.append(IMPROVING_NOTE)
+        footnotes.append(improving_note(column))
     return Table(
-        title="Runs, sorted by best validation loss",
+        title=f"Runs, sorted by best {judged_noun(report.judged)}",
         columns=columns,
         rows=rows,
-        right_aligned=frozenset({"b", "lr", "ascent_lr", "seed", "epochs", "best val_loss", DIFF_MEAN, DIFF_SEED,
-                                 "final val_loss"}),
+        right_aligned=frozenset({"b", "lr", "ascent_lr", "seed", "epochs", best_column, DIFF_MEAN, DIFF_SEED,
+                                 final_column}),
         footnotes=footnotes,
         legend=[
-            (DIFF_MEAN, "best val_loss − the baseline group's mean over its seeds (and in % of that mean)."),
-            (DIFF_SEED, "best val_loss − that of the baseline run with the same seed, same data order and "
+            (DIFF_MEAN, f"{best_column} − the baseline group's mean over its seeds (and in % of that mean)."),
+            (DIFF_SEED, f"{best_column} − that of the baseline run with the same seed, same data order and "
                         "initialisation (and in %): the paired difference, without the luck of the seed that "
                         "both share; blank where the baseline has no complete run of that seed."),
         ],
-        short={"best val_loss": "best", DIFF_MEAN: "Δ mean", DIFF_SEED: "Δ same seed", "final val_loss": "final",
+        short={best_column: "best", DIFF_MEAN: "Δ mean", DIFF_SEED: "Δ same seed", final_column: "final",
                "ascent_lr": "alr", "epochs": "ep"},
-        drop_order=("ascent_lr", "epochs", "final val_loss", "lr", "b", CUT, "mode", DIFF_MEAN, "group"),
+        drop_order=("ascent_lr", "epochs", final_column, "lr", "b", CUT, "mode", DIFF_MEAN, "group"),
         elastic={"run": 28, "status": 27},
     )
 
@@ -111,8 +120,8 @@ def _run_states(group: Group) -> str:
     counts: dict[str, int] = {}
     for run in group.runs:
         state = "incomplete" if run.status in ("unknown", "completed") and not run.complete else run.status
-        if run.complete and run.best_val_loss is None:
-            state = "without a finite val_loss"
+        if run.complete and run.score is None:
+            state = f"without a finite {run.judged.column}"
         counts[state] = counts.get(state, 0) + 1
     return ", ".join(f"{count} {state}" for state, count in sorted(counts.items()))
 
@@ -134,17 +143,17 @@ def groups_table(report: Report) -> Table:
             _format_number(max(sample.values)) if sample else "",
         ])
     return Table(
-        title="Seed groups: best validation loss of runs that differ only by seed (mean ± sd over seeds)",
+        title=f"Seed groups: best {judged_noun(report.judged)} of runs that differ only by seed (mean ± sd over seeds)",
         columns=["group", "settings", "runs", "seeds", "mean ± sd", "min", "max"],
         rows=rows,
         right_aligned=frozenset({"runs", "seeds", "mean ± sd", "min", "max"}),
-        footnotes=_groups_footnotes(report.groups),
+        footnotes=_groups_footnotes(report.groups, report.judged),
         drop_order=("min", "max", CUT, "runs"),
         elastic={"settings": 32},
     )
 
 
-def _groups_footnotes(groups: Sequence[Group]) -> list[str]:
+def _groups_footnotes(groups: Sequence[Group], judged: Judged = LOSS) -> list[str]:
     """Why a group has fewer seeds than runs: replicates, and runs left out."""
     replicates = [
         f"{group.id} seed {seed} ×{len(losses)}"
@@ -160,7 +169,8 @@ def _groups_footnotes(groups: Sequence[Group]) -> list[str]:
             f"as the mean of its runs ({first_few(replicates)})."
         )
     if left_out:
-        footnotes.append(f"Runs left out of the statistics (incomplete, or no finite validation loss): {first_few(left_out)}.")
+        what = "validation loss" if judged == LOSS else judged.column
+        footnotes.append(f"Runs left out of the statistics (incomplete, or no finite {what}): {first_few(left_out)}.")
     return footnotes
 
 
@@ -177,7 +187,7 @@ P_RAW = "p"
 P_HOLM = "Holm p"
 
 
-def comparisons_table(comparisons: Sequence[Comparison]) -> Table:
+def comparisons_table(comparisons: Sequence[Comparison], judged: Judged = LOSS) -> Table:
 
     footnotes: list[str] = []
     rows = []
@@ -232,8 +242,9 @@ def comparisons_table(comparisons: Sequence[Comparison]) -> Table:
     primary = "paired Δ" if mostly_paired else "Δ of means"  # its interval, kept, is centred on it
     unused_p = P_RAW if holm and P_HOLM in columns else P_HOLM
     rule = [verdict_rule_note(len(tested), holm)] if tested else []
+    better = "Lower loss is better." if judged == LOSS else f"{'Higher' if judged.higher_is_better else 'Lower'} {judged.column} is better."
     return Table(
-        title=f"Against the baseline: best validation loss, group − baseline ({CI_LEVEL:.0%} intervals)",
+        title=f"Against the baseline: best {judged_noun(judged)}, group − baseline ({CI_LEVEL:.0%} intervals)",
         columns=columns,
         rows=rows,
         right_aligned=frozenset({"seeds", "Δ of means", "paired Δ", "paired seeds", P_RAW, P_HOLM}),
@@ -249,8 +260,8 @@ def comparisons_table(comparisons: Sequence[Comparison]) -> Table:
                     if "paired Δ" in columns else "two-sided p of Welch's t test."),
             (P_HOLM, f"p adjusted by Holm's method over the {len(tested)} comparisons that have one."),
             ("verdict", (f"from the paired test when two or more seeds are shared, else from Welch's (the {INTERVAL}); "
-                         "method in brackets. Lower loss is better.") if "paired Δ" in columns else
-                        "from Welch's test (method in brackets). Lower loss is better."),
+                         f"method in brackets. {better}") if "paired Δ" in columns else
+                        f"from Welch's test (method in brackets). {better}"),
         ],
         short={"baseline": "base", "Δ of means": "Δ means", INTERVAL: f"{CI_LEVEL:.0%} CI",
                "paired seeds": "pairs", PAIRED_INTERVAL: f"paired {CI_LEVEL:.0%} CI"},
@@ -339,7 +350,7 @@ def curves_table(runs: Sequence[Run]) -> Table:
             ["* best loss and best accuracy at different evaluations: which checkpoint to keep depends on the metric you report."]
             if differ else []
         )
-        + ([IMPROVING_NOTE] if improving else [])
+        + ([improving_note(runs[0].judged.column)] if improving else [])
         + (["ECE: expected calibration error (15 bins); conf. wrong: validation examples wrong with p > 0.9."] if calibrated else []),
         short={BEST_AT: "best loss at", "val_acc there": "acc there", "best val_acc at epoch (step)": "best acc at",
                UP_UP: "loss↑ acc↑ at", "ECE there": "ECE", "conf. wrong there": "conf. wrong"},

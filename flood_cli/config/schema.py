@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model,
 
 from flood_cli.config.basics import describe_data, describe_model
 from flood_cli.core.errors import shown_repr
+from flood_cli.core.metrics import METRIC_NAMES
 from flood_cli.core.modes import FLOOD_LEVEL_MODES, MODE_NAMES, MODES, SectionSpec
 
 ModeName = Literal[MODE_NAMES]  # type: ignore[valid-type]
@@ -199,11 +200,34 @@ class TrainConfig(_Section):
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a nan/inf loss stops the run (failed), or skips that optimizer step (costs one sync per step)"
     )
+    metrics: list[str] = Field(
+        default_factory=list,
+        description=f"optional figures of each evaluation, as val_<name> (and test_<name>) columns: {', '.join(METRIC_NAMES)} "
+        "(see Metrics); a list, or one comma-separated string",
+    )
     # One optional section per mode that has one (train.adaflood, ...), in the registry's order.
     __annotations__.update({name: section | None for name, section in MODE_SECTIONS.items()})
     vars().update(dict.fromkeys(MODE_SECTIONS))
 
     _seed_in_range = field_validator("seed")(_seed_in_range)
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _known_metrics(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if isinstance(value, str):  # --set train.metrics=f1_macro,auroc
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if not isinstance(value, list):
+            return value  # pydantic says what type it wants
+        seen: set[Any] = set()
+        for item in value:
+            if item not in METRIC_NAMES:
+                raise ValueError(f"unknown metric {shown_repr(item)}; use some of {', '.join(METRIC_NAMES)}")
+            if item in seen:
+                raise ValueError(f"{item} is listed twice; name each metric once")
+            seen.add(item)
+        return value
 
     @field_validator("eval_every", mode="before")
     @classmethod

@@ -51,7 +51,7 @@ LOSSES_FILE = "held_out_losses.pt"
 # handed in by the entry point (adaflood never imports the loop or the entry points).
 TrainRun = Callable[[Config, Any], Any]
 ResumeRun = Callable[[Path, Any], Any]
-AUX_IGNORED_TRAIN = ("mode", *dict.fromkeys(key.removeprefix("train.") for keys in MODE_KEYS_OF.values() for key in keys), "seed", "eval_every")
+AUX_IGNORED_TRAIN = ("mode", *dict.fromkeys(key.removeprefix("train.") for keys in MODE_KEYS_OF.values() for key in keys), "seed", "eval_every", "metrics")
 
 
 def aux_experiment(cfg: Config) -> dict[str, Any]:

@@ -121,12 +121,19 @@ def _check_same_setup(trainer: Trainer, run_dir: Path, state: dict[str, Any]) ->
 # between a checkpoint and its resume (the run folder moved, another machine).
 RESUMABLE_CHANGES = ("output.", "runtime.device", "runtime.num_workers")
 
+# Keys added since checkpoints were first written, at their defaults: a checkpoint from
+# before holds none of them and resumes as it was.
+ADDED_SINCE: tuple[tuple[str, Any, Any], ...] = (("train.metrics", None, []),)
+
 
 def _check_same_experiment(run_dir: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
     """Refuse a resume whose config.yaml was edited since the checkpoint: the later rows
     would belong to another experiment than the earlier ones and the summary."""
 
-    changed = [change for change in changed_keys(saved, now) if not change[0].startswith(RESUMABLE_CHANGES)]
+    changed = [
+        change for change in changed_keys(saved, now)
+        if not change[0].startswith(RESUMABLE_CHANGES) and change not in ADDED_SINCE
+    ]
     if changed:
         raise FloodError(
             f"{run_dir / CONFIG_FILE} was edited since the checkpoint: {changes_text(changed, _short, 5)}; the rows so far were trained "

@@ -4,6 +4,7 @@ exactly once on any number of processes, and the summed loss of a training micro
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 
 from flood_cli.data.batches import Collator, eval_shard, length_sorted_batches
 from flood_cli.data.prepare import INDEX, LABELS, TokenizedSplit
+from flood_cli.train.metrics import compute as compute_metrics
 
 
 def step_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -39,9 +41,12 @@ class EvalSplit:
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, split: EvalSplit, accelerator: Any) -> dict[str, float]:
+def evaluate(
+    model: torch.nn.Module, split: EvalSplit, accelerator: Any, metrics: Sequence[str] = (), classes: int = 0
+) -> dict[str, float]:
     """Mean loss, accuracy, and the share of the loss carried by the worst 10 % of
-    examples, over every example of the split exactly once.
+    examples, over every example of the split exactly once; and the optional ``metrics``
+    (train.metrics, of ``classes`` classes), keyed by their names.
 
     Each process writes the loss and correctness of the examples it scores into a
     split-sized table at their own indices, and the tables are summed across processes.
@@ -50,9 +55,11 @@ def evaluate(model: torch.nn.Module, split: EvalSplit, accelerator: Any) -> dict
     runs at the end of an epoch), and it assumes evenly padded shards; with
     variable-size batches it dropped or repeated examples. An index table is exact
     whatever the batch sizes, split size or process count, and every process gets the
-    same figures."""
+    same figures. With metrics, each example's row also holds its class probabilities
+    and its label, and the metrics are computed from the summed table (on the CPU)."""
     device = accelerator.device
-    scores = torch.zeros((split.size, 3), dtype=torch.float64, device=device)  # loss, correct, confidence
+    # loss, correct, confidence (and with metrics: the class probabilities, the label)
+    scores = torch.zeros((split.size, 3 + (classes + 1 if metrics else 0)), dtype=torch.float64, device=device)
     model.eval()
     for batch in split.loader:
         batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
@@ -60,7 +67,13 @@ def evaluate(model: torch.nn.Module, split: EvalSplit, accelerator: Any) -> dict
         logits = model(**batch).logits.float()
         scores[index, 0] = F.cross_entropy(logits, labels, reduction="none").double()
         scores[index, 1] = (logits.argmax(dim=-1) == labels).double()
-        scores[index, 2] = logits.softmax(dim=-1).max(dim=-1).values.double()
+        if metrics:
+            probs = logits.softmax(dim=-1).double()
+            scores[index, 2] = probs.max(dim=-1).values
+            scores[index, 3 : 3 + classes] = probs
+            scores[index, 3 + classes] = labels.double()
+        else:
+            scores[index, 2] = logits.softmax(dim=-1).max(dim=-1).values.double()
     model.train()
     if accelerator.num_processes > 1:
         scores = accelerator.reduce(scores, reduction="sum")  # each row is non-zero on one process only
@@ -77,7 +90,12 @@ def evaluate(model: torch.nn.Module, split: EvalSplit, accelerator: Any) -> dict
         ((confidence > CONFIDENT) & (right == 0)).sum(),
     ]).tolist()
     loss, correct_count, share, mean_confidence, ece, confident_wrong = figures
+    optional: dict[str, float] = {}
+    if metrics:
+        table = scores[:, 3:].cpu().numpy()
+        optional = compute_metrics(metrics, table[:, :classes], table[:, classes].round().astype("int64"))
     return {
+        **optional,
         "loss": loss,
         "accuracy": correct_count / split.size,
         "top10_share": share,

@@ -320,7 +320,7 @@ class Trainer:
     # -- run folder -----------------------------------------------------------
     @property
     def columns(self) -> tuple[str, ...]:
-        return columns_for(self.data.test is not None)
+        return columns_for(self.data.test is not None, self.cfg.train.metrics)
 
     def open_new_run(self) -> None:
         if self.accelerator.is_main_process:
@@ -545,9 +545,11 @@ class Trainer:
             "val_confident_wrong": val["confident_wrong"],
             "elapsed_s": round(time.time() - self.started, 3),
         }
+        row.update(optional_metrics("val", val, self.cfg.train.metrics))
         if "test" in self.eval_splits:
             test = self.evaluate("test")
             row["test_loss"], row["test_accuracy"] = test["loss"], test["accuracy"]
+            row.update(optional_metrics("test", test, self.cfg.train.metrics))
         row = {key: row[key] for key in self.columns}
         self.reporter.before_write()
 
@@ -564,7 +566,7 @@ class Trainer:
 
     def evaluate(self, role: str) -> dict[str, float]:
         """Figures of the current model over the whole split ``role`` (val or test)."""
-        return evaluate(self.eval_model, self.eval_splits[role], self.accelerator)
+        return evaluate(self.eval_model, self.eval_splits[role], self.accelerator, self.cfg.train.metrics, len(self.data.label_names))
 
     def _save_best(self) -> None:
         """Save the best model next to the metrics, replacing the previous best atomically."""
@@ -577,3 +579,9 @@ class Trainer:
             self.tokenizer.save_pretrained(folder)
 
         self.recorder.run.replace_best_model(write)
+
+
+def optional_metrics(prefix: str, figures: dict[str, float], names: list[str]) -> dict[str, float | None]:
+    """The configured metrics of an evaluation as its ``<prefix>_<name>`` cells; an
+    undefined one (nan) is an empty cell."""
+    return {f"{prefix}_{name}": None if math.isnan(figures[name]) else figures[name] for name in names}

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from flood_cli.config.schema import Config
+from flood_cli.core.metrics import BY_NAME
 from flood_cli.core.reporting import Reporter
 from flood_cli.runs.folder import CONFIG_FILE, METRICS_FILE, RunDir, default_run_name, now_iso, read_metrics
 from flood_cli.runs.tracking import Trackers
@@ -119,8 +120,31 @@ class RunRecorder:
             best_val_accuracy_step=progress.best_accuracy["step"],
             final_val_loss=row["val_loss"],
             final_val_accuracy=row["val_accuracy"],
+            **self._metric_summary(row, best["step"]),
             steps_completed=progress.step,
         )
+
+    def _metric_summary(self, row: dict[str, Any], best_loss_step: int) -> dict[str, Any]:
+        """Each configured metric at the best-loss evaluation, its own best (the highest,
+        or the lowest where lower is better) with that evaluation's epoch and step, and
+        its last value; None where undefined. The values as metrics.csv has them (8
+        significant digits): a resumed run, which reads the earlier rows back from it,
+        writes the same summary as an uninterrupted one."""
+        fields: dict[str, Any] = {}
+        at_best: dict[str, Any] = next((kept for kept in reversed(self.rows) if kept["step"] == best_loss_step), {})
+        for name in self.cfg.train.metrics:
+            column = f"val_{name}"
+            sign = 1.0 if BY_NAME[name].higher_is_better else -1.0
+            defined = [kept for kept in self.rows if kept.get(column) is not None]
+            top = max(defined, key=lambda kept: sign * float(f"{kept[column]:.8g}"), default=None)  # the first of equals
+            fields.update({
+                f"val_{name}_at_best": as_written(at_best.get(column)),
+                f"best_val_{name}": as_written(top[column]) if top else None,
+                f"best_val_{name}_epoch": top["epoch"] if top else None,
+                f"best_val_{name}_step": int(top["step"]) if top else None,
+                f"final_val_{name}": as_written(row.get(column)),
+            })
+        return fields
 
     def completed(self) -> None:
         run = self._folder()
@@ -145,6 +169,11 @@ class RunRecorder:
             if self.trackers is not None:
                 self.trackers.finish(self.run.summary, self.rows)  # completed, failed or interrupted
             self.run.close()
+
+
+def as_written(value: float | None) -> float | None:
+    """A figure as metrics.csv holds it (8 significant digits)."""
+    return None if value is None else float(f"{value:.8g}")
 
 
 def rows_written(run_dir: Path) -> list[dict[str, Any]]:

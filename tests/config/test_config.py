@@ -317,7 +317,7 @@ VALUE_CASES = [
     (
         "long unknown key",
         _set("train." + "k" * 500, 1),
-        f"unknown key 'train.{'k' * 47}…{'k' * 26}'; known keys: mode, b, lr, ascent_lr, ascent_optimizer, optimizer, epochs, batch_size, eval_batch_size, weight_decay, warmup_ratio, schedule, max_grad_norm, grad_accum_steps, group_by_length, seed, eval_every, on_nonfinite, adaflood, backstitch, gradnorm",
+        f"unknown key 'train.{'k' * 47}…{'k' * 26}'; known keys: mode, b, lr, ascent_lr, ascent_optimizer, optimizer, epochs, batch_size, eval_batch_size, weight_decay, warmup_ratio, schedule, max_grad_norm, grad_accum_steps, group_by_length, seed, eval_every, on_nonfinite, metrics, adaflood, backstitch, gradnorm",
     ),
     ("unknown device", _set("runtime.device", "tpu"), "runtime.device: input should be 'auto', 'cpu' or 'cuda' (got 'tpu')"),
     (
@@ -550,3 +550,36 @@ def test_an_unknown_section_of_the_file_is_the_files_even_with_a_set_below_it(tm
     with pytest.raises(FloodError) as excinfo:
         load_config(path, sets=["trian.epochs=3"])
     assert str(excinfo.value) == f"config error in {path}: unknown key 'trian'; did you mean 'train'?"
+
+
+# ---------------------------------------------------------------------------
+# train.metrics
+
+
+@pytest.mark.parametrize(
+    "given, sets, expected",
+    [
+        (["auroc", "f1_macro"], [], ["auroc", "f1_macro"]),
+        (None, ["train.metrics=f1_macro, mcc"], ["f1_macro", "mcc"]),
+        (None, ["train.metrics=[auprc]"], ["auprc"]),
+        (None, [], []),
+    ],
+)
+def test_train_metrics_takes_a_list_or_a_comma_string(tmp_path, given, sets, expected):
+    train = {} if given is None else {"metrics": given}
+    cfg = load_config(write_config(tmp_path, small_config(train=train)), sets=sets)
+    assert cfg.train.metrics == expected
+
+
+@pytest.mark.parametrize(
+    "metrics, problem",
+    [
+        (["f1_macro", "f1"], "train.metrics: unknown metric 'f1'; use some of f1_macro, f1_weighted, auroc, auprc, mcc"),
+        (["mcc", "mcc"], "train.metrics: mcc is listed twice; name each metric once"),
+    ],
+)
+def test_bad_train_metrics_name_the_entry(tmp_path, metrics, problem):
+    path = write_config(tmp_path, small_config(train={"metrics": metrics}))
+    with pytest.raises(FloodError) as excinfo:
+        load_config(path)
+    assert str(excinfo.value) == f"config error in {path}: {problem}"

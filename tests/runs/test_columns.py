@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from flood_cli.config.load import load_config
-from flood_cli.runs.columns import COLUMNS, METRICS_COLUMNS, SCALARS, TEST_COLUMNS, Column
+from flood_cli.core.metrics import METRIC_NAMES
+from flood_cli.runs.columns import COLUMNS, METRICS_COLUMNS, SCALARS, TEST_COLUMNS, Column, columns_for
 from flood_cli.runs.tracking import MlflowTracker, TensorBoardTracker
 from flood_cli.train.entry import run_training
 from tests import oracle
@@ -30,7 +31,7 @@ def run_with_test_split(tmp_path_factory) -> Path:
         max_train_examples=None,
         max_val_examples=None,
     )
-    config["train"].update(epochs=1)
+    config["train"].update(epochs=1, metrics=list(METRIC_NAMES))
     config["output"].update(dir=str(folder / "runs"), name="with-test")
     return run_training(load_config(write_config(folder, config))).run_dir
 
@@ -46,9 +47,20 @@ def rows(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def test_a_real_run_with_a_test_split_has_every_registered_column_in_its_order(run_with_test_split):
+    """With every optional metric configured, that is."""
     assert header(run_with_test_split) == [column.name for column in COLUMNS]
-    assert list(METRICS_COLUMNS) + list(TEST_COLUMNS) == [column.name for column in COLUMNS]
+    optional = [column.name for column in COLUMNS if column.metric is not None]
+    assert [name for name in header(run_with_test_split) if name not in optional] == list(METRICS_COLUMNS) + list(TEST_COLUMNS)
     assert TEST_COLUMNS == ("test_loss", "test_accuracy")
+    assert optional == [f"val_{name}" for name in METRIC_NAMES] + [f"test_{name}" for name in METRIC_NAMES]
+
+
+def test_the_optional_metrics_columns_are_those_configured_in_registry_order():
+    assert columns_for(False) == METRICS_COLUMNS
+    assert columns_for(True) == METRICS_COLUMNS + TEST_COLUMNS
+    chosen = columns_for(True, ["mcc", "f1_macro"])
+    assert [name for name in chosen if name not in METRICS_COLUMNS + TEST_COLUMNS] == ["val_f1_macro", "val_mcc", "test_f1_macro", "test_mcc"]
+    assert SCALARS["val_mcc"] == "val/mcc" and SCALARS["test_auroc"] == "test/auroc"
 
 
 def test_every_column_is_tracked_or_says_why_not():
@@ -106,3 +118,9 @@ def readme_columns() -> list[str]:
 
 def test_the_readme_table_of_metrics_columns_lists_exactly_the_registry():
     assert readme_columns() == [column.name for column in COLUMNS]
+
+
+def test_the_readme_quotes_the_definitions_of_the_optional_metrics():
+    from flood_cli.core.metrics import DEFINITIONS
+
+    assert DEFINITIONS in (ROOT / "README.md").read_text(encoding="utf-8")

@@ -285,6 +285,20 @@ def test_two_processes_train_like_one_with_the_combined_batch_on_ragged_sizes(tm
     assert summary(run_dir)["best_val_loss"] == pytest.approx(truth.loss, rel=1e-4)
 
 
+def test_two_processes_compute_the_optional_metrics_of_one(tmp_path, ragged):
+    """train.metrics, all five, on 37 validation examples in batches of 16 shared out
+    unevenly (and 23 test examples): the columns equal the single-process run's."""
+    names = ["f1_macro", "f1_weighted", "auroc", "auprc", "mcc"]
+    common = {"train": {"lr": 1e-3, "epochs": 1, "eval_every": 4, "metrics": names}}
+    reference = run_training(load_config(config_for(tmp_path, ragged, "single", 16, **common)))
+    run_ranks(["-c", str(config_for(tmp_path, ragged, "ddp", 8, **common))])
+    got, want = rows(tmp_path / "runs" / "ddp"), rows(reference.run_dir)
+    assert [r["step"] for r in got] == [r["step"] for r in want] == ["4", "7"]
+    for a, b in zip(got, want, strict=True):
+        for column in [f"{split}_{name}" for split in ("val", "test") for name in names]:
+            assert float(a[column]) == pytest.approx(float(b[column]), abs=1e-6), column
+
+
 @pytest.mark.timeout(400)
 def test_torchrun_launches_a_run_reported_once(tmp_path, ragged):
     config = config_for(tmp_path, ragged, "torchrun", 8, train={"epochs": 1})

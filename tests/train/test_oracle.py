@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -262,3 +263,40 @@ def test_calibration_error_by_hand():
     right = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0], dtype=torch.float64)
     expected = 2 / 5 * abs(0.5 - 0.635) + 3 / 5 * abs(2 / 3 - 0.98)
     assert calibration_error(confidence, right).item() == pytest.approx(expected)
+
+
+ALL_METRICS = ["f1_macro", "f1_weighted", "auroc", "auprc", "mcc"]
+
+
+def test_optional_metrics_equal_scikit_learns_on_the_final_model(tmp_path, ragged_files):
+    """train.metrics, all five: the last row's val_ and test_ columns (37 and 23 examples
+    in evaluation batches of 16) equal scikit-learn's on a plain transformers forward of
+    the final weights, and summary.json names each metric at the best loss and its own best."""
+    trainer, _ = train_with_snapshots(
+        tmp_path, ragged_files, "metrics",
+        train={"lr": 1e-3, "batch_size": 16, "eval_batch_size": 16, "epochs": 2, "eval_every": "0.5 epoch", "metrics": ALL_METRICS},
+    )
+    run_dir = trainer.recorder.run.path
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        header = next(csv.reader(handle))
+    assert [name for name in header if name.removeprefix("val_").removeprefix("test_") in ALL_METRICS] == (
+        [f"val_{name}" for name in ALL_METRICS] + [f"test_{name}" for name in ALL_METRICS]
+    )
+    logged = csv_rows(run_dir)
+    model = oracle.load_model(copy.deepcopy(trainer.raw_model.state_dict()), config=trainer.raw_model.config)
+    tokenizer = oracle.load_tokenizer()
+    for role in ("val", "test"):
+        examples = oracle.read_examples(ragged_files["validation" if role == "val" else "test"])
+        truth = oracle.sklearn_metrics(*oracle.probabilities(model, tokenizer, examples, MAX_LENGTH))
+        for name in ALL_METRICS:
+            assert logged[-1][f"{role}_{name}"] == pytest.approx(truth[name], abs=1e-6), (role, name)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    at_best = next(row for row in logged if row["step"] == summary["best_step"])
+    for name in ALL_METRICS:
+        column = f"val_{name}"
+        top = max(logged, key=lambda row: row[column])
+        assert summary[f"val_{name}_at_best"] == pytest.approx(at_best[column], abs=1e-7)
+        assert summary[f"best_val_{name}"] == pytest.approx(top[column], abs=1e-7)
+        assert summary[f"best_val_{name}_step"] == int(top["step"])
+        assert summary[f"best_val_{name}_epoch"] == top["epoch"]
+        assert summary[f"final_val_{name}"] == pytest.approx(logged[-1][column], abs=1e-7)

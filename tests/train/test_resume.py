@@ -587,3 +587,33 @@ def test_a_checkpoint_with_a_missing_or_mistyped_entry_is_refused_in_one_line(st
     ]
     assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
     assert summary(run_dir)["status"] == "failed"
+
+
+def test_a_crashed_run_with_optional_metrics_resumes_to_the_same_csv_and_summary(tmp_path, monkeypatch):
+    """The metrics columns are in the header the resumed run reads, and the summary's
+    metric bests count the rows from before the crash."""
+    train = {**MODES["baseline"], "lr": 1e-3, "metrics": ["auroc", "f1_macro", "mcc"]}
+    reference = run_training(load_config(config_for(tmp_path, "reference", train)))
+    assert "val_auroc" in metrics(reference.run_dir)[0]
+    crash_at_step(monkeypatch, 30)  # epoch 3 of 3, after the rows of epochs 1 and 2
+    with pytest.raises(Crash):
+        run_training(load_config(config_for(tmp_path, "crashed", train)))
+    crashed = tmp_path / "runs" / "crashed"
+    assert len(metrics(crashed)) == 2
+    monkeypatch.undo()
+    resume_training(crashed)
+    assert csv_bytes_without_time(crashed) == csv_bytes_without_time(reference.run_dir)
+    want = {key: value for key, value in summary(reference.run_dir).items() if "_auroc" in key or "_f1_macro" in key or "_mcc" in key}
+    assert len(want) == 15
+    assert {key: summary(crashed)[key] for key in want} == want
+
+
+def test_a_checkpoint_from_before_train_metrics_resumes(tmp_path):
+    """Its saved experiment has no train.metrics: the default (none) is no edit; a list is."""
+    from flood_cli.train.entry import _check_same_experiment
+
+    saved = {"train": {"lr": 0.001}}
+    _check_same_experiment(tmp_path, saved, {"train": {"lr": 0.001, "metrics": []}})
+    with pytest.raises(FloodError) as excinfo:
+        _check_same_experiment(tmp_path, saved, {"train": {"lr": 0.001, "metrics": ["mcc"]}})
+    assert str(excinfo.value).startswith(f"{tmp_path / 'config.yaml'} was edited since the checkpoint: train.metrics None → ['mcc'];")
