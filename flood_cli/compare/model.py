@@ -43,6 +43,7 @@ class Run:
     rows: list[Row]
     best_row: Row | None = None
     best_accuracy_row: Row | None = None
+    stopped_at_step: int | None = None  # train.early_stopping ended the run there
     loss_up_accuracy_up: list[Row] = field(default_factory=list)
     # Set by grouping.
     group: Group | None = None
@@ -67,7 +68,11 @@ class Run:
     @property
     def still_improving(self) -> bool:
         """A complete run whose best validation loss is its last evaluation (of two or
-        more): it was still improving when it stopped, so its best is not reached."""
+        more): it was still improving when it stopped, so its best is not reached. Never
+        one that early stopping ended: it stopped because it no longer improved (by more
+        than min_delta), even if its last val_loss is its lowest."""
+        if self.stopped_at_step is not None:
+            return False
         return self.complete and len(self.rows) >= 2 and self.best_row is not None and self.best_row is self.rows[-1]
 
 
