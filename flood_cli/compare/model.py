@@ -68,6 +68,7 @@ class Run:
     # What the statistics take of this run: its best row under ``judged`` (best_row for the loss).
     judged: Judged = LOSS
     judged_row: Row | None = None
+    stopped_at_step: int | None = None  # train.early_stopping ended the run there
     loss_up_accuracy_up: list[Row] = field(default_factory=list)
     # Set by grouping.
     group: Group | None = None
@@ -97,7 +98,11 @@ class Run:
     @property
     def still_improving(self) -> bool:
         """A complete run whose best judged value is its last evaluation (of two or
-        more): it was still improving when it stopped, so its best is not reached."""
+        more): it was still improving when it stopped, so its best is not reached. Never
+        one that early stopping ended: it stopped because it no longer improved (by more
+        than min_delta), even if its last val_loss is its lowest."""
+        if self.stopped_at_step is not None:
+            return False
         return self.complete and len(self.rows) >= 2 and self.judged_row is not None and self.judged_row is self.rows[-1]
 
 

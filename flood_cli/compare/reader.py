@@ -94,6 +94,7 @@ def load_run(path: Path, now: float) -> tuple[Run | None, str | None]:
         context_key=canonical(context),
         settings=_flatten(settings),
         rows=rows,
+        stopped_at_step=_as_int(summary.get("stopped_at_step")) if summary.get("stopped_early") is True else None,
     )
     _summarise_curves(run)
 

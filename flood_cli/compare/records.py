@@ -25,6 +25,8 @@ CSV_COLUMNS = (
     "paired_diff_to_baseline", "paired_diff_to_baseline_pct", "still_improving",
     # the run's group against its baseline (blank for baselines and groups without one)
     "verdict", "verdict_method", "p_value", "p_value_holm",
+    # train.early_stopping ended the run at this step (blank when it trained to its end)
+    "stopped_at_step",
 )
 
 
@@ -90,6 +92,8 @@ def run_record(run: Run) -> dict[str, Any]:
         "still_improving": run.still_improving,
         # with --metric f1_macro: best_val_f1_macro (its highest value), what the differences are of
         **({f"best_{run.judged.column}": _json_number(run.score)} if run.judged != LOSS else {}),
+        "stopped_early": run.stopped_at_step is not None,
+        "stopped_at_step": run.stopped_at_step,
     }
 
 

@@ -25,6 +25,8 @@ MIN_CUT_WIDTH = 8
 CUT = "<cut elastic columns>"
 # Marks a run whose best validation loss is its last evaluation (still improving).
 IMPROVING = "†"
+# Marks a run that early stopping ended (train.early_stopping).
+STOPPED_EARLY = "‡"
 
 
 @dataclass
@@ -176,7 +178,7 @@ def render_terminal(tables: Sequence[Table], width: int | None = None) -> str:
         if prose:
             lines.append("")
             for footnote in prose:
-                indent = " " * (footnote.index(" ") + 1) if footnote.startswith(("[", "*", IMPROVING)) else "  "
+                indent = " " * (footnote.index(" ") + 1) if footnote.startswith(("[", "*", IMPROVING, STOPPED_EARLY)) else "  "
                 lines += textwrap.wrap(footnote, prose_width, subsequent_indent=indent, break_on_hyphens=False)
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)

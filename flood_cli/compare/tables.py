@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from flood_cli.compare.grouping import HOLM, format_p
 from flood_cli.compare.model import LOSS, Comparison, Group, Judged, Report, Row, Run
 from flood_cli.compare.reader import format_epoch
-from flood_cli.compare.render import CUT, IMPROVING, Table
+from flood_cli.compare.render import CUT, IMPROVING, STOPPED_EARLY, Table
 from flood_cli.compare.stats import ALPHA, CI_LEVEL, Interval
 
 
@@ -78,6 +78,8 @@ def runs_table(report: Report) -> Table:
         footnotes.append("No baseline of the same model and data among these runs: no differences shown.")
     if any(run.still_improving for run in report.runs):
         footnotes.append(improving_note(column))
+    if stopped := [run for run in report.runs if run.stopped_at_step is not None]:
+        footnotes.append(stopped_early_note(stopped))
     return Table(
         title=f"Runs, sorted by best {judged_noun(report.judged)}",
         columns=columns,
@@ -395,8 +397,16 @@ def _at(row: Row | None) -> str:
     return format_epoch(row["epoch"]) + (f" ({format_epoch(step)})" if step is not None else "")
 
 
+def stopped_early_note(runs: Sequence[Run]) -> str:
+    return f"{STOPPED_EARLY} stopped early (train.early_stopping): " + first_few(
+        [f"{run.name} at step {run.stopped_at_step}" for run in runs]
+    ) + "."
+
+
 def _status_cell(run: Run) -> str:
     improving = f" {IMPROVING}" if run.still_improving else ""
+    if run.stopped_at_step is not None:
+        improving = f" {STOPPED_EARLY}"
     if run.status == "completed":
         return "completed" + improving
     progress = format_epoch(run.final_row["epoch"]) + (f"/{run.epochs}" if run.epochs else "")

@@ -165,6 +165,15 @@ class HoldoutConfig(_Section):
 DataConfig.model_rebuild()
 
 
+class EarlyStoppingConfig(_Section):
+    """Stop a run whose validation loss no longer improves (counted in evaluations)."""
+
+    patience: int = Field(
+        ge=1, description="evaluations in a row without an improvement (val_loss < best - min_delta) that stop the run"
+    )
+    min_delta: float = Field(0.0, ge=0.0, description="how much lower than the best val_loss so far counts as an improvement")
+
+
 class TrainConfig(_Section):
     mode: ModeName = Field("baseline", description="the training mode (see The modes; each declared once in flood_cli/core/modes.py)")
     b: float | None = Field(None, ge=0.0, description="flood level (modes flooding and iflood)")
@@ -204,6 +213,9 @@ class TrainConfig(_Section):
         default_factory=list,
         description=f"optional figures of each evaluation, as val_<name> (and test_<name>) columns: {', '.join(METRIC_NAMES)} "
         "(see Metrics); a list, or one comma-separated string",
+    )
+    early_stopping: EarlyStoppingConfig | None = Field(
+        None, description="stop after `patience` evaluations without a val_loss improvement; null (default) trains every epoch"
     )
     # One optional section per mode that has one (train.adaflood, ...), in the registry's order.
     __annotations__.update({name: section | None for name, section in MODE_SECTIONS.items()})

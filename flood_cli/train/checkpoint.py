@@ -299,14 +299,14 @@ def _processes(where: str, value: Any) -> str | None:
     return None
 
 
-def _entries(checks: dict[str, Callable[[str, Any], str | None]]) -> Callable[[str, Any], str | None]:
-    """A dict with exactly these entries, each passing its check."""
+def _entries(checks: dict[str, Callable[[str, Any], str | None]], optional: tuple[str, ...] = ()) -> Callable[[str, Any], str | None]:
+    """A dict with exactly these entries (those named in ``optional`` may be absent), each passing its check."""
 
     def checked(where: str, value: Any) -> str | None:
         if not isinstance(value, dict):
             return f"{where} is a {_kind(value)}, not a dict"
         for key, check in checks.items():
-            if problem := _entry(value, where, key, check):
+            if problem := _entry(value, where, key, check, key in optional):
                 return problem
         unknown = sorted(str(key) for key in value if key not in checks)
         return f"{where} has an unknown entry {unknown[0][:40]!r}" if unknown else None
@@ -314,12 +314,21 @@ def _entries(checks: dict[str, Callable[[str, Any], str | None]]) -> Callable[[s
     return checked
 
 
+def _optional_int(where: str, value: Any) -> str | None:
+    return None if value is None else _int(where, value)
+
+
+_early_stopping = _entries({"best": _number, "waiting": _int, "stopped_at": _optional_int})
+
 _progress = _entries(
     {
         "step": _int, "epoch": _int, "steps_in_epoch": _int, "rows_written": _int, "elapsed_before": _number,
         "best": _entries({"val_loss": _number, "epoch": _number, "step": _int, "val_accuracy": _number}),
         "best_accuracy": _entries({"val_accuracy": _number, "epoch": _number, "step": _int}),
-    }
+        # train.early_stopping's state: None without it; absent from checkpoints before 2026-12-04
+        "early_stopping": lambda where, value: None if value is None else _early_stopping(where, value),
+    },
+    optional=("early_stopping",),
 )
 
 

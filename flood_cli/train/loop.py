@@ -48,7 +48,7 @@ from flood_cli.train.evaluate import evaluate, step_loss_sum
 from flood_cli.train.objectives import Mode, Pass, clip_and_sign, lr_scale
 from flood_cli.train.recorder import RunRecorder, rows_written, start_again
 from flood_cli.train.setup import make_accelerator
-from flood_cli.train.stop import StopRequest, stop_requests
+from flood_cli.train.stop import EarlyStopping, StopRequest, stop_requests
 
 
 @dataclass
@@ -60,6 +60,7 @@ class RunResult:
     best_step: int
     rows: list[dict[str, Any]]
     is_main_process: bool = True
+    stopped_at_step: int | None = None  # early stopping ended it there
 
 
 # ---------------------------------------------------------------------------
@@ -277,6 +278,8 @@ class Progress:
         default_factory=lambda: {"val_loss": math.inf, "epoch": 0.0, "step": 0, "val_accuracy": math.nan}
     )
     best_accuracy: dict[str, Any] = field(default_factory=lambda: {"val_accuracy": -math.inf, "epoch": 0.0, "step": 0})
+    # EarlyStopping.state() after the last evaluation (None without train.early_stopping).
+    early_stopping: dict[str, Any] | None = None
 
 
 class Trainer:
@@ -316,6 +319,11 @@ class Trainer:
         self.recorder = RunRecorder(cfg, reporter)  # no run folder on the other processes
         self.checkpoints = checkpoint.BackgroundWriter()
         self.started = time.time()
+        self.early_stopping = self._early_stopping(None)
+
+    def _early_stopping(self, state: dict[str, Any] | None) -> EarlyStopping | None:
+        config = self.cfg.train.early_stopping
+        return EarlyStopping(config.patience, config.min_delta, state) if config is not None else None
 
     # -- run folder -----------------------------------------------------------
     @property
@@ -349,6 +357,7 @@ class Trainer:
         own = state["processes"][self.accelerator.process_index]
         self.interval.load_state_dict(own["interval"])
         self.progress = Progress(**state["progress"])
+        self.early_stopping = self._early_stopping(self.progress.early_stopping)
         # Each process's own RNG (dropout); nothing draws from it between here and the
         # first step (the data loaders have generators of their own).
         checkpoint.restore_rng(own["rng"])
@@ -419,7 +428,9 @@ class Trainer:
         reporter.start(self.total_steps, self.steps_per_epoch, train.epochs)
         self.model.train()
         with stop_requests(self.accelerator.num_processes) as stop:
-            while progress.epoch < train.epochs:
+            # Early stopping ends the loop at the same step on every process (each one
+            # decides from the same val_loss); a resumed run that had stopped does no step.
+            while progress.epoch < train.epochs and self.stopped_at() is None:
                 # A resumed run starts mid-epoch: the plan of an epoch depends only on
                 # (seed, epoch), so the steps already taken are simply passed over.
                 for step, micro_batches in self.epoch_steps(progress.epoch, progress.steps_in_epoch):
@@ -427,13 +438,18 @@ class Trainer:
                     progress.step += 1
                     progress.steps_in_epoch += 1
                     self.after_step(stop)
-                progress.epoch += 1
-                progress.steps_in_epoch = 0
+                    if self.stopped_at() is not None:
+                        break
+                else:
+                    progress.epoch += 1
+                    progress.steps_in_epoch = 0
             stop.close()
         self.checkpoints.wait()  # a run is complete once its last checkpoint is on disk
         run = self.recorder.run
+        stopped_at = self.stopped_at()
         if run is not None:
-            self.recorder.completed()
+            early = {} if self.early_stopping is None else {"stopped_early": stopped_at is not None}
+            self.recorder.completed(**early, **({"stopped_at_step": stopped_at} if stopped_at is not None else {}))
             if not self.cfg.output.keep_checkpoint:
                 # Only a stopped run needs it; a sweep of BERT-base runs would keep 1.3 GB each.
                 checkpoint.remove(run.path)
@@ -446,7 +462,12 @@ class Trainer:
             best_step=best["step"],
             rows=self.recorder.rows,
             is_main_process=self.accelerator.is_main_process,
+            stopped_at_step=stopped_at,
         )
+
+    def stopped_at(self) -> int | None:
+        """The step early stopping ended the run at, or None."""
+        return self.early_stopping.stopped_at if self.early_stopping is not None else None
 
     def epoch_steps(self, epoch: int, start: int = 0) -> Iterator[tuple[StepBatches, list[dict[str, torch.Tensor]]]]:
         """The optimizer steps of ``epoch`` from its step ``start`` on: each step's plan
@@ -560,6 +581,9 @@ class Trainer:
                 self._save_best()
         if row["val_accuracy"] > progress.best_accuracy["val_accuracy"]:
             progress.best_accuracy.update(val_accuracy=row["val_accuracy"], epoch=row["epoch"], step=progress.step)
+        if self.early_stopping is not None:  # saved with the checkpoint that follows this evaluation
+            self.early_stopping.update(row["val_loss"], progress.step)
+            progress.early_stopping = self.early_stopping.state()
         progress.rows_written += 1
         self.recorder.record(row, progress)
         self.reporter.evaluation(row)

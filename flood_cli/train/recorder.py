@@ -146,11 +146,12 @@ class RunRecorder:
             })
         return fields
 
-    def completed(self) -> None:
+    def completed(self, **fields: Any) -> None:
+        """The run trained to its end, or early stopping ended it (``fields``: stopped_early, stopped_at_step)."""
         run = self._folder()
         run.check_intact()
         self.reporter.before_write()
-        run.write_summary(status="completed", finished_at=now_iso())
+        run.write_summary(status="completed", finished_at=now_iso(), **fields)
 
     def stopped_by(self, name: str) -> None:
         """The run was stopped by signal ``name`` (its checkpoint is written)."""

@@ -69,3 +69,39 @@ def stop_requests(num_processes: int = 1) -> Iterator[StopRequest]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class EarlyStopping:
+    """The early-stopping decision (train.early_stopping), one per run, on every process.
+
+    After each evaluation ``update(val_loss)`` says whether the run stops there. An
+    evaluation improves when ``val_loss < best - min_delta``, ``best`` being the lowest
+    val_loss of the run so far (the first evaluation always improves; a nan never does);
+    ``patience`` evaluations in a row that do not improve stop the run. Every process
+    reads the same val_loss (it is reduced over all of them), so every one takes the same
+    decision at the same step and no agreement is needed. The state is saved in each
+    checkpoint (``state``), so a resumed run stops where an uninterrupted one does."""
+
+    def __init__(self, patience: int, min_delta: float, state: dict[str, Any] | None = None):
+        self.patience = patience
+        self.min_delta = min_delta
+        self.best = float("inf")
+        self.waiting = 0  # evaluations in a row without an improvement
+        self.stopped_at: int | None = None  # the step the run stopped at
+        if state is not None:
+            self.best, self.waiting, self.stopped_at = float(state["best"]), int(state["waiting"]), state["stopped_at"]
+
+    def update(self, val_loss: float, step: int) -> bool:
+        """Count the evaluation at ``step``; True when the run stops after it."""
+        if val_loss < self.best - self.min_delta:
+            self.waiting = 0
+        else:
+            self.waiting += 1
+        if val_loss < self.best:
+            self.best = val_loss
+        if self.waiting >= self.patience:
+            self.stopped_at = step
+        return self.stopped_at is not None
+
+    def state(self) -> dict[str, Any]:
+        return {"best": self.best, "waiting": self.waiting, "stopped_at": self.stopped_at}

@@ -5,6 +5,7 @@ disagree, an unfinished baseline).
 
 from __future__ import annotations
 
+import csv
 import json
 from datetime import datetime, timezone
 
@@ -212,6 +213,30 @@ def test_a_run_with_one_evaluation_or_a_later_tie_is_not_still_improving(tmp_pat
     write_run(tmp_path, "tie", val_losses=(0.6, 0.5, 0.5), seed=2)
     assert [run.still_improving for run in report_of([tmp_path]).runs] == [False, False]
     assert "†" not in compare([tmp_path]).text
+
+
+def test_a_run_that_stopped_early_is_marked_and_never_still_improving(tmp_path):
+    """Early stopping with min_delta 0.1 ends a run whose last val_loss (0.24) is its
+    lowest, as it is not 0.1 below the best before it: it stopped because it no longer
+    improved, so it is not "still improving" (†) but stopped early (‡)."""
+    csv_path = tmp_path / "out.csv"
+    runs = tmp_path / "runs"
+    stopped = {"stopped_early": True, "stopped_at_step": 300}
+    write_run(runs, "early", val_losses=(0.30, 0.25, 0.24), seed=1, summary_fields=stopped)
+    write_run(runs, "full", val_losses=(0.30, 0.25, 0.26), seed=2, summary_fields={"stopped_early": False})
+    assert [(run.name, run.stopped_at_step, run.still_improving) for run in report_of([runs]).runs] == [
+        ("early", 300, False), ("full", None, False)]
+    text = compare([runs], csv_path=csv_path).text
+    assert next(line for line in text.splitlines() if line.startswith(" early")).endswith("  completed ‡")
+    assert next(line for line in text.splitlines() if line.startswith(" full")).endswith("  completed")
+    assert "† " not in text
+    assert "‡ stopped early (train.early_stopping): early at step 300." in " ".join(text.split())
+    assert "‡ stopped early (train.early_stopping): early at step 300." in compare([runs], markdown=True).text
+    document = json.loads(compare([runs], as_json=True).text)
+    assert [(run["name"], run["stopped_early"], run["stopped_at_step"]) for run in document["runs"]] == [
+        ("early", True, 300), ("full", False, None)]
+    with open(csv_path, newline="") as handle:
+        assert [(row["name"], row["stopped_at_step"]) for row in csv.DictReader(handle)] == [("early", "300"), ("full", "")]
 
 
 def test_replicates_of_one_seed_that_disagree_are_warned_about(tmp_path):

@@ -34,7 +34,7 @@ def test_json_has_stable_keys(tmp_path):
         "best_val_accuracy", "best_val_accuracy_epoch", "best_val_accuracy_step", "final_val_loss",
         "final_val_accuracy", "diff_to_baseline", "diff_to_baseline_pct", "loss_up_accuracy_up",
         "best_val_ece", "best_val_confidence", "best_val_confident_wrong",
-        "paired_diff_to_baseline", "paired_diff_to_baseline_pct", "still_improving",
+        "paired_diff_to_baseline", "paired_diff_to_baseline_pct", "still_improving", "stopped_early", "stopped_at_step",
     ]
     assert list(document["groups"][0]) == [
         "id", "label", "mode", "baseline", "runs", "n", "n_runs", "n_left_out", "best_val_loss_mean", "best_val_loss_sd",

@@ -262,6 +262,13 @@ VALUE_CASES = [
     ("eval_every 0", _set("train.eval_every", 0), "train.eval_every: must be 'epoch', a fraction of an epoch such as '0.5 epoch', or a positive number of optimizer steps (got 0)"),
     ("eval_every foo", _set("train.eval_every", "foo"), "train.eval_every: must be 'epoch', a fraction of an epoch such as '0.5 epoch', or a positive number of optimizer steps (got 'foo')"),
     ("eval_every 1.5", _set("train.eval_every", 1.5), "train.eval_every: must be 'epoch', a fraction of an epoch such as '0.5 epoch', or a positive number of optimizer steps (got 1.5)"),
+    ("early_stopping patience 0", _set("train.early_stopping", {"patience": 0}), "train.early_stopping.patience: input should be greater than or equal to 1 (got 0)"),
+    ("early_stopping patience 1.5", _set("train.early_stopping", {"patience": 1.5}), "train.early_stopping.patience: input should be a valid integer, got a number with a fractional part (got 1.5)"),
+    ("early_stopping patience yes", _set("train.early_stopping", {"patience": True}), "train.early_stopping.patience: must be a number, not the boolean true"),
+    ("early_stopping without patience", _set("train.early_stopping", {"min_delta": 0.01}), "train.early_stopping.patience: missing key; add it"),
+    ("early_stopping min_delta -0.1", _set("train.early_stopping", {"patience": 2, "min_delta": -0.1}), "train.early_stopping.min_delta: input should be greater than or equal to 0 (got -0.1)"),
+    ("early_stopping min_delta .inf", _set("train.early_stopping", {"patience": 2, "min_delta": float("inf")}), "train.early_stopping.min_delta: input should be a finite number (got inf)"),
+    ("early_stopping unknown key", _set("train.early_stopping", {"patience": 2, "mode": "max"}), "unknown key 'train.early_stopping.mode'; known keys: patience, min_delta"),
     (
         "tiny heads do not divide hidden",
         _set("model.tiny.hidden_size", 63),
@@ -317,7 +324,7 @@ VALUE_CASES = [
     (
         "long unknown key",
         _set("train." + "k" * 500, 1),
-        f"unknown key 'train.{'k' * 47}…{'k' * 26}'; known keys: mode, b, lr, ascent_lr, ascent_optimizer, optimizer, epochs, batch_size, eval_batch_size, weight_decay, warmup_ratio, schedule, max_grad_norm, grad_accum_steps, group_by_length, seed, eval_every, on_nonfinite, metrics, adaflood, backstitch, gradnorm",
+        f"unknown key 'train.{'k' * 47}…{'k' * 26}'; known keys: mode, b, lr, ascent_lr, ascent_optimizer, optimizer, epochs, batch_size, eval_batch_size, weight_decay, warmup_ratio, schedule, max_grad_norm, grad_accum_steps, group_by_length, seed, eval_every, on_nonfinite, metrics, early_stopping, adaflood, backstitch, gradnorm",
     ),
     ("unknown device", _set("runtime.device", "tpu"), "runtime.device: input should be 'auto', 'cpu' or 'cuda' (got 'tpu')"),
     (

@@ -416,3 +416,20 @@ def test_a_nonfinite_loss_on_one_process_is_skipped_by_every_process(tmp_path, r
     assert sum(int(r["skipped_steps"]) for r in logged) == 3, logged
     checksums = [(tmp_path / f"weights.rank{rank}").read_text() for rank in (0, 1)]
     assert checksums[0] == checksums[1], f"the processes' models drifted apart: {checksums}"
+
+
+@pytest.mark.timeout(400)
+def test_early_stopping_stops_both_processes_at_the_step_one_process_stops_at(tmp_path, ragged):
+    """Both ranks read the same (reduced) val_loss, so both decide to stop after the same
+    evaluation: neither is left waiting in an all-reduce, both exit 0, and the stop step
+    is the single-process run's. lr 1e-3 overfits the 97 examples within 3 epochs."""
+    common = {"train": {"epochs": 3, "lr": 1e-3, "eval_every": 2, "early_stopping": {"patience": 2}}}
+    reference = run_training(load_config(config_for(tmp_path, ragged, "single", 16, **common)))
+    assert reference.stopped_at_step is not None and reference.stopped_at_step < 21  # 7 steps per epoch
+    results = run_ranks(["-c", str(config_for(tmp_path, ragged, "ddp", 8, **common))])
+    run_dir = tmp_path / "runs" / "ddp"
+    final = summary(run_dir)
+    assert (final["status"], final["stopped_early"], final["stopped_at_step"]) == ("completed", True, reference.stopped_at_step)
+    assert [r["step"] for r in rows(run_dir)] == [r["step"] for r in rows(reference.run_dir)]
+    said = [line for _, out, _ in results for line in out.splitlines() if line.startswith("stopped early at step")]
+    assert said == [f"stopped early at step {reference.stopped_at_step}: val_loss did not improve for train.early_stopping.patience evaluations"]

@@ -553,6 +553,12 @@ DAMAGE = [
     ("progress step a float", _set(["progress", "step"], 12.5), "progress.step is a float, not an int"),
     ("progress best without val_loss", _set(["progress", "best"], lambda best: {k: v for k, v in best.items() if k != "val_loss"}), "progress.best has no val_loss entry"),
     ("progress with an extra entry", _set(["progress", "speed"], 1), "progress has an unknown entry 'speed'"),
+    ("early stopping a list", _set(["progress", "early_stopping"], [0.5, 1]), "progress.early_stopping is a list, not a dict"),
+    (
+        "early stopping count a str",
+        _set(["progress", "early_stopping"], {"best": 0.5, "waiting": "1", "stopped_at": None}),
+        "progress.early_stopping.waiting is a str, not an int",
+    ),
     ("model a list", _set(["model"], lambda model: list(model.values())), "model is a list, not a dict of tensors"),
     ("a weight a str", _set(["model", "classifier.bias"], "0.5"), "model['classifier.bias'] is a str, not a tensor"),
     ("optimizer without state", _set(["optimizers", 0], lambda opt: {"param_groups": opt["param_groups"]}), "optimizers[0] has no state entry"),
