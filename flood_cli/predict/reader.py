@@ -102,6 +102,11 @@ def _json_rows(path: Path) -> Iterator[dict[str, Any]]:
         if first == "[":
             yield from _array_rows(handle, start)
             return
+        while "\n" not in start.lstrip():  # the whole first line, to tell JSON Lines
+            more = handle.readline()
+            if not more:
+                break
+            start += more
         rest = handle.read() if first == "{" and not _is_json_lines(start) else None
         if rest is not None:  # one object of columns: {"text": [...], "label": [...]}
             yield from _column_rows(json.loads(start + rest), path)
@@ -110,12 +115,14 @@ def _json_rows(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _is_json_lines(start: str) -> bool:
-    """A first line that is a whole object: JSON Lines (as a .json file may hold)."""
+    """A first line that is a whole object of values: JSON Lines (as a .json file may
+    hold). A whole object of lists on one line is an object of columns."""
     line = start.lstrip().split("\n", 1)[0]
     try:
-        return isinstance(json.loads(line), dict)
+        first = json.loads(line)
     except ValueError:
         return False
+    return isinstance(first, dict) and not (first and all(isinstance(value, list) for value in first.values()))
 
 
 def _line_rows(start: str, handle: Any, path: Path) -> Iterator[dict[str, Any]]:
