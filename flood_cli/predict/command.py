@@ -126,12 +126,13 @@ def load_trained(run_dir: Path, last: bool) -> Trained:
     tokenizer = (
         AutoTokenizer.from_pretrained(best) if any((best / name).is_file() for name in TOKENIZER_FILES) else load_tokenizer(cfg.model)
     )
-    names = _label_names(run_dir, cfg) if not has_best else None
-    if names is None:
+    if has_best:  # the same run's labels, without reading its training data again
         from transformers import AutoConfig
 
         saved = AutoConfig.from_pretrained(best)
         names = [str(saved.id2label[i]) for i in range(saved.num_labels)]
+    else:
+        names = _label_names(run_dir, cfg)
     model = build_model(cfg.model, names, tokenizer, cfg.data.max_length)
     try:
         model.load_state_dict(state["model"])

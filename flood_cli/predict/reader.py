@@ -141,7 +141,7 @@ def _line_rows(start: str, handle: Any, path: Path) -> Iterator[dict[str, Any]]:
             continue
         try:
             row = json.loads(line)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             raise FloodError(f"input file {path}: line {number} is not JSON ({exc.msg}); each line must hold one object") from None
         if not isinstance(row, dict):
             raise FloodError(f"input file {path}: line {number} is not a JSON object; each line must hold one object")
