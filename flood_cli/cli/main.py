@@ -307,7 +307,7 @@ def predict(
     input_file: Annotated[Path, typer.Option("--input", "-i", help="texts to classify: csv, tsv, json, jsonl or parquet")],
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="CSV to write (replaced if it exists) [default: <input stem>.predictions.csv beside the input, never replaced]"),
+        typer.Option("--output", "-o", help="CSV to write, replaced if it exists (default: <input stem>.predictions.csv beside the input, never replaced)"),
     ] = None,
     last: Annotated[bool, typer.Option("--last", help="apply the latest checkpoint's weights instead of best_model/")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="texts per forward pass")] = 64,

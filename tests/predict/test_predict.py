@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -187,6 +188,14 @@ def test_last_applies_the_checkpoint_and_unlabelled_input_gets_no_metrics(traine
     for a, b in zip(rows, best, strict=True):
         assert float(a["prob_spam"]) == pytest.approx(float(b["prob_spam"]), abs=1e-6)
     assert not list(tmp_path.glob("*.metrics.json"))
+    # Without best_model/, --last takes the label names from the run's training data.
+    bare = tmp_path / "bare"
+    (bare / "checkpoints").mkdir(parents=True)
+    shutil.copy(trained / "config.yaml", bare / "config.yaml")
+    shutil.copy(trained / "checkpoints" / "last.pt", bare / "checkpoints" / "last.pt")
+    result = invoke("predict", bare, "--input", tmp_path / "in.csv", "--last", "--output", tmp_path / "bare.csv", "-q")
+    assert result.exit_code == 0, result.output
+    assert read_rows(tmp_path / "bare.csv") == rows
 
 
 @pytest.mark.slow
