@@ -295,6 +295,46 @@ def _train_and_report(job: Any, quiet: bool) -> None:
     typer.echo(f"best val_loss: {result.best_val_loss:.6f} (epoch {result.best_epoch:g}, step {result.best_step})")
     if result.stopped_at_step is not None:
         typer.echo(f"stopped early at step {result.stopped_at_step}: val_loss did not improve for train.early_stopping.patience evaluations")
+    best = result.run_dir / "best_model"
+    if best.is_dir():
+        from flood_cli.sweep.spec import human_bytes
+
+        size = sum(path.stat().st_size for path in best.rglob("*") if path.is_file())
+        typer.echo(f"best model {human_bytes(size)} in {best}")
+
+
+@app.command()
+@user_errors
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder of flood train", metavar="RUN_DIR")],
+    input_file: Annotated[Path, typer.Option("--input", "-i", help="texts to classify: csv, tsv, json, jsonl or parquet")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="CSV to write, replaced if it exists (default: <input stem>.predictions.csv beside the input, never replaced)"),
+    ] = None,
+    last: Annotated[bool, typer.Option("--last", help="apply the latest checkpoint's weights instead of best_model/")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="texts per forward pass")] = 64,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Apply a run's best model (or --last: its latest checkpoint) to a file; score it where it has labels."""
+    from flood_cli.predict.command import bar, check_request, metrics_line, predict_file
+
+    check_request(run_dir, input_file, output, last, batch_size)  # before torch is loaded
+    progress = None if quiet else bar()
+    task: list[Any] = []
+
+    def advance(done: int, total: int | None) -> None:
+        if progress is not None:
+            if not task:
+                task.append(progress.add_task("predict", total=total))
+            progress.update(task[0], completed=done)
+
+    with progress if progress is not None else contextlib.nullcontext():
+        outcome = predict_file(run_dir, input_file, output, last, batch_size, advance)
+    typer.echo(f"predictions: {outcome.rows} rows in {outcome.output}")
+    if outcome.metrics_file is not None:
+        typer.echo(metrics_line(outcome.metrics))
+        typer.echo(f"metrics: {outcome.metrics_file}")
 
 
 @app.command()

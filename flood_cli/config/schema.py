@@ -329,7 +329,9 @@ class OutputConfig(_Section):
     name: str | None = Field(
         None, description=f"run folder name ({NAME_CHARACTERS}; at most {NAME_MAX}); default: generated from mode, b, lr, seed and time"
     )
-    save_best_model: bool = Field(False, description="save the model at its best validation loss (best_model/)")
+    save_best_model: bool = Field(
+        True, description="save the model at its best validation loss (best_model/; what flood predict applies)"
+    )
     checkpoint_every: int | None = Field(
         None, ge=1, description="also checkpoint every N optimizer steps (always at each evaluation)"
     )

@@ -40,6 +40,10 @@ def test_train_prints_the_run_folder_and_best_loss(config_file, tmp_path):
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "runs" / "first"
     summary = json.loads((run_dir / "summary.json").read_text())
+    # output.save_best_model is on by default, and the last line says what it takes on disk.
+    best = run_dir / "best_model"
+    size = sum(path.stat().st_size for path in best.rglob("*") if path.is_file())
+    assert (best / "config.json").is_file() and 1e5 < size < 1e8
     from flood_cli.train import setup
 
     threads = setup.cpu_threads(os.environ.get("OMP_NUM_THREADS"), len(os.sched_getaffinity(0)), setup._TORCH_DEFAULT_THREADS[0])
@@ -47,6 +51,7 @@ def test_train_prints_the_run_folder_and_best_loss(config_file, tmp_path):
         threads[1],  # a CPU run says its thread count
         f"run folder: {run_dir}",
         f"best val_loss: {summary['best_val_loss']:.6f} (epoch 1, step {summary['best_step']})",
+        f"best model {size / 1e6:.1f} MB in {best}",
     ]
 
 

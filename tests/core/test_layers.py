@@ -11,6 +11,8 @@ parts (data, model, train for `flood train`; compare; sweep) and the CLI on top:
 - train imports core, config, runs, data and model.
 - compare imports only core, config and runs: beside train, not above it. It never
   imports train, data, model, torch or transformers, at any level.
+- predict imports core, config, runs, data, model, and of train only train.metrics
+  and train.checkpoint, inside functions (torch is loaded only to predict).
 - sweep imports core, config, runs and compare; train only inside functions (the
   worker), so the coordinator never loads torch.
 - cli may import anything, but at module level only core: the rest inside the command
@@ -49,10 +51,13 @@ MODULE_LEVEL = {
     "train": {"core", "config", "runs", "data", "model"},
     "compare": {"core", "config", "runs"},
     "sweep": {"core", "config", "runs", "compare"},
+    "predict": {"core", "config", "runs", "data", "model"},
     "cli": {"core"},
 }
 ALL_LAYERS = set(MODULE_LEVEL)
-FUNCTION_LEVEL = {**MODULE_LEVEL, "sweep": MODULE_LEVEL["sweep"] | {"train"}, "cli": ALL_LAYERS}
+FUNCTION_LEVEL = {**MODULE_LEVEL, "sweep": MODULE_LEVEL["sweep"] | {"train"}, "predict": MODULE_LEVEL["predict"] | {"train"}, "cli": ALL_LAYERS}
+# The only train modules predict may import (inside functions): the metrics' math and the checkpoint reader.
+PREDICT_TRAIN = {"flood_cli.train", "flood_cli.train.metrics", "flood_cli.train.checkpoint"}
 # The package root (flood_cli/__init__.py: __version__) may be imported by every layer.
 ANYONE = {"root"}
 # Modules that import nothing of flood_cli at all.
@@ -261,3 +266,12 @@ def test_the_cli_loads_no_heavy_dependency():
 
 def test_the_sweep_coordinator_loads_no_torch():
     assert _loaded_after("import flood_cli.sweep.driver", ("torch", "transformers")) == []
+
+
+def test_predict_imports_of_train_only_its_metrics_and_checkpoint_reader():
+    bad = [
+        str(item) for item in INTERNAL
+        if layer_of(item.source) == "predict" and layer_of(item.target) == "train" and item.target not in PREDICT_TRAIN
+    ]
+    assert not bad, "predict may import only train.metrics and train.checkpoint of train:\n" + "\n".join(bad)
+    assert not [str(item) for item in INTERNAL if layer_of(item.source) == "predict" and layer_of(item.target) == "train" and not item.in_function]

@@ -1,0 +1,1 @@
+"""`flood predict`: a trained run's model applied to a file of texts, streamed in chunks."""
