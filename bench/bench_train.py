@@ -113,7 +113,7 @@ def make_config(folder: Path, workload: dict[str, Any], device: str, mode: dict[
         "data": data,
         "train": {"lr": 2e-5, "batch_size": workload["batch"], "eval_batch_size": 256, "epochs": 50, **mode},
         "runtime": {"device": device, "precision": precision, "compile": compile_model},
-        "output": {"dir": str(folder / "runs")},
+        "output": {"dir": str(folder / "runs"), "save_best_model": False},  # HF Trainer runs with save_strategy "no"
     }
     path = folder / "bench.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -26,6 +26,8 @@ one would have taken.
 from __future__ import annotations
 
 import math
+import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -599,10 +601,26 @@ class Trainer:
             return
 
         def write(folder: Path) -> None:
-            self.raw_model.save_pretrained(folder)
-            self.tokenizer.save_pretrained(folder)
+            try:
+                self.raw_model.save_pretrained(folder)
+                self.tokenizer.save_pretrained(folder)
+            except Exception as error:
+                # safetensors reports a failed write (a full disk, a file-size limit) as
+                # SafetensorError "... (os error 28)"; the OSError behind it is the one to tell.
+                number = os_error_number(error)
+                if number is None:
+                    raise
+                raise OSError(number, os.strerror(number), str(folder)) from None
 
         self.recorder.run.replace_best_model(write)
+
+
+def os_error_number(error: BaseException) -> int | None:
+    """The errno of an OSError, or of one a library reported in its message ("os error 27")."""
+    if isinstance(error, OSError) and error.errno is not None:
+        return error.errno
+    found = re.search(r"\(os error (\d+)\)", str(error))
+    return int(found.group(1)) if found else None
 
 
 def optional_metrics(prefix: str, figures: dict[str, float], names: list[str]) -> dict[str, float | None]:

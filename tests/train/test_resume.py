@@ -4,6 +4,7 @@ crashes that leave a failed summary and every CSV row written so far."""
 import csv
 import json
 import math
+import re
 import shutil
 import signal
 import subprocess
@@ -442,6 +443,32 @@ def test_a_full_disk_during_a_checkpoint_write_names_the_real_cause(tmp_path):
     assert resumed.stderr.strip().startswith(
         f"error: run {run_dir} has no checkpoint although metrics.csv has rows (writing it failed: OSError: [Errno 27] File too large"
     )
+
+
+def test_a_full_disk_while_saving_the_best_model_names_the_real_cause(tmp_path):
+    """best_model/ (on by default) hits the file-size limit first: safetensors reports it
+    as "SafetensorError ... (os error 27)"; the run says what failed in one line, not an
+    "unexpected SafetensorError", and no best_model link is left pointing at half a folder."""
+    data = tmp_path / "emails.csv"
+    data.write_text("text,label\n" + "".join(f"message {i} about {'money' if i % 2 else 'lunch'},{'spam' if i % 2 else 'ham'}\n" for i in range(80)))
+    config = small_config(output={"dir": str(tmp_path / "runs"), "name": "full"}, train={"epochs": 1})
+    config["data"].update(train_file=str(data), max_train_examples=None, max_val_examples=None, validation_fraction=0.25)
+    path = write_config(tmp_path, config, "full.yaml")
+    limited = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (500_000, 500_000)); "
+        f"sys.argv = ['flood', 'train', '-q', '-c', {str(path)!r}]; from flood_cli.cli.main import main; main()"
+    )
+    result = subprocess.run([sys.executable, "-c", limited], capture_output=True, text=True, cwd=ROOT)
+    run_dir = tmp_path / "runs" / "full"
+    assert result.returncode == 1, result.stderr
+    assert re.fullmatch(
+        rf"error: cannot write or read {re.escape(str(run_dir))}/\.best_model-[^ ]+: File too large; check the disk and permissions",
+        result.stderr.strip(),
+    ), result.stderr
+    state = summary(run_dir)
+    assert state["status"] == "failed" and state["error"].startswith("OSError: [Errno 27] File too large: ")
+    assert not (run_dir / "best_model").exists()
 
 
 def test_a_run_folder_emptied_while_training_stops_the_run_in_one_line(tmp_path):
