@@ -294,7 +294,7 @@ def _train_and_report(job: Any, quiet: bool) -> None:
     typer.echo(f"run folder: {result.run_dir}")
     typer.echo(f"best val_loss: {result.best_val_loss:.6f} (epoch {result.best_epoch:g}, step {result.best_step})")
     if result.stopped_at_step is not None:
-        typer.echo(f"stopped early at step {result.stopped_at_step}: val_loss did not improve for train.early_stopping.patience evaluations")
+        typer.echo(f"stopped early at step {result.stopped_at_step}: {result.stop_reason}")
     best = result.run_dir / "best_model"
     if best.is_dir():
         from flood_cli.sweep.spec import human_bytes

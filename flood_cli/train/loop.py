@@ -63,6 +63,7 @@ class RunResult:
     rows: list[dict[str, Any]]
     is_main_process: bool = True
     stopped_at_step: int | None = None  # early stopping ended it there
+    stop_reason: str = ""  # what early stopping saw, for the console: "val_loss did not improve ..."
 
 
 # ---------------------------------------------------------------------------
@@ -323,6 +324,13 @@ class Trainer:
         self.started = time.time()
         self.early_stopping = self._early_stopping(None)
 
+    def _stop_reason(self) -> str:
+        config = self.cfg.train.early_stopping
+        if config is None:
+            return ""
+        by = f" by more than {config.min_delta:g}" if config.min_delta else ""
+        return f"val_loss did not improve{by} for {config.patience} evaluations (train.early_stopping)"
+
     def _early_stopping(self, state: dict[str, Any] | None) -> EarlyStopping | None:
         config = self.cfg.train.early_stopping
         return EarlyStopping(config.patience, config.min_delta, state) if config is not None else None
@@ -465,6 +473,7 @@ class Trainer:
             rows=self.recorder.rows,
             is_main_process=self.accelerator.is_main_process,
             stopped_at_step=stopped_at,
+            stop_reason=self._stop_reason(),
         )
 
     def stopped_at(self) -> int | None:

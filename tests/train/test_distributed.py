@@ -432,4 +432,4 @@ def test_early_stopping_stops_both_processes_at_the_step_one_process_stops_at(tm
     assert (final["status"], final["stopped_early"], final["stopped_at_step"]) == ("completed", True, reference.stopped_at_step)
     assert [r["step"] for r in rows(run_dir)] == [r["step"] for r in rows(reference.run_dir)]
     said = [line for _, out, _ in results for line in out.splitlines() if line.startswith("stopped early at step")]
-    assert said == [f"stopped early at step {reference.stopped_at_step}: val_loss did not improve for train.early_stopping.patience evaluations"]
+    assert said == [f"stopped early at step {reference.stopped_at_step}: val_loss did not improve for 2 evaluations (train.early_stopping)"]

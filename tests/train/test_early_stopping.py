@@ -62,13 +62,13 @@ def test_the_decision_continues_from_its_state():
 
 
 def test_the_console_says_a_run_stopped_early_in_one_line(tmp_path, monkeypatch):
-    result = RunResult(tmp_path, "completed", 0.5, 1.0, 12, [], stopped_at_step=24)
+    result = RunResult(tmp_path, "completed", 0.5, 1.0, 12, [], stopped_at_step=24, stop_reason="val_loss did not improve by more than 0.001 for 3 evaluations (train.early_stopping)")
     monkeypatch.setattr("flood_cli.train.entry.run_training", lambda cfg, reporter=None: result)
     written = write_config(tmp_path, small_config(output={"dir": str(tmp_path / "runs")}))
     output = CliRunner().invoke(app, ["train", "--config", str(written), "--quiet"])
     assert output.exit_code == 0, output.output
     assert output.output.splitlines()[-1] == (
-        "stopped early at step 24: val_loss did not improve for train.early_stopping.patience evaluations"
+        "stopped early at step 24: val_loss did not improve by more than 0.001 for 3 evaluations (train.early_stopping)"
     )
 
 
@@ -103,6 +103,7 @@ def test_flooding_with_b_0_stops_early_exactly_as_baseline(tmp_path):
     losses = [float(row["val_loss"]) for row in written]
     assert losses[1] == min(losses) and losses[3] > losses[2] > losses[1]  # the early stop is real
     assert baseline.stopped_at_step == flooding.stopped_at_step == STOP
+    assert baseline.stop_reason == "val_loss did not improve for 2 evaluations (train.early_stopping)"
     assert csv_bytes_without_time(flooding.run_dir) == csv_bytes_without_time(baseline.run_dir)
     for run in (baseline, flooding):
         final = summary(run.run_dir)
