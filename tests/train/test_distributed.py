@@ -325,7 +325,10 @@ def test_torchrun_launches_a_run_reported_once(tmp_path, ragged):
         taken.close()
     assert result.returncode == 0, result.stderr[-6000:]  # torchrun passes on both ranks' stderr
     run_dir = tmp_path / "runs" / "torchrun"
-    assert result.stdout.splitlines()[0] == f"run folder: {run_dir}"  # by the main process only
+    lines = result.stdout.splitlines()
+    # by the main process only: the thread line (a CPU run's), then the run folder, once each
+    assert lines[:2] == ["CPU: 1 thread (OMP_NUM_THREADS=1)", f"run folder: {run_dir}"], lines
+    assert sum(line.startswith(("CPU:", "run folder:")) for line in lines) == 2, lines
     assert summary(run_dir)["status"] == "completed"
 
 
