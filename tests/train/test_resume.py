@@ -414,23 +414,28 @@ def test_resume_refuses_data_rewritten_at_the_same_size_and_time(tmp_path, monke
     assert resume_training(run_dir).status == "completed"
 
 
-def test_a_full_disk_during_a_checkpoint_write_names_the_real_cause(tmp_path):
-    """A real write error, not a mock: a file-size limit (RLIMIT_FSIZE) lower than the
-    checkpoint makes torch.save fail as a full disk does, with "unexpected pos"; the
-    run must say what failed, and resume must not claim it never evaluated."""
+def _train_under_a_file_size_limit(tmp_path, limit: int, **output):
+    """flood train on 80 short e-mails (1 epoch) with RLIMIT_FSIZE at ``limit`` bytes:
+    a real write error, as a full disk gives. Returns the finished process and the run folder."""
     data = tmp_path / "emails.csv"
     data.write_text("text,label\n" + "".join(f"message {i} about {'money' if i % 2 else 'lunch'},{'spam' if i % 2 else 'ham'}\n" for i in range(80)))
-    # No best_model/ (on by default now): its 1.5 MB would hit the limit before the checkpoint.
-    config = small_config(output={"dir": str(tmp_path / "runs"), "name": "full", "save_best_model": False}, train={"epochs": 1})
+    config = small_config(output={"dir": str(tmp_path / "runs"), "name": "full", **output}, train={"epochs": 1})
     config["data"].update(train_file=str(data), max_train_examples=None, max_val_examples=None, validation_fraction=0.25)
     path = write_config(tmp_path, config, "full.yaml")
     limited = (
         "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-        "resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000)); "
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
         f"sys.argv = ['flood', 'train', '-q', '-c', {str(path)!r}]; from flood_cli.cli.main import main; main()"
     )
-    result = subprocess.run([sys.executable, "-c", limited], capture_output=True, text=True, cwd=ROOT)
-    run_dir = tmp_path / "runs" / "full"
+    return subprocess.run([sys.executable, "-c", limited], capture_output=True, text=True, cwd=ROOT), tmp_path / "runs" / "full"
+
+
+def test_a_full_disk_during_a_checkpoint_write_names_the_real_cause(tmp_path):
+    """A real write error, not a mock: a file-size limit (RLIMIT_FSIZE) lower than the
+    checkpoint makes torch.save fail as a full disk does, with "unexpected pos"; the
+    run must say what failed, and resume must not claim it never evaluated."""
+    # No best_model/ (on by default now): its 1.5 MB would hit the limit before the checkpoint.
+    result, run_dir = _train_under_a_file_size_limit(tmp_path, 1_000_000, save_best_model=False)
     last = run_dir / "checkpoints" / "last.pt"
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: cannot write or read {last}: File too large; check the disk and permissions"
@@ -449,18 +454,7 @@ def test_a_full_disk_while_saving_the_best_model_names_the_real_cause(tmp_path):
     """best_model/ (on by default) hits the file-size limit first: safetensors reports it
     as "SafetensorError ... (os error 27)"; the run says what failed in one line, not an
     "unexpected SafetensorError", and no best_model link is left pointing at half a folder."""
-    data = tmp_path / "emails.csv"
-    data.write_text("text,label\n" + "".join(f"message {i} about {'money' if i % 2 else 'lunch'},{'spam' if i % 2 else 'ham'}\n" for i in range(80)))
-    config = small_config(output={"dir": str(tmp_path / "runs"), "name": "full"}, train={"epochs": 1})
-    config["data"].update(train_file=str(data), max_train_examples=None, max_val_examples=None, validation_fraction=0.25)
-    path = write_config(tmp_path, config, "full.yaml")
-    limited = (
-        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-        "resource.setrlimit(resource.RLIMIT_FSIZE, (500_000, 500_000)); "
-        f"sys.argv = ['flood', 'train', '-q', '-c', {str(path)!r}]; from flood_cli.cli.main import main; main()"
-    )
-    result = subprocess.run([sys.executable, "-c", limited], capture_output=True, text=True, cwd=ROOT)
-    run_dir = tmp_path / "runs" / "full"
+    result, run_dir = _train_under_a_file_size_limit(tmp_path, 500_000)
     assert result.returncode == 1, result.stderr
     assert re.fullmatch(
         rf"error: cannot write or read {re.escape(str(run_dir))}/\.best_model-[^ ]+: File too large; check the disk and permissions",
